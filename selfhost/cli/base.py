@@ -1,0 +1,52 @@
+"""Shared plumbing for tasks: the error-to-exit-code decorator and settings access."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import invoke
+from invoke import Context, Exit
+
+from selfhost.config import Settings
+from selfhost.errors import Interrupted, SelfhostError
+from selfhost.ui import UI
+
+
+def task(*args: Any, **kwargs: Any) -> Any:
+    """Like ``invoke.task``, but selfhost errors become a message and their exit code.
+
+    A :class:`SelfhostError` prints its rendered text (what, where, expected, what to
+    do) and exits with the class's code; Ctrl-C exits 130. Anything else is a bug and
+    keeps its traceback.
+    """
+
+    def decorate(body: Callable[..., Any]) -> Any:
+        @functools.wraps(body)
+        def wrapper(c: Context, *a: Any, **kw: Any) -> Any:
+            try:
+                return body(c, *a, **kw)
+            except SelfhostError as exc:
+                raise Exit(exc.render(), code=exc.exit_code) from None
+            except KeyboardInterrupt:
+                raise Exit(Interrupted("interrupted").render(), code=Interrupted.exit_code
+                           ) from None
+
+        return invoke.task(**kwargs)(wrapper)
+
+    if len(args) == 1 and callable(args[0]) and not kwargs:
+        return decorate(args[0])
+    return decorate
+
+
+def settings(c: Context, **overrides: Any) -> Settings:
+    """The validated settings of this invocation, with command-line overrides applied."""
+    section = c.config.get("selfhost")
+    base = Settings.from_config(dict(section) if section is not None else None)
+    return base.with_overrides(**overrides)
+
+
+def make_ui(s: Settings, *, json: bool = False) -> UI:
+    """The UI for a task: progress on stderr when the task prints JSON."""
+    return UI(json_mode=json, verbose=s.verbose)

@@ -1,0 +1,129 @@
+"""Settings: the ``selfhost`` section of Invoke's configuration as a frozen dataclass.
+
+Tasks read ``c.config.selfhost`` (from ``invoke.yaml``, ``INVOKE_SELFHOST_*`` environment
+variables or ``-c`` files) and hand library code a :class:`Settings`; library code
+never reads Invoke's config itself. The defaults below are the documented defaults of
+``invoke.yaml``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from selfhost.errors import UsageError
+
+ENGINES = ("bwrap", "docker")
+SUITES = ("bullseye", "bookworm", "trixie")
+
+DEFAULTS: dict[str, Any] = {
+    "workspace": ".selfhost",
+    "stacks_dir": None,
+    "mirror": None,
+    "engine": "bwrap",
+    "suite": "bookworm",
+    "variant": "minbase",
+    "base_packages": ["build-essential"],
+    "jobs": 0,
+    "lock_wait": 0,
+    "verbose": False,
+    "docker_url": None,
+    "recipe_dirs": [],
+    "default_compiler": "tcc",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything configurable about a run, validated once."""
+
+    workspace: Path = Path(DEFAULTS["workspace"])
+    stacks_dir: Path | None = None
+    mirror: str | None = None
+    engine: str = "bwrap"
+    suite: str = "bookworm"
+    variant: str = "minbase"
+    base_packages: tuple[str, ...] = ("build-essential",)
+    jobs: int = 0
+    lock_wait: float = 0
+    verbose: bool = False
+    docker_url: str | None = None
+    recipe_dirs: tuple[Path, ...] = field(default=())
+    default_compiler: str = "tcc"
+
+    @property
+    def stacks(self) -> Path:
+        """Where stacks live; shared between workspaces when ``stacks_dir`` is set."""
+        return self.stacks_dir if self.stacks_dir else self.workspace / "stacks"
+
+    @property
+    def parallel_jobs(self) -> int:
+        """The number of parallel jobs given to builds (``$JOBS``)."""
+        return self.jobs if self.jobs > 0 else (os.cpu_count() or 1)
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """Return a copy with the non-None keyword arguments applied and validated."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        return validate(replace(self, **changes)) if changes else self
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any] | None) -> Settings:
+        """Build settings from Invoke's ``selfhost`` config section."""
+        raw = dict(DEFAULTS)
+        if section:
+            known = {f.name for f in fields(cls)}
+            for key, value in dict(section).items():
+                if key not in known:
+                    raise UsageError(
+                        f"unknown setting selfhost.{key} in the Invoke configuration",
+                        hint=f"known settings: {', '.join(sorted(known))}",
+                    )
+                raw[key] = value
+        try:
+            settings = cls(
+                workspace=Path(str(raw["workspace"])).expanduser(),
+                stacks_dir=Path(str(raw["stacks_dir"])).expanduser() if raw["stacks_dir"] else None,
+                mirror=raw["mirror"] or None,
+                engine=str(raw["engine"]),
+                suite=str(raw["suite"]),
+                variant=str(raw["variant"]),
+                base_packages=tuple(str(p) for p in raw["base_packages"]),
+                jobs=int(raw["jobs"]),
+                lock_wait=float(raw["lock_wait"]),
+                verbose=_as_bool(raw["verbose"]),
+                docker_url=raw["docker_url"] or None,
+                recipe_dirs=tuple(Path(str(p)).expanduser() for p in raw["recipe_dirs"]),
+                default_compiler=str(raw["default_compiler"]),
+            )
+        except (TypeError, ValueError) as exc:
+            raise UsageError(
+                f"invalid value in the selfhost configuration: {exc}",
+                hint="compare invoke.yaml with the documented defaults in the repository's invoke.yaml",
+            ) from None
+        return validate(settings)
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def validate(settings: Settings) -> Settings:
+    """Check value ranges; raise :class:`UsageError` naming the setting."""
+    if settings.engine not in ENGINES:
+        raise UsageError(
+            f"engine is {settings.engine!r}; expected one of {', '.join(ENGINES)}",
+            hint="pass --engine bwrap or --engine docker, or set selfhost.engine",
+        )
+    if settings.suite not in SUITES:
+        raise UsageError(
+            f"suite is {settings.suite!r}; expected one of {', '.join(SUITES)}",
+            hint="set selfhost.suite in invoke.yaml",
+        )
+    if settings.jobs < 0 or settings.lock_wait < 0:
+        raise UsageError("selfhost.jobs and selfhost.lock_wait must not be negative")
+    return settings

@@ -1,0 +1,1 @@
+"""Stages: stacks, sandbox engines, the bootstrap pipeline, the stage cache and diffs."""

@@ -1,0 +1,128 @@
+"""The bubblewrap engine: the default, needs no daemon, starts in milliseconds.
+
+The stack's rootfs is bound read-only at ``/``; each :class:`Mount` is bound on top
+(read-only unless writable); ``/proc``, ``/dev`` and a tmpfs ``/tmp`` are fresh; every
+namespace is unshared (so there is no network unless the sandbox asks for it); and
+the sandbox dies with its parent, so a killed selfhost leaves no build behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import IO
+
+from selfhost.errors import EngineError
+from selfhost.stages.engine import HOSTNAME, RunResult, Sandbox, output_fd
+from selfhost.stages.stack import Stack
+
+
+class BwrapEngine:
+    """Runs sandboxes with ``bwrap``."""
+
+    name = "bwrap"
+
+    def __init__(self, *, echo: Callable[[Sequence[str]], None] | None = None):
+        self._echo = echo or (lambda argv: None)
+        self._bwrap: str | None = None
+
+    @property
+    def bwrap(self) -> str:
+        if self._bwrap is None:
+            self.check()
+        assert self._bwrap is not None
+        return self._bwrap
+
+    def check(self) -> None:
+        """Fail with the fix if bubblewrap is not installed."""
+        found = shutil.which("bwrap")
+        if not found:
+            raise EngineError("bubblewrap (bwrap) is not installed",
+                              hint="apt-get install bubblewrap, or use --engine docker")
+        self._bwrap = found
+
+    def prepare(self, stack: Stack, mount_points: Iterable[str] = ()) -> None:
+        """bwrap cannot create mount points in a read-only root: make them in the stack."""
+        stack.ensure_mount_points(mount_points)
+
+    def command_line(self, sandbox: Sandbox) -> list[str]:
+        """The full bwrap argv, one option per group, as run."""
+        argv = [self.bwrap,
+                "--ro-bind", str(sandbox.stack.rootfs), "/",
+                "--proc", "/proc",
+                "--dev", "/dev",
+                "--tmpfs", "/tmp"]
+        for mount in sandbox.mounts:
+            argv += ["--bind" if mount.writable else "--ro-bind", str(mount.source), mount.target]
+        argv += ["--unshare-all"]
+        if sandbox.network:
+            argv += ["--share-net"]
+        argv += ["--hostname", HOSTNAME,
+                 "--die-with-parent",
+                 "--new-session",
+                 "--clearenv",
+                 "--chdir", sandbox.workdir,
+                 "--", *sandbox.inner_argv()]
+        return argv
+
+    def run(self, sandbox: Sandbox, output: IO[bytes], *, timeout: float | None = None
+            ) -> RunResult:
+        """Run to completion; on timeout or Ctrl-C the whole sandbox is killed."""
+        self.prepare(sandbox.stack, sandbox.mount_targets())
+        argv = self.command_line(sandbox)
+        self._echo(argv)
+        fd = output_fd(output)
+        started = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL,
+                stdout=fd if fd is not None else subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # our own process group, killed as one
+            )
+        except OSError as exc:
+            raise EngineError(f"cannot start bwrap: {exc}") from None
+        pump = None
+        if fd is None:
+            pump = threading.Thread(target=_copy, args=(proc.stdout, output), daemon=True)
+            pump.start()
+        timed_out = False
+        try:
+            try:
+                code = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _kill_group(proc)
+                code = proc.wait()
+        except BaseException:  # Ctrl-C or any error: never leave the sandbox running
+            _kill_group(proc)
+            proc.wait()
+            raise
+        finally:
+            if pump:
+                pump.join()
+        return RunResult(_exit_code(code), time.monotonic() - started, timed_out)
+
+
+def _copy(src: IO[bytes] | None, dst: IO[bytes]) -> None:
+    assert src is not None
+    while chunk := src.read1(65536) if hasattr(src, "read1") else src.read(65536):
+        dst.write(chunk)
+        dst.flush()
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _exit_code(code: int) -> int:
+    """Popen reports death by signal N as -N; shells and Docker report 128+N."""
+    return 128 - code if code < 0 else code

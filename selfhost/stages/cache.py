@@ -1,0 +1,75 @@
+"""The content-addressed stage cache.
+
+A stage's *input hash* is the sha256 of the canonical JSON of everything that can
+change its bytes: the recipe's build inputs, the source digest, the stack identity,
+the engine, the builder (stage0, or the previous stage's output tree digest) and the
+environment. A complete stage lives at ``cache/stages/<input_hash>/``; it is built in
+``tmp/<input_hash>/`` and moved there by a single ``rename`` once its manifest is
+written, so a stage interrupted at any moment is never found complete.
+
+Because the builder is identified by its *output* digest, a fixpoint shows up in the
+cache itself: once stage N+1 equals stage N, stage N+2 has stage N+1's input hash.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from selfhost.hashing import digest_json
+from selfhost.stages.manifest import Manifest
+
+#: Bump when the meaning of an input changes, to invalidate every cached stage.
+KEY_FORMAT = 1
+
+
+def input_hash(inputs: dict[str, Any]) -> str:
+    """The cache key of a stage."""
+    return digest_json({"key_format": KEY_FORMAT, **inputs})
+
+
+class StageCache:
+    """Complete stages under ``cache/stages`` and work in progress under ``tmp``."""
+
+    def __init__(self, root: Path, tmp: Path):
+        self.root = root
+        self.tmp = tmp
+
+    def entry(self, key: str) -> Path:
+        return self.root / key
+
+    def lookup(self, key: str) -> Manifest | None:
+        """The manifest of a complete stage, or None (a missing or unreadable manifest)."""
+        path = self.entry(key) / "manifest.json"
+        try:
+            return Manifest.load(path)
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def begin(self, key: str) -> Path:
+        """A fresh work directory for building ``key`` (any earlier attempt is wiped)."""
+        work = self.tmp / key
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        return work
+
+    def commit(self, key: str, work: Path, manifest: Manifest) -> Path:
+        """Publish a finished work directory as the cache entry ``key``.
+
+        The manifest is written last, then the directory is renamed into place: the
+        entry appears complete, or not at all.
+        """
+        manifest.write(work / "manifest.json")
+        target = self.entry(key)
+        self.root.mkdir(parents=True, exist_ok=True)
+        if target.exists():  # only reachable with --force: replace the old entry
+            trash = self.tmp / f"{key}.old-{os.getpid()}"
+            os.rename(target, trash)
+            os.rename(work, target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(work, target)
+        return target

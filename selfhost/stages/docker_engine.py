@@ -1,0 +1,191 @@
+"""The Docker engine, through the docker SDK, for users who prefer containers.
+
+There is no registry: the stack's rootfs is streamed through ``tar`` into
+``docker import`` once and tagged ``selfhost/stack:<stack digest>``. Containers run
+with the root filesystem read-only, ``network_mode=none``, a tmpfs ``/tmp``, the same
+hostname and the same inner command as bubblewrap, and carry the label
+``selfhost.sandbox`` so that containers orphaned by a killed run can be removed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import IO, Any
+
+from selfhost.errors import EngineError
+from selfhost.stages.engine import HOSTNAME, RunResult, Sandbox
+from selfhost.stages.stack import Stack
+
+LABEL = "selfhost.sandbox"
+NO_DAEMON_HINT = ("start the Docker engine: apt-get install docker.io, then run `dockerd &` "
+                  "(or `systemctl start docker`); or build with --engine bwrap")
+
+
+class DockerEngine:
+    """Runs sandboxes as Docker containers."""
+
+    name = "docker"
+
+    def __init__(self, *, base_url: str | None = None,
+                 echo: Callable[[Sequence[str]], None] | None = None):
+        self._base_url = base_url
+        self._echo = echo or (lambda argv: None)
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self.check()
+        return self._client
+
+    def check(self) -> None:
+        """Connect and ping the daemon; fail with the fix if nobody answers."""
+        import docker  # imported lazily: bwrap users never pay for it
+
+        try:
+            client = (docker.DockerClient(base_url=self._base_url) if self._base_url
+                      else docker.from_env())
+            client.ping()
+        except docker.errors.DockerException as exc:
+            where = self._base_url or "the default socket (DOCKER_HOST or /var/run/docker.sock)"
+            raise EngineError(f"no Docker daemon answers at {where}: {_short(exc)}",
+                              hint=NO_DAEMON_HINT) from None
+        self._client = client
+
+    def prepare(self, stack: Stack, mount_points: Iterable[str] = ()) -> None:
+        """Import the stack's rootfs as a local image, once."""
+        import docker
+
+        try:
+            self.client.images.get(stack.image)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        stack.ensure_mount_points(mount_points)
+        repository, tag = stack.image.split(":")
+        tar = subprocess.Popen(["tar", "-C", str(stack.rootfs), "--numeric-owner", "-c", "."],
+                               stdout=subprocess.PIPE)
+        assert tar.stdout is not None
+        chunks = iter(lambda: tar.stdout.read(1 << 20), b"")  # type: ignore[union-attr]
+        try:
+            self.client.api.import_image(src=chunks, repository=repository, tag=tag,
+                                         stream_src=True)
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"docker import of stack {stack.spec.name} failed: {_short(exc)}"
+                              ) from None
+        finally:
+            tar.stdout.close()
+            tar.wait()
+
+    def _create_args(self, sandbox: Sandbox) -> dict[str, Any]:
+        from docker.types import Mount as DockerMount
+
+        kwargs: dict[str, Any] = {
+            "image": sandbox.stack.image,
+            "command": sandbox.inner_argv(),
+            "working_dir": sandbox.workdir,
+            "hostname": HOSTNAME,
+            "user": "0:0",
+            "read_only": True,
+            "network_mode": "bridge" if sandbox.network else "none",
+            "tmpfs": {"/tmp": "rw,exec,mode=1777"},
+            "mounts": [DockerMount(m.target, str(m.source), type="bind",
+                                   read_only=not m.writable) for m in sandbox.mounts],
+            "labels": {LABEL: sandbox.owner},
+            "detach": True,
+        }
+        limits = sandbox.limits
+        if limits.memory_bytes:
+            kwargs["mem_limit"] = limits.memory_bytes
+            kwargs["memswap_limit"] = limits.memory_bytes  # no swap beyond the limit
+        if limits.cpus:
+            kwargs["nano_cpus"] = int(limits.cpus * 1e9)
+        if limits.pids:
+            kwargs["pids_limit"] = limits.pids
+        return kwargs
+
+    def command_line(self, sandbox: Sandbox) -> list[str]:
+        """The equivalent ``docker run`` command line."""
+        argv = ["docker", "run", "--rm", "--read-only",
+                "--network", "bridge" if sandbox.network else "none",
+                "--hostname", HOSTNAME, "--user", "0:0",
+                "--tmpfs", "/tmp:rw,exec,mode=1777", "--workdir", sandbox.workdir]
+        for m in sandbox.mounts:
+            argv += ["--mount", f"type=bind,src={m.source},dst={m.target}"
+                     + ("" if m.writable else ",readonly")]
+        if sandbox.limits.memory_bytes:
+            argv += ["--memory", str(sandbox.limits.memory_bytes),
+                     "--memory-swap", str(sandbox.limits.memory_bytes)]
+        if sandbox.limits.cpus:
+            argv += ["--cpus", str(sandbox.limits.cpus)]
+        return [*argv, sandbox.stack.image, *sandbox.inner_argv()]
+
+    def run(self, sandbox: Sandbox, output: IO[bytes], *, timeout: float | None = None
+            ) -> RunResult:
+        """Run a container to completion, streaming its output; kill it on timeout."""
+        import docker
+
+        self.prepare(sandbox.stack, sandbox.mount_targets())
+        self._echo(self.command_line(sandbox))
+        started = time.monotonic()
+        try:
+            container = self.client.containers.create(**self._create_args(sandbox))
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"cannot create the container: {_short(exc)}") from None
+        import requests
+
+        timed_out = False
+        try:
+            container.start()
+            pump = threading.Thread(target=_pump, args=(container, output), daemon=True)
+            pump.start()
+            try:
+                result = container.wait(timeout=timeout) if timeout else container.wait()
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                timed_out = True
+                container.kill()
+                result = container.wait()
+            pump.join(timeout=10)
+            code = int(result.get("StatusCode", 1))
+        except BaseException:  # Ctrl-C or an error: never leave the container running
+            try:
+                container.remove(force=True)
+            except docker.errors.DockerException:
+                pass
+            raise
+        try:
+            container.remove(force=True)
+        except docker.errors.DockerException:
+            pass
+        return RunResult(code, time.monotonic() - started, timed_out)
+
+    def remove_orphans(self, owner: str) -> int:
+        """Remove containers left by killed runs of ``owner``; returns how many.
+
+        Call it only while holding the owner's lock: then none of them can be live.
+        """
+        import docker
+
+        removed = 0
+        for container in self.client.containers.list(
+                all=True, filters={"label": f"{LABEL}={owner}"}):
+            try:
+                container.remove(force=True)
+                removed += 1
+            except docker.errors.DockerException:
+                pass
+        return removed
+
+
+def _pump(container: Any, output: IO[bytes]) -> None:
+    for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
+        output.write(chunk)
+        output.flush()
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
