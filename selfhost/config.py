@@ -84,8 +84,8 @@ class Settings:
                 raw[key] = value
         try:
             settings = cls(
-                workspace=Path(str(raw["workspace"])).expanduser(),
-                stacks_dir=Path(str(raw["stacks_dir"])).expanduser() if raw["stacks_dir"] else None,
+                workspace=_abs(raw["workspace"]),
+                stacks_dir=_abs(raw["stacks_dir"]) if raw["stacks_dir"] else None,
                 mirror=raw["mirror"] or None,
                 engine=str(raw["engine"]),
                 suite=str(raw["suite"]),
@@ -95,7 +95,7 @@ class Settings:
                 lock_wait=float(raw["lock_wait"]),
                 verbose=_as_bool(raw["verbose"]),
                 docker_url=raw["docker_url"] or None,
-                recipe_dirs=tuple(Path(str(p)).expanduser() for p in raw["recipe_dirs"]),
+                recipe_dirs=tuple(_abs(p) for p in raw["recipe_dirs"]),
                 default_compiler=str(raw["default_compiler"]),
             )
         except (TypeError, ValueError) as exc:
@@ -104,6 +104,11 @@ class Settings:
                 hint="compare invoke.yaml with the documented defaults in the repository's invoke.yaml",
             ) from None
         return validate(settings)
+
+
+def _abs(value: Any) -> Path:
+    """Paths are made absolute once, here: sandboxes and daemons need absolute paths."""
+    return Path(str(value)).expanduser().absolute()
 
 
 def _as_bool(value: Any) -> bool:
