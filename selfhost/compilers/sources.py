@@ -152,8 +152,7 @@ class SourceStore:
                         h.update(chunk)
                         out.write(chunk)
             except (urllib.error.URLError, OSError, ValueError) as exc:
-                reason = getattr(exc, "reason", None) or exc
-                raise SourceError(f"cannot download {url}: {reason}") from None
+                raise SourceError(f"cannot download {url}: {_why(exc)}") from None
             actual = h.hexdigest()
             if actual != sha256:
                 raise ChecksumMismatch(what, sha256, actual)
@@ -177,7 +176,7 @@ class SourceStore:
                     dsc = r.read().decode("utf-8", "replace")
                 break
             except (urllib.error.URLError, OSError, ValueError) as exc:
-                tried.append(f"{component}: {getattr(exc, 'reason', exc)}")
+                tried.append(f"{component}: {_why(exc)}")
         else:
             raise SourceError(f"{dsc_name} not found in the mirror's pool ({'; '.join(tried)})")
         orig = _orig_from_dsc(dsc)
@@ -206,8 +205,9 @@ class SourceStore:
                         repo.git.fetch("origin", kill_after_timeout=1800)
                 full = repo.git.rev_parse("--verify", f"{source.commit}^{{commit}}")
             except git.GitCommandError as exc:
-                reason = (exc.stderr or str(exc)).strip().splitlines()
-                raise SourceError(f"git fetch failed: {reason[-1] if reason else exc}") from None
+                lines = [ln.strip() for ln in str(exc.stderr or exc).strip().strip("'").splitlines()]
+                reason = lines[-1].removeprefix("stderr: ").strip("'") if lines else str(exc)
+                raise SourceError(f"git fetch failed: {reason}") from None
             if not full.startswith(source.commit):
                 raise SourceError(f"{source.commit} resolved to {full}, which does not match")
             tree = work / "tree"
@@ -245,6 +245,13 @@ class SourceStore:
         shutil.rmtree(entry, ignore_errors=True)
         os.rename(staging, entry)
         return FetchedSource(digest, entry / "tree", meta["origin"], source.kind)
+
+
+def _why(exc: Exception) -> str:
+    """A short reason for a failed request: the HTTP status, or the network error."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    return str(getattr(exc, "reason", None) or exc)
 
 
 _DSC_SHA = re.compile(r"^Checksums-Sha256:\s*$", re.M)

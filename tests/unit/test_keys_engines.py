@@ -1,0 +1,141 @@
+"""Cache keys and engine command lines, without running anything."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from selfhost.compilers import find_recipe
+from selfhost.compilers.sources import FetchedSource
+from selfhost.config import Settings
+from selfhost.errors import UsageError
+from selfhost.stages.bwrap import BwrapEngine
+from selfhost.stages.cache import StageCache
+from selfhost.stages.docker_engine import DockerEngine
+from selfhost.stages.engine import Limits, Mount, Sandbox, make_engine
+from selfhost.stages.manifest import Manifest
+from selfhost.stages.pipeline import Bootstrap, StageResult
+from selfhost.stages.stack import Stack, StackSpec
+from selfhost.ui import UI
+
+
+class NamedEngine:
+    def __init__(self, name: str):
+        self.name = name
+
+
+def fake_stack(tmp_path: Path, packages_digest: str = "p" * 64) -> Stack:
+    spec = StackSpec.make("bookworm", "minbase", ["build-essential"], arch="amd64")
+    return Stack(spec, tmp_path / "stack", {"gcc": "4:12.2.0-3"}, packages_digest, 1.0)
+
+
+def previous(tree_digest: str, stage: int = 1, key: str = "k" * 64) -> StageResult:
+    m = Manifest("tcc", "1", stage, key, {}, tree_digest, [], {}, None, {}, {}, "", "0")
+    return StageResult(stage, key, False, m, Path("/nowhere"))
+
+
+def keys(tmp_path, *, engine="bwrap", jobs=1, prev=None, stack=None, source="sha256:" + "s" * 64):
+    settings = Settings(workspace=tmp_path / "ws", jobs=jobs)
+    boot = Bootstrap(settings, NamedEngine(engine), UI(force_plain=True))  # type: ignore[arg-type]
+    recipe = find_recipe("tcc")
+    src = FetchedSource(source, tmp_path, "test", "tarball")
+    key, inputs, env = boot.stage_inputs(recipe, stack or fake_stack(tmp_path), src, prev)
+    return key, inputs, env
+
+
+def test_key_ignores_parallelism_but_not_engine_source_or_stack(tmp_path):
+    base, inputs, env = keys(tmp_path)
+    assert env["JOBS"] == "1" and "JOBS" not in inputs["environment"]
+    assert keys(tmp_path, jobs=8)[0] == base
+    assert keys(tmp_path, engine="docker")[0] != base
+    assert keys(tmp_path, source="sha256:" + "t" * 64)[0] != base
+    assert keys(tmp_path, stack=fake_stack(tmp_path, "q" * 64))[0] != base
+
+
+def test_key_follows_the_builders_output_not_its_position(tmp_path):
+    k2, inputs, env = keys(tmp_path, prev=previous("a" * 64, stage=1, key="1" * 64))
+    assert env["BUILDER"] == "/opt/tcc/bin/tcc"
+    assert inputs["builder"]["tree_digest"] == "a" * 64
+    # stage3 built by an identical stage2: same key, so the fixpoint reuses the entry
+    k3, _, _ = keys(tmp_path, prev=previous("a" * 64, stage=2, key="2" * 64))
+    assert k3 == k2
+    assert keys(tmp_path, prev=previous("b" * 64))[0] != k2
+    stage1, inputs1, env1 = keys(tmp_path)
+    assert env1["BUILDER"] == "gcc" and inputs1["builder"] == {"kind": "stage0", "builder": "gcc"}
+
+
+def test_clean_environment_is_exactly_the_documented_one(tmp_path):
+    _, _, env = keys(tmp_path)
+    assert set(env) == {"PATH", "HOME", "LC_ALL", "TZ", "SOURCE_DATE_EPOCH", "PREFIX",
+                        "DESTDIR", "SRC", "BUILDER", "JOBS"}
+    assert env["LC_ALL"] == "C.UTF-8" and env["TZ"] == "UTC"
+    assert env["SOURCE_DATE_EPOCH"] == "1597363200"
+
+
+def test_go_recipe_env_expands_builder_and_prefix(tmp_path):
+    settings = Settings(workspace=tmp_path)
+    boot = Bootstrap(settings, NamedEngine("bwrap"), UI(force_plain=True))  # type: ignore[arg-type]
+    env = boot.environment(find_recipe("go"), "/usr/lib/go-1.19")
+    assert env["GOROOT_BOOTSTRAP"] == "/usr/lib/go-1.19" and env["GOROOT_FINAL"] == "/opt/go"
+
+
+def test_partial_entry_is_not_complete(tmp_path):
+    cache = StageCache(tmp_path / "cache", tmp_path / "tmp")
+    work = cache.begin("k" * 64)
+    (work / "tree").mkdir()
+    assert cache.lookup("k" * 64) is None, "a work dir is never a cache entry"
+    (cache.root / ("k" * 64)).mkdir(parents=True)
+    assert cache.lookup("k" * 64) is None, "an entry without a manifest is not complete"
+
+
+def sandbox(tmp_path, **kw) -> Sandbox:
+    return Sandbox(stack=fake_stack(tmp_path), argv=("/bin/sh", "-ec", "make"),
+                   env=(("PATH", "/usr/bin"), ("TZ", "UTC")),
+                   mounts=(Mount(tmp_path / "b", "/build", True), Mount(tmp_path / "p", "/opt/x")),
+                   workdir="/build/src", **kw)
+
+
+def test_bwrap_command_line(tmp_path):
+    engine = BwrapEngine()
+    engine._bwrap = "/usr/bin/bwrap"
+    argv = engine.command_line(sandbox(tmp_path))
+    joined = " ".join(argv)
+    assert f"--ro-bind {tmp_path}/stack/rootfs /" in joined
+    assert f"--bind {tmp_path}/b /build" in joined
+    assert f"--ro-bind {tmp_path}/p /opt/x" in joined
+    assert "--unshare-all" in argv and "--share-net" not in argv
+    assert "--die-with-parent" in argv and "--clearenv" in argv
+    inner = argv[argv.index("--") + 1:]
+    assert inner == sandbox(tmp_path).inner_argv()
+    assert inner[:4] == ["/usr/bin/env", "-i", "PATH=/usr/bin", "TZ=UTC"]
+    assert "umask 022" in inner[inner.index("-c") + 1]
+    net = engine.command_line(sandbox(tmp_path, network=True))
+    assert "--share-net" in net
+
+
+def test_docker_arguments_match_the_sandbox(tmp_path):
+    engine = DockerEngine()
+    sb = sandbox(tmp_path, limits=Limits(memory_bytes=256 << 20, cpus=0.5))
+    kwargs = engine._create_args(sb)
+    assert kwargs["read_only"] is True and kwargs["network_mode"] == "none"
+    assert kwargs["command"] == sb.inner_argv(), "both engines run the same inner command"
+    assert kwargs["image"] == f"selfhost/stack:{sb.stack.spec.digest}"
+    mounts = {m["Target"]: m for m in kwargs["mounts"]}
+    assert mounts["/build"]["ReadOnly"] is False and mounts["/opt/x"]["ReadOnly"] is True
+    assert kwargs["mem_limit"] == 256 << 20 and kwargs["nano_cpus"] == 500_000_000
+    cli = engine.command_line(sb)
+    assert "--read-only" in cli and cli[cli.index("--network") + 1] == "none"
+
+
+def test_unknown_engine_is_a_usage_error():
+    with pytest.raises(UsageError, match="bwrap or docker"):
+        make_engine("podman")
+
+
+def test_stack_digest_is_order_insensitive():
+    a = StackSpec.make("bookworm", "minbase", ["b", "a", "a"], arch="amd64")
+    b = StackSpec.make("bookworm", "minbase", ["a", "b"], arch="amd64")
+    assert a == b and a.digest == b.digest
+    assert replace(a, suite="trixie").digest != a.digest

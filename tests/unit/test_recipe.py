@@ -1,0 +1,140 @@
+"""Recipe loading: the shipped recipes, and every kind of bad input."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from selfhost.compilers import available, find_recipe
+from selfhost.compilers.recipe import FixpointPolicy, GitSource, load_recipe, locate
+from selfhost.errors import RecipeError, UsageError
+
+GOOD = textwrap.dedent("""\
+    name = "toy"
+    version = "1.0"
+    prefix = "/opt/toy"
+    builder = "$PREFIX/bin/toycc"
+    stages = 3
+
+    [[sources]]
+    kind = "tarball"
+    url = "https://example.invalid/toy-1.0.tar.gz"
+    sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+
+    [stage0]
+    builder = "gcc"
+
+    [steps]
+    build = "make CC=$BUILDER"
+    install = "make install DESTDIR=$DESTDIR"
+    test = "make check"
+
+    [compare]
+    artifacts = ["bin/**"]
+
+    [[compare.exclude]]
+    path = "bin/stamp"
+    reason = "embeds the build time"
+    """)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "toy.toml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_recipes_load():
+    names = available()
+    assert {"tcc", "go"} <= set(names)
+    tcc = find_recipe("tcc")
+    assert tcc.stages == 3 and tcc.prefix == "/opt/tcc"
+    assert isinstance(tcc.sources[0], GitSource), "upstream git comes first for tcc"
+    assert tcc.sources[-1].kind == "debian"
+    go = find_recipe("go")
+    assert go.stages == 2 and "golang-1.19-go" in go.packages
+    assert go.stage0_builder == "/usr/lib/go-1.19"
+
+
+def test_good_recipe_fields(tmp_path):
+    r = load_recipe(write(tmp_path, GOOD))
+    assert r.name == "toy" and r.fixpoint is FixpointPolicy.FAIL
+    assert r.exclude[0].reason == "embeds the build time"
+    assert r.expand(r.builder, {"PREFIX": r.prefix}) == "/opt/toy/bin/toycc"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field", "line", "words"),
+    [
+        ('sha256 = "0000000000000000000000000000000000000000000000000000000000000000"',
+         'sha256 = "abc"', "sources[0].sha256", 10, "not a sha256"),
+        ('prefix = "/opt/toy"\n', "", "prefix", None, "required field 'prefix' is missing"),
+        ("stages = 3", "stages = 0", "stages", 5, "expected 1 to 10 stages"),
+        ("stages = 3", 'stages = "three"', "stages", 5, "expected an integer"),
+        ('kind = "tarball"', 'kind = "ftp"', "sources[0].kind", 8, "unknown source kind"),
+        ('reason = "embeds the build time"', 'reason = " "', "compare.exclude[0].reason", 25,
+         "needs a written reason"),
+        ('install = "make install DESTDIR=$DESTDIR"', 'install = "make install"',
+         "steps.install", 17, "never uses $DESTDIR"),
+        ('name = "toy"', 'name = "Toy Compiler"', "name", 1, "not a valid name"),
+        ("[stage0]", "[stage0]\npackages = [3]", "stage0.packages", 13, "list of strings"),
+    ],
+)
+def test_invalid_recipe_names_file_field_and_line(tmp_path, old, new, field, line, words):
+    assert old in GOOD
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    err = info.value
+    assert err.field == field
+    assert err.path == str(path)
+    assert words in err.message
+    if line is not None:
+        assert err.line == line, err.message
+    assert str(path) in err.render()
+
+
+def test_unknown_field_is_rejected_with_hint(tmp_path):
+    path = write(tmp_path, "colour = 'blue'\n" + GOOD)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert info.value.field == "colour" and info.value.line == 1
+    assert "known fields" in (info.value.hint or "")
+
+
+def test_toml_syntax_error_has_line(tmp_path):
+    path = write(tmp_path, GOOD.replace('version = "1.0"', "version = 1.0.0"))
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert info.value.line == 2
+    assert "not valid TOML" in info.value.message
+
+
+def test_reserved_environment_is_refused(tmp_path):
+    path = write(tmp_path, GOOD + '\n[env]\nPATH = "/evil"\n')
+    with pytest.raises(RecipeError, match="cannot be set by a recipe"):
+        load_recipe(path)
+
+
+def test_digest_covers_build_inputs_only(tmp_path):
+    base = load_recipe(write(tmp_path, GOOD))
+    more_stages = load_recipe(write(tmp_path, GOOD.replace("stages = 3", "stages = 4")))
+    other_build = load_recipe(write(tmp_path, GOOD.replace("make CC=$BUILDER", "make -k")))
+    assert base.digest == more_stages.digest, "the stage count must not invalidate the cache"
+    assert base.digest != other_build.digest
+
+
+def test_unknown_compiler_lists_known_ones():
+    with pytest.raises(UsageError) as info:
+        find_recipe("cobol")
+    assert "tcc" in (info.value.hint or "")
+
+
+def test_locate_finds_nested_fields():
+    text = GOOD
+    assert locate(text, "name") == 1
+    assert locate(text, "steps.test") == 18
+    assert locate(text, "compare.exclude[0].path") == 24
+    assert locate(text, "missing.key") is None
