@@ -101,7 +101,7 @@ class Settings:
         except (TypeError, ValueError) as exc:
             raise UsageError(
                 f"invalid value in the selfhost configuration: {exc}",
-                hint="compare invoke.yaml with the documented defaults in the repository's invoke.yaml",
+                hint="compare your settings with the documented defaults in invoke.yaml",
             ) from None
         return validate(settings)
 

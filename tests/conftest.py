@@ -28,5 +28,5 @@ def http_dir(tmp_path: Path) -> Iterator[tuple[Path, str]]:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass

@@ -13,7 +13,7 @@ from selfhost.ui import UI
 
 
 @task(help={
-    "compiler": "recipe name (tcc, go) or path to a recipe .toml; default selfhost.default_compiler",
+    "compiler": "recipe name (tcc, go) or a recipe .toml path; default selfhost.default_compiler",
     "stages": "number of stages to build (default: the recipe's)",
     "engine": "sandbox engine: bwrap (default) or docker",
     "force": "rebuild every stage even if it is cached",

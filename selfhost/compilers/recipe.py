@@ -220,7 +220,8 @@ def locate(text: str, dotted: str) -> int | None:
     the enclosing table's header when the key itself is absent, else None.
     """
     if m := re.match(r"^(?P<table>.+?)\[(?P<index>\d+)\]$", dotted):
-        table, index, key = m["table"], int(m["index"]), None
+        table, key = m["table"], None
+        index: int | None = int(m["index"])
     elif m := _DOTTED.match(dotted):
         table = m["table"] or ""
         index = int(m["index"]) if m["index"] else None

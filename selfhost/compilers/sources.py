@@ -205,7 +205,8 @@ class SourceStore:
                         repo.git.fetch("origin", kill_after_timeout=1800)
                 full = repo.git.rev_parse("--verify", f"{source.commit}^{{commit}}")
             except git.GitCommandError as exc:
-                lines = [ln.strip() for ln in str(exc.stderr or exc).strip().strip("'").splitlines()]
+                text = str(exc.stderr or exc).strip().strip("'")
+                lines = [ln.strip() for ln in text.splitlines()]
                 reason = lines[-1].removeprefix("stderr: ").strip("'") if lines else str(exc)
                 raise SourceError(f"git fetch failed: {reason}") from None
             if not full.startswith(source.commit):

@@ -8,6 +8,7 @@ the sandbox dies with its parent, so a killed selfhost leaves no build behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -117,10 +118,8 @@ def _copy(src: IO[bytes] | None, dst: IO[bytes]) -> None:
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _exit_code(code: int) -> int:

@@ -9,6 +9,7 @@ hostname and the same inner command as bubblewrap, and carry the label
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import threading
 import time
@@ -151,15 +152,11 @@ class DockerEngine:
             pump.join(timeout=10)
             code = int(result.get("StatusCode", 1))
         except BaseException:  # Ctrl-C or an error: never leave the container running
-            try:
+            with contextlib.suppress(docker.errors.DockerException):
                 container.remove(force=True)
-            except docker.errors.DockerException:
-                pass
             raise
-        try:
+        with contextlib.suppress(docker.errors.DockerException):
             container.remove(force=True)
-        except docker.errors.DockerException:
-            pass
         return RunResult(code, time.monotonic() - started, timed_out)
 
     def remove_orphans(self, owner: str) -> int:

@@ -84,7 +84,7 @@ def select_artifacts(files: list[FileEntry], prefix: str, globs: tuple[str, ...]
             continue
         rel = entry.path[len(root):]
         if any(glob_match(g, rel) for g in globs):
-            out[rel] = entry.sha256 if entry.kind == "file" else f"symlink:{entry.target}"
+            out[rel] = (entry.sha256 or "") if entry.kind == "file" else f"symlink:{entry.target}"
     return out
 
 

@@ -359,7 +359,7 @@ class StageBuild:
                   f"({result.seconds:.1f}s)\n".encode())
         log.flush()
         if result.exit_code != 0:
-            what = "timed out after {}s".format(self.recipe.steps.timeout) if result.timed_out \
+            what = f"timed out after {self.recipe.steps.timeout}s" if result.timed_out \
                 else f"failed with exit code {result.exit_code}"
             lines = tail(self.log_path, TAIL_LINES + 1, offset)[:-1]
             raise error(

@@ -218,7 +218,7 @@ def _installed_packages(rootfs: Path) -> dict[str, str]:
         raise StackError(f"cannot read the stack's package list: {proc.stderr.strip()}")
     installed = {}
     for line in proc.stdout.splitlines():
-        name, version, status = (line.split("\t") + ["", ""])[:3]
+        name, version, status = [*line.split("\t"), "", ""][:3]
         if status.startswith("ii"):
             installed[name] = version
     return dict(sorted(installed.items()))

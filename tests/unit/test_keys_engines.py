@@ -62,7 +62,7 @@ def test_key_follows_the_builders_output_not_its_position(tmp_path):
     k3, _, _ = keys(tmp_path, prev=previous("a" * 64, stage=2, key="2" * 64))
     assert k3 == k2
     assert keys(tmp_path, prev=previous("b" * 64))[0] != k2
-    stage1, inputs1, env1 = keys(tmp_path)
+    _, inputs1, env1 = keys(tmp_path)
     assert env1["BUILDER"] == "gcc" and inputs1["builder"] == {"kind": "stage0", "builder": "gcc"}
 
 

@@ -67,7 +67,7 @@ def test_settings_defaults_and_validation(tmp_path):
     s = Settings.from_config({"workspace": str(tmp_path / "ws"), "jobs": 3})
     assert s.workspace.is_absolute() and s.stacks == s.workspace / "stacks"
     assert s.parallel_jobs == 3
-    with pytest.raises(UsageError, match="unknown setting selfhost.colour"):
+    with pytest.raises(UsageError, match=r"unknown setting selfhost\.colour"):
         Settings.from_config({"colour": "blue"})
     with pytest.raises(UsageError, match="expected one of bwrap, docker"):
         Settings.from_config({"engine": "podman"})
