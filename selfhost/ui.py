@@ -87,11 +87,13 @@ class UI:
     """The one place that writes to the terminal."""
 
     def __init__(self, *, json_mode: bool = False, verbose: bool = False,
-                 stream: IO[str] | None = None, force_plain: bool = False):
+                 stream: IO[str] | None = None, force_plain: bool = False,
+                 force_terminal: bool | None = None):
         self.json_mode = json_mode
         self.verbose = verbose
         out = stream or (sys.stderr if json_mode else sys.stdout)
-        self.console = Console(file=out, highlight=False, soft_wrap=True)
+        self.console = Console(file=out, highlight=False, soft_wrap=True,
+                               force_terminal=force_terminal)
         self.plain = force_plain or not self.console.is_terminal
         self._roots: list[Step] = []
         self._stack: list[Step] = []

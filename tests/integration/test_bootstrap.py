@@ -143,8 +143,9 @@ def test_failing_build_shows_the_tail_and_a_working_reproduction(tmp_path, works
     recipe = tcc_variant(tmp_path, **{
         'build = "./configure --prefix=$PREFIX --cc=$BUILDER && make -j$JOBS"':
         'build = "echo about to fail; echo builder=$BUILDER; exit 3"'})
-    run = invoke(["bootstrap", "--compiler", str(recipe)], workspace, stacks)
+    run = invoke(["bootstrap", "--compiler", str(recipe), "--verbose"], workspace, stacks)
     assert run.code == 7, run.output
+    assert "+ /usr/bin/bwrap --ro-bind" in run.stdout, "--verbose echoes sandbox commands"
     assert "stage1 build step failed with exit code 3" in run.stderr
     assert "| about to fail" in run.stderr and "| builder=gcc" in run.stderr
     assert "Traceback" not in run.output
@@ -237,3 +238,21 @@ def test_go_reaches_its_fixpoint_at_stage2(stacks, tmp_path):
     assert "bin/go" in s1 and "pkg/tool/linux_amd64/compile" in s1
     assert s1 == s2 and result["fixpoint"] is True
     assert all(s["tests_passed"] for s in result["stages"])
+
+
+@pytest.mark.docker
+def test_kill_9_under_docker_leaves_no_container_behind(workspace, stacks):
+    import docker
+
+    client = docker.from_env()
+    label = {"label": f"selfhost.sandbox={workspace.resolve()}"}
+    proc = start_invoke(["bootstrap", "--engine", "docker"], workspace, stacks)
+    log = wait_for_log(workspace, "==> stage1 test", proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert client.containers.list(all=True, filters=label), "the container outlived its run"
+    run = invoke(["bootstrap", "--engine", "docker", "--json"], workspace, stacks)
+    assert run.code == 0, run.output
+    assert not run.json["stages"][0]["cached"]
+    assert run.json["stages"][0]["input_hash"] == log.parent.parent.name
+    assert not client.containers.list(all=True, filters=label), "orphans are removed"
