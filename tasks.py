@@ -12,4 +12,5 @@ from selfhost.config import DEFAULTS
 ns = Collection()
 ns.add_task(stages.bootstrap)
 ns.add_task(stages.stack)
+ns.add_task(stages.diff_stages)
 ns.configure({"selfhost": DEFAULTS})

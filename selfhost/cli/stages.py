@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from invoke import Context
+from pathlib import Path
+
+from invoke import Context, Exit
 
 from selfhost.cli.base import make_ui, settings, task
 from selfhost.compilers import find_recipe
 from selfhost.errors import UsageError
 from selfhost.stages.engine import make_engine
+from selfhost.stages import diff_html
+from selfhost.stages.diff import DiffReport, directory_job, run_diffoscope, stage_job
 from selfhost.stages.pipeline import Bootstrap, BootstrapResult, require_fixpoint
 from selfhost.ui import UI
+from selfhost.workspace import Workspace
 
 
 @task(help={
@@ -104,3 +109,73 @@ def stack(c: Context, compiler: str | None = None, all: bool = False, json: bool
     shown = built.installed if all else built.versions(requested)
     ui.table("packages" if all else "requested packages", ["package", "version"],
              sorted((p, v or "MISSING") for p, v in shown.items()))
+
+
+@task(auto_shortflags=False, help={
+    "compiler": "the recipe whose last bootstrap is compared (default: selfhost.default_compiler)",
+    "from": "the left stage number (default: the second to last stage)",
+    "to": "the right stage number (default: the last stage)",
+    "left": "compare any two trees instead: the left directory (a stage entry or any tree)",
+    "right": "the right directory, with --left",
+    "json": "print the full structured result as JSON on stdout",
+    "html": "also write a self-contained HTML report to this file",
+    "diffoscope": "also hand each differing pair to diffoscope, if it is installed",
+})
+def diff_stages(c: Context, compiler: str | None = None, from_: str | None = None,
+                to: str | None = None, left: str | None = None, right: str | None = None,
+                json: bool = False, html: str | None = None, diffoscope: bool = False) -> None:
+    """Prove the fixpoint (exit 0), or explain every difference (exit 1)."""
+    s = settings(c)
+    ui = make_ui(s, json=json)
+    if left or right:
+        if not (left and right):
+            raise UsageError("--left and --right go together", hint="give both directories")
+        if from_ or to:
+            raise UsageError("--from/--to compare stages; --left/--right compare directories",
+                             hint="use one pair or the other")
+        exclusions = find_recipe(compiler, s.recipe_dirs).exclude if compiler else ()
+        job = directory_job(Path(left), Path(right), exclusions)
+    else:
+        recipe = find_recipe(compiler or s.default_compiler, s.recipe_dirs)
+        job = stage_job(Workspace(s.workspace), recipe, parse_stage(from_, "--from"),
+                             parse_stage(to, "--to"))
+    report = job.run()
+    if json:
+        ui.emit_json(report.to_json())
+    else:
+        show_diff(ui, report, job.fixpoint)
+    if html:
+        Path(html).write_text(diff_html.render(report, job.title))
+        ui.info(f"HTML report: {html}")
+    if diffoscope:
+        for line in run_diffoscope(report, Workspace(s.workspace).root / "reports"):
+            ui.info(line)
+    if not report.identical:
+        raise Exit(code=1)
+
+
+def parse_stage(value: str | None, flag: str) -> int | None:
+    """Validate a stage number given on the command line."""
+    if value is None:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise UsageError(f"{flag} is {value!r}; expected a stage number (1, 2, ...)")
+    return int(value)
+
+
+def show_diff(ui: UI, report: DiffReport, fixpoint: bool) -> None:
+    """The human form of a diff report: verdict first, then each difference."""
+    line = report.verdict_line(fixpoint)
+    (ui.info if report.identical else ui.error)(line)
+    rows = []
+    for f in report.differing:
+        a = f.analysis
+        sections = ", ".join(f"{s.name} {s.differing_bytes}" for s in (a.sections if a else [])[:3])
+        rows.append((f.path, f.status, a.cause.value if a else "-",
+                     "" if not a or a.strings_diff_lines is None else a.strings_diff_lines,
+                     sections, (a.evidence[0] if a and a.evidence else "")[:80]))
+    if rows:
+        ui.table("differences", ["file", "status", "cause", "strings diff", "sections (bytes)",
+                                 "evidence"], rows)
+    for f in report.excluded:
+        ui.warn(f"excluded, and different: {f.path} ({f.reason})")

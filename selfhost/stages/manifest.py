@@ -6,7 +6,7 @@ example is in ``docs/state.md``)::
 
     {
       "format": 1,
-      "compiler": "tcc", "version": "...", "stage": 2,
+      "compiler": "tcc", "version": "...", "prefix": "/opt/tcc", "stage": 2,
       "input_hash": "<sha256 of the canonical JSON of 'inputs'>",
       "inputs": {
         "recipe": {"name", "version", "digest"},
@@ -119,6 +119,7 @@ class Manifest:
 
     compiler: str
     version: str
+    prefix: str
     stage: int
     input_hash: str
     inputs: dict[str, Any]
@@ -136,6 +137,7 @@ class Manifest:
             "format": FORMAT,
             "compiler": self.compiler,
             "version": self.version,
+            "prefix": self.prefix,
             "stage": self.stage,
             "input_hash": self.input_hash,
             "inputs": self.inputs,
@@ -154,7 +156,8 @@ class Manifest:
         if data.get("format") != FORMAT:
             raise ValueError(f"unsupported manifest format {data.get('format')!r}")
         return cls(
-            compiler=data["compiler"], version=data["version"], stage=data["stage"],
+            compiler=data["compiler"], version=data["version"], prefix=data["prefix"],
+            stage=data["stage"],
             input_hash=data["input_hash"], inputs=data["inputs"],
             tree_digest=data["tree_digest"],
             files=[FileEntry.from_json(p, e) for p, e in data["files"].items()],

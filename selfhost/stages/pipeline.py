@@ -339,7 +339,8 @@ class StageBuild:
             timings["capture"] = time.monotonic() - t
         timings["total"] = time.monotonic() - started
         return Manifest(
-            compiler=self.recipe.name, version=self.recipe.version, stage=self.n,
+            compiler=self.recipe.name, version=self.recipe.version, prefix=self.recipe.prefix,
+            stage=self.n,
             input_hash=key, inputs=inputs, tree_digest=tree_digest(files), files=files,
             artifacts=select_artifacts(files, self.recipe.prefix, self.recipe.artifacts),
             tests=tests, timings=timings, logs={"stage": "logs/stage.log"},

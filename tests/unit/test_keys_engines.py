@@ -32,7 +32,7 @@ def fake_stack(tmp_path: Path, packages_digest: str = "p" * 64) -> Stack:
 
 
 def previous(tree_digest: str, stage: int = 1, key: str = "k" * 64) -> StageResult:
-    m = Manifest("tcc", "1", stage, key, {}, tree_digest, [], {}, None, {}, {}, "", "0")
+    m = Manifest("tcc", "1", "/opt/tcc", stage, key, {}, tree_digest, [], {}, None, {}, {}, "", "0")
     return StageResult(stage, key, False, m, Path("/nowhere"))
 
 
