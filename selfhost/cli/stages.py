@@ -9,9 +9,9 @@ from invoke import Context, Exit
 from selfhost.cli.base import make_ui, settings, task
 from selfhost.compilers import find_recipe
 from selfhost.errors import UsageError
-from selfhost.stages.engine import make_engine
 from selfhost.stages import diff_html
 from selfhost.stages.diff import DiffReport, directory_job, run_diffoscope, stage_job
+from selfhost.stages.engine import make_engine
 from selfhost.stages.pipeline import Bootstrap, BootstrapResult, require_fixpoint
 from selfhost.ui import UI
 from selfhost.workspace import Workspace

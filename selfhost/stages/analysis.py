@@ -221,7 +221,8 @@ def _load_elf(data: bytes) -> _Elf:
                 if not sym.name:
                     continue
                 shndx = sym["st_shndx"]
-                where = names[shndx] if isinstance(shndx, int) and shndx < len(names) else str(shndx)
+                known = isinstance(shndx, int) and shndx < len(names)
+                where = names[shndx] if known else str(shndx)
                 table[sym.name] = (sym["st_value"], sym["st_size"], sym["st_info"]["type"],
                                    sym["st_info"]["bind"], where)
         if isinstance(section, NoteSection):

@@ -85,7 +85,7 @@ class Side:
     label: str
     root: Path
     files: dict[str, tuple[str, int]]  # path -> (sha256 or "symlink:<target>", size)
-    from_manifest: bool = False
+    manifest_backed: bool = False
 
     @classmethod
     def from_manifest(cls, label: str, entry: Path, manifest: Manifest, prefix: str) -> Side:
@@ -94,7 +94,7 @@ class Side:
         sizes = {e.path: e.size for e in manifest.files}
         files = {path: (digest, sizes.get(f"{rel}/{path}", 0))
                  for path, digest in manifest.artifacts.items()}
-        return cls(label, entry / "tree" / rel, files, from_manifest=True)
+        return cls(label, entry / "tree" / rel, files, manifest_backed=True)
 
     @classmethod
     def from_directory(cls, label: str, root: Path) -> Side:
@@ -181,7 +181,7 @@ class DiffReport:
             "verdict": "identical" if self.identical else "different",
             "left": str(self.left.root), "right": str(self.right.root),
             "left_label": self.left.label, "right_label": self.right.label,
-            "from_manifests": self.left.from_manifest and self.right.from_manifest,
+            "from_manifests": self.left.manifest_backed and self.right.manifest_backed,
             "summary": {
                 "files": len(self.files),
                 "identical": sum(1 for f in self.files if f.status == "identical"),

@@ -67,7 +67,8 @@ def test_select_artifacts_is_relative_to_prefix():
 
 def test_manifest_round_trip(tmp_path):
     m = Manifest(
-        compiler="tcc", version="1", prefix="/opt/tcc", stage=2, input_hash="k" * 64, inputs={"engine": "bwrap"},
+        compiler="tcc", version="1", prefix="/opt/tcc", stage=2, input_hash="k" * 64,
+        inputs={"engine": "bwrap"},
         tree_digest="t" * 64, files=[FileEntry("a", "file", 0o644, 1, "s" * 64)],
         artifacts={"a": "s" * 64}, tests=TestResult("make test", 0, 1.5, ["ok"]),
         timings={"build": 1.23456}, logs={"stage": "logs/stage.log"}, created="now",
