@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import invoke
 from invoke import Context, Exit
 
 from selfhost.config import Settings
 from selfhost.errors import Interrupted, SelfhostError
-from selfhost.ui import UI
+
+if TYPE_CHECKING:
+    from selfhost.ui import UI
 
 
 def task(*args: Any, **kwargs: Any) -> Any:
@@ -49,4 +51,6 @@ def settings(c: Context, **overrides: Any) -> Settings:
 
 def make_ui(s: Settings, *, json: bool = False) -> UI:
     """The UI for a task: progress on stderr when the task prints JSON."""
+    from selfhost.ui import UI
+
     return UI(json_mode=json, verbose=s.verbose)

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from invoke import Context, Exit
 
 from selfhost.cli.base import make_ui, settings, task
 from selfhost.compilers import find_recipe
 from selfhost.errors import UsageError
-from selfhost.stages import diff_html
-from selfhost.stages.diff import DiffReport, directory_job, run_diffoscope, stage_job
-from selfhost.stages.engine import make_engine
-from selfhost.stages.pipeline import Bootstrap, BootstrapResult, require_fixpoint
-from selfhost.ui import UI
-from selfhost.workspace import Workspace
+
+if TYPE_CHECKING:
+    from selfhost.stages.diff import DiffReport
+    from selfhost.stages.pipeline import BootstrapResult
+    from selfhost.ui import UI
+
+# The library modules are imported inside the tasks: `invoke --list`, `--help` and the
+# quick tasks (a cached bootstrap, a diff verdict) start faster without them.
 
 
 @task(help={
@@ -29,6 +32,9 @@ def bootstrap(c: Context, compiler: str | None = None, stages: str | None = None
               engine: str | None = None, force: bool = False, json: bool = False,
               verbose: bool = False) -> None:
     """Build a compiler in stages on its stack and check the fixpoint."""
+    from selfhost.stages.engine import make_engine
+    from selfhost.stages.pipeline import Bootstrap, require_fixpoint
+
     s = settings(c, engine=engine, verbose=verbose or None)
     ui = make_ui(s, json=json)
     recipe = find_recipe(compiler or s.default_compiler, s.recipe_dirs)
@@ -89,6 +95,9 @@ def report(ui: UI, outcome: BootstrapResult) -> None:
 def stack(c: Context, compiler: str | None = None, all: bool = False, json: bool = False
           ) -> None:
     """Build the stack (a pinned Debian rootfs) if needed, and show it."""
+    from selfhost.stages.engine import make_engine
+    from selfhost.stages.pipeline import Bootstrap
+
     s = settings(c)
     ui = make_ui(s, json=json)
     recipe = find_recipe(compiler or s.default_compiler, s.recipe_dirs)
@@ -125,6 +134,10 @@ def diff_stages(c: Context, compiler: str | None = None, from_: str | None = Non
                 to: str | None = None, left: str | None = None, right: str | None = None,
                 json: bool = False, html: str | None = None, diffoscope: bool = False) -> None:
     """Prove the fixpoint (exit 0), or explain every difference (exit 1)."""
+    from selfhost.stages import diff_html
+    from selfhost.stages.diff import directory_job, run_diffoscope, stage_job
+    from selfhost.workspace import Workspace
+
     s = settings(c)
     ui = make_ui(s, json=json)
     if left or right:
