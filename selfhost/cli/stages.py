@@ -95,15 +95,13 @@ def report(ui: UI, outcome: BootstrapResult) -> None:
 def stack(c: Context, compiler: str | None = None, all: bool = False, json: bool = False
           ) -> None:
     """Build the stack (a pinned Debian rootfs) if needed, and show it."""
-    from selfhost.stages.engine import make_engine
-    from selfhost.stages.pipeline import Bootstrap
+    from selfhost.stages.pipeline import ensure_stack
 
     s = settings(c)
     ui = make_ui(s, json=json)
     recipe = find_recipe(compiler or s.default_compiler, s.recipe_dirs)
-    boot = Bootstrap(s, make_engine("bwrap"), ui)
     with ui.step("stack") as step:
-        built = boot.ensure_stack(recipe)
+        built = ensure_stack(s, recipe, ui.info)
         step.note = built.spec.name
     requested = built.spec.packages
     if json:

@@ -51,6 +51,10 @@ class BwrapEngine:
         """bwrap cannot create mount points in a read-only root: make them in the stack."""
         stack.ensure_mount_points(mount_points)
 
+    def remove_orphans(self, owner: str) -> int:
+        """Nothing to do: ``--die-with-parent`` takes sandboxes down with their run."""
+        return 0
+
     def command_line(self, sandbox: Sandbox) -> list[str]:
         """The full bwrap argv, one option per group, as run."""
         argv = [self.bwrap,

@@ -97,6 +97,9 @@ class Engine(Protocol):
     def command_line(self, sandbox: Sandbox) -> list[str]:
         """A shell command line that reproduces the sandbox by hand."""
 
+    def remove_orphans(self, owner: str) -> int:
+        """Remove sandboxes of ``owner`` left behind by a killed run; return how many."""
+
 
 def make_engine(name: str, *, docker_url: str | None = None, echo=None) -> Engine:
     """Create the engine called ``name`` (``bwrap`` or ``docker``)."""

@@ -115,17 +115,16 @@ class Bootstrap:
         self.workspace = Workspace(settings.workspace)
         self.cache = StageCache(self.workspace.stage_cache, self.workspace.tmp)
 
+    @property
+    def owner(self) -> str:
+        """Who the sandboxes belong to: this workspace (labels Docker containers)."""
+        return str(self.workspace.root.resolve())
+
     def mirror(self) -> str:
         return debian_mirror(self.settings.mirror)
 
-    def stack_spec(self, recipe: Recipe) -> StackSpec:
-        """The stack a recipe builds on: the configured suite, base packages + its own."""
-        s = self.settings
-        return StackSpec.make(s.suite, s.variant, (*s.base_packages, *recipe.packages))
-
     def ensure_stack(self, recipe: Recipe) -> Stack:
-        return StackStore(self.settings.stacks, self.mirror).ensure(self.stack_spec(recipe),
-                                                                     log=self.ui.info)
+        return ensure_stack(self.settings, recipe, self.ui.info)
 
     def run(self, recipe: Recipe, *, stages: int | None = None, force: bool = False
             ) -> BootstrapResult:
@@ -142,9 +141,7 @@ class Bootstrap:
                 step.note = source.origin
             with self.ui.step(f"engine {self.engine.name}"):
                 self.engine.prepare(stack, [recipe.prefix])
-                remove_orphans = getattr(self.engine, "remove_orphans", None)
-                if remove_orphans:
-                    remove_orphans(str(self.workspace.root.resolve()))
+                self.engine.remove_orphans(self.owner)
             results: list[StageResult] = []
             comparison: ArtifactComparison | None = None
             n = 0
@@ -242,6 +239,18 @@ class Bootstrap:
         write_json_atomic(directory / "run.json", outcome.to_json())
 
 
+def stack_spec(settings: Settings, recipe: Recipe) -> StackSpec:
+    """The stack a recipe builds on: the configured suite, base packages + its own."""
+    return StackSpec.make(settings.suite, settings.variant,
+                          (*settings.base_packages, *recipe.packages))
+
+
+def ensure_stack(settings: Settings, recipe: Recipe, log: Callable[[str], None]) -> Stack:
+    """The recipe's stack, debootstrapped first if it is not built yet."""
+    store = StackStore(settings.stacks, lambda: debian_mirror(settings.mirror))
+    return store.ensure(stack_spec(settings, recipe), log=log)
+
+
 def require_fixpoint(outcome: BootstrapResult) -> None:
     """Apply the recipe's policy: raise FixpointError when it is 'fail' or 'iterate'."""
     if outcome.fixpoint or len(outcome.stages) < 2 or outcome.recipe.fixpoint is \
@@ -293,7 +302,7 @@ class StageBuild:
             env=tuple(self.env.items()),
             mounts=self.mounts(out_writable=out_writable),
             workdir=SRC_DIR,
-            owner=str(self.boot.workspace.root.resolve()),
+            owner=self.boot.owner,
         )
 
     def build(self, key: str, inputs: dict[str, Any]) -> Manifest:
