@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "docker_url": None,
     "recipe_dirs": [],
     "default_compiler": "tcc",
+    "slug_max_bytes": 500_000_000,
 }
 
 
@@ -53,6 +54,7 @@ class Settings:
     docker_url: str | None = None
     recipe_dirs: tuple[Path, ...] = field(default=())
     default_compiler: str = "tcc"
+    slug_max_bytes: int = 500_000_000
 
     @property
     def stacks(self) -> Path:
@@ -97,6 +99,7 @@ class Settings:
                 docker_url=raw["docker_url"] or None,
                 recipe_dirs=tuple(_abs(p) for p in raw["recipe_dirs"]),
                 default_compiler=str(raw["default_compiler"]),
+                slug_max_bytes=int(raw["slug_max_bytes"]),
             )
         except (TypeError, ValueError) as exc:
             raise UsageError(
@@ -129,6 +132,8 @@ def validate(settings: Settings) -> Settings:
             f"suite is {settings.suite!r}; expected one of {', '.join(SUITES)}",
             hint="set selfhost.suite in invoke.yaml",
         )
+    if settings.slug_max_bytes <= 0:
+        raise UsageError("selfhost.slug_max_bytes must be positive")
     if settings.jobs < 0 or settings.lock_wait < 0:
         raise UsageError("selfhost.jobs and selfhost.lock_wait must not be negative")
     return settings

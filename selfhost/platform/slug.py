@@ -1,0 +1,309 @@
+"""Slugs: byte-reproducible Heroku-format archives of an app.
+
+A slug is a gzip-compressed tar whose every entry lives under ``./app`` (Heroku ignores
+anything else). selfhost's slugs are reproducible: the same inputs give the same
+sha256 whatever the workspace path, the clock or the umask, because
+
+- entries are sorted by path, and directories come before their contents;
+- every mtime is ``SOURCE_DATE_EPOCH``;
+- owners are uid/gid 0 with empty user and group names;
+- modes are normalised: directories and executables 0755, other files 0644,
+  symlinks 0777;
+- the gzip header carries no file name and a zero timestamp;
+- ``.git`` directories are never included and ``.slugignore`` is honoured.
+
+Hard links are stored as regular files; device files, sockets and FIFOs are refused.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import hashlib
+import io
+import os
+import re
+import stat
+import tarfile
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selfhost.errors import SelfhostError, UsageError
+
+PROCESS_TYPE_RE = re.compile(r"^[-\w]{1,128}$")
+WARN_BYTES = 300 * 1000 * 1000
+DEFAULT_MAX_BYTES = 500 * 1000 * 1000
+GZIP_LEVEL = 6
+
+
+class SlugError(SelfhostError):
+    """The slug cannot be built: bad Procfile, a lint in --strict mode, too big."""
+
+    exit_code = 12
+
+
+# --------------------------------------------------------------------------- Procfile
+
+
+def parse_procfile(text: str, origin: str = "Procfile") -> dict[str, str]:
+    """Parse a Procfile strictly: ``name: command`` per line.
+
+    Blank lines and ``#`` comments are skipped; the line is split on the first ``:``;
+    names must match ``^[-\\w]{1,128}$`` (Heroku's rule); duplicates and empty commands
+    are refused with the line number.
+    """
+    types: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, command = line.partition(":")
+        name, command = name.strip(), command.strip()
+        where = f"{origin}:{number}"
+        if not sep:
+            raise SlugError(f"{where}: expected 'name: command', got {line!r}",
+                            hint="each process type is one line such as 'worker: bin/worker'")
+        if not PROCESS_TYPE_RE.match(name):
+            raise SlugError(f"{where}: process type {name!r} is not valid",
+                            hint="use 1 to 128 letters, digits, '_' or '-'")
+        if not command:
+            raise SlugError(f"{where}: process type {name!r} has no command")
+        if name in types:
+            raise SlugError(f"{where}: process type {name!r} is defined twice")
+        types[name] = command
+    return types
+
+
+# --------------------------------------------------------------------------- contents
+
+
+@dataclass
+class SlugEntry:
+    """One entry of a slug: its path under ``app/`` and where its bytes come from."""
+
+    path: str  # relative to app/, POSIX, no leading ./
+    kind: str  # "dir" | "file" | "symlink"
+    source: Path | None = None  # files: the host file
+    data: bytes | None = None  # files: literal contents (generated files)
+    target: str | None = None  # symlinks
+    executable: bool = False
+
+
+@dataclass
+class SlugContents:
+    """The entries of a slug, keyed by path, built up from directories and files."""
+
+    entries: dict[str, SlugEntry] = field(default_factory=dict)
+
+    def add_dir(self, path: str) -> None:
+        parts = [p for p in path.split("/") if p]
+        for i in range(1, len(parts) + 1):
+            sub = "/".join(parts[:i])
+            self.entries.setdefault(sub, SlugEntry(sub, "dir"))
+
+    def add_file(self, path: str, *, source: Path | None = None, data: bytes | None = None,
+                 executable: bool = False) -> None:
+        self.add_dir(path.rpartition("/")[0])
+        self.entries[path] = SlugEntry(path, "file", source=source, data=data,
+                                       executable=executable)
+
+    def add_tree(self, root: Path, under: str = "", ignore: Iterable[str] = ()) -> None:
+        """Add everything below ``root`` at ``under``; skip ``.git`` and ignored paths."""
+        patterns = list(ignore)
+        if under:
+            self.add_dir(under)
+        for dirpath, dirnames, filenames in os.walk(root):
+            rel_dir = Path(dirpath).relative_to(root).as_posix()
+            rel_dir = "" if rel_dir == "." else rel_dir
+            keep = []
+            for name in sorted(dirnames):
+                rel = f"{rel_dir}/{name}".lstrip("/")
+                full = Path(dirpath, name)
+                if name == ".git" or _ignored(rel, patterns):
+                    continue
+                if full.is_symlink():  # os.walk lists links to directories as dirs
+                    self._add_path(full, _join(under, rel))
+                else:
+                    keep.append(name)
+                    self.add_dir(_join(under, rel))
+            dirnames[:] = keep
+            for name in sorted(filenames):
+                rel = f"{rel_dir}/{name}".lstrip("/")
+                if name == ".git" or _ignored(rel, patterns):
+                    continue
+                self._add_path(Path(dirpath, name), _join(under, rel))
+
+    def _add_path(self, full: Path, path: str) -> None:
+        st = full.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            self.add_dir(path.rpartition("/")[0])
+            self.entries[path] = SlugEntry(path, "symlink", target=os.readlink(full))
+        elif stat.S_ISREG(st.st_mode):
+            self.add_file(path, source=full, executable=bool(st.st_mode & 0o111))
+        else:
+            raise SlugError(f"{full}: special files (devices, sockets, FIFOs) cannot go "
+                            "into a slug", hint="remove it, or list it in .slugignore")
+
+    def read(self, entry: SlugEntry) -> bytes:
+        if entry.data is not None:
+            return entry.data
+        assert entry.source is not None
+        return entry.source.read_bytes()
+
+
+def _join(under: str, rel: str) -> str:
+    return f"{under}/{rel}" if under else rel
+
+
+def read_slugignore(app_dir: Path) -> list[str]:
+    """Patterns from ``.slugignore`` (one per line, ``#`` comments, blank lines skipped)."""
+    path = app_dir / ".slugignore"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            out.append(line)
+    return out
+
+
+def _ignored(rel: str, patterns: list[str]) -> bool:
+    """Heroku-style .slugignore: a pattern with a '/' matches from the app root,
+    one without matches a name at any depth; a directory match excludes its contents."""
+    for pattern in patterns:
+        anchored = pattern.startswith("/") or "/" in pattern.rstrip("/")
+        pat = pattern.strip("/")
+        if anchored:
+            if fnmatch.fnmatchcase(rel, pat) or rel.startswith(pat + "/"):
+                return True
+        elif any(fnmatch.fnmatchcase(part, pat) for part in rel.split("/")):
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------- packing
+
+
+@dataclass
+class SlugInfo:
+    """A packed slug."""
+
+    path: Path
+    checksum: str  # "SHA256:<hex>"
+    size: int
+    process_types: dict[str, str]
+    entries: int
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def sha256(self) -> str:
+        return self.checksum.split(":", 1)[1]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": str(self.path), "checksum": self.checksum, "size": self.size,
+                "process_types": self.process_types, "warnings": self.warnings}
+
+
+def _tarinfo(name: str, kind: bytes, mode: int, mtime: int, size: int = 0) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = mode
+    info.mtime = mtime
+    info.size = size
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+class _HashingWriter(io.RawIOBase):
+    """A file wrapper that hashes and counts what is written through it."""
+
+    def __init__(self, f: Any):
+        self.f = f
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        self.sha.update(b)
+        self.size += len(b)
+        self.f.write(b)
+        return len(b)
+
+
+def pack(contents: SlugContents, out: Path, *, mtime: int, process_types: dict[str, str],
+         max_bytes: int = DEFAULT_MAX_BYTES) -> SlugInfo:
+    """Write the slug to ``out`` reproducibly; refuse it if it exceeds ``max_bytes``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            hashing = _HashingWriter(raw)
+            with gzip.GzipFile(filename="", mode="wb", compresslevel=GZIP_LEVEL,
+                               fileobj=hashing, mtime=0) as gz, \
+                    tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
+                tar.addfile(_tarinfo("./app", tarfile.DIRTYPE, 0o755, mtime))
+                for path in sorted(contents.entries, key=_sort_key):
+                    entry = contents.entries[path]
+                    name = f"./app/{path}"
+                    if entry.kind == "dir":
+                        tar.addfile(_tarinfo(name, tarfile.DIRTYPE, 0o755, mtime))
+                    elif entry.kind == "symlink":
+                        info = _tarinfo(name, tarfile.SYMTYPE, 0o777, mtime)
+                        info.linkname = entry.target or ""
+                        tar.addfile(info)
+                    else:
+                        mode = 0o755 if entry.executable else 0o644
+                        if entry.data is not None:
+                            info = _tarinfo(name, tarfile.REGTYPE, mode, mtime, len(entry.data))
+                            tar.addfile(info, io.BytesIO(entry.data))
+                        else:
+                            assert entry.source is not None
+                            with open(entry.source, "rb") as f:
+                                size = os.fstat(f.fileno()).st_size
+                                tar.addfile(_tarinfo(name, tarfile.REGTYPE, mode, mtime, size), f)
+                        if hashing.size > max_bytes:
+                            raise _too_big(hashing.size, max_bytes, partial=True)
+        size = hashing.size
+        if size > max_bytes:
+            raise _too_big(size, max_bytes)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    warnings = []
+    if size > WARN_BYTES:
+        warnings.append(f"slug size {size / 1e6:.0f} MB is over the {WARN_BYTES // 10**6} MB "
+                        "soft limit: boot times grow with slug size; consider .slugignore")
+    return SlugInfo(out, f"SHA256:{hashing.sha.hexdigest()}", size, process_types,
+                    len(contents.entries) + 1, warnings)
+
+
+def _sort_key(path: str) -> tuple[str, ...]:
+    """Sort by path components, so a directory comes right before its contents."""
+    return tuple(path.split("/"))
+
+
+def _too_big(size: int, limit: int, partial: bool = False) -> SlugError:
+    over = "more than " if partial else ""
+    return SlugError(f"the slug is {over}{size / 1e6:.0f} MB, above the hard limit of "
+                     f"{limit / 1e6:.0f} MB; it was not written",
+                     hint="exclude files with .slugignore, or raise selfhost.slug_max_bytes")
+
+
+def verify_layout(path: Path) -> list[str]:
+    """Check an existing slug's layout; return the entry names (for tests and tools)."""
+    names = []
+    with tarfile.open(path, "r:gz") as tar:
+        for member in tar.getmembers():
+            if not (member.name == "./app" or member.name.startswith("./app/")):
+                raise UsageError(f"{path}: entry {member.name!r} is outside ./app")
+            names.append(member.name)
+    return names
