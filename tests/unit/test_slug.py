@@ -114,7 +114,8 @@ def fake_rootfs(tmp_path: Path, glibc_max: str = "2.31") -> Path:
     (root / "bin" / "sh").write_text("")
     (root / "usr" / "bin").mkdir(parents=True)
     (root / "usr" / "bin" / "env").write_text("")
-    os.symlink("../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", root / "lib64" / "ld-linux-x86-64.so.2")
+    os.symlink("../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+               root / "lib64" / "ld-linux-x86-64.so.2")
     (lib / "ld-linux-x86-64.so.2").write_text("")
     minor = int(glibc_max.split(".")[1])
     nodes = ["GLIBC_2.2.5"] + [f"GLIBC_2.{n}" for n in range(3, minor + 1)]
