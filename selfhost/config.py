@@ -34,6 +34,10 @@ DEFAULTS: dict[str, Any] = {
     "recipe_dirs": [],
     "default_compiler": "tcc",
     "slug_max_bytes": 500_000_000,
+    "platform_dir": None,
+    "platform_port": 0,
+    "api_url": None,
+    "api_token": None,
 }
 
 
@@ -55,6 +59,15 @@ class Settings:
     recipe_dirs: tuple[Path, ...] = field(default=())
     default_compiler: str = "tcc"
     slug_max_bytes: int = 500_000_000
+    platform_dir: Path | None = None
+    platform_port: int = 0
+    api_url: str | None = None
+    api_token: str | None = None
+
+    @property
+    def platform(self) -> Path:
+        """The platform daemon's state directory."""
+        return self.platform_dir if self.platform_dir else self.workspace / "platform"
 
     @property
     def stacks(self) -> Path:
@@ -100,6 +113,10 @@ class Settings:
                 recipe_dirs=tuple(_abs(p) for p in raw["recipe_dirs"]),
                 default_compiler=str(raw["default_compiler"]),
                 slug_max_bytes=int(raw["slug_max_bytes"]),
+                platform_dir=_abs(raw["platform_dir"]) if raw["platform_dir"] else None,
+                platform_port=int(raw["platform_port"]),
+                api_url=raw["api_url"] or None,
+                api_token=raw["api_token"] or None,
             )
         except (TypeError, ValueError) as exc:
             raise UsageError(
@@ -132,6 +149,8 @@ def validate(settings: Settings) -> Settings:
             f"suite is {settings.suite!r}; expected one of {', '.join(SUITES)}",
             hint="set selfhost.suite in invoke.yaml",
         )
+    if not 0 <= settings.platform_port <= 65535:
+        raise UsageError(f"selfhost.platform_port is {settings.platform_port}; expected 0-65535")
     if settings.slug_max_bytes <= 0:
         raise UsageError("selfhost.slug_max_bytes must be positive")
     if settings.jobs < 0 or settings.lock_wait < 0:

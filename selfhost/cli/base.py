@@ -49,6 +49,17 @@ def settings(c: Context, **overrides: Any) -> Settings:
     return base.with_overrides(**overrides)
 
 
+def argv_after_dashdash() -> list[str]:
+    """The words after the first ``--`` on the command line, quoting intact.
+
+    Invoke joins ``c.remainder`` with spaces and loses the quoting, so
+    ``-- sh -c 'exit 3'`` would arrive as ``sh -c exit 3``; sys.argv keeps the words.
+    """
+    import sys
+
+    return sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
+
+
 def make_ui(s: Settings, *, json: bool = False) -> UI:
     """The UI for a task: progress on stderr when the task prints JSON."""
     from selfhost.ui import UI

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from invoke import Context
 
-from selfhost.cli.base import make_ui, settings, task
+from selfhost.cli.base import argv_after_dashdash, make_ui, settings, task
 from selfhost.compilers import find_recipe
-from selfhost.config import SUITES
+from selfhost.config import SUITES, Settings
 from selfhost.errors import UsageError
+
+if TYPE_CHECKING:
+    from selfhost.platform.client import PlatformClient
+    from selfhost.ui import UI
 
 
 @task(help={
@@ -42,3 +48,205 @@ def slug(c: Context, compiler: str | None = None, out: str | None = None, strict
     ui.info(f"slug {info.path}\n  checksum: {info.checksum}\n  size: {info.size} bytes\n"
             f"  process types: {', '.join(f'{k}: {v}' for k, v in info.process_types.items())}"
             f"\n  stack: {result.target_stack.spec.name}\n  lints: {len(result.lints)}")
+
+
+# --------------------------------------------------------------------------- the API
+
+
+def client_for(s: Settings, ui: UI, api: str | None) -> tuple[PlatformClient, bool]:
+    """A client for --api / selfhost.api_url, or for the local daemon (started on demand).
+
+    The bool is True for the local platform, where a first release creates the app.
+    """
+    from selfhost.platform import daemon
+    from selfhost.platform.client import PlatformClient, token_for
+    from selfhost.platform.store import PlatformPaths
+
+    paths = PlatformPaths(s.platform)
+    url = api or s.api_url
+    if url:
+        return PlatformClient(url, token_for(url, paths.token, s.api_token)), False
+    info, started = daemon.start(paths, port=s.platform_port, stack=s.suite,
+                                 max_blob_bytes=s.slug_max_bytes)
+    if started:
+        ui.info(f"started the platform daemon (pid {info.pid}) at {info.url}")
+    return PlatformClient(info.url, paths.ensure_token()), True
+
+
+API_HELP = "a Heroku-compatible API URL instead of the local platform (token: HEROKU_API_KEY)"
+
+
+@task(help={
+    "app": "the app to release to (created on the local platform if it does not exist)",
+    "api": API_HELP,
+    "compiler": "the recipe to package (default: selfhost.default_compiler)",
+    "strict": "refuse to release if a slug lint fires",
+    "json": "print the release as JSON",
+})
+def release(c: Context, app: str, api: str | None = None, compiler: str | None = None,
+            strict: bool = False, json: bool = False) -> None:
+    """Build the slug, upload it, verify it and release it as the app's next version."""
+    from selfhost.platform.packaging import build_compiler_slug
+    from selfhost.stages.engine import make_engine
+
+    s = settings(c)
+    ui = make_ui(s, json=json)
+    recipe = find_recipe(compiler or s.default_compiler, s.recipe_dirs)
+    with ui.live():
+        built = build_compiler_slug(s, recipe, make_engine(s.engine, docker_url=s.docker_url,
+                                                           echo=ui.echo), ui, strict=strict)
+    client, local = client_for(s, ui, api)
+    info = built.info
+    with ui.step(f"release {app}") as step:
+        result = client.release_slug(
+            app, info.path, checksum=info.checksum, size=info.size,
+            process_types=info.process_types, stack=s.suite if local else None,
+            commit=built.bootstrap.stages[-1].input_hash[:40],
+            description=f"{recipe.name} {recipe.version} stage{built.bootstrap.stages[-1].stage}",
+            create_app=local)
+        step.note = f"v{result.version}"
+    if json:
+        ui.emit_json(result.to_json())
+        return
+    if result.app_created:
+        ui.info(f"created app {app} (first release)")
+    ui.info(f"released v{result.version} of {app}: slug {result.slug_id} ({info.checksum}, "
+            f"{info.size} bytes)")
+
+
+@task(help={"app": "the app", "api": API_HELP, "json": "print the releases as JSON"})
+def releases(c: Context, app: str, api: str | None = None, json: bool = False) -> None:
+    """List an app's releases, newest last."""
+    s = settings(c)
+    ui = make_ui(s, json=json)
+    items = client_for(s, ui, api)[0].releases(app)
+    if json:
+        ui.emit_json(items)
+        return
+    ui.table(f"releases of {app}", ["version", "description", "slug", "created", "current"],
+             [(f"v{r['version']}", r["description"], (r["slug"] or {}).get("id", "-"),
+               r["created_at"], "*" if r["current"] else "") for r in items])
+
+
+@task(positional=["version"], help={"app": "the app", "version": "the release to roll back "
+                                    "to (vN or N)", "api": API_HELP})
+def rollback(c: Context, app: str, version: str, api: str | None = None) -> None:
+    """Roll back to an earlier release (as a new release with its code and config)."""
+    s = settings(c)
+    ui = make_ui(s)
+    result = client_for(s, ui, api)[0].rollback(app, version)
+    ui.info(f"v{result['version']} of {app}: {result['description']}")
+
+
+@task(iterable=["set", "unset"], help={
+    "app": "the app",
+    "set": "K=V to set (repeatable); pairs after -- work too: -- K=V K2=V2",
+    "unset": "a config var to remove (repeatable)",
+    "api": API_HELP,
+    "json": "print the config vars as JSON",
+})
+def config(c: Context, app: str, set: list[str] | None = None,
+           unset: list[str] | None = None, api: str | None = None, json: bool = False) -> None:
+    """Show an app's config vars, or set and unset them (each change is a release)."""
+    s = settings(c)
+    ui = make_ui(s, json=json)
+    changes: dict[str, str | None] = {}
+    for pair in [*(set or []), *argv_after_dashdash()]:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{pair!r} is not K=V", hint="e.g. invoke config --app a -- K=V")
+        changes[key] = value
+    for key in unset or []:
+        changes[key] = None
+    client = client_for(s, ui, api)[0]
+    result = client.update_config(app, changes) if changes else client.config(app)
+    if json:
+        ui.emit_json(result)
+        return
+    for key, value in sorted(result.items()):
+        ui.info(f"{key}={value}")
+
+
+# --------------------------------------------------------------------------- apps
+
+
+@task(positional=["name"], help={"name": "the app's name (lowercase, digits, dashes)",
+                                 "api": API_HELP, "json": "print the app as JSON"})
+def apps_create(c: Context, name: str, api: str | None = None, json: bool = False) -> None:
+    """Create an app."""
+    s = settings(c)
+    ui = make_ui(s, json=json)
+    app = client_for(s, ui, api)[0].create_app(name, None if api or s.api_url else s.suite)
+    if json:
+        ui.emit_json(app)
+    else:
+        ui.info(f"created app {app['name']} ({app['id']}) on stack {app['stack']['name']}")
+
+
+@task(help={"api": API_HELP, "json": "print the apps as JSON"})
+def apps_list(c: Context, api: str | None = None, json: bool = False) -> None:
+    """List the apps."""
+    s = settings(c)
+    ui = make_ui(s, json=json)
+    items = client_for(s, ui, api)[0].apps()
+    if json:
+        ui.emit_json(items)
+        return
+    ui.table("apps", ["name", "stack", "released", "id"],
+             [(a["name"], a["stack"]["name"], a.get("released_at") or "-", a["id"])
+              for a in items])
+
+
+# --------------------------------------------------------------------------- the daemon
+
+
+@task
+def platform_up(c: Context) -> None:
+    """Start the local platform daemon (API server) if it is not running."""
+    from selfhost.platform import daemon
+    from selfhost.platform.store import PlatformPaths
+
+    s = settings(c)
+    ui = make_ui(s)
+    paths = PlatformPaths(s.platform)
+    info, started = daemon.start(paths, port=s.platform_port, stack=s.suite,
+                                 max_blob_bytes=s.slug_max_bytes)
+    ui.info(f"{'started' if started else 'already running:'} platform daemon pid {info.pid} "
+            f"at {info.url} (state: {paths.root}, log: {paths.log})")
+
+
+@task
+def platform_down(c: Context) -> None:
+    """Stop the local platform daemon."""
+    from selfhost.platform import daemon
+    from selfhost.platform.store import PlatformPaths
+
+    s = settings(c)
+    ui = make_ui(s)
+    info = daemon.stop(PlatformPaths(s.platform))
+    ui.info(f"stopped platform daemon pid {info.pid}" if info else "the platform daemon was "
+            "not running")
+
+
+@task(help={"json": "print the status as JSON"})
+def platform_status(c: Context, json: bool = False) -> None:
+    """Show whether the platform daemon runs, where, and what it holds."""
+    from selfhost.platform import daemon
+    from selfhost.platform.store import PlatformPaths, Store
+
+    s = settings(c)
+    ui = make_ui(s, json=json)
+    paths = PlatformPaths(s.platform)
+    info = daemon.running(paths)
+    apps = Store(paths).apps() if paths.db.exists() else []
+    status = {"running": info is not None, "pid": info.pid if info else None,
+              "url": info.url if info else None, "state": str(paths.root),
+              "log": str(paths.log), "apps": len(apps),
+              "uptime_seconds": round(time.time() - info.started, 1) if info else None}
+    if json:
+        ui.emit_json(status)
+    elif info:
+        ui.info(f"running: pid {info.pid} at {info.url}, up {status['uptime_seconds']}s, "
+                f"{len(apps)} app(s); state {paths.root}")
+    else:
+        ui.info(f"not running (state {paths.root}); start it with `invoke platform.up`")

@@ -1,0 +1,319 @@
+"""The platform's HTTP API: the part of Heroku's Platform API that selfhost needs.
+
+Same paths, JSON field names and error shape (``{"id", "message"}``) as Heroku:
+
+==========  ==========================================  ===================================
+method      path                                        what
+==========  ==========================================  ===================================
+GET         /apps                                       list apps
+POST        /apps                                       create ``{name, stack}``
+GET         /apps/{app}                                 app info (id or name)
+POST        /apps/{app}/slugs                           create; answers ``blob: {method, url}``
+GET         /apps/{app}/slugs/{slug}                    slug info
+PUT         /blobs/{slug}?token=...                     upload the slug archive (the blob URL)
+GET         /apps/{app}/releases                        list releases
+POST        /apps/{app}/releases                        ``{slug}`` release, ``{release}`` rollback
+GET         /apps/{app}/releases/{id or version}        release info
+GET/PATCH   /apps/{app}/config-vars                     config vars (PATCH: null unsets)
+GET/PATCH   /apps/{app}/formation                       formation; PATCH ``{updates: [...]}``
+GET         /health                                     liveness (no token needed)
+==========  ==========================================  ===================================
+
+Every request but ``/health`` and the blob URL needs ``Authorization: Bearer <token>``
+(HTTP Basic with the token as password also works, as Heroku's CLI sends it); the
+token is compared in constant time. The blob URL carries its own per-slug secret, like
+Heroku's pre-signed URLs. An uploaded blob is hashed while it streams to disk; if its
+sha256 differs from the slug's declared checksum it is discarded and the slug stays
+unreleasable.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import tempfile
+import threading
+import urllib.parse
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from selfhost.platform.store import ApiError, PlatformPaths, Store
+
+ACCEPT_V3 = "application/vnd.heroku+json; version=3"
+MAX_JSON_BYTES = 1 << 20
+Handler = Callable[..., tuple[int, Any]]
+
+
+class PlatformServer(ThreadingHTTPServer):
+    """The API server; holds the store, the token and the limits."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], paths: PlatformPaths, *, stack: str,
+                 max_blob_bytes: int, routes: dict[str, Handler] | None = None,
+                 on_change: Callable[[str], None] | None = None,
+                 log: Callable[[str], None] | None = None):
+        super().__init__(address, RequestHandler)
+        self.paths = paths
+        self.store = Store(paths)
+        self.token = paths.ensure_token()
+        self.default_stack = stack
+        self.max_blob_bytes = max_blob_bytes
+        self.routes = routes or {}  # handlers of routes served by other parts (dynos)
+        self.on_change = on_change  # called with the app after a release or a scale
+        self.log = log
+        paths.blobs.mkdir(parents=True, exist_ok=True)
+        paths.blob_tmp.mkdir(parents=True, exist_ok=True)
+        for stale in paths.blob_tmp.iterdir():  # uploads cut off by a crash
+            stale.unlink(missing_ok=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+
+ROUTES: list[tuple[str, re.Pattern[str], str]] = [
+    (m, re.compile(p), h) for m, p, h in [
+        ("GET", r"^/health$", "health"),
+        ("GET", r"^/apps$", "apps_list"),
+        ("POST", r"^/apps$", "apps_create"),
+        ("GET", r"^/apps/(?P<app>[^/]+)$", "apps_info"),
+        ("POST", r"^/apps/(?P<app>[^/]+)/slugs$", "slugs_create"),
+        ("GET", r"^/apps/(?P<app>[^/]+)/slugs/(?P<slug>[^/]+)$", "slugs_info"),
+        ("PUT", r"^/blobs/(?P<slug>[^/]+)$", "blob_put"),
+        ("GET", r"^/apps/(?P<app>[^/]+)/releases$", "releases_list"),
+        ("POST", r"^/apps/(?P<app>[^/]+)/releases$", "releases_create"),
+        ("GET", r"^/apps/(?P<app>[^/]+)/releases/(?P<release>[^/]+)$", "releases_info"),
+        ("GET", r"^/apps/(?P<app>[^/]+)/config-vars$", "config_info"),
+        ("PATCH", r"^/apps/(?P<app>[^/]+)/config-vars$", "config_update"),
+        ("GET", r"^/apps/(?P<app>[^/]+)/formation$", "formation_list"),
+        ("PATCH", r"^/apps/(?P<app>[^/]+)/formation$", "formation_update"),
+        ("POST", r"^/apps/(?P<app>[^/]+)/dynos$", "dynos_create"),
+        ("GET", r"^/apps/(?P<app>[^/]+)/dynos$", "dynos_list"),
+        ("GET", r"^/apps/(?P<app>[^/]+)/dynos/(?P<dyno>[^/]+)$", "dynos_info"),
+        ("POST", r"^/apps/(?P<app>[^/]+)/dynos/(?P<dyno>[^/]+)/actions/stop$", "dynos_stop"),
+    ]
+]
+UNAUTHENTICATED = {"health", "blob_put"}
+
+
+class RequestHandler(BaseHTTPRequestHandler):
+    """Routes a request, checks the token, and answers JSON or a Heroku-style error."""
+
+    server: PlatformServer
+    protocol_version = "HTTP/1.1"
+    server_version = "selfhost-platform"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the daemon logs one line per request itself
+
+    def _dispatch(self) -> None:
+        parsed = urllib.parse.urlsplit(self.path)
+        self.query = urllib.parse.parse_qs(parsed.query)
+        try:
+            route = None
+            allowed = False
+            for verb, pattern, name in ROUTES:
+                m = pattern.match(parsed.path)
+                if m:
+                    allowed = True
+                    if verb == self.command:
+                        route = (name, {k: urllib.parse.unquote(v) for k, v in
+                                        m.groupdict().items()})
+                        break
+            if route is None:
+                if allowed:
+                    raise ApiError(405, "method_not_allowed",
+                                   f"{self.command} is not allowed on {parsed.path}.")
+                raise ApiError(404, "not_found", f"No such resource: {parsed.path}.")
+            name, params = route
+            if name not in UNAUTHENTICATED:
+                self._authenticate()
+                self._check_accept()
+            method = getattr(self, f"do_{name}", None)
+            if method is not None:
+                status, body = method(**params)
+            elif name in self.server.routes:
+                status, body = self.server.routes[name](self, **params)
+            else:
+                raise ApiError(501, "not_implemented", f"{name} is not available here.")
+            self._send(status, body)
+        except ApiError as exc:
+            self._send(exc.status, exc.to_json())
+        except Exception as exc:  # a bug: answer in Heroku's shape, log it, stay up
+            self.server_log(f"internal error on {self.command} {self.path}: {exc!r}")
+            self._send(500, {"id": "internal_server_error", "message": "Internal error; "
+                             "see the platform's daemon.log."})
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
+
+    def server_log(self, line: str) -> None:
+        if self.server.log:
+            self.server.log(line)
+
+    # ------------------------------------------------------------------ plumbing
+    def _authenticate(self) -> None:
+        header = self.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        token = ""
+        if scheme.lower() == "bearer":
+            token = value.strip()
+        elif scheme.lower() == "basic":
+            try:
+                token = base64.b64decode(value.strip()).decode().partition(":")[2]
+            except (ValueError, UnicodeDecodeError):
+                token = ""
+        if not token or not hmac.compare_digest(token.encode(), self.server.token.encode()):
+            raise ApiError(401, "unauthorized", "Invalid credentials provided.")
+
+    def _check_accept(self) -> None:
+        accept = self.headers.get("Accept", "")
+        m = re.search(r"version=(\d+)", accept)
+        if m and m.group(1) != "3":
+            raise ApiError(400, "bad_request", f"Unsupported API version {m.group(1)}: "
+                           f"send Accept: {ACCEPT_V3}.")
+
+    def _json_body(self) -> dict[str, Any]:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_JSON_BYTES:
+            raise ApiError(413, "payload_too_large", "Request body too large.")
+        raw = self.rfile.read(length) if length else b""
+        if not raw:
+            return {}
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise ApiError(400, "bad_request", f"Malformed JSON body: {exc}.") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "bad_request", "The JSON body must be an object.")
+        return body
+
+    def _send(self, status: int, body: Any) -> None:
+        data = b"" if body is None else (json.dumps(body, indent=2) + "\n").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if status >= 400 and self.command in ("PUT", "POST", "PATCH"):
+            self.send_header("Connection", "close")  # the unread body may still be in flight
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(data)
+        self.server_log(f"{self.command} {urllib.parse.urlsplit(self.path).path} {status}")
+
+    # ------------------------------------------------------------------ handlers
+    def do_health(self) -> tuple[int, Any]:
+        return 200, {"status": "ok"}
+
+    def do_apps_list(self) -> tuple[int, Any]:
+        return 200, self.server.store.apps()
+
+    def do_apps_create(self) -> tuple[int, Any]:
+        body = self._json_body()
+        name = body.get("name")
+        if name is not None and not isinstance(name, str):
+            raise ApiError(422, "invalid_params", "name must be a string.")
+        return 201, self.server.store.create_app(name, body.get("stack") or
+                                                 self.server.default_stack)
+
+    def do_apps_info(self, app: str) -> tuple[int, Any]:
+        return 200, self.server.store.app(app)
+
+    def do_slugs_create(self, app: str) -> tuple[int, Any]:
+        slug, token = self.server.store.create_slug(app, self._json_body())
+        host = self.headers.get("Host") or self.server.url.removeprefix("http://")
+        slug["blob"] = {"method": "put",
+                        "url": f"http://{host}/blobs/{slug['id']}?token={token}"}
+        return 201, slug
+
+    def do_slugs_info(self, app: str, slug: str) -> tuple[int, Any]:
+        return 200, self.server.store.slug(app, slug)
+
+    def do_blob_put(self, slug: str) -> tuple[int, Any]:
+        token = (self.query.get("token") or [""])[0]
+        row = self.server.store.slug_for_upload(slug, token)
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked" or \
+                self.headers.get("Content-Length") is None:
+            raise ApiError(411, "length_required", "Send the blob with a Content-Length.")
+        length = int(self.headers["Content-Length"])
+        if length > self.server.max_blob_bytes:
+            raise ApiError(413, "payload_too_large",
+                           f"The blob is {length} bytes; the limit is "
+                           f"{self.server.max_blob_bytes} bytes.")
+        sha = hashlib.sha256()
+        fd, tmp_name = tempfile.mkstemp(dir=self.server.paths.blob_tmp, prefix="upload-")
+        tmp = Path(tmp_name)
+        try:
+            remaining = length
+            with os.fdopen(fd, "wb") as out:
+                while remaining:
+                    chunk = self.rfile.read(min(remaining, 1 << 20))
+                    if not chunk:
+                        raise ApiError(400, "bad_request", "The upload was cut short.")
+                    sha.update(chunk)
+                    out.write(chunk)
+                    remaining -= len(chunk)
+            digest = sha.hexdigest()
+            declared = row["checksum"]
+            if declared and declared != f"SHA256:{digest}":
+                raise ApiError(422, "checksum_mismatch",
+                               f"The uploaded blob's checksum is SHA256:{digest} but the slug "
+                               f"declares {declared}; the blob was discarded.")
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.server.paths.blob(digest))  # in place before it is recorded
+            self.server.store.attach_blob(slug, digest, length)
+            return 200, None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def do_releases_list(self, app: str) -> tuple[int, Any]:
+        return 200, self.server.store.releases(app)
+
+    def do_releases_create(self, app: str) -> tuple[int, Any]:
+        body = self._json_body()
+        if "release" in body:  # Heroku's rollback: {"release": id or version}
+            release = self.server.store.rollback(app, str(body["release"]))
+            self._changed(app)
+            return 201, release
+        slug = body.get("slug")
+        if not isinstance(slug, str):
+            raise ApiError(422, "invalid_params", "slug (a slug id) is required.")
+        release = self.server.store.create_release(app, slug, body.get("description"))
+        self._changed(app)
+        return 201, release
+
+    def do_releases_info(self, app: str, release: str) -> tuple[int, Any]:
+        return 200, self.server.store.release(app, release)
+
+    def do_config_info(self, app: str) -> tuple[int, Any]:
+        return 200, self.server.store.config(app)
+
+    def do_config_update(self, app: str) -> tuple[int, Any]:
+        return 200, self.server.store.update_config(app, self._json_body())
+
+    def do_formation_list(self, app: str) -> tuple[int, Any]:
+        return 200, self.server.store.formation(app)
+
+    def do_formation_update(self, app: str) -> tuple[int, Any]:
+        result = self.server.store.update_formation(app, self._json_body().get("updates"))
+        self._changed(app)
+        return 200, result
+
+    def _changed(self, app: str) -> None:
+        if self.server.on_change:
+            self.server.on_change(app)
+
+
+def serve_in_thread(server: PlatformServer) -> threading.Thread:
+    """Run a server in a background thread (for tests and benchmarks)."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return thread
+

@@ -1,0 +1,175 @@
+"""The platform daemon: one local process serving the API (and, later, supervising dynos).
+
+Started the way users start it: ``invoke platform.up`` (or on demand by any task that
+needs it) runs ``python -m selfhost.platform.daemon`` in the background with its own
+session; it binds to loopback, writes ``daemon.json`` (``{"pid", "url", "started"}``)
+once it answers, logs to ``daemon.log`` and stops cleanly on SIGTERM
+(``invoke platform.down``). ``daemon.json`` left behind by a killed daemon is detected
+(dead pid, or a health check that fails) and ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from selfhost.errors import PlatformError
+from selfhost.platform.store import PlatformPaths
+from selfhost.stages.manifest import write_json_atomic
+from selfhost.workspace import file_lock
+
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class DaemonInfo:
+    """A running daemon."""
+
+    pid: int
+    url: str
+    started: float
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _healthy(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def running(paths: PlatformPaths) -> DaemonInfo | None:
+    """The daemon serving this platform directory, if one is up and answering."""
+    try:
+        data = json.loads(paths.daemon_json.read_text())
+        info = DaemonInfo(int(data["pid"]), str(data["url"]), float(data["started"]))
+    except (OSError, ValueError, KeyError):
+        return None
+    if not _alive(info.pid) or not _healthy(info.url):
+        return None
+    return info
+
+
+def start(paths: PlatformPaths, *, port: int, stack: str, max_blob_bytes: int,
+          extra_args: list[str] | None = None) -> tuple[DaemonInfo, bool]:
+    """Return the running daemon, starting it first if needed; the bool says if it was."""
+    paths.root.mkdir(parents=True, exist_ok=True)
+    with file_lock(paths.root / "daemon.lock", wait=START_TIMEOUT, what="the platform daemon"):
+        info = running(paths)
+        if info:
+            return info, False
+        paths.daemon_json.unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "selfhost.platform.daemon", "--dir", str(paths.root),
+                "--port", str(port), "--stack", stack, "--max-blob-bytes", str(max_blob_bytes),
+                *(extra_args or [])]
+        with open(paths.log, "ab") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = paths.log.read_text(errors="replace").splitlines()[-10:]
+                raise PlatformError(f"the platform daemon exited with code {proc.returncode}",
+                                    details="\n".join(f"  | {line}" for line in tail),
+                                    hint=f"see {paths.log}" + (f"; is port {port} in use?"
+                                                               if port else ""))
+            info = running(paths)
+            if info:
+                return info, True
+            time.sleep(0.05)
+        proc.kill()
+        raise PlatformError(f"the platform daemon did not answer within {START_TIMEOUT:.0f}s",
+                            hint=f"see {paths.log}")
+
+
+def stop(paths: PlatformPaths) -> DaemonInfo | None:
+    """Stop the daemon (SIGTERM, then SIGKILL after a grace period); return what ran."""
+    try:
+        data = json.loads(paths.daemon_json.read_text())
+        pid = int(data["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
+    if not _alive(pid):
+        paths.daemon_json.unlink(missing_ok=True)
+        return None
+    info = DaemonInfo(pid, data.get("url", ""), float(data.get("started", 0)))
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    paths.daemon_json.unlink(missing_ok=True)
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The daemon's entry point (``python -m selfhost.platform.daemon``)."""
+    from selfhost.platform.api import PlatformServer
+
+    parser = argparse.ArgumentParser(prog="selfhost.platform.daemon")
+    parser.add_argument("--dir", required=True, type=Path)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--stack", default="bookworm")
+    parser.add_argument("--max-blob-bytes", type=int, default=500_000_000)
+    args = parser.parse_args(argv)
+    paths = PlatformPaths(args.dir)
+    lock = threading.Lock()
+
+    def log(line: str) -> None:
+        with lock:
+            sys.stdout.write(time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime()) + line + "\n")
+            sys.stdout.flush()
+
+    server = PlatformServer((args.host, args.port), paths, stack=args.stack,
+                            max_blob_bytes=args.max_blob_bytes, log=log)
+    stopping = threading.Event()
+
+    def on_term(signum: int, frame: object) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            log(f"signal {signum}: shutting down")
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    write_json_atomic(paths.daemon_json, {"pid": os.getpid(), "url": server.url,
+                                          "started": time.time()})
+    log(f"platform daemon {os.getpid()} serving {server.url} from {paths.root}")
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+        try:
+            if json.loads(paths.daemon_json.read_text()).get("pid") == os.getpid():
+                paths.daemon_json.unlink()
+        except (OSError, ValueError):
+            pass
+        log("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,515 @@
+"""The platform's state: SQLite (standard library) plus content-addressed slug blobs.
+
+Directory (``<workspace>/platform`` unless ``selfhost.platform_dir`` is set)::
+
+    platform.db             SQLite database, WAL mode (schema below)
+    blobs/sha256/<hex>      uploaded slug archives, named by their sha256
+    blobs/tmp/              uploads in progress (removed at daemon start)
+    token                   the API bearer token (mode 0600), created at first start
+    daemon.json             {"pid", "url", "started"} of the running daemon
+    daemon.log              the daemon's log
+
+Schema (version 1)::
+
+    meta(key PRIMARY KEY, value)                      schema_version
+    apps(id PK, name UNIQUE, stack, created_at, updated_at)
+    slugs(id PK, app_id → apps, checksum, size, blob_sha256, upload_token,
+          process_types JSON, commit_sha, commit_description,
+          buildpack_provided_description, stack, created_at, updated_at)
+    releases(id PK, app_id → apps, version, slug_id → slugs, description,
+             config JSON, status, created_at, updated_at, UNIQUE(app_id, version))
+    config_vars(app_id → apps, key, value, PRIMARY KEY(app_id, key))
+    formation(id PK, app_id → apps, type, quantity, size, command,
+              created_at, updated_at, UNIQUE(app_id, type))
+
+Consistency rules, so that a ``kill -9`` at any moment leaves a usable state:
+
+- every change is one transaction (``BEGIN IMMEDIATE`` … ``COMMIT``);
+- a blob is written to ``blobs/tmp``, verified, renamed to ``blobs/sha256/<hex>``, and
+  only then recorded on its slug; a slug without ``blob_sha256`` cannot be released;
+- releases are append-only: version N+1 is computed inside the transaction that
+  inserts it; a rollback or a config change is a new release;
+- each release snapshots the config vars, so a rollback restores code and config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import os
+import re
+import secrets
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+APP_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,28}[a-z0-9]$")
+CONFIG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DEFAULT_SIZES = ("basic", "standard-1x", "standard-2x", "performance-m", "performance-l")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS apps (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    stack TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS slugs (
+    id TEXT PRIMARY KEY,
+    app_id TEXT NOT NULL REFERENCES apps(id),
+    checksum TEXT,
+    size INTEGER,
+    blob_sha256 TEXT,
+    upload_token TEXT NOT NULL,
+    process_types TEXT NOT NULL,
+    commit_sha TEXT,
+    commit_description TEXT,
+    buildpack_provided_description TEXT,
+    stack TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS releases (
+    id TEXT PRIMARY KEY,
+    app_id TEXT NOT NULL REFERENCES apps(id),
+    version INTEGER NOT NULL,
+    slug_id TEXT REFERENCES slugs(id),
+    description TEXT NOT NULL,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    UNIQUE (app_id, version)
+);
+CREATE TABLE IF NOT EXISTS config_vars (
+    app_id TEXT NOT NULL REFERENCES apps(id),
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (app_id, key)
+);
+CREATE TABLE IF NOT EXISTS formation (
+    id TEXT PRIMARY KEY,
+    app_id TEXT NOT NULL REFERENCES apps(id),
+    type TEXT NOT NULL,
+    quantity INTEGER NOT NULL,
+    size TEXT NOT NULL,
+    command TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    UNIQUE (app_id, type)
+);
+"""
+
+
+class ApiError(Exception):
+    """An error in Heroku's shape: HTTP status, ``id`` and ``message``."""
+
+    def __init__(self, status: int, id: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.id = id
+        self.message = message
+
+    def to_json(self) -> dict[str, str]:
+        return {"id": self.id, "message": self.message}
+
+
+def not_found(what: str) -> ApiError:
+    return ApiError(404, "not_found", f"Couldn't find that {what}.")
+
+
+def invalid(message: str) -> ApiError:
+    return ApiError(422, "invalid_params", message)
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass(frozen=True)
+class PlatformPaths:
+    """The files of one platform directory."""
+
+    root: Path
+
+    @property
+    def db(self) -> Path:
+        return self.root / "platform.db"
+
+    @property
+    def blobs(self) -> Path:
+        return self.root / "blobs" / "sha256"
+
+    @property
+    def blob_tmp(self) -> Path:
+        return self.root / "blobs" / "tmp"
+
+    @property
+    def token(self) -> Path:
+        return self.root / "token"
+
+    @property
+    def daemon_json(self) -> Path:
+        return self.root / "daemon.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "daemon.log"
+
+    def blob(self, sha256: str) -> Path:
+        return self.blobs / sha256
+
+    def ensure_token(self) -> str:
+        """The API token, created (0600) on first use."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            return self.token.read_text().strip()
+        except FileNotFoundError:
+            token = secrets.token_urlsafe(32)
+            fd = os.open(self.token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(token + "\n")
+            return token
+
+
+class Store:
+    """Data access for the platform; every public method is one transaction."""
+
+    def __init__(self, paths: PlatformPaths):
+        self.paths = paths
+        paths.root.mkdir(parents=True, exist_ok=True)
+        db = self.connect()
+        try:
+            # executescript runs in its own transaction (it commits first), and every
+            # statement is idempotent, so it stays outside tx().
+            db.executescript(SCHEMA)
+        finally:
+            db.close()
+        with self.tx() as db:
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                       (str(SCHEMA_VERSION),))
+
+    def connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.paths.db, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    @contextlib.contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: committed on success, rolled back on any error."""
+        db = self.connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        db = self.connect()
+        try:
+            yield db
+        finally:
+            db.close()
+
+    # ------------------------------------------------------------------ apps
+    def _app(self, db: sqlite3.Connection, ident: str) -> sqlite3.Row:
+        row = db.execute("SELECT * FROM apps WHERE id = ? OR name = ?", (ident, ident)).fetchone()
+        if row is None:
+            raise not_found("app")
+        return row
+
+    def create_app(self, name: str | None, stack: str) -> dict[str, Any]:
+        name = name or f"app-{secrets.token_hex(4)}"
+        if not APP_NAME_RE.match(name):
+            raise invalid(f"Name {name!r} is invalid: it must start with a letter, end with a "
+                          "letter or digit, and contain only lowercase letters, digits and "
+                          "dashes (3 to 30 characters).")
+        with self.tx() as db:
+            if db.execute("SELECT 1 FROM apps WHERE name = ?", (name,)).fetchone():
+                raise ApiError(422, "invalid_params", f"Name {name} is already taken.")
+            ts = now()
+            app_id = str(uuid.uuid4())
+            db.execute("INSERT INTO apps VALUES (?, ?, ?, ?, ?)", (app_id, name, stack, ts, ts))
+            return self._app_json(db, self._app(db, app_id))
+
+    def app(self, ident: str) -> dict[str, Any]:
+        with self.read() as db:
+            return self._app_json(db, self._app(db, ident))
+
+    def apps(self) -> list[dict[str, Any]]:
+        with self.read() as db:
+            return [self._app_json(db, r) for r in db.execute("SELECT * FROM apps ORDER BY name")]
+
+    def _app_json(self, db: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
+        released = db.execute("SELECT MAX(created_at) FROM releases WHERE app_id = ?",
+                              (row["id"],)).fetchone()[0]
+        return {"id": row["id"], "name": row["name"],
+                "stack": {"id": row["stack"], "name": row["stack"]},
+                "build_stack": {"id": row["stack"], "name": row["stack"]},
+                "created_at": row["created_at"], "updated_at": row["updated_at"],
+                "released_at": released, "maintenance": False, "region": {"name": "local"},
+                "web_url": None, "git_url": None}
+
+    # ------------------------------------------------------------------ slugs
+    def create_slug(self, app: str, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """Record a slug; return its JSON and the secret token of its upload URL."""
+        process_types = body.get("process_types")
+        if not isinstance(process_types, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and re.match(r"^[-\w]{1,128}$", k)
+                for k, v in process_types.items()):
+            raise invalid("process_types must be an object of {name: command} where names "
+                          "match ^[-\\w]{1,128}$")
+        checksum = body.get("checksum")
+        if checksum is not None and not re.match(r"^SHA256:[0-9a-f]{64}$", str(checksum)):
+            raise invalid("checksum must look like SHA256:<64 hex digits>")
+        for key in ("commit", "commit_description", "buildpack_provided_description", "stack"):
+            if body.get(key) is not None and not isinstance(body[key], str):
+                raise invalid(f"{key} must be a string")
+        token = secrets.token_urlsafe(24)
+        with self.tx() as db:
+            app_row = self._app(db, app)
+            ts = now()
+            slug_id = str(uuid.uuid4())
+            db.execute(
+                "INSERT INTO slugs VALUES (?, ?, ?, NULL, NULL, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (slug_id, app_row["id"], checksum, token, json.dumps(process_types),
+                 body.get("commit"), body.get("commit_description"),
+                 body.get("buildpack_provided_description"),
+                 body.get("stack") or app_row["stack"], ts, ts))
+            return self._slug_json(self._slug(db, app_row["id"], slug_id)), token
+
+    def _slug(self, db: sqlite3.Connection, app_id: str, slug_id: str) -> sqlite3.Row:
+        row = db.execute("SELECT * FROM slugs WHERE id = ? AND app_id = ?",
+                         (slug_id, app_id)).fetchone()
+        if row is None:
+            raise not_found("slug")
+        return row
+
+    def slug(self, app: str, slug_id: str) -> dict[str, Any]:
+        with self.read() as db:
+            return self._slug_json(self._slug(db, self._app(db, app)["id"], slug_id))
+
+    def slug_for_upload(self, slug_id: str, token: str) -> sqlite3.Row:
+        """The slug a blob URL points to, if its secret matches (compared in constant time)."""
+        with self.read() as db:
+            row = db.execute("SELECT * FROM slugs WHERE id = ?", (slug_id,)).fetchone()
+        if row is None or not hmac.compare_digest(row["upload_token"], token):
+            raise ApiError(403, "forbidden", "This blob URL is not valid.")
+        return row
+
+    def attach_blob(self, slug_id: str, sha256: str, size: int) -> None:
+        """Record a verified blob (already in place under blobs/sha256) on its slug."""
+        with self.tx() as db:
+            checksum = f"SHA256:{sha256}"
+            db.execute("UPDATE slugs SET blob_sha256 = ?, size = ?, updated_at = ?, "
+                       "checksum = COALESCE(checksum, ?) WHERE id = ?",
+                       (sha256, size, now(), checksum, slug_id))
+
+    @staticmethod
+    def _slug_json(row: sqlite3.Row) -> dict[str, Any]:
+        return {"id": row["id"], "checksum": row["checksum"], "size": row["size"],
+                "process_types": json.loads(row["process_types"]),
+                "commit": row["commit_sha"], "commit_description": row["commit_description"],
+                "buildpack_provided_description": row["buildpack_provided_description"],
+                "stack": {"id": row["stack"], "name": row["stack"]},
+                "created_at": row["created_at"], "updated_at": row["updated_at"]}
+
+    # ------------------------------------------------------------------ releases
+    def _next_release(self, db: sqlite3.Connection, app_id: str, slug_id: str | None,
+                      description: str, config: dict[str, str]) -> sqlite3.Row:
+        version = db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM releases "
+                             "WHERE app_id = ?", (app_id,)).fetchone()[0]
+        ts = now()
+        release_id = str(uuid.uuid4())
+        db.execute("INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?, 'succeeded', ?, ?)",
+                   (release_id, app_id, version, slug_id, description,
+                    json.dumps(config, sort_keys=True), ts, ts))
+        db.execute("UPDATE apps SET updated_at = ? WHERE id = ?", (ts, app_id))
+        if slug_id:
+            self._sync_formation(db, app_id, slug_id)
+        return db.execute("SELECT * FROM releases WHERE id = ?", (release_id,)).fetchone()
+
+    def _sync_formation(self, db: sqlite3.Connection, app_id: str, slug_id: str) -> None:
+        """Every process type of the released slug has a formation row (new ones at 0,
+        except ``web`` at 1, as on Heroku); commands follow the slug."""
+        types = json.loads(db.execute("SELECT process_types FROM slugs WHERE id = ?",
+                                      (slug_id,)).fetchone()[0])
+        ts = now()
+        for name, command in types.items():
+            db.execute(
+                "INSERT INTO formation VALUES (?, ?, ?, ?, 'basic', ?, ?, ?) "
+                "ON CONFLICT (app_id, type) DO UPDATE SET command = excluded.command, "
+                "updated_at = excluded.updated_at",
+                (str(uuid.uuid4()), app_id, name, 1 if name == "web" else 0, command, ts, ts))
+
+    def _current(self, db: sqlite3.Connection, app_id: str) -> sqlite3.Row | None:
+        return db.execute("SELECT * FROM releases WHERE app_id = ? ORDER BY version DESC "
+                          "LIMIT 1", (app_id,)).fetchone()
+
+    def _config(self, db: sqlite3.Connection, app_id: str) -> dict[str, str]:
+        return {r["key"]: r["value"] for r in db.execute(
+            "SELECT key, value FROM config_vars WHERE app_id = ? ORDER BY key", (app_id,))}
+
+    def create_release(self, app: str, slug_id: str, description: str | None
+                       ) -> dict[str, Any]:
+        with self.tx() as db:
+            app_row = self._app(db, app)
+            slug = self._slug(db, app_row["id"], slug_id)
+            if slug["blob_sha256"] is None:
+                raise invalid("This slug has no verified blob yet: upload it to its blob URL "
+                              "before releasing it.")
+            row = self._next_release(db, app_row["id"], slug_id,
+                                     description or f"Deploy {slug_id[:8]}",
+                                     self._config(db, app_row["id"]))
+            return self._release_json(db, app_row, row)
+
+    def rollback(self, app: str, target: str) -> dict[str, Any]:
+        with self.tx() as db:
+            app_row = self._app(db, app)
+            old = self._release(db, app_row["id"], target)
+            config = json.loads(old["config"])
+            db.execute("DELETE FROM config_vars WHERE app_id = ?", (app_row["id"],))
+            db.executemany("INSERT INTO config_vars VALUES (?, ?, ?)",
+                           [(app_row["id"], k, v) for k, v in config.items()])
+            row = self._next_release(db, app_row["id"], old["slug_id"],
+                                     f"Rollback to v{old['version']}", config)
+            return self._release_json(db, app_row, row)
+
+    def _release(self, db: sqlite3.Connection, app_id: str, ident: str) -> sqlite3.Row:
+        ident = str(ident)
+        version = ident[1:] if ident.startswith("v") and ident[1:].isdigit() else ident
+        if version.isdigit():
+            row = db.execute("SELECT * FROM releases WHERE app_id = ? AND version = ?",
+                             (app_id, int(version))).fetchone()
+        else:
+            row = db.execute("SELECT * FROM releases WHERE app_id = ? AND id = ?",
+                             (app_id, ident)).fetchone()
+        if row is None:
+            raise not_found("release")
+        return row
+
+    def release(self, app: str, ident: str) -> dict[str, Any]:
+        with self.read() as db:
+            app_row = self._app(db, app)
+            return self._release_json(db, app_row, self._release(db, app_row["id"], ident))
+
+    def releases(self, app: str) -> list[dict[str, Any]]:
+        with self.read() as db:
+            app_row = self._app(db, app)
+            rows = db.execute("SELECT * FROM releases WHERE app_id = ? ORDER BY version",
+                              (app_row["id"],)).fetchall()
+            return [self._release_json(db, app_row, r) for r in rows]
+
+    def current_release(self, app: str) -> dict[str, Any] | None:
+        with self.read() as db:
+            app_row = self._app(db, app)
+            row = self._current(db, app_row["id"])
+            return self._release_json(db, app_row, row) if row else None
+
+    def _release_json(self, db: sqlite3.Connection, app_row: sqlite3.Row, row: sqlite3.Row
+                      ) -> dict[str, Any]:
+        current = self._current(db, app_row["id"])
+        return {"id": row["id"], "version": row["version"], "description": row["description"],
+                "status": row["status"], "current": bool(current and current["id"] == row["id"]),
+                "slug": {"id": row["slug_id"]} if row["slug_id"] else None,
+                "app": {"id": app_row["id"], "name": app_row["name"]},
+                "user": {"id": "local", "email": "platform@localhost"},
+                "addon_plan_names": [], "output_stream_url": None,
+                "created_at": row["created_at"], "updated_at": row["updated_at"]}
+
+    # ------------------------------------------------------------------ config vars
+    def config(self, app: str) -> dict[str, str]:
+        with self.read() as db:
+            return self._config(db, self._app(db, app)["id"])
+
+    def update_config(self, app: str, changes: dict[str, Any]) -> dict[str, str]:
+        """Set (string) or unset (null) config vars; a change makes a new release."""
+        for key, value in changes.items():
+            if not CONFIG_KEY_RE.match(key):
+                raise invalid(f"Config var name {key!r} is invalid (letters, digits, _).")
+            if value is not None and not isinstance(value, str):
+                raise invalid(f"Config var {key} must be a string or null.")
+        with self.tx() as db:
+            app_row = self._app(db, app)
+            before = self._config(db, app_row["id"])
+            for key, value in changes.items():
+                if value is None:
+                    db.execute("DELETE FROM config_vars WHERE app_id = ? AND key = ?",
+                               (app_row["id"], key))
+                else:
+                    db.execute("INSERT INTO config_vars VALUES (?, ?, ?) ON CONFLICT "
+                               "(app_id, key) DO UPDATE SET value = excluded.value",
+                               (app_row["id"], key, value))
+            after = self._config(db, app_row["id"])
+            if after != before:
+                current = self._current(db, app_row["id"])
+                set_keys = sorted(k for k, v in changes.items() if v is not None)
+                unset = sorted(k for k, v in changes.items() if v is None)
+                words = []
+                if set_keys:
+                    words.append(f"Set {', '.join(set_keys)} config vars")
+                if unset:
+                    words.append(f"Remove {', '.join(unset)} config vars")
+                self._next_release(db, app_row["id"], current["slug_id"] if current else None,
+                                   "; ".join(words), after)
+            return after
+
+    # ------------------------------------------------------------------ formation
+    def formation(self, app: str) -> list[dict[str, Any]]:
+        with self.read() as db:
+            app_row = self._app(db, app)
+            rows = db.execute("SELECT * FROM formation WHERE app_id = ? ORDER BY type",
+                              (app_row["id"],)).fetchall()
+            return [self._formation_json(app_row, r) for r in rows]
+
+    def update_formation(self, app: str, updates: Any) -> list[dict[str, Any]]:
+        if not isinstance(updates, list) or not updates:
+            raise invalid("updates must be a non-empty list of {type, quantity, size}")
+        with self.tx() as db:
+            app_row = self._app(db, app)
+            out = []
+            for update in updates:
+                if not isinstance(update, dict) or not isinstance(update.get("type"), str):
+                    raise invalid("each update needs a type")
+                row = db.execute("SELECT * FROM formation WHERE app_id = ? AND type = ?",
+                                 (app_row["id"], update["type"])).fetchone()
+                if row is None:
+                    raise ApiError(404, "not_found",
+                                   f"Couldn't find that process type ({update['type']}): the "
+                                   "current release's Procfile does not define it.")
+                quantity = update.get("quantity", row["quantity"])
+                size = update.get("size", row["size"])
+                if not isinstance(quantity, int) or isinstance(quantity, bool) or \
+                        not 0 <= quantity <= 100:
+                    raise invalid("quantity must be a whole number from 0 to 100")
+                if size not in DEFAULT_SIZES:
+                    raise invalid(f"size must be one of {', '.join(DEFAULT_SIZES)}")
+                db.execute("UPDATE formation SET quantity = ?, size = ?, updated_at = ? "
+                           "WHERE id = ?", (quantity, size, now(), row["id"]))
+                out.append(self._formation_json(app_row, db.execute(
+                    "SELECT * FROM formation WHERE id = ?", (row["id"],)).fetchone()))
+            return out
+
+    @staticmethod
+    def _formation_json(app_row: sqlite3.Row, row: sqlite3.Row) -> dict[str, Any]:
+        return {"id": row["id"], "type": row["type"], "quantity": row["quantity"],
+                "size": row["size"], "command": row["command"],
+                "app": {"id": app_row["id"], "name": app_row["name"]},
+                "created_at": row["created_at"], "updated_at": row["updated_at"]}
