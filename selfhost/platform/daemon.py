@@ -11,6 +11,7 @@ once it answers, logs to ``daemon.log`` and stops cleanly on SIGTERM
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -143,8 +144,22 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime()) + line + "\n")
             sys.stdout.flush()
 
-    server = PlatformServer((args.host, args.port), paths, stack=args.stack,
-                            max_blob_bytes=args.max_blob_bytes, log=log)
+    # With --port 0, reuse the port of the previous run when it is free, so URLs handed
+    # out before a restart (blob URLs, the API URL in scripts) keep working.
+    port_file = paths.root / "port"
+    port = args.port
+    if port == 0:
+        with contextlib.suppress(OSError, ValueError):
+            port = int(port_file.read_text())
+    try:
+        server = PlatformServer((args.host, port), paths, stack=args.stack,
+                                max_blob_bytes=args.max_blob_bytes, log=log)
+    except OSError:
+        if args.port != 0 or port == 0:
+            raise
+        server = PlatformServer((args.host, 0), paths, stack=args.stack,
+                                max_blob_bytes=args.max_blob_bytes, log=log)
+    port_file.write_text(f"{server.server_address[1]}\n")
     stopping = threading.Event()
 
     def on_term(signum: int, frame: object) -> None:

@@ -7,6 +7,7 @@ Directory (``<workspace>/platform`` unless ``selfhost.platform_dir`` is set)::
     blobs/tmp/              uploads in progress (removed at daemon start)
     token                   the API bearer token (mode 0600), created at first start
     daemon.json             {"pid", "url", "started"} of the running daemon
+    port                    the daemon's last port (reused when platform_port is 0)
     daemon.log              the daemon's log
 
 Schema (version 1)::

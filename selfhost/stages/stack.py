@@ -137,6 +137,15 @@ class StackStore:
         return Stack(spec, self.path(spec), data["installed"], data["packages_digest"],
                      data.get("build_seconds", 0.0))
 
+    def load_digest(self, digest: str) -> Stack | None:
+        """A built stack found by its digest (as recorded in manifests and slugs)."""
+        try:
+            data = json.loads((self.root / digest / "stack.json").read_text())
+        except (OSError, ValueError):
+            return None
+        spec = StackSpec(data["suite"], data["variant"], tuple(data["packages"]), data["arch"])
+        return self.load(spec) if spec.digest == digest else None
+
     def ensure(self, spec: StackSpec, log: Callable[[str], None] = lambda _: None) -> Stack:
         """Return the stack, building it with debootstrap first if needed."""
         stack = self.load(spec)

@@ -1,0 +1,170 @@
+"""The platform API over real HTTP on loopback: Heroku's shapes, auth, errors, consistency."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import sqlite3
+import stat
+import tarfile
+from pathlib import Path
+
+import pytest
+import requests
+
+from selfhost.errors import PlatformError
+from selfhost.platform.api import PlatformServer, serve_in_thread
+from selfhost.platform.client import ApiRequestError, PlatformClient
+from selfhost.platform.store import PlatformPaths
+
+V3 = "application/vnd.heroku+json; version=3"
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = PlatformServer(("127.0.0.1", 0), PlatformPaths(tmp_path / "platform"),
+                         stack="bookworm", max_blob_bytes=200_000)
+    serve_in_thread(srv)
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture
+def client(server):
+    return PlatformClient(server.url, server.token)
+
+
+def make_slug(tmp_path: Path, text: str = "hello") -> tuple[Path, str, int]:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("./app/hello.txt")
+        info.size = len(text)
+        tar.addfile(info, io.BytesIO(text.encode()))
+    data = gzip.compress(buf.getvalue(), mtime=0)
+    path = tmp_path / f"slug-{hashlib.sha256(text.encode()).hexdigest()[:12]}.tgz"
+    path.write_bytes(data)
+    return path, "SHA256:" + hashlib.sha256(data).hexdigest(), len(data)
+
+
+def test_token_file_is_private_and_required(server):
+    mode = stat.S_IMODE(os.stat(server.paths.token).st_mode)
+    assert mode == 0o600
+    r = requests.get(f"{server.url}/apps", headers={"Accept": V3})
+    assert r.status_code == 401 and r.json() == {"id": "unauthorized",
+                                                 "message": "Invalid credentials provided."}
+    r = requests.get(f"{server.url}/apps", headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 401
+    r = requests.get(f"{server.url}/apps", auth=("", server.token), headers={"Accept": V3})
+    assert r.status_code == 200, "Heroku CLI style Basic auth works too"
+    assert requests.get(f"{server.url}/health").status_code == 200
+
+
+def test_release_flow_rollback_and_config(client, tmp_path):
+    app = client.create_app("demo-app", "bookworm")
+    assert app["name"] == "demo-app" and app["stack"]["name"] == "bookworm"
+    path, checksum, size = make_slug(tmp_path)
+    types = {"worker": "bin/worker", "web": "bin/web"}
+    r1 = client.release_slug("demo-app", path, checksum=checksum, size=size,
+                             process_types=types)
+    assert r1.version == 1 and not r1.app_created
+    slug = client.slug("demo-app", r1.slug_id)
+    assert slug["checksum"] == checksum and slug["size"] == size
+    assert slug["process_types"] == types
+    assert client.config("demo-app") == {}
+    client.update_config("demo-app", {"A": "1", "B": "two words"})
+    path2, checksum2, size2 = make_slug(tmp_path, "second")
+    r2 = client.release_slug("demo-app", path2, checksum=checksum2, size=size2,
+                             process_types=types)
+    assert r2.version == 3, "v2 was the config change"
+    rb = client.rollback("demo-app", "v1")
+    assert rb["version"] == 4 and rb["description"] == "Rollback to v1"
+    assert rb["slug"]["id"] == r1.slug_id and rb["current"] is True
+    assert client.config("demo-app") == {}, "a rollback restores the config of its target"
+    versions = [(r["version"], r["current"]) for r in client.releases("demo-app")]
+    assert versions == [(1, False), (2, False), (3, False), (4, True)]
+    client.update_config("demo-app", {"A": "x"})
+    assert client.update_config("demo-app", {"A": None}) == {}
+    assert client.request("GET", "/apps/demo-app/releases/v2")["description"] == \
+        "Set A, B config vars"
+    formation = {f["type"]: f for f in client.formation("demo-app")}
+    assert formation["web"]["quantity"] == 1 and formation["worker"]["quantity"] == 0
+    updated = client.update_formation("demo-app", [{"type": "worker", "quantity": 3}])
+    assert updated[0]["quantity"] == 3 and updated[0]["command"] == "bin/worker"
+
+
+def error_of(fn) -> ApiRequestError:
+    with pytest.raises(ApiRequestError) as info:
+        fn()
+    return info.value
+
+
+def test_errors_have_herokus_shape(client, server, tmp_path):
+    err = error_of(lambda: client.app("missing"))
+    assert err.status == 404 and err.ident == "not_found" and "Couldn't find that app" in \
+        err.message
+    assert error_of(lambda: client.create_app("Bad_Name")).status == 422
+    client.create_app("errs")
+    assert "already taken" in error_of(lambda: client.create_app("errs")).message
+    r = requests.post(f"{server.url}/apps/errs/slugs", data="{not json",
+                      headers={"Authorization": f"Bearer {server.token}", "Accept": V3})
+    assert r.status_code == 400 and r.json()["id"] == "bad_request"
+    assert "Malformed JSON" in r.json()["message"]
+    r = requests.get(f"{server.url}/apps", headers={"Authorization": f"Bearer {server.token}",
+                                                   "Accept": "application/vnd.heroku+json; "
+                                                             "version=2"})
+    assert r.status_code == 400 and "version=3" in r.json()["message"]
+    bad_types = error_of(lambda: client.create_slug("errs", {"process_types": {"a b": "x"}}))
+    assert bad_types.status == 422
+    assert error_of(lambda: client.update_formation("errs", [{"type": "nope"}])).status == 404
+    assert requests.delete(f"{server.url}/apps", headers={
+        "Authorization": f"Bearer {server.token}"}).status_code == 405
+
+
+def test_wrong_checksum_is_rejected_and_never_released(client, server, tmp_path):
+    client.create_app("check")
+    path, checksum, _ = make_slug(tmp_path)
+    wrong = "SHA256:" + "0" * 64
+    slug = client.create_slug("check", {"process_types": {"w": "x"}, "checksum": wrong})
+    err = error_of(lambda: client.upload(slug["blob"], path))
+    assert err.status == 422 and err.ident == "checksum_mismatch"
+    assert checksum.split(":")[1] in err.message
+    assert not list(server.paths.blobs.iterdir()) and not list(server.paths.blob_tmp.iterdir())
+    err = error_of(lambda: client.release("check", slug["id"]))
+    assert err.status == 422 and "no verified blob" in err.message
+    assert client.releases("check") == []
+    # a forged blob URL token is refused
+    forged = {"method": "put", "url": slug["blob"]["url"].split("?")[0] + "?token=guess"}
+    assert error_of(lambda: client.upload(forged, path)).status == 403
+
+
+def test_oversize_upload_is_refused(client, server, tmp_path):
+    client.create_app("big")
+    data = os.urandom(300_000)
+    path = tmp_path / "big.tgz"
+    path.write_bytes(data)
+    slug = client.create_slug("big", {"process_types": {"w": "x"}})
+    with pytest.raises(PlatformError) as info:
+        client.upload(slug["blob"], path)
+    assert "413" in info.value.message or "upload failed" in info.value.message
+    assert client.slug("big", slug["id"])["size"] is None
+
+
+def test_release_without_checksum_records_the_computed_one(client, tmp_path):
+    client.create_app("nosum")
+    path, checksum, _ = make_slug(tmp_path)
+    slug = client.create_slug("nosum", {"process_types": {"w": "x"}})
+    client.upload(slug["blob"], path)
+    assert client.slug("nosum", slug["id"])["checksum"] == checksum
+
+
+def test_database_schema_is_as_documented(server):
+    db = sqlite3.connect(server.paths.db)
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"meta", "apps", "slugs", "releases", "config_vars", "formation"}
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert json.loads(db.execute("SELECT value FROM meta WHERE key='schema_version'")
+                      .fetchone()[0]) == 1
