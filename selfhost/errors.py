@@ -21,7 +21,8 @@ code  class                  meaning
 8     TestsFailed            a stage's test suite failed
 9     LockError              another run holds the workspace lock
 10    FixpointError          the fixpoint was required and not reached
-11    PlatformError          the platform API answered with an error
+11    PlatformError          the platform API answered with an error, or is unreachable
+12    SlugError              the slug cannot be built (Procfile, --strict lints, size)
 130   Interrupted            interrupted by the user (Ctrl-C)
 ====  =====================  ===================================================
 """
@@ -142,6 +143,12 @@ class PlatformError(SelfhostError):
     """The platform API refused a request or could not be reached."""
 
     exit_code = 11
+
+
+class SlugError(SelfhostError):
+    """The slug cannot be built: a bad Procfile, a lint in --strict mode, too big."""
+
+    exit_code = 12
 
 
 class Interrupted(SelfhostError):

@@ -24,10 +24,10 @@ from typing import Any
 
 from selfhost.compilers.recipe import Recipe
 from selfhost.config import Settings
+from selfhost.errors import SlugError
 from selfhost.platform.lint import Lint, lint_slug
 from selfhost.platform.slug import (
     SlugContents,
-    SlugError,
     SlugInfo,
     pack,
     parse_procfile,

@@ -31,18 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selfhost.errors import SelfhostError, UsageError
+from selfhost.errors import SlugError, UsageError
 
 PROCESS_TYPE_RE = re.compile(r"^[-\w]{1,128}$")
 WARN_BYTES = 300 * 1000 * 1000
 DEFAULT_MAX_BYTES = 500 * 1000 * 1000
 GZIP_LEVEL = 6
-
-
-class SlugError(SelfhostError):
-    """The slug cannot be built: bad Procfile, a lint in --strict mode, too big."""
-
-    exit_code = 12
 
 
 # --------------------------------------------------------------------------- Procfile

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from selfhost.errors import SlugError
 from selfhost.platform.lint import lint_slug, stack_glibc
 from selfhost.platform.slug import (
     SlugContents,
-    SlugError,
     pack,
     parse_procfile,
     read_slugignore,
