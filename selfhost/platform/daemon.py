@@ -113,6 +113,7 @@ def stop(paths: PlatformPaths) -> DaemonInfo | None:
         return None
     if not _alive(pid):
         paths.daemon_json.unlink(missing_ok=True)
+        paths.pid_file.unlink(missing_ok=True)
         return None
     info = DaemonInfo(pid, data.get("url", ""), float(data.get("started", 0)))
     os.kill(pid, signal.SIGTERM)
@@ -122,6 +123,7 @@ def stop(paths: PlatformPaths) -> DaemonInfo | None:
     if _alive(pid):
         os.kill(pid, signal.SIGKILL)
     paths.daemon_json.unlink(missing_ok=True)
+    paths.pid_file.unlink(missing_ok=True)
     return info
 
 
@@ -170,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    paths.pid_file.write_text(f"{os.getpid()}\n")
     write_json_atomic(paths.daemon_json, {"pid": os.getpid(), "url": server.url,
                                           "started": time.time()})
     log(f"platform daemon {os.getpid()} serving {server.url} from {paths.root}")
@@ -180,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if json.loads(paths.daemon_json.read_text()).get("pid") == os.getpid():
                 paths.daemon_json.unlink()
+                paths.pid_file.unlink(missing_ok=True)
         except (OSError, ValueError):
             pass
         log("stopped")

@@ -6,6 +6,7 @@ Directory (``<workspace>/platform`` unless ``selfhost.platform_dir`` is set)::
     blobs/sha256/<hex>      uploaded slug archives, named by their sha256
     blobs/tmp/              uploads in progress (removed at daemon start)
     token                   the API bearer token (mode 0600), created at first start
+    daemon.pid              the running daemon's pid
     daemon.json             {"pid", "url", "started"} of the running daemon
     port                    the daemon's last port (reused when platform_port is 0)
     daemon.log              the daemon's log
@@ -160,6 +161,10 @@ class PlatformPaths:
     @property
     def daemon_json(self) -> Path:
         return self.root / "daemon.json"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "daemon.pid"
 
     @property
     def log(self) -> Path:

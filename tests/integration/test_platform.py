@@ -237,12 +237,14 @@ def test_daemon_lifecycle(platform, stacks):
     again = invoke(["platform.up"], platform, stacks)
     assert "already running" in again.stdout
     pid = daemon_pid(platform)
+    assert (platform / "platform" / "daemon.pid").read_text().strip() == str(pid)
     assert oct(os.stat(platform / "platform" / "token").st_mode & 0o777) == "0o600"
     down = invoke(["platform.down"], platform, stacks)
     assert down.code == 0 and f"stopped platform daemon pid {pid}" in down.stdout
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert not (platform / "platform" / "daemon.json").exists()
+    assert not (platform / "platform" / "daemon.pid").exists()
     # a daemon killed with SIGKILL leaves a stale daemon.json: it is seen through
     assert invoke(["platform.up"], platform, stacks).code == 0
     os.kill(daemon_pid(platform), signal.SIGKILL)

@@ -95,6 +95,17 @@ def test_size_limit_refuses_and_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == [], "no partial slug is left"
 
 
+def test_big_slugs_get_a_warning(tmp_path, monkeypatch):
+    import selfhost.platform.slug as slug_module
+
+    monkeypatch.setattr(slug_module, "WARN_BYTES", 1000)
+    contents = SlugContents()
+    contents.add_file("blob", data=os.urandom(5000))
+    info = pack(contents, tmp_path / "s.tgz", mtime=0, process_types={})
+    assert info.warnings and "soft limit" in info.warnings[0]
+    assert info.to_json()["warnings"] == info.warnings
+
+
 def test_special_files_are_refused(tmp_path):
     os.mkfifo(tmp_path / "fifo")
     with pytest.raises(SlugError, match="special files"):
