@@ -13,27 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-WORKSPACE = Path(os.environ.get("SELFHOST_BENCH_WORKSPACE", "/var/tmp/selfhost-bench"))
-
-
-def invoke(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "INVOKE_SELFHOST_WORKSPACE": str(WORKSPACE)}
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, check=True)
+from common import REPO, WORKSPACE, invoke, invoke_env, median_time
 
 
 def timed(argv: list[str], **kw) -> float:
-    started = time.perf_counter()
-    subprocess.run(argv, check=True, capture_output=True, **kw)
-    return time.perf_counter() - started
+    """One timed run of a command."""
+    return median_time(lambda: subprocess.run(argv, check=True, capture_output=True, **kw), 1)
 
 
 def main() -> None:
@@ -46,7 +35,7 @@ def main() -> None:
     stack = json.loads(invoke("stack", "--compiler", "tcc", "--json").stdout)
     rootfs = stack["path"]
     source = next((WORKSPACE / "sources" / "trees").glob("*/tree"))
-    env = {**os.environ, "INVOKE_SELFHOST_WORKSPACE": str(WORKSPACE)}
+    env = invoke_env()
     ours, plain, warm = [], [], []
     for _ in range(args.rounds):  # interleaved, so drift hits both equally
         plain.append(timed([str(REPO / "bench/plain_bootstrap.sh"), rootfs, str(source),

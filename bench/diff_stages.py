@@ -14,29 +14,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from common import REPO, WORKSPACE, invoke, invoke_env, median_time
 
 from selfhost.compilers import find_recipe
 from selfhost.stages.analysis import analyse
 from selfhost.stages.diff import stage_job
 from selfhost.workspace import Workspace
-
-REPO = Path(__file__).resolve().parents[1]
-WORKSPACE = Path(os.environ.get("SELFHOST_BENCH_WORKSPACE", "/var/tmp/selfhost-bench"))
-
-
-def median_time(fn, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def shell(cmd: str) -> None:
@@ -58,10 +46,8 @@ def generate_program(directory: Path, functions: int = 3000) -> None:
 
 def main() -> None:
     ws = Workspace(WORKSPACE)
-    env = {**os.environ, "INVOKE_SELFHOST_WORKSPACE": str(WORKSPACE)}
-    # Make sure the workspace holds a current bootstrap (a cache hit when it does).
-    subprocess.run([sys.executable, "-m", "invoke", "bootstrap", "--compiler", "tcc"], cwd=REPO,
-                   env=env, check=True, capture_output=True)
+    env = invoke_env()
+    invoke("bootstrap", "--compiler", "tcc")  # a current bootstrap (a cache hit if it is)
     recipe = find_recipe("tcc")
     report = stage_job(ws, recipe, None, None).run()
     assert report.identical, report.verdict_line()

@@ -14,31 +14,17 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import requests
+from common import WORKSPACE, invoke, median_time
 
 from selfhost.platform import daemon
 from selfhost.platform.client import PlatformClient
 from selfhost.platform.slug import SlugContents, pack
 from selfhost.platform.store import PlatformPaths
-
-REPO = Path(__file__).resolve().parents[1]
-WORKSPACE = Path(os.environ.get("SELFHOST_BENCH_WORKSPACE", "/var/tmp/selfhost-bench"))
-
-
-def median_time(fn, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def tree_size(root: Path) -> int:
@@ -64,13 +50,8 @@ def bench_pack(label: str, root: Path, out_dir: Path, rounds: int = 3) -> None:
 
 
 def main() -> None:
-    env = {**os.environ, "INVOKE_SELFHOST_WORKSPACE": str(WORKSPACE)}
-    slug = json.loads(subprocess.run(
-        [sys.executable, "-m", "invoke", "slug", "--compiler", "tcc", "--json"], cwd=REPO,
-        env=env, check=True, capture_output=True, text=True).stdout)
-    stack = json.loads(subprocess.run(
-        [sys.executable, "-m", "invoke", "stack", "--json"], cwd=REPO, env=env, check=True,
-        capture_output=True, text=True).stdout)
+    slug = json.loads(invoke("slug", "--compiler", "tcc", "--json").stdout)
+    stack = json.loads(invoke("stack", "--json").stdout)
     stage = (WORKSPACE / "stages/tcc/stage3").resolve() / "tree/app/vendor/tcc"
     print("1. packing (medians of 3)")
     with tempfile.TemporaryDirectory() as tmp:

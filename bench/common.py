@@ -1,0 +1,35 @@
+"""Helpers shared by the benchmarks: where they work, timing, running invoke."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+#: The benchmarks' own workspace (stacks and sources stay warm between runs).
+WORKSPACE = Path(os.environ.get("SELFHOST_BENCH_WORKSPACE", "/var/tmp/selfhost-bench"))
+
+
+def invoke_env() -> dict[str, str]:
+    return {**os.environ, "INVOKE_SELFHOST_WORKSPACE": str(WORKSPACE)}
+
+
+def invoke(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``invoke ARGS`` in the benchmark workspace; fail loudly."""
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, env=invoke_env(),
+                          capture_output=True, text=True, check=True)
+
+
+def median_time(fn: Callable[[], object], rounds: int) -> float:
+    """The median wall time of ``rounds`` calls of ``fn``."""
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
