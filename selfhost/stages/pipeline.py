@@ -156,8 +156,7 @@ class Bootstrap:
                 if n >= 2:
                     comparison = compare_artifacts(results[-2].manifest.artifacts,
                                                    result.manifest.artifacts, recipe.exclude)
-                if n >= count and not (recipe.fixpoint is FixpointPolicy.ITERATE and comparison
-                                       and not comparison.same and n < recipe.max_stages):
+                if not wants_another_stage(recipe, n, count, comparison):
                     break
             outcome = BootstrapResult(recipe, self.engine.name, stack, source, results, comparison)
             self._publish(outcome)
@@ -237,6 +236,16 @@ class Bootstrap:
             if stale.name not in names and stale.is_symlink():
                 stale.unlink()
         write_json_atomic(directory / "run.json", outcome.to_json())
+
+
+def wants_another_stage(recipe: Recipe, built: int, count: int,
+                        comparison: ArtifactComparison | None) -> bool:
+    """True until ``count`` stages are built; past that, only while the 'iterate' policy
+    has not seen two equal stages and ``max_stages`` allows another."""
+    if built < count:
+        return True
+    return (recipe.fixpoint is FixpointPolicy.ITERATE and comparison is not None
+            and not comparison.same and built < recipe.max_stages)
 
 
 def stack_spec(settings: Settings, recipe: Recipe) -> StackSpec:
