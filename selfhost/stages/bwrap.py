@@ -4,6 +4,7 @@ The stack's rootfs is bound read-only at ``/``; each :class:`Mount` is bound on 
 (read-only unless writable); ``/proc``, ``/dev`` and a tmpfs ``/tmp`` are fresh; every
 namespace is unshared (so there is no network unless the sandbox asks for it); and
 the sandbox dies with its parent, so a killed selfhost leaves no build behind.
+Resource limits are enforced with a cgroup per sandbox (:mod:`selfhost.stages.cgroups`).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import IO
+from typing import IO, Any
 
 from selfhost.errors import EngineError
-from selfhost.stages.engine import HOSTNAME, RunResult, Sandbox, output_fd
+from selfhost.stages.cgroups import Cgroup, command_name, descendants
+from selfhost.stages.engine import HOSTNAME, RunResult, Sandbox, output_fd, run_sandbox
 from selfhost.stages.stack import Stack
 
 
@@ -60,8 +62,9 @@ class BwrapEngine:
         argv = [self.bwrap,
                 "--ro-bind", str(sandbox.stack.rootfs), "/",
                 "--proc", "/proc",
-                "--dev", "/dev",
-                "--tmpfs", "/tmp"]
+                "--dev", "/dev"]
+        for scratch in sandbox.scratch:
+            argv += ["--tmpfs", scratch]
         for mount in sandbox.mounts:
             argv += ["--bind" if mount.writable else "--ro-bind", str(mount.source), mount.target]
         argv += ["--unshare-all"]
@@ -75,14 +78,19 @@ class BwrapEngine:
                  "--", *sandbox.inner_argv()]
         return argv
 
-    def run(self, sandbox: Sandbox, output: IO[bytes], *, timeout: float | None = None
-            ) -> RunResult:
-        """Run to completion; on timeout or Ctrl-C the whole sandbox is killed."""
-        self.prepare(sandbox.stack, sandbox.mount_targets())
+    def start(self, sandbox: Sandbox, output: IO[bytes]) -> BwrapProcess:
+        """Start bwrap in its own process group (and cgroup, when limits are set)."""
+        self.prepare(sandbox.stack, [*sandbox.mount_targets(), *sandbox.scratch])
         argv = self.command_line(sandbox)
         self._echo(argv)
+        limits = sandbox.limits
+        cgroup = None
+        if limits.memory_bytes or limits.cpus or limits.pids:
+            cgroup = Cgroup.create(sandbox.label or f"run-{os.getpid()}-{time.monotonic_ns()}",
+                                   memory_bytes=limits.memory_bytes, cpus=limits.cpus,
+                                   pids=limits.pids)
+            argv = cgroup.wrap(argv)
         fd = output_fd(output)
-        started = time.monotonic()
         try:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL,
@@ -91,27 +99,59 @@ class BwrapEngine:
                 start_new_session=True,  # our own process group, killed as one
             )
         except OSError as exc:
+            if cgroup:
+                cgroup.remove()
             raise EngineError(f"cannot start bwrap: {exc}") from None
         pump = None
         if fd is None:
             pump = threading.Thread(target=_copy, args=(proc.stdout, output), daemon=True)
             pump.start()
-        timed_out = False
+        return BwrapProcess(proc, pump, cgroup)
+
+    def run(self, sandbox: Sandbox, output: IO[bytes], *, timeout: float | None = None
+            ) -> RunResult:
+        """Run to completion; on timeout or Ctrl-C the whole sandbox is killed."""
+        return run_sandbox(self, sandbox, output, timeout=timeout)
+
+
+class BwrapProcess:
+    """A running bwrap sandbox."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], pump: threading.Thread | None,
+                 cgroup: Cgroup | None):
+        self.proc = proc
+        self.pid = proc.pid
+        self.pump = pump
+        self.cgroup = cgroup
+
+    def wait(self, timeout: float | None = None) -> int | None:
         try:
-            try:
-                code = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _kill_group(proc)
-                code = proc.wait()
-        except BaseException:  # Ctrl-C or any error: never leave the sandbox running
-            _kill_group(proc)
-            proc.wait()
-            raise
-        finally:
-            if pump:
-                pump.join()
-        return RunResult(_exit_code(code), time.monotonic() - started, timed_out)
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        if self.pump:
+            self.pump.join()
+        return _exit_code(code)
+
+    def terminate(self) -> None:
+        """SIGTERM to the processes inside the sandbox, not to bwrap: bwrap would die at
+        once and take the sandbox down with SIGKILL (--die-with-parent), leaving the
+        command no time to shut down."""
+        for pid in descendants(self.proc.pid):
+            if command_name(pid) != "bwrap":
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def close(self) -> dict[str, Any]:
+        if self.cgroup is None:
+            return {}
+        facts = self.cgroup.facts()
+        self.cgroup.remove()
+        return facts
 
 
 def _copy(src: IO[bytes] | None, dst: IO[bytes]) -> None:
@@ -119,11 +159,6 @@ def _copy(src: IO[bytes] | None, dst: IO[bytes]) -> None:
     while chunk := src.read1(65536) if hasattr(src, "read1") else src.read(65536):
         dst.write(chunk)
         dst.flush()
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _exit_code(code: int) -> int:

@@ -12,12 +12,11 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any
 
 from selfhost.errors import EngineError
-from selfhost.stages.engine import HOSTNAME, RunResult, Sandbox
+from selfhost.stages.engine import HOSTNAME, RunResult, Sandbox, run_sandbox
 from selfhost.stages.stack import Stack
 
 LABEL = "selfhost.sandbox"
@@ -92,10 +91,12 @@ class DockerEngine:
             "user": "0:0",
             "read_only": True,
             "network_mode": "bridge" if sandbox.network else "none",
-            "tmpfs": {"/tmp": "rw,exec,mode=1777"},
+            "tmpfs": {d: "rw,exec,mode=1777" for d in sandbox.scratch},
+            "init": True,  # docker-init as pid 1: forwards SIGTERM and reaps zombies
             "mounts": [DockerMount(m.target, str(m.source), type="bind",
                                    read_only=not m.writable) for m in sandbox.mounts],
             "labels": {LABEL: sandbox.owner},
+            **({"name": f"selfhost-{sandbox.label}"} if sandbox.label else {}),
             "detach": True,
         }
         limits = sandbox.limits
@@ -112,8 +113,9 @@ class DockerEngine:
         """The equivalent ``docker run`` command line."""
         argv = ["docker", "run", "--rm", "--read-only",
                 "--network", "bridge" if sandbox.network else "none",
-                "--hostname", HOSTNAME, "--user", "0:0",
-                "--tmpfs", "/tmp:rw,exec,mode=1777", "--workdir", sandbox.workdir]
+                "--hostname", HOSTNAME, "--user", "0:0", "--init", "--workdir", sandbox.workdir]
+        for scratch in sandbox.scratch:
+            argv += ["--tmpfs", f"{scratch}:rw,exec,mode=1777"]
         for m in sandbox.mounts:
             argv += ["--mount", f"type=bind,src={m.source},dst={m.target}"
                      + ("" if m.writable else ",readonly")]
@@ -124,40 +126,25 @@ class DockerEngine:
             argv += ["--cpus", str(sandbox.limits.cpus)]
         return [*argv, sandbox.stack.image, *sandbox.inner_argv()]
 
-    def run(self, sandbox: Sandbox, output: IO[bytes], *, timeout: float | None = None
-            ) -> RunResult:
-        """Run a container to completion, streaming its output; kill it on timeout."""
+    def start(self, sandbox: Sandbox, output: IO[bytes]) -> DockerProcess:
+        """Create and start the container; stream its output from a thread."""
         import docker
 
         self.prepare(sandbox.stack, sandbox.mount_targets())
         self._echo(self.command_line(sandbox))
-        started = time.monotonic()
         try:
             container = self.client.containers.create(**self._create_args(sandbox))
-        except docker.errors.DockerException as exc:
-            raise EngineError(f"cannot create the container: {_short(exc)}") from None
-        import requests
-
-        timed_out = False
-        try:
             container.start()
-            pump = threading.Thread(target=_pump, args=(container, output), daemon=True)
-            pump.start()
-            try:
-                result = container.wait(timeout=timeout) if timeout else container.wait()
-            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-                timed_out = True
-                container.kill()
-                result = container.wait()
-            pump.join(timeout=10)
-            code = int(result.get("StatusCode", 1))
-        except BaseException:  # Ctrl-C or an error: never leave the container running
-            with contextlib.suppress(docker.errors.DockerException):
-                container.remove(force=True)
-            raise
-        with contextlib.suppress(docker.errors.DockerException):
-            container.remove(force=True)
-        return RunResult(code, time.monotonic() - started, timed_out)
+        except docker.errors.DockerException as exc:
+            raise EngineError(f"cannot start the container: {_short(exc)}") from None
+        pump = threading.Thread(target=_pump, args=(container, output), daemon=True)
+        pump.start()
+        return DockerProcess(container, pump)
+
+    def run(self, sandbox: Sandbox, output: IO[bytes], *, timeout: float | None = None
+            ) -> RunResult:
+        """Run a container to completion, streaming its output; kill it on timeout."""
+        return run_sandbox(self, sandbox, output, timeout=timeout)
 
     def remove_orphans(self, owner: str) -> int:
         """Remove containers left by killed runs of ``owner``; returns how many.
@@ -175,6 +162,49 @@ class DockerEngine:
             except docker.errors.DockerException:
                 pass
         return removed
+
+
+class DockerProcess:
+    """A running container."""
+
+    def __init__(self, container: Any, pump: threading.Thread):
+        self.container = container
+        self.pump = pump
+        self.pid = container.short_id
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        import requests
+
+        try:
+            result = self.container.wait(timeout=timeout) if timeout else self.container.wait()
+        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+            return None
+        self.pump.join(timeout=10)
+        return int(result.get("StatusCode", 1))
+
+    def terminate(self) -> None:
+        """SIGTERM to the command (docker-init forwards it; a bare pid 1 would ignore it)."""
+        import docker
+
+        with contextlib.suppress(docker.errors.DockerException):
+            self.container.kill(signal="SIGTERM")
+
+    def kill(self) -> None:
+        import docker
+
+        with contextlib.suppress(docker.errors.DockerException):
+            self.container.kill()
+
+    def close(self) -> dict[str, Any]:
+        import docker
+
+        facts: dict[str, Any] = {}
+        with contextlib.suppress(docker.errors.DockerException):
+            self.container.reload()
+            facts["oom_killed"] = bool(self.container.attrs["State"].get("OOMKilled"))
+        with contextlib.suppress(docker.errors.DockerException):
+            self.container.remove(force=True)
+        return facts
 
 
 def _pump(container: Any, output: IO[bytes]) -> None:

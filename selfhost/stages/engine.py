@@ -18,10 +18,11 @@ unshared unless asked for, ``/tmp`` is a fresh tmpfs and the hostname is fixed.
 from __future__ import annotations
 
 import shlex
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 from selfhost.errors import UsageError
 from selfhost.stages.stack import Stack
@@ -59,7 +60,9 @@ class Sandbox:
     workdir: str = "/"
     network: bool = False
     limits: Limits = field(default_factory=Limits)
-    owner: str = "selfhost"  # who started it (a workspace); labels containers and cgroups
+    scratch: tuple[str, ...] = ("/tmp",)  # fresh tmpfs directories
+    owner: str = "selfhost"  # who started it (a workspace); labels containers
+    label: str = ""  # a unique name for this run (cgroup, container), if any
 
     def inner_argv(self) -> list[str]:
         """The command both engines execute inside the sandbox (see module docstring)."""
@@ -77,6 +80,24 @@ class RunResult:
     exit_code: int  # 128+N when killed by signal N
     seconds: float
     timed_out: bool = False
+    oom_killed: bool = False
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+class Process(Protocol):
+    """A started sandbox."""
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The exit code (128+N for signal N), or None if still running after timeout."""
+
+    def terminate(self) -> None:
+        """Ask the command to stop (SIGTERM to the command, not to the sandbox)."""
+
+    def kill(self) -> None:
+        """Kill everything in the sandbox at once."""
+
+    def close(self) -> dict[str, Any]:
+        """Release the sandbox's resources; return what is known (e.g. oom_killed)."""
 
 
 class Engine(Protocol):
@@ -90,9 +111,12 @@ class Engine(Protocol):
     def prepare(self, stack: Stack, mount_points: Iterable[str] = ()) -> None:
         """Make the stack usable by this engine (mount points, images)."""
 
+    def start(self, sandbox: Sandbox, output: IO[bytes]) -> Process:
+        """Start the sandbox, its stdout and stderr going to ``output``."""
+
     def run(self, sandbox: Sandbox, output: IO[bytes], *, timeout: float | None = None
             ) -> RunResult:
-        """Run the sandbox to completion, writing its stdout and stderr to ``output``."""
+        """Run the sandbox to completion (see :func:`run_sandbox`)."""
 
     def command_line(self, sandbox: Sandbox) -> list[str]:
         """A shell command line that reproduces the sandbox by hand."""
@@ -113,6 +137,29 @@ def make_engine(name: str, *, docker_url: str | None = None, echo=None) -> Engin
         return DockerEngine(base_url=docker_url, echo=echo)
     raise UsageError(f"unknown engine {name!r}; expected bwrap or docker",
                      hint="pass --engine bwrap or --engine docker")
+
+
+def run_sandbox(engine: Engine, sandbox: Sandbox, output: IO[bytes], *,
+                timeout: float | None = None) -> RunResult:
+    """Start, wait, and on timeout or Ctrl-C kill the whole sandbox; always clean up."""
+    started = time.monotonic()
+    process = engine.start(sandbox, output)
+    timed_out = False
+    try:
+        code = process.wait(timeout)
+        if code is None:
+            timed_out = True
+            process.kill()
+            code = process.wait()
+    except BaseException:
+        process.kill()
+        process.wait()
+        process.close()
+        raise
+    facts = process.close()
+    assert code is not None
+    return RunResult(code, time.monotonic() - started, timed_out,
+                     bool(facts.get("oom_killed")), facts)
 
 
 def shell_line(argv: Sequence[str]) -> str:
