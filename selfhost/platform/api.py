@@ -44,6 +44,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from selfhost.errors import SlugError
+from selfhost.platform.slug import check_slug
 from selfhost.platform.store import ApiError, PlatformPaths, Store
 
 ACCEPT_V3 = "application/vnd.heroku+json; version=3"
@@ -273,6 +275,10 @@ class RequestHandler(BaseHTTPRequestHandler):
                 raise ApiError(422, "checksum_mismatch",
                                f"The uploaded blob's checksum is SHA256:{digest} but the slug "
                                f"declares {declared}; the blob was discarded.")
+            try:
+                check_slug(tmp)  # refuse escaping entries before anything could unpack them
+            except SlugError as exc:
+                raise ApiError(422, "invalid_slug", exc.message) from None
             os.chmod(tmp, 0o644)
             os.replace(tmp, self.server.paths.blob(digest))  # in place before it is recorded
             self.server.store.attach_blob(slug, digest, length)

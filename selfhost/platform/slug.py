@@ -23,6 +23,7 @@ import hashlib
 import io
 import os
 import re
+import shutil
 import stat
 import tarfile
 import tempfile
@@ -301,3 +302,88 @@ def verify_layout(path: Path) -> list[str]:
                 raise UsageError(f"{path}: entry {member.name!r} is outside ./app")
             names.append(member.name)
     return names
+
+
+# --------------------------------------------------------------------------- unpacking
+
+
+def _normal(name: str) -> str:
+    """A tar entry name without a leading './'."""
+    while name.startswith("./"):
+        name = name[2:]
+    return name.rstrip("/") or "."
+
+
+def _inside_app(path: str) -> bool:
+    """Does a relative path, with '..' resolved, stay below app/?"""
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                return False
+            parts.pop()
+        else:
+            parts.append(part)
+    return bool(parts) and parts[0] == "app"
+
+
+def check_members(members: Iterable[tarfile.TarInfo]) -> list[tarfile.TarInfo]:
+    """The entries under ``./app``, after refusing any that could escape ``/app``.
+
+    Refused, with the entry's name: absolute paths, ``..`` components, symlinks or hard
+    links whose target leaves ``/app``, and device files or FIFOs. Entries outside
+    ``./app`` are ignored, as Heroku ignores them.
+    """
+    keep = []
+    for m in members:
+        raw = m.name
+        name = _normal(raw)
+        if raw.startswith("/"):
+            raise SlugError(f"slug entry {raw!r} is an absolute path; the slug was refused")
+        if ".." in name.split("/"):
+            raise SlugError(f"slug entry {raw!r} contains '..'; the slug was refused")
+        if not (name == "app" or name.startswith("app/")):
+            continue
+        if m.isdev() or m.isfifo():
+            raise SlugError(f"slug entry {raw!r} is a device file or FIFO; the slug was refused")
+        if m.issym():
+            # an absolute target is a path in the dyno, so it must be under /app; a
+            # relative one resolves from the link's own directory
+            target = m.linkname
+            resolved = target.lstrip("/") if target.startswith("/") else \
+                f"{name.rpartition('/')[0]}/{target}"
+            if not _inside_app(resolved):
+                raise SlugError(f"slug entry {raw!r} is a symlink to {target!r}, outside /app; "
+                                "the slug was refused")
+        if m.islnk() and (m.linkname.startswith("/") or not _inside_app(_normal(m.linkname))):
+            raise SlugError(f"slug entry {raw!r} is a hard link to {m.linkname!r}, outside "
+                            "/app; the slug was refused")
+        keep.append(m)
+    return keep
+
+
+def check_slug(path: Path) -> None:
+    """Validate a slug archive without unpacking it; raise SlugError on a bad entry."""
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            check_members(tar.getmembers())
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise SlugError(f"the slug is not a gzip-compressed tar: {exc}") from None
+
+
+def unpack(path: Path, target: Path) -> Path:
+    """Unpack a slug's ``./app`` into ``target/app`` (checked first, atomically)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            members = check_members(tar.getmembers())
+            tar.extractall(staging, members=members, filter="tar")
+        (staging / "app").mkdir(exist_ok=True)
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target / "app"

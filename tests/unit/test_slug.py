@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import subprocess
@@ -183,3 +184,64 @@ def test_lints_fire_on_crafted_files(tmp_path):
     assert "__libc_start_main@GLIBC_2.34" in glibc[0].message
     newer = fake_rootfs(tmp_path / "new", "2.36")
     assert not [x for x in lint_slug(contents, newer) if x.kind == "glibc"]
+
+
+# ------------------------------------------------------------------------- unpacking
+
+
+def evil_slug(tmp_path: Path, make: str) -> Path:
+    path = tmp_path / f"{make}.tgz"
+    with tarfile.open(path, "w:gz") as tar:
+        def add(name: str, kind: bytes = tarfile.REGTYPE, link: str = "", data: bytes = b"x"):
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            info.linkname = link
+            info.size = len(data) if kind == tarfile.REGTYPE else 0
+            tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+        add("./app/ok.txt")
+        match make:
+            case "dotdot":
+                add("./app/../../etc/cron.d/evil")
+            case "absolute":
+                add("/etc/passwd")
+            case "symlink":
+                add("./app/link", tarfile.SYMTYPE, "../../../etc")
+            case "abs-symlink":
+                add("./app/link", tarfile.SYMTYPE, "/etc/shadow")
+            case "hardlink":
+                add("./app/hard", tarfile.LNKTYPE, "/etc/passwd")
+            case "device":
+                add("./app/dev", tarfile.CHRTYPE)
+            case "fine":
+                add("./app/bin/tool", tarfile.SYMTYPE, "../ok.txt")
+                add("./app/abs", tarfile.SYMTYPE, "/app/ok.txt")
+                add("./app/hard", tarfile.LNKTYPE, "./app/ok.txt")
+                add("./outside/ignored.txt")
+    return path
+
+
+@pytest.mark.parametrize(("make", "words"), [
+    ("dotdot", "contains '..'"), ("absolute", "absolute path"),
+    ("symlink", "symlink to '../../../etc', outside /app"),
+    ("abs-symlink", "symlink to '/etc/shadow'"), ("hardlink", "hard link"),
+    ("device", "device file"),
+])
+def test_escaping_entries_are_refused_before_unpacking(tmp_path, make, words):
+    from selfhost.platform.slug import check_slug, unpack
+
+    path = evil_slug(tmp_path, make)
+    with pytest.raises(SlugError, match=words):
+        check_slug(path)
+    target = tmp_path / "unpacked"
+    with pytest.raises(SlugError):
+        unpack(path, target)
+    assert not target.exists() and not list(tmp_path.glob(".unpacked.*")), "nothing unpacked"
+
+
+def test_good_links_unpack_and_outside_entries_are_ignored(tmp_path):
+    from selfhost.platform.slug import unpack
+
+    app = unpack(evil_slug(tmp_path, "fine"), tmp_path / "u")
+    assert (app / "bin" / "tool").resolve() == (app / "ok.txt").resolve()
+    assert os.readlink(app / "abs") == "/app/ok.txt"
+    assert not (tmp_path / "u" / "outside").exists()
