@@ -7,6 +7,7 @@ Errors become exit codes in one place, ``selfhost.cli.base.task``.
 from invoke import Collection
 
 from selfhost.cli import platform, stages
+from selfhost.cli.base import accept_assignments
 from selfhost.config import DEFAULTS
 
 ns = Collection()
@@ -18,6 +19,14 @@ ns.add_task(platform.release)
 ns.add_task(platform.releases)
 ns.add_task(platform.rollback)
 ns.add_task(platform.config)
+ns.add_task(platform.run)
+ns.add_task(platform.scale)
+ns.add_task(platform.logs)
+
+ps = Collection("ps")
+ps.add_task(platform.ps_list, "list", default=True)
+ps.add_task(platform.ps_stop, "stop")
+ns.add_collection(ps)
 
 apps = Collection("apps")
 apps.add_task(platform.apps_list, "list", default=True)
@@ -30,3 +39,6 @@ daemon.add_task(platform.platform_down, "down")
 daemon.add_task(platform.platform_status, "status")
 ns.add_collection(daemon)
 ns.configure({"selfhost": DEFAULTS})
+
+# `invoke scale --app a web=1 worker=3`: Invoke would read web=1 as a task name.
+accept_assignments({"scale": platform.scale, "config": platform.config})

@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "platform_port": 0,
     "api_url": None,
     "api_token": None,
+    "dyno_grace_seconds": 30,
 }
 
 
@@ -63,6 +64,7 @@ class Settings:
     platform_port: int = 0
     api_url: str | None = None
     api_token: str | None = None
+    dyno_grace_seconds: float = 30
 
     @property
     def platform(self) -> Path:
@@ -117,6 +119,7 @@ class Settings:
                 platform_port=int(raw["platform_port"]),
                 api_url=raw["api_url"] or None,
                 api_token=raw["api_token"] or None,
+                dyno_grace_seconds=float(raw["dyno_grace_seconds"]),
             )
         except (TypeError, ValueError) as exc:
             raise UsageError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,53 @@ def argv_after_dashdash() -> list[str]:
     import sys
 
     return sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
+
+
+ASSIGNMENT = re.compile(r"^[A-Za-z_][\w.-]*=")
+
+
+def accept_assignments(tasks: dict[str, Any]) -> None:
+    """Let ``invoke scale --app a web=1 worker=3`` and ``invoke config --app a K=V L=W`` work.
+
+    Invoke reads a bare word after a task's options as the next task's name, so the
+    second assignment would be an unknown task. Before Invoke parses the tasks' own
+    arguments, this turns each bare ``K=V`` word that follows one of ``tasks`` into
+    ``--set K=V`` (their repeatable option). Option values and words after ``--`` are
+    left alone. Without Invoke's program object (another entry point) it does nothing,
+    and ``--set K=V`` or ``-- K=V`` still work.
+    """
+    try:
+        from invoke.main import program
+
+        unparsed = program.core.unparsed
+    except (ImportError, AttributeError):
+        return
+    if not isinstance(unparsed, list):
+        return
+    boolean = {name: {f"--{a.name.replace('_', '-')}" for a in task.get_arguments()
+                      if a.kind is bool} | {f"-{a.names[1]}" for a in task.get_arguments()
+                                            if a.kind is bool and len(a.names) > 1}
+               for name, task in tasks.items()}
+    out: list[str] = []
+    current: str | None = None
+    takes_value = False
+    for i, word in enumerate(unparsed):
+        if word == "--":
+            out += unparsed[i:]
+            break
+        if takes_value:
+            out.append(word)
+            takes_value = False
+        elif word.startswith("-"):
+            out.append(word)
+            takes_value = current is not None and "=" not in word and \
+                word not in boolean[current]
+        elif current is not None and ASSIGNMENT.match(word):
+            out += ["--set", word]
+        else:
+            current = word if word in tasks else None
+            out.append(word)
+    unparsed[:] = out
 
 
 def make_ui(s: Settings, *, json: bool = False) -> UI:

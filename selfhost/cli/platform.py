@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from invoke import Context
 
@@ -58,7 +58,6 @@ def client_for(s: Settings, ui: UI, api: str | None) -> tuple[PlatformClient, bo
 
     The bool is True for the local platform, where a first release creates the app.
     """
-    from selfhost.platform import daemon
     from selfhost.platform.client import PlatformClient, token_for
     from selfhost.platform.store import PlatformPaths
 
@@ -66,11 +65,23 @@ def client_for(s: Settings, ui: UI, api: str | None) -> tuple[PlatformClient, bo
     url = api or s.api_url
     if url:
         return PlatformClient(url, token_for(url, paths.token, s.api_token)), False
-    info, started = daemon.start(paths, port=s.platform_port, stack=s.suite,
-                                 max_blob_bytes=s.slug_max_bytes)
+    info, started = start_daemon(s)
     if started:
         ui.info(f"started the platform daemon (pid {info.pid}) at {info.url}")
     return PlatformClient(info.url, paths.ensure_token()), True
+
+
+def start_daemon(s: Settings) -> tuple[Any, bool]:
+    """The local daemon, started if needed with what it needs to run dynos."""
+    from selfhost.platform import daemon
+    from selfhost.platform.dynos import DynoSettings
+    from selfhost.platform.store import PlatformPaths
+
+    dynos = DynoSettings(stacks=str(s.stacks), suite=s.suite, variant=s.variant,
+                         base_packages=s.base_packages, mirror=s.mirror, engine=s.engine,
+                         docker_url=s.docker_url, grace_seconds=s.dyno_grace_seconds)
+    return daemon.start(PlatformPaths(s.platform), port=s.platform_port, stack=s.suite,
+                        max_blob_bytes=s.slug_max_bytes, dynos=dynos)
 
 
 API_HELP = "a Heroku-compatible API URL instead of the local platform (token: HEROKU_API_KEY)"
@@ -203,14 +214,12 @@ def apps_list(c: Context, api: str | None = None, json: bool = False) -> None:
 @task
 def platform_up(c: Context) -> None:
     """Start the local platform daemon (API server) if it is not running."""
-    from selfhost.platform import daemon
     from selfhost.platform.store import PlatformPaths
 
     s = settings(c)
     ui = make_ui(s)
     paths = PlatformPaths(s.platform)
-    info, started = daemon.start(paths, port=s.platform_port, stack=s.suite,
-                                 max_blob_bytes=s.slug_max_bytes)
+    info, started = start_daemon(s)
     ui.info(f"{'started' if started else 'already running:'} platform daemon pid {info.pid} "
             f"at {info.url} (state: {paths.root}, log: {paths.log})")
 
@@ -250,3 +259,157 @@ def platform_status(c: Context, json: bool = False) -> None:
                 f"{len(apps)} app(s); state {paths.root}")
     else:
         ui.info(f"not running (state {paths.root}); start it with `invoke platform.up`")
+
+
+# --------------------------------------------------------------------------- dynos
+
+
+@task(iterable=["env"], help={
+    "app": "the app whose current release runs",
+    "size": "dyno size (basic, standard-1x, standard-2x, performance-m, performance-l)",
+    "env": "K=V added to the dyno's environment (repeatable)",
+    "ttl": "seconds after which the dyno is stopped",
+    "detached": "return at once; the output goes to the app's log (invoke logs)",
+    "engine": "run it with bwrap (default) or docker",
+    "api": API_HELP,
+})
+def run(c: Context, app: str, size: str | None = None, env: list[str] | None = None,
+        ttl: str | None = None, detached: bool = False, engine: str | None = None,
+        api: str | None = None) -> None:
+    """Run a one-off dyno: invoke run --app NAME -- COMMAND ARGS... (its exit code is ours)."""
+    import shlex
+    import sys
+
+    from invoke import Exit
+
+    s = settings(c)
+    ui = make_ui(s, json=True)  # progress on stderr: stdout is the command's own
+    argv = argv_after_dashdash()
+    if not argv:
+        raise UsageError("no command to run", hint="put it after --, e.g. "
+                         "invoke run --app myapp -- bin/compile -v")
+    extra: dict[str, str] = {}
+    for pair in env or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--env {pair!r} is not K=V")
+        extra[key] = value
+    if ttl is not None and (not ttl.isdigit() or not 0 < int(ttl) <= 86_400):
+        raise UsageError(f"--ttl is {ttl!r}; expected 1 to 86400 seconds")
+    if engine not in (None, "bwrap", "docker"):
+        raise UsageError(f"--engine is {engine!r}; expected bwrap or docker")
+    command = shlex.join(argv)
+    client = client_for(s, ui, api)[0]
+    body: dict[str, Any] = {"command": command, "attach": not detached, "type": "run",
+                            "env": extra, "size": size,
+                            "time_to_live": int(ttl) if ttl else None}
+    if engine:
+        body["engine"] = engine
+    dyno = client.create_dyno(app, {k: v for k, v in body.items() if v is not None})
+    ui.info(f"Running `{command}` on {app}... up, {dyno['name']}")
+    if detached:
+        ui.info(f"its output goes to the app's log: invoke logs --app {app} --tail")
+        return
+    out = sys.stdout.buffer
+    try:
+        for chunk in client.stream(dyno["attach_url"]):
+            out.write(chunk)
+            out.flush()
+    except KeyboardInterrupt:
+        ui.info(f"stopping {dyno['name']}...")
+        client.stop_dyno(app, dyno["id"])
+        raise Exit(code=130) from None
+    final = _finished(client, app, dyno["id"])
+    code = final.get("exit_code")
+    if final.get("reason") and code:
+        ui.warn(f"{dyno['name']}: {final['reason']}")
+    if code:
+        raise Exit(code=int(code))
+
+
+def _finished(client: PlatformClient, app: str, dyno_id: str) -> dict[str, Any]:
+    """The dyno once it has ended (the attach stream closes just after)."""
+    deadline = time.monotonic() + 10
+    while True:
+        info = client.dyno(app, dyno_id)
+        if info["state"] not in ("starting", "up") or time.monotonic() > deadline:
+            return info
+        time.sleep(0.05)
+
+
+@task(help={"app": "the app", "json": "print the dynos as JSON", "api": API_HELP})
+def ps_list(c: Context, app: str, json: bool = False, api: str | None = None) -> None:
+    """List an app's dynos: name, type, state, since, command, parent job."""
+    s = settings(c)
+    ui = make_ui(s, json=json)
+    dynos = client_for(s, ui, api)[0].dynos(app)
+    if json:
+        ui.emit_json(dynos)
+        return
+    def short(text: str, width: int = 32) -> str:
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    ui.table(f"dynos of {app}", ["dyno", "state", "since", "command", "parent", "restarts",
+                                 "exit"],
+             [(d["name"], d["state"], d["updated_at"][11:19], short(d["command"]),
+               d.get("parent") or "-", d.get("restarts", 0),
+               "" if d.get("exit_code") is None else d["exit_code"]) for d in dynos])
+
+
+@task(positional=["dyno"], help={"app": "the app", "dyno": "the dyno's name (worker.1) or id",
+                                 "api": API_HELP})
+def ps_stop(c: Context, app: str, dyno: str, api: str | None = None) -> None:
+    """Stop a dyno (SIGTERM, then SIGKILL after the grace period)."""
+    s = settings(c)
+    ui = make_ui(s)
+    stopped = client_for(s, ui, api)[0].stop_dyno(app, dyno)
+    ui.info(f"stopping {stopped['name']} of {app}")
+
+
+@task(iterable=["set"], help={
+    "app": "the app",
+    "set": "TYPE=N or TYPE=N:SIZE (repeatable; bare TYPE=N words work too)",
+    "api": API_HELP, "json": "print the formation as JSON",
+})
+def scale(c: Context, app: str, set: list[str] | None = None,
+          api: str | None = None, json: bool = False) -> None:
+    """Scale process types: invoke scale --app NAME worker=3 web=1."""
+    s = settings(c)
+    ui = make_ui(s, json=json)
+    updates = []
+    for pair in [*(set or []), *argv_after_dashdash()]:
+        kind, sep, value = pair.partition("=")
+        quantity, _, size = value.partition(":")
+        if not sep or not kind or not quantity.isdigit():
+            raise UsageError(f"{pair!r} is not TYPE=N or TYPE=N:SIZE", hint="e.g. worker=3")
+        update: dict[str, Any] = {"type": kind, "quantity": int(quantity)}
+        if size:
+            update["size"] = size
+        updates.append(update)
+    client = client_for(s, ui, api)[0]
+    formation = client.update_formation(app, updates) if updates else client.formation(app)
+    if json:
+        ui.emit_json(formation)
+        return
+    for f in formation:
+        ui.info(f"{f['type']}={f['quantity']}:{f['size']}  ({f['command']})")
+
+
+@task(help={"app": "the app", "tail": "keep following the log", "num": "lines to show first",
+            "api": API_HELP})
+def logs(c: Context, app: str, tail: bool = False, num: int = 100,
+         api: str | None = None) -> None:
+    """Show the app's log (dyno output and platform events); --tail follows it."""
+    import sys
+
+    s = settings(c)
+    ui = make_ui(s, json=True)
+    client = client_for(s, ui, api)[0]
+    url = client.log_session(app, tail=tail, lines=num)
+    out = sys.stdout.buffer
+    try:
+        for chunk in client.stream(url):
+            out.write(chunk)
+            out.flush()
+    except KeyboardInterrupt:
+        return

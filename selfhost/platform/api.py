@@ -35,6 +35,7 @@ import hmac
 import json
 import os
 import re
+import select
 import socket
 import tempfile
 import threading
@@ -103,9 +104,13 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         ("GET", r"^/apps/(?P<app>[^/]+)/dynos$", "dynos_list"),
         ("GET", r"^/apps/(?P<app>[^/]+)/dynos/(?P<dyno>[^/]+)$", "dynos_info"),
         ("POST", r"^/apps/(?P<app>[^/]+)/dynos/(?P<dyno>[^/]+)/actions/stop$", "dynos_stop"),
+        ("GET", r"^/dynos/(?P<dyno>[^/]+)/attach$", "dyno_attach"),
+        ("POST", r"^/apps/(?P<app>[^/]+)/log-sessions$", "log_sessions_create"),
+        ("GET", r"^/logs/(?P<app>[^/]+)$", "log_stream"),
     ]
 ]
-UNAUTHENTICATED = {"health", "blob_put"}
+#: Routes whose URL carries its own secret instead of the API token.
+UNAUTHENTICATED = {"health", "blob_put", "dyno_attach", "log_stream"}
 
 
 class RequestHandler(BaseHTTPRequestHandler):
@@ -205,7 +210,52 @@ class RequestHandler(BaseHTTPRequestHandler):
             raise ApiError(400, "bad_request", "The JSON body must be an object.")
         return body
 
+    @property
+    def base_url(self) -> str:
+        """This server as the client reached it (for URLs handed back to it)."""
+        return f"http://{self.headers.get('Host') or self.server.url.removeprefix('http://')}"
+
+    def _client_gone(self) -> bool:
+        """True when the client closed its end (checked between stream chunks)."""
+        readable, _, _ = select.select([self.connection], [], [], 0)
+        if not readable:
+            return False
+        try:
+            return self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    def _send_stream(self, status: int, stream: Any) -> None:
+        """A chunked response fed by ``stream.chunks``; ends when they do or the client
+        goes away."""
+        self.send_response(status)
+        self.send_header("Content-Type", stream.content_type)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        try:
+            for chunk in stream.chunks:
+                if chunk:
+                    self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                    self.wfile.flush()
+                elif self._client_gone():
+                    break
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            close = getattr(stream.chunks, "close", None)
+            if close:
+                close()
+        self.close_connection = True
+        self.server_log(f"{self.command} {urllib.parse.urlsplit(self.path).path} {status} "
+                        "(streamed)")
+
     def _send(self, status: int, body: Any) -> None:
+        if hasattr(body, "chunks"):
+            self._send_stream(status, body)
+            return
         data = b"" if body is None else (json.dumps(body, indent=2) + "\n").encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -237,9 +287,8 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     def do_slugs_create(self, app: str) -> tuple[int, Any]:
         slug, token = self.server.store.create_slug(app, self._json_body())
-        host = self.headers.get("Host") or self.server.url.removeprefix("http://")
         slug["blob"] = {"method": "put",
-                        "url": f"http://{host}/blobs/{slug['id']}?token={token}"}
+                        "url": f"{self.base_url}/blobs/{slug['id']}?token={token}"}
         return 201, slug
 
     def do_slugs_info(self, app: str, slug: str) -> tuple[int, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,34 @@ class PlatformClient:
 
     def update_formation(self, app: str, updates: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return self.request("PATCH", f"/apps/{app}/formation", {"updates": updates})
+
+    def create_dyno(self, app: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", f"/apps/{app}/dynos", body)
+
+    def dynos(self, app: str) -> list[dict[str, Any]]:
+        return self.request("GET", f"/apps/{app}/dynos")
+
+    def dyno(self, app: str, ident: str) -> dict[str, Any]:
+        return self.request("GET", f"/apps/{app}/dynos/{ident}")
+
+    def stop_dyno(self, app: str, ident: str) -> dict[str, Any]:
+        return self.request("POST", f"/apps/{app}/dynos/{ident}/actions/stop")
+
+    def log_session(self, app: str, *, tail: bool, lines: int) -> str:
+        return self.request("POST", f"/apps/{app}/log-sessions",
+                            {"tail": tail, "lines": lines})["logplex_url"]
+
+    def stream(self, url: str) -> Iterator[bytes]:
+        """The body of a streamed URL (a dyno's attach URL, a log URL), as it comes."""
+        import requests
+
+        try:
+            with requests.get(url, stream=True, timeout=(10, None)) as resp:
+                if resp.status_code >= 400:
+                    raise api_error("GET", "<stream url>", resp.status_code, resp.text)
+                yield from resp.iter_content(chunk_size=None)
+        except requests.RequestException as exc:
+            raise PlatformError(f"the stream from the platform broke off: {exc}") from None
 
     # ------------------------------------------------------------------ the flow
     def release_slug(self, app: str, slug_path: Path, *, checksum: str, size: int,

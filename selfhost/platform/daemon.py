@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from selfhost.errors import PlatformError
+from selfhost.platform.dynos import DynoSettings
 from selfhost.platform.store import PlatformPaths
 from selfhost.stages.manifest import write_json_atomic
 from selfhost.workspace import file_lock
@@ -73,8 +74,12 @@ def running(paths: PlatformPaths) -> DaemonInfo | None:
 
 
 def start(paths: PlatformPaths, *, port: int, stack: str, max_blob_bytes: int,
-          extra_args: list[str] | None = None) -> tuple[DaemonInfo, bool]:
-    """Return the running daemon, starting it first if needed; the bool says if it was."""
+          dynos: DynoSettings | None = None) -> tuple[DaemonInfo, bool]:
+    """Return the running daemon, starting it first if needed; the bool says if it was.
+
+    ``dynos`` (written to ``settings.json``) lets the daemon run dynos: where stacks
+    are, which engine, the grace period.
+    """
     paths.root.mkdir(parents=True, exist_ok=True)
     with file_lock(paths.root / "daemon.lock", wait=START_TIMEOUT, what="the platform daemon"):
         info = running(paths)
@@ -82,8 +87,10 @@ def start(paths: PlatformPaths, *, port: int, stack: str, max_blob_bytes: int,
             return info, False
         paths.daemon_json.unlink(missing_ok=True)
         argv = [sys.executable, "-m", "selfhost.platform.daemon", "--dir", str(paths.root),
-                "--port", str(port), "--stack", stack, "--max-blob-bytes", str(max_blob_bytes),
-                *(extra_args or [])]
+                "--port", str(port), "--stack", stack, "--max-blob-bytes", str(max_blob_bytes)]
+        if dynos is not None:
+            dynos.write(paths.settings)
+            argv += ["--settings", str(paths.settings)]
         with open(paths.log, "ab") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
@@ -130,6 +137,8 @@ def stop(paths: PlatformPaths) -> DaemonInfo | None:
 def main(argv: list[str] | None = None) -> int:
     """The daemon's entry point (``python -m selfhost.platform.daemon``)."""
     from selfhost.platform.api import PlatformServer
+    from selfhost.platform.dyno_api import routes
+    from selfhost.platform.dynos import DynoManager, Supervisor
 
     parser = argparse.ArgumentParser(prog="selfhost.platform.daemon")
     parser.add_argument("--dir", required=True, type=Path)
@@ -137,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--stack", default="bookworm")
     parser.add_argument("--max-blob-bytes", type=int, default=500_000_000)
+    parser.add_argument("--settings", type=Path, help="dyno settings (JSON); no dynos without")
     args = parser.parse_args(argv)
     paths = PlatformPaths(args.dir)
     lock = threading.Lock()
@@ -162,6 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         server = PlatformServer((args.host, 0), paths, stack=args.stack,
                                 max_blob_bytes=args.max_blob_bytes, log=log)
     port_file.write_text(f"{server.server_address[1]}\n")
+    supervisor = None
+    manager = None
+    if args.settings:
+        manager = DynoManager(server.store, paths, DynoSettings.read(args.settings), log=log)
+        supervisor = Supervisor(manager)
+        server.routes.update(routes(manager, supervisor))
+        server.on_change = supervisor.poke
+        supervisor.start()
     stopping = threading.Event()
 
     def on_term(signum: int, frame: object) -> None:
@@ -179,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
+        if supervisor and manager:
+            supervisor.stop()
+            manager.shutdown()
         server.server_close()
         try:
             if json.loads(paths.daemon_json.read_text()).get("pid") == os.getpid():

@@ -9,6 +9,10 @@ Directory (``<workspace>/platform`` unless ``selfhost.platform_dir`` is set)::
     daemon.pid              the running daemon's pid
     daemon.json             {"pid", "url", "started"} of the running daemon
     port                    the daemon's last port (reused when platform_port is 0)
+    settings.json           what the daemon needs to run dynos (stacks, engine, grace)
+    slugs/<sha256>/app      released slugs, unpacked once (copied into each dyno)
+    dynos/<id>/app          the /app of a running dyno (deleted when it ends)
+    logs/<app>.log          each app's log (Heroku's line format)
     daemon.log              the daemon's log
 
 Schema (version 1)::
@@ -161,6 +165,10 @@ class PlatformPaths:
     @property
     def daemon_json(self) -> Path:
         return self.root / "daemon.json"
+
+    @property
+    def settings(self) -> Path:
+        return self.root / "settings.json"
 
     @property
     def pid_file(self) -> Path:

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from selfhost.errors import EngineError
 from selfhost.stages.cgroups import Cgroup, command_name, descendants
-from selfhost.stages.engine import HOSTNAME, RunResult, Sandbox, output_fd, run_sandbox
+from selfhost.stages.engine import HOSTNAME, Output, RunResult, Sandbox, output_fd, run_sandbox
 from selfhost.stages.stack import Stack
 
 
@@ -78,7 +78,7 @@ class BwrapEngine:
                  "--", *sandbox.inner_argv()]
         return argv
 
-    def start(self, sandbox: Sandbox, output: IO[bytes]) -> BwrapProcess:
+    def start(self, sandbox: Sandbox, output: Output) -> BwrapProcess:
         """Start bwrap in its own process group (and cgroup, when limits are set)."""
         self.prepare(sandbox.stack, [*sandbox.mount_targets(), *sandbox.scratch])
         argv = self.command_line(sandbox)
@@ -108,7 +108,7 @@ class BwrapEngine:
             pump.start()
         return BwrapProcess(proc, pump, cgroup)
 
-    def run(self, sandbox: Sandbox, output: IO[bytes], *, timeout: float | None = None
+    def run(self, sandbox: Sandbox, output: Output, *, timeout: float | None = None
             ) -> RunResult:
         """Run to completion; on timeout or Ctrl-C the whole sandbox is killed."""
         return run_sandbox(self, sandbox, output, timeout=timeout)
@@ -154,7 +154,7 @@ class BwrapProcess:
         return facts
 
 
-def _copy(src: IO[bytes] | None, dst: IO[bytes]) -> None:
+def _copy(src: IO[bytes] | None, dst: Output) -> None:
     assert src is not None
     while chunk := src.read1(65536) if hasattr(src, "read1") else src.read(65536):
         dst.write(chunk)

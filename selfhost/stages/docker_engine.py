@@ -13,10 +13,10 @@ import contextlib
 import subprocess
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import IO, Any
+from typing import Any
 
 from selfhost.errors import EngineError
-from selfhost.stages.engine import HOSTNAME, RunResult, Sandbox, run_sandbox
+from selfhost.stages.engine import HOSTNAME, Output, RunResult, Sandbox, run_sandbox
 from selfhost.stages.stack import Stack
 
 LABEL = "selfhost.sandbox"
@@ -126,7 +126,7 @@ class DockerEngine:
             argv += ["--cpus", str(sandbox.limits.cpus)]
         return [*argv, sandbox.stack.image, *sandbox.inner_argv()]
 
-    def start(self, sandbox: Sandbox, output: IO[bytes]) -> DockerProcess:
+    def start(self, sandbox: Sandbox, output: Output) -> DockerProcess:
         """Create and start the container; stream its output from a thread."""
         import docker
 
@@ -141,7 +141,7 @@ class DockerEngine:
         pump.start()
         return DockerProcess(container, pump)
 
-    def run(self, sandbox: Sandbox, output: IO[bytes], *, timeout: float | None = None
+    def run(self, sandbox: Sandbox, output: Output, *, timeout: float | None = None
             ) -> RunResult:
         """Run a container to completion, streaming its output; kill it on timeout."""
         return run_sandbox(self, sandbox, output, timeout=timeout)
@@ -207,7 +207,7 @@ class DockerProcess:
         return facts
 
 
-def _pump(container: Any, output: IO[bytes]) -> None:
+def _pump(container: Any, output: Output) -> None:
     for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
         output.write(chunk)
         output.flush()

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 from selfhost.errors import UsageError
 from selfhost.stages.stack import Stack
@@ -84,6 +84,15 @@ class RunResult:
     facts: dict[str, Any] = field(default_factory=dict)
 
 
+class Output(Protocol):
+    """Where a sandbox's stdout and stderr go: a file (passed to the process as is) or
+    any object with ``write`` and ``flush`` (fed by a thread)."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class Process(Protocol):
     """A started sandbox."""
 
@@ -111,10 +120,10 @@ class Engine(Protocol):
     def prepare(self, stack: Stack, mount_points: Iterable[str] = ()) -> None:
         """Make the stack usable by this engine (mount points, images)."""
 
-    def start(self, sandbox: Sandbox, output: IO[bytes]) -> Process:
+    def start(self, sandbox: Sandbox, output: Output) -> Process:
         """Start the sandbox, its stdout and stderr going to ``output``."""
 
-    def run(self, sandbox: Sandbox, output: IO[bytes], *, timeout: float | None = None
+    def run(self, sandbox: Sandbox, output: Output, *, timeout: float | None = None
             ) -> RunResult:
         """Run the sandbox to completion (see :func:`run_sandbox`)."""
 
@@ -139,7 +148,7 @@ def make_engine(name: str, *, docker_url: str | None = None, echo=None) -> Engin
                      hint="pass --engine bwrap or --engine docker")
 
 
-def run_sandbox(engine: Engine, sandbox: Sandbox, output: IO[bytes], *,
+def run_sandbox(engine: Engine, sandbox: Sandbox, output: Output, *,
                 timeout: float | None = None) -> RunResult:
     """Start, wait, and on timeout or Ctrl-C kill the whole sandbox; always clean up."""
     started = time.monotonic()
@@ -167,10 +176,10 @@ def shell_line(argv: Sequence[str]) -> str:
     return shlex.join(argv)
 
 
-def output_fd(output: IO[bytes]) -> int | None:
+def output_fd(output: Output) -> int | None:
     """The file descriptor behind ``output`` if it has one (a real file), else None."""
     try:
-        fd = output.fileno()
+        fd = output.fileno()  # type: ignore[attr-defined]
     except (AttributeError, OSError, ValueError):
         return None
     output.flush()

@@ -1,0 +1,128 @@
+"""The dyno and log routes of the platform API (served by the daemon).
+
+==========  ===========================================  ==================================
+method      path                                         what
+==========  ===========================================  ==================================
+POST        /apps/{app}/dynos                            one-off dyno ``{command, attach,
+                                                         env, size, type: "run",
+                                                         time_to_live}``; ``engine`` too
+GET         /apps/{app}/dynos                            list (live first, then finished)
+GET         /apps/{app}/dynos/{id or name}               info, with ``exit_code``
+POST        /apps/{app}/dynos/{id or name}/actions/stop  graceful stop
+GET         /dynos/{id}/attach?token=...                 the dyno's output, live (chunked)
+POST        /apps/{app}/log-sessions                     ``{tail, lines, dyno}`` → logplex_url
+GET         /logs/{app}?token=...                        the app's log (followed with tail)
+==========  ===========================================  ==================================
+
+The attach and log URLs carry their own secret (like Heroku's rendezvous and logplex
+URLs), compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from selfhost.platform.dynos import DynoManager, Supervisor
+from selfhost.platform.store import ApiError, invalid, now
+
+LOG_SESSION_SECONDS = 3600
+
+
+@dataclass
+class Stream:
+    """A streamed (chunked) response body; an empty chunk is a keep-alive tick."""
+
+    chunks: Iterator[bytes]
+    content_type: str = "text/plain; charset=utf-8"
+
+
+def _check(token: str, expected: str) -> None:
+    if not token or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise ApiError(403, "forbidden", "This URL is not valid (wrong or missing token).")
+
+
+def follow(path: Path, lines: int, tail: bool) -> Iterator[bytes]:
+    """The last ``lines`` lines of a log file, then (with ``tail``) what is appended."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        data = b""
+    kept = data.splitlines(keepends=True)[-lines:] if lines else []
+    yield b"".join(kept)
+    if not tail:
+        return
+    position = len(data)
+    while True:
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size > position:
+            with open(path, "rb") as f:
+                f.seek(position)
+                chunk = f.read(size - position)
+            position = size
+            yield chunk
+        else:
+            yield b""  # a tick: lets the server notice a client that went away
+            time.sleep(0.2)
+
+
+def routes(manager: DynoManager, supervisor: Supervisor) -> dict[str, Callable[..., Any]]:
+    """The handlers the API server dispatches to (``handler(request, **params)``)."""
+    sessions: dict[str, tuple[str, float]] = {}  # token -> (app, expiry)
+
+    def dynos_create(h: Any, app: str) -> tuple[int, Any]:
+        dyno = manager.run(app, h._json_body())
+        return 201, dyno.to_json(h.base_url)
+
+    def dynos_list(h: Any, app: str) -> tuple[int, Any]:
+        return 200, [d.to_json(h.base_url) for d in manager.list(app)]
+
+    def dynos_info(h: Any, app: str, dyno: str) -> tuple[int, Any]:
+        return 200, manager.get(app, dyno).to_json(h.base_url)
+
+    def dynos_stop(h: Any, app: str, dyno: str) -> tuple[int, Any]:
+        found = manager.get(app, dyno)
+        manager.stop(found, "stopped by request")
+        supervisor.poke(app)
+        return 202, found.to_json(h.base_url)
+
+    def dyno_attach(h: Any, dyno: str) -> tuple[int, Any]:
+        found = manager.by_id(dyno)
+        if found is None:
+            raise ApiError(404, "not_found", "Couldn't find that dyno.")
+        _check((h.query.get("token") or [""])[0], found.attach_token)
+        return 200, Stream(found.output())
+
+    def log_sessions_create(h: Any, app: str) -> tuple[int, Any]:
+        body = h._json_body()
+        manager.store.app(app)
+        lines = body.get("lines", 100)
+        if not isinstance(lines, int) or isinstance(lines, bool) or not 0 <= lines <= 1500:
+            raise invalid("lines must be a whole number from 0 to 1500")
+        token = secrets.token_urlsafe(16)
+        sessions[token] = (app, time.monotonic() + LOG_SESSION_SECONDS)
+        tail = "1" if body.get("tail") else "0"
+        return 201, {"id": token[:12], "created_at": now(), "updated_at": now(),
+                     "logplex_url": f"{h.base_url}/logs/{app}?token={token}&tail={tail}"
+                                    f"&lines={lines}"}
+
+    def log_stream(h: Any, app: str) -> tuple[int, Any]:
+        token = (h.query.get("token") or [""])[0]
+        owner, expiry = sessions.get(token, ("", 0.0))
+        if owner != app or time.monotonic() >= expiry:
+            raise ApiError(403, "forbidden", "This log URL is not valid or has expired.")
+        lines = int((h.query.get("lines") or ["100"])[0])
+        tail = (h.query.get("tail") or ["0"])[0] == "1"
+        return 200, Stream(follow(manager.app_log(app).path, lines, tail))
+
+    return {"dynos_create": dynos_create, "dynos_list": dynos_list, "dynos_info": dynos_info,
+            "dynos_stop": dynos_stop, "dyno_attach": dyno_attach,
+            "log_sessions_create": log_sessions_create, "log_stream": log_stream}

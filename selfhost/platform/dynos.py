@@ -1,0 +1,545 @@
+"""Dynos: the current release's slug, run on its stack, in a fresh sandbox each time.
+
+The platform daemon owns every dyno. A dyno is:
+
+- the release's slug, unpacked once per slug into ``slugs/<sha256>/app`` (entries that
+  would escape ``/app`` refuse the slug) and copied into ``dynos/<id>/app``, which is
+  mounted writable at ``/app`` and deleted when the dyno ends;
+- a sandbox of the app's stack (the stack the slug was built on when the slug says so,
+  else the base stack of the app's suite), by the daemon's engine (bwrap by default,
+  Docker on request), with the host network, tmpfs ``/tmp`` and ``/build`` scratch
+  space, and the size's memory/CPU/process limits really enforced;
+- the environment of a Heroku dyno: ``HOME=/app``, ``DYNO=<type>.<n>``, the release's
+  config vars, ``PORT`` for web dynos only, and ``.profile.d/*.sh`` sourced first.
+
+Output goes to the app's log (``logs/<app>.log``, Heroku's line format) and, for an
+attached one-off dyno, to the client as it is produced. The exit code is kept
+(128+N for a signal N). Stopping is graceful: SIGTERM to the command, SIGKILL after the
+grace period. ``time_to_live`` stops a one-off dyno when it expires.
+
+The :class:`Supervisor` keeps each app's formation running from the current release:
+it starts missing dynos, stops extra ones, replaces dynos of older releases or sizes,
+and restarts crashed dynos with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selfhost.errors import SelfhostError
+from selfhost.platform.slug import unpack
+from selfhost.platform.store import ApiError, PlatformPaths, Store, invalid, not_found, now
+from selfhost.stages.engine import Engine, Limits, Mount, Process, Sandbox, make_engine
+from selfhost.stages.stack import Stack, StackSpec, StackStore
+
+MiB = 1 << 20
+#: Heroku's dyno sizes, mapped to limits the engine enforces.
+SIZES: dict[str, Limits] = {
+    "basic": Limits(memory_bytes=512 * MiB, cpus=0.5, pids=512),
+    "standard-1x": Limits(memory_bytes=512 * MiB, cpus=1.0, pids=512),
+    "standard-2x": Limits(memory_bytes=1024 * MiB, cpus=2.0, pids=1024),
+    "performance-m": Limits(memory_bytes=2560 * MiB, cpus=2.0, pids=4096),
+    "performance-l": Limits(memory_bytes=14336 * MiB, cpus=2.0, pids=16384),
+}
+DEFAULT_SIZE = "standard-1x"
+PATH = "/app/bin:/usr/local/bin:/usr/bin:/bin"
+#: Source .profile.d, then run the command line with a shell, as Heroku does.
+PROFILE = ('for f in /app/.profile.d/*.sh; do [ -r "$f" ] && . "$f"; done; '
+           'exec /bin/sh -c "$1"')
+MAX_TTL = 86_400
+KEEP_FINISHED = 50  # finished dynos kept per app (for `ps` and exit codes)
+BACKOFF_MAX = 60.0
+STABLE_SECONDS = 10.0  # a dyno up this long resets its crash count
+
+
+@dataclass(frozen=True)
+class DynoSettings:
+    """What the daemon needs to run dynos (written by the task that starts it)."""
+
+    stacks: str
+    suite: str
+    variant: str
+    base_packages: tuple[str, ...]
+    mirror: str | None
+    engine: str = "bwrap"
+    docker_url: str | None = None
+    grace_seconds: float = 30.0
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, path: Path) -> DynoSettings:
+        data = json.loads(path.read_text())
+        data["base_packages"] = tuple(data["base_packages"])
+        return cls(**data)
+
+
+@dataclass(eq=False)
+class Dyno:
+    """One dyno: a command of a release in a sandbox."""
+
+    id: str
+    app: str
+    app_id: str
+    name: str
+    type: str
+    command: str
+    size: str
+    release_id: str
+    release_version: int
+    slug_sha: str
+    engine: str
+    attach: bool = False
+    ttl: float | None = None
+    parent: str | None = None  # the job that started it (compile workers)
+    port: int | None = None
+    state: str = "starting"
+    exit_code: int | None = None
+    reason: str | None = None
+    restarts: int = 0
+    created_at: str = field(default_factory=now)
+    updated_at: str = field(default_factory=now)
+    started: float = field(default_factory=time.monotonic)
+    ended: float | None = None
+    attach_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    process: Process | None = None
+    stopping: bool = False
+    _buffer: bytearray = field(default_factory=bytearray)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+
+    @property
+    def live(self) -> bool:
+        return self.state in ("starting", "up")
+
+    @property
+    def index(self) -> int:
+        return int(self.name.rpartition(".")[2] or 0)
+
+    def set_state(self, state: str) -> None:
+        self.state = state
+        self.updated_at = now()
+
+    def append(self, data: bytes) -> None:
+        with self._cond:
+            self._buffer += data
+            self._cond.notify_all()
+
+    def finish(self) -> None:
+        with self._cond:
+            self.ended = time.monotonic()
+            self._cond.notify_all()
+
+    def output(self, start: int = 0) -> Iterator[bytes]:
+        """The dyno's output from ``start``, live, until the dyno has ended."""
+        position = start
+        while True:
+            with self._cond:
+                while len(self._buffer) <= position and self.ended is None:
+                    self._cond.wait(timeout=1.0)
+                chunk = bytes(self._buffer[position:])
+                done = self.ended is not None
+            if chunk:
+                position += len(chunk)
+                yield chunk
+            elif done:
+                return
+
+    def to_json(self, base_url: str = "") -> dict[str, Any]:
+        return {
+            "id": self.id, "name": self.name, "type": self.type, "state": self.state,
+            "command": self.command, "size": self.size,
+            "created_at": self.created_at, "updated_at": self.updated_at,
+            "attach_url": (f"{base_url}/dynos/{self.id}/attach?token={self.attach_token}"
+                           if self.attach and base_url else None),
+            "release": {"id": self.release_id, "version": self.release_version},
+            "app": {"id": self.app_id, "name": self.app},
+            "exit_code": self.exit_code, "reason": self.reason, "restarts": self.restarts,
+            "engine": self.engine, "parent": self.parent, "port": self.port,
+        }
+
+
+class AppLog:
+    """The app's log: ``<timestamp> <source>[<dyno>]: <line>``, as Heroku writes it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, source: str, dyno: str, text: str) -> None:
+        ns = time.time_ns()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns / 1e9)) + \
+            f".{ns % 10**9 // 1000:06d}Z"
+        lines = "".join(f"{stamp} {source}[{dyno}]: {line}\n" for line in text.splitlines())
+        with self.lock, open(self.path, "a", encoding="utf-8") as f:
+            f.write(lines)
+
+
+class DynoOutput:
+    """Where a dyno's stdout and stderr go: the attach buffer and the app's log."""
+
+    def __init__(self, dyno: Dyno, log: AppLog):
+        self.dyno = dyno
+        self.log = log
+        self.partial = b""
+
+    def write(self, data: bytes) -> int:
+        self.dyno.append(data)
+        complete, _, self.partial = (self.partial + data).rpartition(b"\n")
+        if complete:
+            self.log.write("app", self.dyno.name, complete.decode("utf-8", "replace"))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.partial:
+            self.log.write("app", self.dyno.name, self.partial.decode("utf-8", "replace"))
+            self.partial = b""
+
+
+class DynoManager:
+    """Starts, tracks and stops the dynos of every app of one platform."""
+
+    def __init__(self, store: Store, paths: PlatformPaths, settings: DynoSettings,
+                 log: Callable[[str], None] = lambda _: None):
+        self.store = store
+        self.paths = paths
+        self.settings = settings
+        self.log = log
+        self.lock = threading.RLock()
+        self.dynos: dict[str, Dyno] = {}
+        self.counters: dict[tuple[str, str], int] = {}
+        self.engines: dict[str, Engine] = {}
+        self.logs: dict[str, AppLog] = {}
+        self.stacks = StackStore(Path(settings.stacks), self._mirror)
+        shutil.rmtree(paths.root / "dynos", ignore_errors=True)  # left by a killed daemon
+
+    def _mirror(self) -> str:
+        from selfhost.mirror import debian_mirror
+
+        return debian_mirror(self.settings.mirror)
+
+    # ------------------------------------------------------------------ helpers
+    def engine(self, name: str | None = None) -> Engine:
+        name = name or self.settings.engine
+        with self.lock:
+            if name not in self.engines:
+                engine = make_engine(name, docker_url=self.settings.docker_url)
+                engine.check()
+                self.engines[name] = engine
+            return self.engines[name]
+
+    def app_log(self, app: str) -> AppLog:
+        with self.lock:
+            if app not in self.logs:
+                self.logs[app] = AppLog(self.paths.root / "logs" / f"{app}.log")
+            return self.logs[app]
+
+    def slug_dir(self, sha: str) -> Path:
+        """The release's slug, unpacked once (checked against escapes first)."""
+        target = self.paths.root / "slugs" / sha
+        with self.lock:
+            if not (target / "app").is_dir():
+                unpack(self.paths.blob(sha), target)
+        return target / "app"
+
+    def stack_for(self, app_stack: str, slug_app: Path) -> Stack:
+        """The stack the slug was built on if it says so and it is here, else the base
+        stack of the app's suite (built with debootstrap if needed)."""
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            meta = json.loads((slug_app / "selfhost.json").read_text())
+            stack = self.stacks.load_digest(meta["built_on"]["digest"])
+            if stack:
+                return stack
+        suite = app_stack if app_stack in ("bullseye", "bookworm", "trixie") else \
+            self.settings.suite
+        spec = StackSpec.make(suite, self.settings.variant, self.settings.base_packages)
+        return self.stacks.ensure(spec, log=self.log)
+
+    def _next_name(self, app: str, kind: str) -> str:
+        with self.lock:
+            n = self.counters.get((app, kind), 0) + 1
+            self.counters[(app, kind)] = n
+            return f"{kind}.{n}"
+
+    # ------------------------------------------------------------------ API-level
+    def run(self, app: str, body: dict[str, Any]) -> Dyno:
+        """``POST /apps/{app}/dynos``: a one-off dyno of the current release."""
+        command = body.get("command")
+        if not isinstance(command, str) or not command.strip():
+            raise invalid("command must be a non-empty string (the command line to run)")
+        size = body.get("size") or DEFAULT_SIZE
+        if size not in SIZES:
+            raise invalid(f"size must be one of {', '.join(SIZES)}")
+        env = body.get("env") or {}
+        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                for k, v in env.items()):
+            raise invalid("env must be an object of string values")
+        ttl = body.get("time_to_live")
+        if ttl is not None and (not isinstance(ttl, int | float) or isinstance(ttl, bool)
+                                or not 0 < ttl <= MAX_TTL):
+            raise invalid(f"time_to_live must be 1 to {MAX_TTL} seconds")
+        kind = body.get("type") or "run"
+        if kind != "run":
+            raise invalid("only one-off dynos (type: run) can be created; scale the "
+                          "formation for the others")
+        engine = body.get("engine") or self.settings.engine
+        if engine not in ("bwrap", "docker"):
+            raise invalid("engine must be bwrap or docker")
+        return self.start(app, kind, command, size=size, env=env, ttl=ttl,
+                          attach=bool(body.get("attach")), engine=engine,
+                          parent=body.get("parent"))
+
+    def start(self, app: str, kind: str, command: str, *, size: str, env: dict[str, str],
+              ttl: float | None = None, attach: bool = False, engine: str | None = None,
+              name: str | None = None, parent: str | None = None) -> Dyno:
+        """Start a dyno of the app's current release; return at once."""
+        release = self.store.current_release(app)
+        if release is None or release["slug"] is None:
+            raise ApiError(422, "invalid_params", f"{app} has no release with a slug yet: "
+                           "release one first (invoke release)")
+        slug = self.store.slug(app, release["slug"]["id"])
+        sha = (slug["checksum"] or ":").split(":", 1)[1]
+        dyno = Dyno(id=str(uuid.uuid4()), app=release["app"]["name"], app_id=release["app"]["id"],
+                    name=name or self._next_name(app, kind), type=kind, command=command,
+                    size=size, release_id=release["id"], release_version=release["version"],
+                    slug_sha=sha, engine=engine or self.settings.engine, attach=attach,
+                    ttl=ttl, parent=parent)
+        config = self.store.config(app)
+        with self.lock:
+            self.dynos[dyno.id] = dyno
+        threading.Thread(target=self._lifecycle, args=(dyno, config, env), daemon=True,
+                         name=f"dyno-{dyno.name}").start()
+        return dyno
+
+    def _lifecycle(self, dyno: Dyno, config: dict[str, str], extra_env: dict[str, str]) -> None:
+        log = self.app_log(dyno.app)
+        work = self.paths.root / "dynos" / dyno.id
+        output = DynoOutput(dyno, log)
+        log.write("heroku", dyno.name, f"Starting process with command `{dyno.command}`")
+        try:
+            slug_app = self.slug_dir(dyno.slug_sha)
+            app_info = self.store.app(dyno.app)
+            stack = self.stack_for(app_info["stack"]["name"], slug_app)
+            work.mkdir(parents=True)
+            subprocess.run(["cp", "-a", "--", str(slug_app), str(work / "app")], check=True)
+            env = {"PATH": PATH, "HOME": "/app", "LANG": "C.UTF-8", "DYNO": dyno.name,
+                   "DYNO_SIZE": dyno.size, **config, **extra_env}
+            if dyno.type == "web":
+                dyno.port = _free_port()
+                env["PORT"] = str(dyno.port)
+            else:
+                env.pop("PORT", None)
+            sandbox = Sandbox(
+                stack=stack, argv=("/bin/sh", "-c", PROFILE, "dyno", dyno.command),
+                env=tuple(env.items()), mounts=(Mount(work / "app", "/app", writable=True),),
+                workdir="/app", network=True, limits=SIZES[dyno.size],
+                scratch=("/tmp", "/build"), owner=str(self.paths.root),
+                label=f"dyno-{dyno.id}")
+            engine = self.engine(dyno.engine)
+            dyno.process = engine.start(sandbox, output)
+        except (SelfhostError, ApiError, OSError, subprocess.CalledProcessError) as exc:
+            message = getattr(exc, "message", None) or str(exc)
+            dyno.exit_code, dyno.reason = 127, f"failed to start: {message}"
+            dyno.set_state("crashed" if dyno.type != "run" else "down")
+            log.write("heroku", dyno.name, f"Error starting dyno: {message}")
+            dyno.append(f"selfhost: the dyno could not start: {message}\n".encode())
+            dyno.finish()
+            shutil.rmtree(work, ignore_errors=True)
+            return
+        if not dyno.stopping:
+            dyno.set_state("up")
+            log.write("heroku", dyno.name, "State changed from starting to up")
+        code = dyno.process.wait(dyno.ttl)
+        if code is None:  # time to live expired
+            dyno.reason = f"time to live of {dyno.ttl:g}s expired"
+            log.write("heroku", dyno.name, f"Stopping: {dyno.reason}")
+            self._stop_process(dyno)
+            code = dyno.process.wait()
+        facts = dyno.process.close()
+        output.close()
+        if facts.get("oom_killed"):
+            dyno.reason = (f"memory quota exceeded: the {dyno.size} size allows "
+                           f"{(SIZES[dyno.size].memory_bytes or 0) // MiB} MB (R15)")
+            log.write("heroku", dyno.name, f"Error R15 ({dyno.reason})")
+        dyno.exit_code = code
+        if dyno.stopping or dyno.type == "run":
+            dyno.set_state("down")
+        else:
+            dyno.set_state("crashed")
+            dyno.reason = dyno.reason or f"exited with status {code}"
+        log.write("heroku", dyno.name, f"Process exited with status {code}")
+        log.write("heroku", dyno.name, f"State changed from up to {dyno.state}")
+        shutil.rmtree(work, ignore_errors=True)
+        dyno.finish()
+        self._forget_old(dyno.app)
+
+    def _stop_process(self, dyno: Dyno) -> None:
+        """SIGTERM to the command; SIGKILL after the grace period."""
+        process = dyno.process
+        if process is None:
+            return
+        process.terminate()
+        deadline = time.monotonic() + self.settings.grace_seconds
+        while time.monotonic() < deadline:
+            if dyno.ended is not None or process.wait(0.1) is not None:
+                return
+        self.app_log(dyno.app).write("heroku", dyno.name, "Stopping process with SIGKILL")
+        process.kill()
+
+    def stop(self, dyno: Dyno, reason: str = "stopped", wait: bool = False) -> None:
+        """Stop a dyno gracefully, in the background unless ``wait``."""
+        if not dyno.live or dyno.stopping:
+            return
+        dyno.stopping = True
+        dyno.reason = reason
+        self.app_log(dyno.app).write("heroku", dyno.name, f"Stopping ({reason}): SIGTERM")
+        thread = threading.Thread(target=self._stop_process, args=(dyno,), daemon=True)
+        thread.start()
+        if wait:
+            thread.join()
+
+    def _forget_old(self, app: str) -> None:
+        with self.lock:
+            done = [d for d in self.dynos.values() if d.app == app and not d.live]
+            for d in sorted(done, key=lambda d: d.started)[:-KEEP_FINISHED]:
+                del self.dynos[d.id]
+
+    def list(self, app: str) -> list[Dyno]:
+        """Live dynos first, then the most recently finished ones."""
+        self.store.app(app)  # 404 for an unknown app
+        with self.lock:
+            dynos = [d for d in self.dynos.values() if d.app == app]
+        return sorted(dynos, key=lambda d: (not d.live, d.type, d.index, d.started))
+
+    def get(self, app: str, ident: str) -> Dyno:
+        """A dyno by id or name (the live one, else the latest with that name)."""
+        candidates = [d for d in self.list(app) if ident in (d.id, d.name)]
+        if not candidates:
+            raise not_found("dyno")
+        live = [d for d in candidates if d.live]
+        return live[0] if live else max(candidates, key=lambda d: d.started)
+
+    def by_id(self, dyno_id: str) -> Dyno | None:
+        with self.lock:
+            return self.dynos.get(dyno_id)
+
+    def shutdown(self, grace: float = 5.0) -> None:
+        """Stop every dyno (the daemon is going down)."""
+        with self.lock:
+            live = [d for d in self.dynos.values() if d.live]
+        old = self.settings
+        self.settings = DynoSettings(**{**asdict(old), "grace_seconds": min(grace,
+                                                                           old.grace_seconds)})
+        threads = [threading.Thread(target=self.stop, args=(d, "platform shutting down", True))
+                   for d in live]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+
+class Supervisor:
+    """Keeps every app's formation running from its current release."""
+
+    def __init__(self, manager: DynoManager, interval: float = 0.5):
+        self.manager = manager
+        self.interval = interval
+        self.wake = threading.Event()
+        self.stopped = threading.Event()
+        self.crashes: dict[tuple[str, str], int] = {}  # (app, dyno name) -> restarts so far
+
+    def poke(self, app: str | None = None) -> None:
+        """Reconcile now (after a release or a scale)."""
+        self.wake.set()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                self.reconcile()
+            except Exception as exc:  # keep supervising whatever one app does
+                self.manager.log(f"supervisor: {exc!r}")
+            self.wake.wait(self.interval)
+            self.wake.clear()
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run, daemon=True, name="supervisor")
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.wake.set()
+
+    def reconcile(self) -> None:
+        m = self.manager
+        for app in m.store.apps():
+            name = app["name"]
+            release = m.store.current_release(name)
+            if release is None or release["slug"] is None:
+                continue
+            formation = {f["type"]: f for f in m.store.formation(name)}
+            with m.lock:
+                dynos = [d for d in m.dynos.values() if d.app == name and d.type != "run"]
+            for d in dynos:
+                if not d.live or d.stopping:
+                    continue
+                spec = formation.get(d.type)
+                if spec is None or d.index > spec["quantity"]:
+                    m.stop(d, "scaled down")
+                elif d.release_version != release["version"] or d.size != spec["size"]:
+                    m.stop(d, f"replaced by v{release['version']}")
+            for kind, spec in formation.items():
+                for i in range(1, spec["quantity"] + 1):
+                    dyno_name = f"{kind}.{i}"
+                    current = [d for d in dynos if d.name == dyno_name and d.live
+                               and not d.stopping]
+                    if current:
+                        self._note_stable(name, current[0])
+                        continue
+                    last = max((d for d in dynos if d.name == dyno_name),
+                               key=lambda d: d.started, default=None)
+                    if not self._may_start(name, last):
+                        continue
+                    dyno = m.start(name, kind, spec["command"], size=spec["size"], env={},
+                                   name=dyno_name)
+                    if last is not None and last.state == "crashed":
+                        dyno.restarts = last.restarts + 1
+
+    def _note_stable(self, app: str, dyno: Dyno) -> None:
+        if time.monotonic() - dyno.started > STABLE_SECONDS:
+            self.crashes.pop((app, dyno.name), None)
+
+    def _may_start(self, app: str, last: Dyno | None) -> bool:
+        """A crashed dyno comes back at once the first time, then after 1, 2, 4 ... 60 s
+        (the count resets once a dyno of that name has stayed up STABLE_SECONDS)."""
+        if last is None or last.state != "crashed" or last.ended is None:
+            return True
+        key = (app, last.name)
+        count = self.crashes.get(key, 0)
+        delay = 0.0 if count == 0 else min(2.0 ** (count - 1), BACKOFF_MAX)
+        if time.monotonic() < last.ended + delay:
+            return False
+        self.crashes[key] = count + 1
+        return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
