@@ -134,6 +134,7 @@ class Recipe:
     artifacts: tuple[str, ...] = ("**",)
     exclude: tuple[Exclusion, ...] = ()
     description: str = ""
+    slug_source: bool = True  # ship the source and bin/rebuild in the slug
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -251,7 +252,7 @@ def locate(text: str, dotted: str) -> int | None:
 
 TOP_KEYS = {"name", "version", "description", "prefix", "stages", "fixpoint", "max_stages",
             "source_date_epoch", "builder", "sources", "stage0", "stack", "env", "steps",
-            "compare"}
+            "compare", "slug"}
 
 
 def load_recipe(path: Path) -> Recipe:
@@ -365,12 +366,19 @@ def parse_recipe(data: dict[str, Any], *, path: Path, text: str = "") -> Recipe:
         exclusions.append(Exclusion(path=r.get(item, f"{dotted}.path", "path", str),
                                     reason=reason.strip()))
 
+    slug_table = r.get(data, "slug", "slug", dict, {})
+    for key in slug_table:
+        if key != "source":
+            raise r.fail(f"slug.{key}", f"unknown field '{key}'", hint="[slug] has: source")
+    slug_source = r.get(slug_table, "slug.source", "source", bool, True)
+
     return Recipe(
         name=name, version=version, prefix=prefix, sources=tuple(sources), steps=steps,
         stage0_builder=stage0_builder, builder=builder, stages=stages, fixpoint=policy,
         max_stages=max_stages, source_date_epoch=sde, stage0_packages=tuple(stage0_packages),
         stack_packages=tuple(stack_packages), env=tuple(env), artifacts=artifacts,
-        exclude=tuple(exclusions), description=str(data.get("description", "")), path=path,
+        exclude=tuple(exclusions), description=str(data.get("description", "")),
+        slug_source=slug_source, path=path,
     )
 
 

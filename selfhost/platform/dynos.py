@@ -116,6 +116,7 @@ class Dyno:
     ended: float | None = None
     attach_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     process: Process | None = None
+    stats: dict[str, Any] = field(default_factory=dict)  # the sandbox's facts at exit
     stopping: bool = False
     _buffer: bytearray = field(default_factory=bytearray)
     _cond: threading.Condition = field(default_factory=threading.Condition)
@@ -168,6 +169,7 @@ class Dyno:
             "app": {"id": self.app_id, "name": self.app},
             "exit_code": self.exit_code, "reason": self.reason, "restarts": self.restarts,
             "engine": self.engine, "parent": self.parent, "port": self.port,
+            "stats": self.stats,
         }
 
 
@@ -372,6 +374,7 @@ class DynoManager:
             self._stop_process(dyno)
             code = dyno.process.wait()
         facts = dyno.process.close()
+        dyno.stats = facts
         output.close()
         if facts.get("oom_killed"):
             dyno.reason = (f"memory quota exceeded: the {dyno.size} size allows "

@@ -89,15 +89,19 @@ def _exists_in(rootfs: Path, absolute: str) -> bool:
     return candidate.exists() or _in_root(rootfs, candidate).exists()
 
 
-def lint_slug(contents: SlugContents, rootfs: Path, build_paths: Iterable[str] = ()
-              ) -> list[Lint]:
-    """Run every lint over a slug's contents against the target stack's rootfs."""
+def lint_slug(contents: SlugContents, rootfs: Path, build_paths: Iterable[str] = (),
+              skip: tuple[str, ...] = ()) -> list[Lint]:
+    """Run every lint over a slug's contents against the target stack's rootfs.
+
+    Paths starting with one of ``skip`` (a shipped source tree, which is built, not
+    run) are left out.
+    """
     findings: list[Lint] = []
     needles = [p.encode() for p in build_paths if p]
     glibc = stack_glibc(rootfs)
     slug_paths = {f"{APP}/{p}" for p in contents.entries}
     for path, entry in sorted(contents.entries.items()):
-        if entry.kind != "file":
+        if entry.kind != "file" or path.startswith(skip):
             continue
         data = contents.read(entry)
         where = f"{APP}/{path}"

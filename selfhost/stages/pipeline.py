@@ -165,21 +165,7 @@ class Bootstrap:
     # ------------------------------------------------------------------ one stage
     def environment(self, recipe: Recipe, builder: str) -> dict[str, str]:
         """The complete environment of every step of a stage (nothing else leaks in)."""
-        base = {
-            "PATH": DEFAULT_PATH,
-            "HOME": HOME_DIR,
-            "LC_ALL": "C.UTF-8",
-            "TZ": "UTC",
-            "SOURCE_DATE_EPOCH": str(recipe.source_date_epoch),
-            "PREFIX": recipe.prefix,
-            "DESTDIR": DESTDIR,
-            "SRC": SRC_DIR,
-        }
-        base["BUILDER"] = recipe.expand(builder, base)
-        for key, value in recipe.env:
-            base[key] = recipe.expand(value, base)
-        base["JOBS"] = str(self.settings.parallel_jobs)
-        return base
+        return stage_environment(recipe, builder, str(self.settings.parallel_jobs))
 
     def stage_inputs(self, recipe: Recipe, stack: Stack, source: FetchedSource,
                      previous: StageResult | None) -> tuple[str, dict[str, Any], dict[str, str]]:
@@ -236,6 +222,26 @@ class Bootstrap:
             if stale.name not in names and stale.is_symlink():
                 stale.unlink()
         write_json_atomic(directory / "run.json", outcome.to_json())
+
+
+def stage_environment(recipe: Recipe, builder: str, jobs: str,
+                      destdir: str = DESTDIR) -> dict[str, str]:
+    """Every variable a stage's steps see, and nothing else (see docs/recipes.md)."""
+    env = {
+        "PATH": DEFAULT_PATH,
+        "HOME": HOME_DIR,
+        "LC_ALL": "C.UTF-8",
+        "TZ": "UTC",
+        "SOURCE_DATE_EPOCH": str(recipe.source_date_epoch),
+        "PREFIX": recipe.prefix,
+        "DESTDIR": destdir,
+        "SRC": SRC_DIR,
+    }
+    env["BUILDER"] = recipe.expand(builder, env)
+    for key, value in recipe.env:
+        env[key] = recipe.expand(value, env)
+    env["JOBS"] = jobs
+    return env
 
 
 def wants_another_stage(recipe: Recipe, built: int, count: int,
