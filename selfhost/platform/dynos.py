@@ -55,9 +55,11 @@ SIZES: dict[str, Limits] = {
 }
 DEFAULT_SIZE = "standard-1x"
 PATH = "/app/bin:/usr/local/bin:/usr/bin:/bin"
-#: Source .profile.d, then run the command line with a shell, as Heroku does.
+#: Source .profile.d, then run the command line with bash, as Heroku does. bash execs a
+#: single command in place (dash would stay as its parent), so the command is the main
+#: process: SIGTERM reaches it first and its exit status is the dyno's.
 PROFILE = ('for f in /app/.profile.d/*.sh; do [ -r "$f" ] && . "$f"; done; '
-           'exec /bin/sh -c "$1"')
+           '[ -x /bin/bash ] && exec /bin/bash -c "$1"; exec /bin/sh -c "$1"')
 MAX_TTL = 86_400
 KEEP_FINISHED = 50  # finished dynos kept per app (for `ps` and exit codes)
 BACKOFF_MAX = 60.0

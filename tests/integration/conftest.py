@@ -91,6 +91,14 @@ def tcc_run(stacks: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
     return workspace, run
 
 
+@pytest.fixture(scope="session")
+def tcc_slug(tcc_run, stacks):
+    """The tcc slug built once in the session's tcc workspace."""
+    run = invoke(["slug", "--json"], tcc_run[0], stacks)
+    assert run.code == 0, run.output
+    return tcc_run[0], run.json
+
+
 @pytest.fixture
 def workspace(tmp_path: Path, tcc_run: tuple[Path, Run]) -> Iterator[Path]:
     """A fresh workspace whose source store is seeded from the session's (no refetch)."""

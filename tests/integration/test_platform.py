@@ -19,14 +19,6 @@ from tests.integration.conftest import invoke
 from tests.unit.test_platform_api import make_slug
 
 
-@pytest.fixture(scope="session")
-def tcc_slug(tcc_run, stacks):
-    """The tcc slug built once in the session's tcc workspace."""
-    run = invoke(["slug", "--json"], tcc_run[0], stacks)
-    assert run.code == 0, run.output
-    return tcc_run[0], run.json
-
-
 @pytest.fixture
 def platform(tmp_path, stacks):
     """A workspace whose platform daemon is stopped when the test ends."""

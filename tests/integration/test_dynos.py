@@ -1,0 +1,246 @@
+"""Dynos on real sandboxes: one-off runs, limits, the formation supervisor."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from selfhost.platform.client import PlatformClient
+from selfhost.platform.slug import SlugContents, pack
+from tests.integration.conftest import Run, invoke, start_invoke
+
+GRACE = "2"
+
+
+@pytest.fixture(scope="module")
+def plat(tcc_slug, stacks, tmp_path_factory):
+    """The tcc slug released as app 'dynos' on a platform of this module's own."""
+    ws, _ = tcc_slug
+    env = {"INVOKE_SELFHOST_PLATFORM_DIR": str(tmp_path_factory.mktemp("plat") / "platform"),
+           "INVOKE_SELFHOST_DYNO_GRACE_SECONDS": GRACE}
+    released = invoke(["release", "--app", "dynos"], ws, stacks, **env)
+    assert released.code == 0, released.output
+
+    def cli(*args: str, timeout: float = 600, **extra: str) -> Run:
+        return invoke(list(args), ws, stacks, timeout=timeout, **env, **extra)
+
+    cli.env = env  # type: ignore[attr-defined]
+    cli.ws = ws  # type: ignore[attr-defined]
+    yield cli
+    cli("platform.down")
+
+
+def client_of(plat) -> PlatformClient:
+    root = Path(plat.env["INVOKE_SELFHOST_PLATFORM_DIR"])
+    info = json.loads((root / "daemon.json").read_text())
+    return PlatformClient(info["url"], (root / "token").read_text().strip())
+
+
+@pytest.mark.parametrize(("script", "code"), [
+    ("exit 0", 0), ("exit 1", 1), ("exit 42", 42), ("kill -9 $$", 137), ("kill -TERM $$", 143),
+])
+def test_exit_codes_are_faithful(plat, script, code):
+    run = plat("run", "--app", "dynos", "--", "sh", "-c", script)
+    assert run.code == code, run.output
+
+
+def test_environment_config_and_quoting(plat):
+    assert plat("config", "--app", "dynos", "GREETING=hello world", "MODE=x").code == 0
+    run = plat("run", "--app", "dynos", "--env", "EXTRA=1", "--", "sh", "-c",
+               'echo "$DYNO|$HOME|$GREETING|$MODE|$EXTRA|${PORT-none}|$SELFHOST_PREFIX"; '
+               'printf "%s|" "$@"', "x", "two words", "it's")
+    assert run.code == 0, run.output
+    first, second = run.stdout.splitlines()[:2]
+    name, home, greeting, mode, extra, port, prefix = first.split("|")
+    assert name.startswith("run.") and home == "/app" and greeting == "hello world"
+    assert (mode, extra, port, prefix) == ("x", "1", "none", "/app/vendor/tcc")
+    assert second == "two words|it's|", "every word arrives as it was typed"
+    assert "Running `sh -c" in run.stderr and run.stderr.count("up, run.") == 1
+
+
+def test_the_slug_is_fresh_and_writable_each_time(plat):
+    first = plat("run", "--app", "dynos", "--", "sh", "-c",
+                 "test ! -e /app/scratch && echo x > /app/scratch && cat /app/scratch")
+    second = plat("run", "--app", "dynos", "--", "sh", "-c", "test ! -e /app/scratch")
+    assert first.code == 0 and first.stdout.strip() == "x" and second.code == 0
+
+
+def test_ttl_stops_the_dyno(plat):
+    started = time.monotonic()
+    run = plat("run", "--app", "dynos", "--ttl", "1", "--", "sleep", "30")
+    assert run.code == 143, run.output
+    assert time.monotonic() - started < 15
+    assert "time to live of 1s expired" in run.stderr
+
+
+def test_memory_limit_is_enforced(plat):
+    run = plat("run", "--app", "dynos", "--size", "basic", "--", "sh", "-c",
+               "head -c 900M /dev/zero | tail > /dev/null")
+    assert run.code == 137, run.output
+    assert "memory quota exceeded: the basic size allows 512 MB (R15)" in run.stderr
+    fits = plat("run", "--app", "dynos", "--size", "standard-2x", "--", "sh", "-c",
+                "head -c 700M /dev/zero | tail > /dev/null")
+    assert fits.code == 0, "1 GB is enough for 700 MB"
+
+
+def test_cpu_limit_is_enforced(plat):
+    run = plat("run", "--app", "dynos", "--size", "basic", "--", "sh", "-c",
+               "end=$(($(date +%s) + 2)); while [ $(date +%s) -lt $end ]; do :; done")
+    assert run.code == 0
+    dynos = json.loads(plat("ps", "--app", "dynos", "--json").stdout)
+    last = max((d for d in dynos if d["type"] == "run"), key=lambda d: d["created_at"])
+    assert last["stats"]["cpu_throttled"] > 0, "half a CPU: the quota throttled the loop"
+
+
+def test_ctrl_c_stops_the_dyno(plat, stacks):
+    proc = start_invoke(["run", "--app", "dynos", "--", "sh", "-c", "echo ready; sleep 60"],
+                        plat.ws, stacks, **plat.env)
+    assert proc.stdout.readline().strip() == "ready"
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=30)
+    assert proc.returncode == 130
+    client = client_of(plat)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        sleeping = [d for d in client.dynos("dynos") if "sleep 60" in d["command"]]
+        if sleeping and sleeping[0]["state"] == "down":
+            break
+        time.sleep(0.2)
+    assert sleeping[0]["state"] == "down" and sleeping[0]["exit_code"] == 143
+
+
+def test_detached_output_goes_to_the_log(plat):
+    started = time.monotonic()
+    run = plat("run", "--app", "dynos", "--detached", "--", "sh", "-c",
+               "sleep 1; echo detached-marker")
+    assert run.code == 0 and time.monotonic() - started < 10
+    name = run.stderr.split("up, ")[1].split()[0]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        logs = plat("logs", "--app", "dynos", "--num", "500").stdout
+        if f"app[{name}]: detached-marker" in logs:
+            break
+        time.sleep(0.3)
+    assert f"app[{name}]: detached-marker" in logs
+    assert f"heroku[{name}]: Process exited with status 0" in logs
+
+
+def test_bad_input(plat):
+    unknown = plat("run", "--app", "nope", "--", "true")
+    assert unknown.code == 11 and "Couldn't find that app" in unknown.stderr
+    empty = plat("run", "--app", "dynos")
+    assert empty.code == 2 and "no command to run" in empty.stderr
+    size = plat("run", "--app", "dynos", "--size", "huge", "--", "true")
+    assert size.code == 11 and "size must be one of" in size.stderr
+    scale = plat("scale", "--app", "dynos", "nosuch=1")
+    assert scale.code == 11 and "process type (nosuch)" in scale.stderr
+    assert "Traceback" not in unknown.output + empty.output + size.output + scale.output
+
+
+@pytest.mark.docker
+def test_docker_engine_dyno(plat):
+    run = plat("run", "--app", "dynos", "--engine", "docker", "--", "sh", "-c",
+               'echo "$DYNO on docker"; exit 42')
+    assert run.code == 42, run.output
+    assert "on docker" in run.stdout
+
+
+def test_a_full_bootstrap_runs_in_a_one_off_dyno(plat):
+    run = plat("run", "--app", "dynos", "--", "bin/rebuild", timeout=900)
+    assert run.code == 0, run.output[-3000:]
+    assert "==> stage3 build" in run.stdout
+    assert "identical: stage3 rebuilt in this dyno equals the slug's tcc, byte for byte" \
+        in run.stdout
+
+
+# ------------------------------------------------------------------------- formation
+
+WORKER = ("""worker: sh -c 'trap "echo graceful $DYNO; exit 0" TERM; """
+          """echo started $DYNO; while true; do sleep 0.2; done'\n""")
+PROCFILE = WORKER + """\
+crasher: sh -c 'echo crashing $DYNO; exit 3'
+web: sh -c 'echo web $DYNO port=$PORT; while true; do sleep 0.2; done'
+"""
+
+
+def wait_for(fn, timeout: float = 30.0, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def live(client: PlatformClient, app: str, kind: str) -> list[dict]:
+    return [d for d in client.dynos(app) if d["type"] == kind and d["state"] == "up"]
+
+
+def test_formation_scale_crash_restart_and_web_port(plat, tmp_path):
+    client = client_of(plat)
+    client.create_app("formation", "bookworm")
+    contents = SlugContents()
+    contents.add_file("Procfile", data=PROCFILE.encode())
+    info = pack(contents, tmp_path / "f.tgz", mtime=0,
+                process_types={"worker": "w", "crasher": "c", "web": "x"})
+    from selfhost.platform.slug import parse_procfile
+
+    client.release_slug("formation", info.path, checksum=info.checksum, size=info.size,
+                        process_types=parse_procfile(PROCFILE))
+    # web starts at 1 (Heroku's default) and gets a PORT
+    assert wait_for(lambda: live(client, "formation", "web"))
+    scaled = plat("scale", "--app", "formation", "worker=3", "crasher=1")
+    assert scaled.code == 0, scaled.output
+    assert wait_for(lambda: len(live(client, "formation", "worker")) == 3)
+    down = plat("scale", "--app", "formation", "worker=1")
+    assert down.code == 0
+    assert wait_for(lambda: len(live(client, "formation", "worker")) == 1)
+    remaining = live(client, "formation", "worker")
+    assert [d["name"] for d in remaining] == ["worker.1"]
+
+    def logs() -> str:
+        return plat("logs", "--app", "formation", "--num", "1500").stdout
+
+    assert wait_for(lambda: "graceful worker.3" in logs() and "graceful worker.2" in logs())
+    text = logs()
+    assert "app[worker.3]: graceful worker.3" in text, "SIGTERM reached the process"
+    assert "heroku[worker.3]: Process exited with status 0" in text
+    port_line = next(line for line in text.splitlines() if "app[web.1]: web web.1 port=" in line)
+    assert int(port_line.rsplit("=", 1)[1]) > 0
+    # the crasher is restarted, with backoff
+    assert wait_for(lambda: any(d["restarts"] >= 2 for d in client.dynos("formation")
+                                if d["type"] == "crasher"), timeout=30)
+    starts = [line for line in logs().splitlines() if "app[crasher.1]: crashing" in line]
+    assert 3 <= len(starts) <= 8, f"backoff: {len(starts)} starts"
+    ps = plat("ps", "--app", "formation")
+    assert ps.code == 0 and "crasher.1" in ps.stdout and "worker.1" in ps.stdout
+    # a new release replaces the running dynos
+    before = live(client, "formation", "worker")[0]["release"]["version"]
+    client.release_slug("formation", info.path, checksum=info.checksum, size=info.size,
+                        process_types=parse_procfile(PROCFILE))
+    assert wait_for(lambda: any(d["release"]["version"] > before
+                                for d in live(client, "formation", "worker")))
+    plat("scale", "--app", "formation", "worker=0", "crasher=0", "web=0")
+    assert wait_for(lambda: not any(d["state"] == "up" for d in client.dynos("formation")))
+
+
+def test_a_slug_that_escapes_app_is_refused(plat, tmp_path):
+    from tests.unit.test_slug import evil_slug
+
+    client = client_of(plat)
+    client.create_app("evil", "bookworm")
+    path = evil_slug(tmp_path, "symlink")
+    slug = client.create_slug("evil", {"process_types": {"w": "x"}})
+    from selfhost.platform.client import ApiRequestError
+
+    with pytest.raises(ApiRequestError) as info:
+        client.upload(slug["blob"], path)
+    assert info.value.status == 422 and info.value.ident == "invalid_slug"
+    assert "outside /app" in info.value.message
+    with pytest.raises(ApiRequestError, match="no verified blob"):
+        client.release("evil", slug["id"])
