@@ -244,3 +244,32 @@ def test_a_slug_that_escapes_app_is_refused(plat, tmp_path):
     assert "outside /app" in info.value.message
     with pytest.raises(ApiRequestError, match="no verified blob"):
         client.release("evil", slug["id"])
+
+
+def test_kill_9_of_the_daemon_leaves_no_dyno_or_mount_behind(plat):
+    run = plat("run", "--app", "dynos", "--detached", "--", "sleep", "120")
+    assert run.code == 0
+    root = Path(plat.env["INVOKE_SELFHOST_PLATFORM_DIR"])
+    dynos_dir = str(root / "dynos")
+
+    def mounts() -> list[str]:
+        return [line for line in Path("/proc/self/mounts").read_text().splitlines()
+                if dynos_dir in line]
+
+    assert wait_for(mounts), "the dyno's /app is an overlay mount"
+    pid = json.loads((root / "daemon.json").read_text())["pid"]
+    os.kill(pid, signal.SIGKILL)
+    def sleeping() -> bool:
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if b"sleep\x00120" in cmdline.read_bytes():
+                    return True
+            except OSError:  # the process ended while we looked
+                continue
+        return False
+
+    assert wait_for(lambda: not sleeping(), timeout=10), "the sandbox died with the daemon"
+    assert plat("platform.up").code == 0
+    assert not mounts() and not list(Path(dynos_dir).glob("*")), "cleaned at restart"
+    again = plat("run", "--app", "dynos", "--", "true")
+    assert again.code == 0
