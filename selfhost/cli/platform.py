@@ -349,9 +349,9 @@ def ps_list(c: Context, app: str, json: bool = False, api: str | None = None) ->
     def short(text: str, width: int = 32) -> str:
         return text if len(text) <= width else text[: width - 1] + "…"
 
-    ui.table(f"dynos of {app}", ["dyno", "state", "since", "command", "parent", "restarts",
-                                 "exit"],
-             [(d["name"], d["state"], d["updated_at"][11:19], short(d["command"]),
+    ui.table(f"dynos of {app}", ["dyno", "type", "state", "since", "command", "parent",
+                                 "restarts", "exit"],
+             [(d["name"], d["type"], d["state"], d["updated_at"][11:19], short(d["command"], 28),
                d.get("parent") or "-", d.get("restarts", 0),
                "" if d.get("exit_code") is None else d["exit_code"]) for d in dynos])
 

@@ -148,6 +148,27 @@ def test_docker_engine_dyno(plat):
                'echo "$DYNO on docker"; exit 42')
     assert run.code == 42, run.output
     assert "on docker" in run.stdout
+    oom = plat("run", "--app", "dynos", "--engine", "docker", "--size", "basic", "--", "sh",
+               "-c", "head -c 900M /dev/zero | tail > /dev/null")
+    assert oom.code == 137, oom.output
+    assert "memory quota exceeded" in oom.stderr, "the container's memory limit is enforced"
+
+
+def test_logs_tail_follows_new_output(plat, stacks):
+    follower = start_invoke(["logs", "--app", "dynos", "--tail", "--num", "0"], plat.ws, stacks,
+                            **plat.env)
+    try:
+        time.sleep(1.0)
+        assert plat("run", "--app", "dynos", "--detached", "--", "sh", "-c",
+                    "echo tail-marker").code == 0
+        deadline = time.monotonic() + 20
+        seen = ""
+        while "tail-marker" not in seen and time.monotonic() < deadline:
+            seen += follower.stdout.readline()
+        assert "tail-marker" in seen
+    finally:
+        os.killpg(follower.pid, signal.SIGINT)
+        follower.wait(timeout=10)
 
 
 def test_a_full_bootstrap_runs_in_a_one_off_dyno(plat):
