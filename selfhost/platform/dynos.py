@@ -395,27 +395,28 @@ class DynoManager:
         dyno.finish()
         self._forget_old(dyno.app)
 
-    def _stop_process(self, dyno: Dyno) -> None:
+    def _stop_process(self, dyno: Dyno, grace: float | None = None) -> None:
         """SIGTERM to the command; SIGKILL after the grace period."""
         process = dyno.process
         if process is None:
             return
         process.terminate()
-        deadline = time.monotonic() + self.settings.grace_seconds
+        deadline = time.monotonic() + (self.settings.grace_seconds if grace is None else grace)
         while time.monotonic() < deadline:
             if dyno.ended is not None or process.wait(0.1) is not None:
                 return
         self.app_log(dyno.app).write("heroku", dyno.name, "Stopping process with SIGKILL")
         process.kill()
 
-    def stop(self, dyno: Dyno, reason: str = "stopped", wait: bool = False) -> None:
+    def stop(self, dyno: Dyno, reason: str = "stopped", wait: bool = False,
+             grace: float | None = None) -> None:
         """Stop a dyno gracefully, in the background unless ``wait``."""
         if not dyno.live or dyno.stopping:
             return
         dyno.stopping = True
         dyno.reason = reason
         self.app_log(dyno.app).write("heroku", dyno.name, f"Stopping ({reason}): SIGTERM")
-        thread = threading.Thread(target=self._stop_process, args=(dyno,), daemon=True)
+        thread = threading.Thread(target=self._stop_process, args=(dyno, grace), daemon=True)
         thread.start()
         if wait:
             thread.join()
@@ -449,10 +450,9 @@ class DynoManager:
         """Stop every dyno (the daemon is going down)."""
         with self.lock:
             live = [d for d in self.dynos.values() if d.live]
-        old = self.settings
-        self.settings = DynoSettings(**{**asdict(old), "grace_seconds": min(grace,
-                                                                           old.grace_seconds)})
-        threads = [threading.Thread(target=self.stop, args=(d, "platform shutting down", True))
+        grace = min(grace, self.settings.grace_seconds)
+        threads = [threading.Thread(target=self.stop,
+                                    args=(d, "platform shutting down", True, grace))
                    for d in live]
         for t in threads:
             t.start()
