@@ -15,6 +15,7 @@ from selfhost.errors import UsageError
 
 if TYPE_CHECKING:
     from selfhost.platform.client import PlatformClient
+    from selfhost.platform.packaging import CompilerSlug
     from selfhost.ui import UI
 
 
@@ -29,18 +30,12 @@ if TYPE_CHECKING:
 def slug(c: Context, compiler: str | None = None, out: str | None = None, strict: bool = False,
          stack: str | None = None, engine: str | None = None, json: bool = False) -> None:
     """Package the final stage and the platform app into a reproducible slug."""
-    from selfhost.platform.packaging import build_compiler_slug
-    from selfhost.stages.engine import make_engine
-
     s = settings(c, engine=engine)
     ui = make_ui(s, json=json)
     if stack and stack not in SUITES:
         raise UsageError(f"--stack is {stack!r}; expected one of {', '.join(SUITES)}")
-    recipe = find_recipe(compiler or s.default_compiler, s.recipe_dirs)
-    eng = make_engine(s.engine, docker_url=s.docker_url, echo=ui.echo)
-    with ui.live():
-        result = build_compiler_slug(s, recipe, eng, ui, out=Path(out) if out else None,
-                                     strict=strict, target_suite=stack)
+    result = _build_slug(s, ui, compiler, out=Path(out) if out else None, strict=strict,
+                         target_suite=stack)
     if json:
         ui.emit_json(result.to_json())
         return
@@ -48,6 +43,17 @@ def slug(c: Context, compiler: str | None = None, out: str | None = None, strict
     ui.info(f"slug {info.path}\n  checksum: {info.checksum}\n  size: {info.size} bytes\n"
             f"  process types: {', '.join(f'{k}: {v}' for k, v in info.process_types.items())}"
             f"\n  stack: {result.target_stack.spec.name}\n  lints: {len(result.lints)}")
+
+
+def _build_slug(s: Settings, ui: UI, compiler: str | None, **options: Any) -> CompilerSlug:
+    """Bootstrap the compiler at its slug prefix and pack it, with the live view."""
+    from selfhost.platform.packaging import build_compiler_slug
+    from selfhost.stages.engine import make_engine
+
+    recipe = find_recipe(compiler or s.default_compiler, s.recipe_dirs)
+    engine = make_engine(s.engine, docker_url=s.docker_url, echo=ui.echo)
+    with ui.live():
+        return build_compiler_slug(s, recipe, engine, ui, **options)
 
 
 # --------------------------------------------------------------------------- the API
@@ -97,15 +103,10 @@ API_HELP = "a Heroku-compatible API URL instead of the local platform (token: HE
 def release(c: Context, app: str, api: str | None = None, compiler: str | None = None,
             strict: bool = False, json: bool = False) -> None:
     """Build the slug, upload it, verify it and release it as the app's next version."""
-    from selfhost.platform.packaging import build_compiler_slug
-    from selfhost.stages.engine import make_engine
-
     s = settings(c)
     ui = make_ui(s, json=json)
-    recipe = find_recipe(compiler or s.default_compiler, s.recipe_dirs)
-    with ui.live():
-        built = build_compiler_slug(s, recipe, make_engine(s.engine, docker_url=s.docker_url,
-                                                           echo=ui.echo), ui, strict=strict)
+    built = _build_slug(s, ui, compiler, strict=strict)
+    recipe = built.bootstrap.recipe
     client, local = client_for(s, ui, api)
     info = built.info
     with ui.step(f"release {app}") as step:

@@ -181,7 +181,6 @@ class _Reader:
         self.path = path
         self.text = text
         self.data = data
-        self.used: set[str] = set()
 
     def fail(self, dotted: str, message: str, hint: str | None = None) -> RecipeError:
         return RecipeError(message, path=str(self.path), field=dotted,

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selfhost.errors import SlugError, UsageError
+from selfhost.errors import SlugError
 
 PROCESS_TYPE_RE = re.compile(r"^[-\w]{1,128}$")
 WARN_BYTES = 300 * 1000 * 1000
@@ -291,17 +291,6 @@ def _too_big(size: int, limit: int, partial: bool = False) -> SlugError:
     return SlugError(f"the slug is {over}{size / 1e6:.0f} MB, above the hard limit of "
                      f"{limit / 1e6:.0f} MB; it was not written",
                      hint="exclude files with .slugignore, or raise selfhost.slug_max_bytes")
-
-
-def verify_layout(path: Path) -> list[str]:
-    """Check an existing slug's layout; return the entry names (for tests and tools)."""
-    names = []
-    with tarfile.open(path, "r:gz") as tar:
-        for member in tar.getmembers():
-            if not (member.name == "./app" or member.name.startswith("./app/")):
-                raise UsageError(f"{path}: entry {member.name!r} is outside ./app")
-            names.append(member.name)
-    return names
 
 
 # --------------------------------------------------------------------------- unpacking
