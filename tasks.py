@@ -6,7 +6,7 @@ Errors become exit codes in one place, ``selfhost.cli.base.task``.
 
 from invoke import Collection
 
-from selfhost.cli import platform, stages
+from selfhost.cli import jobs, platform, stages
 from selfhost.cli.base import accept_assignments
 from selfhost.config import DEFAULTS
 
@@ -32,6 +32,13 @@ apps = Collection("apps")
 apps.add_task(platform.apps_list, "list", default=True)
 apps.add_task(platform.apps_create, "create")
 ns.add_collection(apps)
+
+work = Collection("jobs")
+work.add_task(jobs.submit, "submit")
+work.add_task(jobs.list_, "list", default=True)
+work.add_task(jobs.show, "show")
+work.add_task(jobs.cancel, "cancel")
+ns.add_collection(work)
 
 daemon = Collection("platform")
 daemon.add_task(platform.platform_up, "up")

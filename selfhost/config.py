@@ -26,7 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "engine": "bwrap",
     "suite": "bookworm",
     "variant": "minbase",
-    "base_packages": ["build-essential"],
+    "base_packages": ["build-essential", "python3", "distcc"],
     "jobs": 0,
     "lock_wait": 0,
     "verbose": False,
@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "api_url": None,
     "api_token": None,
     "dyno_grace_seconds": 30,
+    "queue_url": None,
 }
 
 
@@ -52,7 +53,7 @@ class Settings:
     engine: str = "bwrap"
     suite: str = "bookworm"
     variant: str = "minbase"
-    base_packages: tuple[str, ...] = ("build-essential",)
+    base_packages: tuple[str, ...] = ("build-essential", "python3", "distcc")
     jobs: int = 0
     lock_wait: float = 0
     verbose: bool = False
@@ -65,6 +66,7 @@ class Settings:
     api_url: str | None = None
     api_token: str | None = None
     dyno_grace_seconds: float = 30
+    queue_url: str | None = None
 
     @property
     def platform(self) -> Path:
@@ -120,6 +122,7 @@ class Settings:
                 api_url=raw["api_url"] or None,
                 api_token=raw["api_token"] or None,
                 dyno_grace_seconds=float(raw["dyno_grace_seconds"]),
+                queue_url=raw["queue_url"] or None,
             )
         except (TypeError, ValueError) as exc:
             raise UsageError(
@@ -154,6 +157,15 @@ def validate(settings: Settings) -> Settings:
         )
     if not 0 <= settings.platform_port <= 65535:
         raise UsageError(f"selfhost.platform_port is {settings.platform_port}; expected 0-65535")
+    if settings.queue_url:
+        from selfhost.platform.taskqueue import QueueUrlError, check_url
+
+        try:
+            check_url(settings.queue_url)
+        except QueueUrlError as exc:
+            raise UsageError(f"selfhost.queue_url: {exc}",
+                             hint="set it in invoke.yaml, or null for the embedded SQLite "
+                             "queue") from None
     if settings.slug_max_bytes <= 0:
         raise UsageError("selfhost.slug_max_bytes must be positive")
     if settings.jobs < 0 or settings.lock_wait < 0:

@@ -23,6 +23,7 @@ code  class                  meaning
 10    FixpointError          the fixpoint was required and not reached
 11    PlatformError          the platform API answered with an error, or is unreachable
 12    SlugError              the slug cannot be built (Procfile, --strict lints, size)
+13    JobError               a compile job failed or was cancelled (jobs.submit --wait)
 130   Interrupted            interrupted by the user (Ctrl-C)
 ====  =====================  ===================================================
 """
@@ -149,6 +150,12 @@ class SlugError(SelfhostError):
     """The slug cannot be built: a bad Procfile, a lint in --strict mode, too big."""
 
     exit_code = 12
+
+
+class JobError(SelfhostError):
+    """A compile job ended in failure or was cancelled."""
+
+    exit_code = 13
 
 
 class Interrupted(SelfhostError):

@@ -11,7 +11,7 @@ from invoke import Context
 from selfhost.cli.base import argv_after_dashdash, make_ui, settings, task
 from selfhost.compilers import find_recipe
 from selfhost.config import SUITES, Settings
-from selfhost.errors import UsageError
+from selfhost.errors import SelfhostError, UsageError
 
 if TYPE_CHECKING:
     from selfhost.platform.client import PlatformClient
@@ -87,7 +87,7 @@ def start_daemon(s: Settings) -> tuple[Any, bool]:
                          base_packages=s.base_packages, mirror=s.mirror, engine=s.engine,
                          docker_url=s.docker_url, grace_seconds=s.dyno_grace_seconds)
     return daemon.start(PlatformPaths(s.platform), port=s.platform_port, stack=s.suite,
-                        max_blob_bytes=s.slug_max_bytes, dynos=dynos)
+                        max_blob_bytes=s.slug_max_bytes, dynos=dynos, queue=s.queue_url)
 
 
 API_HELP = "a Heroku-compatible API URL instead of the local platform (token: HEROKU_API_KEY)"
@@ -340,20 +340,39 @@ def _finished(client: PlatformClient, app: str, dyno_id: str) -> dict[str, Any]:
 
 @task(help={"app": "the app", "json": "print the dynos as JSON", "api": API_HELP})
 def ps_list(c: Context, app: str, json: bool = False, api: str | None = None) -> None:
-    """List an app's dynos: name, type, state, since, command, parent job."""
+    """List an app's dynos: name, type, state, since, command, and the job each worker
+    runs (with its parent job)."""
+    from selfhost.cli.jobs import describe
+
     s = settings(c)
     ui = make_ui(s, json=json)
-    dynos = client_for(s, ui, api)[0].dynos(app)
+    client = client_for(s, ui, api)[0]
+    dynos = client.dynos(app)
+    try:
+        running = {j["worker"]["dyno"]: j for j in client.jobs(app, ("running",))
+                   if j.get("worker")}
+    except SelfhostError:  # an API without jobs (Heroku's)
+        running = {}
+    for d in dynos:
+        job = running.get(d["id"])
+        d["job"] = ({"id": job["id"], "kind": job["kind"], "parent": job["parent"],
+                     "progress": job["progress"]} if job else None)
     if json:
         ui.emit_json(dynos)
         return
     def short(text: str, width: int = 32) -> str:
         return text if len(text) <= width else text[: width - 1] + "…"
 
-    ui.table(f"dynos of {app}", ["dyno", "type", "state", "since", "command", "parent",
+    def job_of(d: dict[str, Any]) -> str:
+        job = running.get(d["id"])
+        if job:
+            return describe(job)
+        return f"job {d['parent']}" if d.get("parent") else "-"
+
+    ui.table(f"dynos of {app}", ["dyno", "type", "state", "since", "command", "job",
                                  "restarts", "exit"],
              [(d["name"], d["type"], d["state"], d["updated_at"][11:19], short(d["command"], 28),
-               d.get("parent") or "-", d.get("restarts", 0),
+               job_of(d), d.get("restarts", 0),
                "" if d.get("exit_code") is None else d["exit_code"]) for d in dynos])
 
 

@@ -107,6 +107,19 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         ("GET", r"^/dynos/(?P<dyno>[^/]+)/attach$", "dyno_attach"),
         ("POST", r"^/apps/(?P<app>[^/]+)/log-sessions$", "log_sessions_create"),
         ("GET", r"^/logs/(?P<app>[^/]+)$", "log_stream"),
+        # compile jobs (job_api.py)
+        ("POST", r"^/apps/(?P<app>[^/]+)/jobs$", "jobs_create"),
+        ("GET", r"^/apps/(?P<app>[^/]+)/jobs$", "jobs_list"),
+        ("GET", r"^/apps/(?P<app>[^/]+)/jobs/(?P<job>[^/]+)$", "jobs_info"),
+        ("POST", r"^/apps/(?P<app>[^/]+)/jobs/(?P<job>[^/]+)/actions/cancel$", "jobs_cancel"),
+        ("POST", r"^/jobs/(?P<job>[^/]+)/claim$", "jobs_claim"),
+        ("POST", r"^/jobs/(?P<job>[^/]+)/heartbeat$", "jobs_heartbeat"),
+        ("POST", r"^/jobs/(?P<job>[^/]+)/finish$", "jobs_finish"),
+        ("POST", r"^/jobs/(?P<job>[^/]+)/requeue$", "jobs_requeue"),
+        ("GET", r"^/jobs/(?P<job>[^/]+)/source$", "jobs_source"),
+        ("GET", r"^/stages/(?P<key>[0-9a-f]{64})$", "stages_info"),
+        ("GET", r"^/stages/(?P<key>[0-9a-f]{64})/blob$", "stages_blob"),
+        ("PUT", r"^/stages/(?P<key>[0-9a-f]{64})$", "stages_put"),
     ]
 ]
 #: Routes whose URL carries its own secret instead of the API token.

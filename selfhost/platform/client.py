@@ -149,6 +149,19 @@ class PlatformClient:
     def stop_dyno(self, app: str, ident: str) -> dict[str, Any]:
         return self.request("POST", f"/apps/{app}/dynos/{ident}/actions/stop")
 
+    def submit_job(self, app: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", f"/apps/{app}/jobs", body)
+
+    def jobs(self, app: str, states: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        query = "&".join(f"state={s}" for s in states)
+        return self.request("GET", f"/apps/{app}/jobs" + (f"?{query}" if query else ""))
+
+    def job(self, app: str, job: int | str, log: int = 0) -> dict[str, Any]:
+        return self.request("GET", f"/apps/{app}/jobs/{job}" + (f"?log={log}" if log else ""))
+
+    def cancel_job(self, app: str, job: int | str) -> dict[str, Any]:
+        return self.request("POST", f"/apps/{app}/jobs/{job}/actions/cancel")
+
     def log_session(self, app: str, *, tail: bool, lines: int) -> str:
         return self.request("POST", f"/apps/{app}/log-sessions",
                             {"tail": tail, "lines": lines})["logplex_url"]

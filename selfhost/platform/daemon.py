@@ -74,7 +74,8 @@ def running(paths: PlatformPaths) -> DaemonInfo | None:
 
 
 def start(paths: PlatformPaths, *, port: int, stack: str, max_blob_bytes: int,
-          dynos: DynoSettings | None = None) -> tuple[DaemonInfo, bool]:
+          dynos: DynoSettings | None = None, queue: str | None = None
+          ) -> tuple[DaemonInfo, bool]:
     """Return the running daemon, starting it first if needed; the bool says if it was.
 
     ``dynos`` (written to ``settings.json``) lets the daemon run dynos: where stacks
@@ -88,6 +89,8 @@ def start(paths: PlatformPaths, *, port: int, stack: str, max_blob_bytes: int,
         paths.daemon_json.unlink(missing_ok=True)
         argv = [sys.executable, "-m", "selfhost.platform.daemon", "--dir", str(paths.root),
                 "--port", str(port), "--stack", stack, "--max-blob-bytes", str(max_blob_bytes)]
+        if queue:
+            argv += ["--queue", queue]
         if dynos is not None:
             dynos.write(paths.settings)
             argv += ["--settings", str(paths.settings)]
@@ -139,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     from selfhost.platform.api import PlatformServer
     from selfhost.platform.dyno_api import routes
     from selfhost.platform.dynos import DynoManager, Supervisor
+    from selfhost.platform.job_api import routes as job_routes
+    from selfhost.platform.jobs import JobService
 
     parser = argparse.ArgumentParser(prog="selfhost.platform.daemon")
     parser.add_argument("--dir", required=True, type=Path)
@@ -147,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stack", default="bookworm")
     parser.add_argument("--max-blob-bytes", type=int, default=500_000_000)
     parser.add_argument("--settings", type=Path, help="dyno settings (JSON); no dynos without")
+    parser.add_argument("--queue", help="the default job queue URL (sqlite:// or redis://); "
+                        "default: queue/jobs.db in the platform directory")
     args = parser.parse_args(argv)
     paths = PlatformPaths(args.dir)
     lock = threading.Lock()
@@ -174,12 +181,19 @@ def main(argv: list[str] | None = None) -> int:
     port_file.write_text(f"{server.server_address[1]}\n")
     supervisor = None
     manager = None
+    jobs = None
     if args.settings:
         manager = DynoManager(server.store, paths, DynoSettings.read(args.settings), log=log)
         supervisor = Supervisor(manager)
         server.routes.update(routes(manager, supervisor))
         server.on_change = supervisor.poke
+        jobs = JobService(server.store, paths, manager, api_url=lambda: server.url,
+                          default_queue=args.queue, log=log)
+        manager.extras = jobs.dyno_environment
+        manager.on_exit = jobs.dyno_exited
+        server.routes.update(job_routes(jobs))
         supervisor.start()
+        jobs.start()
     stopping = threading.Event()
 
     def on_term(signum: int, frame: object) -> None:
@@ -197,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
+        if jobs:
+            jobs.stop()
         if supervisor and manager:
             supervisor.stop()
             manager.shutdown()

@@ -62,6 +62,8 @@ PATH = "/app/bin:/usr/local/bin:/usr/bin:/bin"
 PROFILE = ('for f in /app/.profile.d/*.sh; do [ -r "$f" ] && . "$f"; done; '
            '[ -x /bin/bash ] && exec /bin/bash -c "$1"; exec /bin/sh -c "$1"')
 MAX_TTL = 86_400
+#: Process types that get a PORT: web (as on Heroku) and distccd (the compile hosts).
+LISTENING = ("web", "distccd")
 KEEP_FINISHED = 50  # finished dynos kept per app (for `ps` and exit codes)
 BACKOFF_MAX = 60.0
 STABLE_SECONDS = 10.0  # a dyno up this long resets its crash count
@@ -109,6 +111,7 @@ class Dyno:
     ttl: float | None = None
     parent: str | None = None  # the job that started it (compile workers)
     port: int | None = None
+    listen: str | None = None  # the address a distccd dyno listens on
     state: str = "starting"
     exit_code: int | None = None
     reason: str | None = None
@@ -172,6 +175,7 @@ class Dyno:
             "app": {"id": self.app_id, "name": self.app},
             "exit_code": self.exit_code, "reason": self.reason, "restarts": self.restarts,
             "engine": self.engine, "parent": self.parent, "port": self.port,
+            "listen": self.listen,
             "stats": self.stats,
         }
 
@@ -232,6 +236,12 @@ class DynoManager:
         self.engines: dict[str, Engine] = {}
         self.logs: dict[str, AppLog] = {}
         self.stacks = StackStore(Path(settings.stacks), self._mirror)
+        #: Extra (environment, [(host dir, sandbox path)]) for a dyno, given its config
+        #: vars: the compile workers' API credentials and queue (set by the job service).
+        self.extras: Callable[[Dyno, dict[str, str]], tuple[dict[str, str],
+                                                            list[tuple[Path, str]]]] | None = None
+        #: Called when a dyno has ended (the job service takes its jobs back).
+        self.on_exit: Callable[[Dyno], None] | None = None
         release_stale_apps(paths.root / "dynos")  # left by a killed daemon
 
     def _mirror(self) -> str:
@@ -275,6 +285,15 @@ class DynoManager:
             self.settings.suite
         spec = StackSpec.make(suite, self.settings.variant, self.settings.base_packages)
         return self.stacks.ensure(spec, log=self.log)
+
+    def stack_identity(self, app: str) -> dict[str, Any]:
+        """The identity of the stack the app's current slug runs on."""
+        release = self.store.current_release(app)
+        if release is None or release["slug"] is None:
+            raise not_found("release")
+        slug = self.store.slug(app, release["slug"]["id"])
+        slug_app = self.slug_dir((slug["checksum"] or ":").split(":", 1)[1])
+        return self.stack_for(self.store.app(app)["stack"]["name"], slug_app).identity
 
     def _next_name(self, app: str, kind: str) -> str:
         with self.lock:
@@ -345,14 +364,20 @@ class DynoManager:
             app_dir, mounted = mount_app(slug_app, work)
             env = {"PATH": PATH, "HOME": "/app", "LANG": "C.UTF-8", "DYNO": dyno.name,
                    "DYNO_SIZE": dyno.size, **config, **extra_env}
-            if dyno.type == "web":
-                dyno.port = _free_port()
+            mounts = [Mount(app_dir, "/app", writable=True)]
+            if self.extras:
+                more_env, more_mounts = self.extras(dyno, config)
+                env.update(more_env)
+                mounts += [Mount(src, dst, writable=True) for src, dst in more_mounts]
+            if dyno.type in LISTENING:
+                dyno.listen = env.get("DISTCC_LISTEN", "127.0.0.1")
+                dyno.port = _free_port(dyno.listen)
                 env["PORT"] = str(dyno.port)
             else:
                 env.pop("PORT", None)
             sandbox = Sandbox(
                 stack=stack, argv=("/bin/sh", "-c", PROFILE, "dyno", dyno.command),
-                env=tuple(env.items()), mounts=(Mount(app_dir, "/app", writable=True),),
+                env=tuple(env.items()), mounts=tuple(mounts),
                 workdir="/app", network=True, limits=SIZES[dyno.size],
                 scratch=("/tmp", "/build"), owner=str(self.paths.root),
                 label=f"dyno-{dyno.id}")
@@ -366,6 +391,7 @@ class DynoManager:
             dyno.append(f"selfhost: the dyno could not start: {message}\n".encode())
             dyno.finish()
             release_app(work, mounted)
+            self._exited(dyno)
             return
         if not dyno.stopping:
             dyno.set_state("up")
@@ -393,7 +419,15 @@ class DynoManager:
         log.write("heroku", dyno.name, f"State changed from up to {dyno.state}")
         release_app(work, mounted)
         dyno.finish()
+        self._exited(dyno)
         self._forget_old(dyno.app)
+
+    def _exited(self, dyno: Dyno) -> None:
+        if self.on_exit:
+            try:
+                self.on_exit(dyno)
+            except Exception as exc:  # the dyno is gone either way
+                self.log(f"dynos: after {dyno.name} exited: {exc!r}")
 
     def _stop_process(self, dyno: Dyno, grace: float | None = None) -> None:
         """SIGTERM to the command; SIGKILL after the grace period."""
@@ -603,7 +637,7 @@ def release_stale_apps(dynos_dir: Path) -> None:
     shutil.rmtree(dynos_dir, ignore_errors=True)
 
 
-def _free_port() -> int:
+def _free_port(address: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((address, 0))
         return int(s.getsockname()[1])

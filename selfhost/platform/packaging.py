@@ -16,6 +16,9 @@ Slug layout (under ``./app``)::
     vendor/src/<name>/        the pinned source (unless the recipe says [slug] source = false)
     bin/rebuild               rebuild the compiler in a dyno with the slug's own compiler
                               as stage0, and compare the result with vendor/<name>
+    vendor/recipes/<name>.toml  the recipe the compiler was bootstrapped with
+    vendor/python/...         what the compile worker (bin/worker) runs on the stack's
+                              Python: selfhost itself, huey, redis, requests (pure Python)
 """
 
 from __future__ import annotations
@@ -43,6 +46,25 @@ from selfhost.stages.stack import Stack
 from selfhost.ui import UI
 
 APP_TEMPLATE = Path(__file__).parent / "app"
+#: The worker's Python packages, copied from this installation (pure Python only: the
+#: stack's interpreter runs them; compiled speed-ups have pure fallbacks).
+WORKER_PACKAGES = ("selfhost", "huey", "redis", "async_timeout", "requests", "urllib3",
+                   "idna", "charset_normalizer", "certifi")
+WORKER_IGNORE = ("__pycache__", "*.pyc", "*.so", "tests", "djhuey", "flask_admin", "cli")
+
+
+def add_worker_packages(contents: SlugContents) -> None:
+    """Vendor the compile worker's packages at ``vendor/python``."""
+    import importlib.util
+
+    for name in WORKER_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise SlugError(f"the compile worker needs the Python package {name!r}, which "
+                            "is not installed here", hint="run ./setup (pip install -e .)")
+        root = Path(next(iter(spec.submodule_search_locations)))
+        ignore = WORKER_IGNORE if name != "selfhost" else ("__pycache__", "*.pyc")
+        contents.add_tree(root, under=f"vendor/python/{name}", ignore=ignore)
 
 
 def slug_prefix(recipe: Recipe) -> str:
@@ -156,6 +178,9 @@ def assemble(recipe: Recipe, final_tree: Path, metadata: dict[str, Any],
     contents.add_tree(final_tree, under=prefix.removeprefix("/app/"))
     contents.add_file("selfhost.json",
                       data=(json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode())
+    if recipe.path is not None:
+        contents.add_file(f"vendor/recipes/{recipe.name}.toml", source=recipe.path)
+    add_worker_packages(contents)
     if recipe.slug_source and source_tree is not None:
         contents.add_tree(source_tree, under=f"vendor/src/{recipe.name}")
         contents.add_file("bin/rebuild", data=rebuild_script(recipe), executable=True)
@@ -189,7 +214,7 @@ def build_compiler_slug(settings: Settings, recipe: Recipe, engine: Engine, ui: 
         # The shipped source is built, not run; bin/rebuild uses /build on purpose (every
         # dyno has it as scratch space, at the same path as stage builds).
         lints = lint_slug(contents, target.rootfs, build_paths,
-                          skip=(f"vendor/src/{recipe.name}/", "bin/rebuild"))
+                          skip=(f"vendor/src/{recipe.name}/", "bin/rebuild", "vendor/python/"))
         for lint in lints:
             ui.warn(str(lint))
         if strict and lints:

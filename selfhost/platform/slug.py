@@ -369,7 +369,10 @@ def unpack(path: Path, target: Path) -> Path:
     try:
         with tarfile.open(path, "r:gz") as tar:
             members = check_members(tar.getmembers())
-            tar.extractall(staging, members=members, filter="tar")
+            if hasattr(tarfile, "tar_filter"):  # Python >= 3.11.4 (a stack may be older)
+                tar.extractall(staging, members=members, filter="tar")
+            else:  # the members were checked above
+                tar.extractall(staging, members=members)
         (staging / "app").mkdir(exist_ok=True)
         os.rename(staging, target)
     except BaseException:

@@ -28,6 +28,15 @@ Schema (version 1)::
     formation(id PK, app_id → apps, type, quantity, size, command,
               created_at, updated_at, UNIQUE(app_id, type))
 
+Added in version 2 (compile jobs, see selfhost/platform/jobs.py)::
+
+    jobs(id INTEGER PK, app_id → apps, kind, params JSON, key, parent_id → jobs,
+         state, attempt, lease, worker, worker_dyno, heartbeat, timeout,
+         cancel_requested, progress, result JSON, error,
+         created, started, finished (unix seconds), created_at, updated_at)
+    stages(input_hash PK, app_id → apps, tree_digest, files, size, blob_sha256,
+           job_id → jobs, created_at)
+
 Consistency rules, so that a ``kill -9`` at any moment leaves a usable state:
 
 - every change is one transaction (``BEGIN IMMEDIATE`` … ``COMMIT``);
@@ -54,7 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APP_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,28}[a-z0-9]$")
 CONFIG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_SIZES = ("basic", "standard-1x", "standard-2x", "performance-m", "performance-l")
@@ -111,6 +120,42 @@ CREATE TABLE IF NOT EXISTS formation (
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
     UNIQUE (app_id, type)
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    app_id TEXT NOT NULL REFERENCES apps(id),
+    kind TEXT NOT NULL,
+    params TEXT NOT NULL,
+    key TEXT NOT NULL,
+    parent_id INTEGER REFERENCES jobs(id),
+    state TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    lease TEXT,
+    worker TEXT,
+    worker_dyno TEXT,
+    heartbeat REAL,
+    timeout REAL NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    progress TEXT,
+    result TEXT,
+    error TEXT,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_key ON jobs (app_id, key, state);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
+CREATE TABLE IF NOT EXISTS stages (
+    input_hash TEXT PRIMARY KEY,
+    app_id TEXT NOT NULL REFERENCES apps(id),
+    tree_digest TEXT NOT NULL,
+    files INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    blob_sha256 TEXT NOT NULL,
+    job_id INTEGER REFERENCES jobs(id),
+    created_at TEXT NOT NULL
 );
 """
 
@@ -208,8 +253,10 @@ class Store:
         finally:
             db.close()
         with self.tx() as db:
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                       (str(SCHEMA_VERSION),))
+            # Versions only add tables (CREATE ... IF NOT EXISTS above), so an older
+            # database is upgraded in place.
+            db.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) "
+                       "DO UPDATE SET value = excluded.value", (str(SCHEMA_VERSION),))
 
     def connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.paths.db, timeout=30, isolation_level=None)

@@ -27,7 +27,6 @@ from typing import Any, Protocol
 from selfhost.errors import UsageError
 from selfhost.stages.stack import Stack
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOSTNAME = "selfhost"
 
 

@@ -40,16 +40,13 @@ from selfhost.hashing import scan_tree, tree_digest
 from selfhost.mirror import debian_mirror
 from selfhost.stages.cache import StageCache, input_hash
 from selfhost.stages.diff import ArtifactComparison, compare_artifacts
-from selfhost.stages.engine import DEFAULT_PATH, Engine, Mount, Sandbox, shell_line
+from selfhost.stages.engine import Engine, Mount, Sandbox, shell_line
+from selfhost.stages.environment import BUILD_DIR, DESTDIR, SRC_DIR, stage_environment
 from selfhost.stages.manifest import Manifest, TestResult, select_artifacts, write_json_atomic
 from selfhost.stages.stack import Stack, StackSpec, StackStore
 from selfhost.ui import UI
 from selfhost.workspace import Workspace
 
-BUILD_DIR = "/build"
-SRC_DIR = "/build/src"
-HOME_DIR = "/build/home"
-DESTDIR = "/out"
 TAIL_LINES = 20
 
 
@@ -222,26 +219,6 @@ class Bootstrap:
             if stale.name not in names and stale.is_symlink():
                 stale.unlink()
         write_json_atomic(directory / "run.json", outcome.to_json())
-
-
-def stage_environment(recipe: Recipe, builder: str, jobs: str,
-                      destdir: str = DESTDIR) -> dict[str, str]:
-    """Every variable a stage's steps see, and nothing else (see docs/recipes.md)."""
-    env = {
-        "PATH": DEFAULT_PATH,
-        "HOME": HOME_DIR,
-        "LC_ALL": "C.UTF-8",
-        "TZ": "UTC",
-        "SOURCE_DATE_EPOCH": str(recipe.source_date_epoch),
-        "PREFIX": recipe.prefix,
-        "DESTDIR": destdir,
-        "SRC": SRC_DIR,
-    }
-    env["BUILDER"] = recipe.expand(builder, env)
-    for key, value in recipe.env:
-        env[key] = recipe.expand(value, env)
-    env["JOBS"] = jobs
-    return env
 
 
 def wants_another_stage(recipe: Recipe, built: int, count: int,

@@ -1,0 +1,170 @@
+"""The job routes of the platform API (served by the daemon).
+
+==========  =============================================  ================================
+method      path                                           what
+==========  =============================================  ================================
+POST        /apps/{app}/jobs                               submit ``{kind, params, timeout,
+                                                           parent}``; 201, or 200 with the
+                                                           queued/running duplicate
+GET         /apps/{app}/jobs                               list (newest first; ``?state=``)
+GET         /apps/{app}/jobs/{id}                          info; ``?log=N`` adds N log lines
+POST        /apps/{app}/jobs/{id}/actions/cancel           cancel (queued: now; running: the
+                                                           worker kills it within a second)
+POST        /jobs/{id}/claim                               worker: ``{attempt, worker, dyno}``
+                                                           → the job and its lease (or 409)
+POST        /jobs/{id}/heartbeat                           worker: ``{lease, progress, log}``
+                                                           → ``{cancel}``
+POST        /jobs/{id}/finish                              worker: ``{lease, state, result,
+                                                           error}``
+POST        /jobs/{id}/requeue                             worker: ``{lease, reason}`` (it is
+                                                           stopping)
+GET         /jobs/{id}/source                              worker: an app-compile job's app
+GET         /stages/{input_hash}                           a stored stage (404 if none)
+GET         /stages/{input_hash}/blob                      its tarball
+PUT         /stages/{input_hash}?job=&tree_digest=&files=  store a stage's tarball
+==========  =============================================  ================================
+
+Workers use the platform's token (their dynos get it in ``SELFHOST_API_TOKEN``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from selfhost.platform.dyno_api import Stream
+from selfhost.platform.jobs import FINAL, MAX_LOG_LINES, JobService
+from selfhost.platform.store import ApiError, invalid, not_found
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            yield chunk
+
+
+def _lease(body: dict[str, Any]) -> str:
+    lease = body.get("lease")
+    if not isinstance(lease, str) or not lease:
+        raise invalid("lease (from the claim) is required")
+    return lease
+
+
+def routes(service: JobService) -> dict[str, Callable[..., Any]]:
+    jobs = service.jobs
+
+    def in_app(app: str, job: str) -> dict[str, Any]:
+        found = jobs.get(job)
+        if app not in (found["app"]["name"], found["app"]["id"]):
+            raise not_found("job")
+        return found
+
+    def jobs_create(h: Any, app: str) -> tuple[int, Any]:
+        job, created = service.submit(app, h._json_body())
+        return (201 if created else 200), {**job, "duplicate": not created}
+
+    def jobs_list(h: Any, app: str) -> tuple[int, Any]:
+        service.store.app(app)
+        states = tuple(s for s in (h.query.get("state") or []) if s)
+        return 200, jobs.list(app, states=states)
+
+    def jobs_info(h: Any, app: str, job: str) -> tuple[int, Any]:
+        found = in_app(app, job)
+        lines = int((h.query.get("log") or ["0"])[0] or 0)
+        if lines:
+            found["log"] = jobs.log_tail(found["id"], lines)
+        return 200, found
+
+    def jobs_cancel(h: Any, app: str, job: str) -> tuple[int, Any]:
+        in_app(app, job)
+        return 202, service.cancel(job)
+
+    def jobs_claim(h: Any, job: str) -> tuple[int, Any]:
+        body = h._json_body()
+        attempt, worker, dyno = body.get("attempt"), body.get("worker"), body.get("dyno")
+        if not isinstance(attempt, int) or not isinstance(worker, str) or \
+                not isinstance(dyno, str):
+            raise invalid("attempt (a number), worker and dyno (strings) are required")
+        claimed, lease = jobs.claim(job, attempt, worker, dyno)
+        jobs.log(claimed["id"], [f"attempt {attempt} started on {worker}"])
+        extra: dict[str, Any] = {}
+        if claimed["params"].get("distcc"):
+            extra["distcc_hosts"] = service.distcc_hosts(claimed["app"]["name"])
+        stack = service.manager.stack_identity(claimed["app"]["name"])
+        return 200, {"job": claimed, "lease": lease, "stack": stack, **extra}
+
+    def jobs_heartbeat(h: Any, job: str) -> tuple[int, Any]:
+        body = h._json_body()
+        progress = body.get("progress")
+        lines = body.get("log") or []
+        if not isinstance(lines, list) or len(lines) > MAX_LOG_LINES * 50:
+            raise invalid("log must be a list of lines")
+        answer = jobs.heartbeat(job, _lease(body), progress if isinstance(progress, str)
+                                else None)
+        if lines:
+            jobs.log(int(job), [str(x) for x in lines], source=str(body.get("worker", "worker")))
+        return 200, answer
+
+    def jobs_finish(h: Any, job: str) -> tuple[int, Any]:
+        body = h._json_body()
+        state = body.get("state")
+        done = jobs.finish(job, _lease(body), str(state), body.get("result"),
+                           body.get("error"))
+        jobs.log(done["id"], [f"{done['state']}" + (f": {done['error']}" if done["error"]
+                                                    else "")])
+        service.on_finished(done)
+        return 200, done
+
+    def jobs_requeue(h: Any, job: str) -> tuple[int, Any]:
+        body = h._json_body()
+        again = jobs.requeue(job, _lease(body))
+        if again is None:
+            raise ApiError(409, "conflict", "the job is not running")
+        jobs.log(again["id"], [f"given back by its worker ({body.get('reason') or 'stopping'})"
+                               f"; {again['state']}"])
+        if again["state"] == "queued":
+            service._resend(again)
+        else:
+            service.on_finished(again)
+        return 200, again
+
+    def jobs_source(h: Any, job: str) -> tuple[int, Any]:
+        found = jobs.get(job)
+        sha = found["params"].get("source_blob")
+        path = service.source_path(sha) if sha else None
+        if path is None or not path.is_file():
+            raise not_found("job source")
+        return 200, Stream(_file_chunks(path), "application/gzip")
+
+    def stages_info(h: Any, key: str) -> tuple[int, Any]:
+        stage = jobs.stage(key)
+        if stage is None:
+            raise not_found("stage")
+        return 200, stage
+
+    def stages_blob(h: Any, key: str) -> tuple[int, Any]:
+        stage = jobs.stage(key)
+        if stage is None:
+            raise not_found("stage")
+        return 200, Stream(_file_chunks(service.stage_blob(stage["blob_sha256"])),
+                           "application/gzip")
+
+    def stages_put(h: Any, key: str) -> tuple[int, Any]:
+        q = {k: (v or [""])[0] for k, v in h.query.items()}
+        digest, files = q.get("tree_digest", ""), q.get("files", "")
+        if not re.fullmatch(r"[0-9a-f]{64}", digest) or not files.isdigit():
+            raise invalid("tree_digest (64 hex) and files (a count) are required")
+        if h.headers.get("Content-Length") is None:
+            raise ApiError(411, "length_required", "Send the stage with a Content-Length.")
+        job = jobs.get(q["job"]) if q.get("job") else None
+        if job is not None and job["state"] in FINAL:
+            raise ApiError(409, "conflict", f"job {job['id']} is already {job['state']}")
+        app = job["app"]["name"] if job else q.get("app", "")
+        stage = service.store_stage(app, key, job["id"] if job else None, digest, int(files),
+                                    h.rfile, int(h.headers["Content-Length"]))
+        return 201, stage
+
+    return {name: handler for name, handler in locals().items() if name.startswith(("jobs_",
+                                                                                     "stages_"))}

@@ -1,0 +1,553 @@
+"""The compile worker: the ``worker`` process type of every compiler slug.
+
+``bin/worker`` runs ``python3 -m selfhost.platform.worker`` in the dyno, on the stack's
+Python, with huey, redis and requests vendored in the slug (``/app/vendor/python``). It
+is a Huey consumer (one job at a time) on the app's queue (``SELFHOST_QUEUE_URL``) that
+reports to the platform API (``SELFHOST_API_URL`` and ``SELFHOST_API_TOKEN``):
+
+1. claim the message's ``(job, attempt)``; a 409 means another attempt owns the job,
+   and the message is dropped (so duplicates and stale re-queues run nothing);
+2. run the job's commands in their own process group, sending a heartbeat with the
+   progress and new log lines every second; the answer says whether to cancel;
+3. kill the whole process group on cancel, on timeout, when the lease is lost and
+   when the worker is stopped (SIGTERM: the job is handed back to the queue first);
+4. report the outcome with the lease: it is recorded once.
+
+Job kinds are described in ``selfhost/platform/jobs.py``; everything is built under
+``/build`` (the dyno's scratch space, as in stage builds), at the slug's prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from selfhost.compilers.recipe import Recipe, load_recipe
+from selfhost.hashing import digest_json, scan_tree, tree_digest
+from selfhost.stages.environment import stage_environment
+
+APP = Path("/app")
+BUILD = Path("/build")
+HEARTBEAT_SECONDS = 1.0
+KILL_GRACE = 1.0
+log = logging.getLogger("selfhost.worker")
+
+
+class JobEnded(Exception):
+    """The job's commands were stopped: ``why`` is cancelled, timeout, lost or stopping."""
+
+    def __init__(self, why: str, message: str):
+        super().__init__(message)
+        self.why = why
+
+
+class JobFailed(Exception):
+    """The job ran and failed; ``result`` is still reported."""
+
+    def __init__(self, message: str, result: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.result = result
+
+
+class Api:
+    """The few platform API calls a worker makes (JSON via PlatformClient, blobs raw)."""
+
+    def __init__(self, url: str, token: str):
+        import requests
+
+        from selfhost.platform.client import PlatformClient
+
+        self.client = PlatformClient(url, token, timeout=30)
+        self.url = url.rstrip("/")
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        return self.client.request(method, path, body)
+
+    def download(self, path: str, target: Path) -> bool:
+        """GET a blob to ``target``; False on 404."""
+        with self.session.get(f"{self.url}{path}", stream=True, timeout=(10, 600)) as resp:
+            if resp.status_code == 404:
+                return False
+            resp.raise_for_status()
+            with open(target, "wb") as out:
+                for chunk in resp.iter_content(1 << 20):
+                    out.write(chunk)
+        return True
+
+    def upload(self, path: str, source: Path, params: dict[str, Any]) -> Any:
+        with open(source, "rb") as f:
+            resp = self.session.put(f"{self.url}{path}", data=f, params=params, timeout=600,
+                                    headers={"Content-Length": str(source.stat().st_size)})
+        resp.raise_for_status()
+        return resp.json()
+
+
+class Job:
+    """One claimed attempt: runs commands, keeps the heartbeat, reports once."""
+
+    def __init__(self, worker: Worker, claim: dict[str, Any]):
+        self.worker = worker
+        self.api = worker.api
+        self.data = claim["job"]
+        self.lease = claim["lease"]
+        self.claim = claim
+        self.id = self.data["id"]
+        self.params = self.data["params"]
+        self.deadline = time.monotonic() + float(self.data["timeout"])
+        self.progress_text = "starting"
+        self.lines: list[str] = []
+        self.lines_lock = threading.Lock()
+        self.ended: JobEnded | None = None  # set by the heartbeat or the stop handler
+        self.process: subprocess.Popen[bytes] | None = None
+        self.done = threading.Event()
+
+    # ------------------------------------------------------------------ reporting
+    def say(self, line: str) -> None:
+        with self.lines_lock:
+            self.lines.append(line)
+
+    def progress(self, text: str) -> None:
+        self.progress_text = text
+        self.say(f"==> {text}")
+
+    def _beat(self) -> None:
+        with self.lines_lock:
+            lines, self.lines = self.lines, []
+        try:
+            answer = self.api.call("POST", f"/jobs/{self.id}/heartbeat", {
+                "lease": self.lease, "progress": self.progress_text, "log": lines,
+                "worker": self.worker.name})
+        except Exception as exc:  # decide below whether it is fatal
+            if getattr(exc, "status", None) == 409:
+                self.end("lost", "the platform took the job back (lease lost)")
+            else:
+                with self.lines_lock:
+                    self.lines[:0] = lines  # the platform is unreachable: keep them
+            return
+        if answer.get("cancel"):
+            self.end("cancelled", "cancelled")
+
+    def heartbeat(self) -> None:
+        while not self.done.wait(HEARTBEAT_SECONDS):
+            self._beat()
+            if time.monotonic() > self.deadline:
+                self.end("timeout", f"timed out after {self.data['timeout']:g}s")
+
+    def end(self, why: str, message: str) -> None:
+        """Stop the job's commands (the whole process group)."""
+        if self.ended is None:
+            self.ended = JobEnded(why, message)
+        self.kill()
+
+    def kill(self) -> None:
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(KILL_GRACE)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
+
+    def report(self, state: str, result: Any = None, error: str | None = None) -> None:
+        self.done.set()
+        self._beat()  # flush the log
+        try:
+            self.api.call("POST", f"/jobs/{self.id}/finish", {
+                "lease": self.lease, "state": state, "result": result, "error": error})
+        except Exception as exc:  # a lost lease: someone else owns the job
+            log.warning("job %s: the outcome was not recorded: %s", self.id, exc)
+
+    # ------------------------------------------------------------------ commands
+    def run(self, script: str, env: dict[str, str], cwd: Path, what: str) -> None:
+        """Run a shell script in its own process group; its output goes to the job log."""
+        if self.ended:
+            raise self.ended
+        self.process = subprocess.Popen(["/bin/sh", "-ec", script], cwd=cwd, env=env,
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        assert self.process.stdout is not None
+        for raw in self.process.stdout:
+            self.say(raw.decode("utf-8", "replace").rstrip("\n"))
+        code = self.process.wait()
+        if self.ended:  # killed on purpose
+            raise self.ended
+        if self.worker.stopping.is_set():  # SIGTERM reached the commands too
+            raise JobEnded("stopping", "the worker is stopping")
+        if code != 0:
+            raise JobFailed(f"{what} failed with exit code {code}")
+
+
+class Worker:
+    """The Huey task's body: claim, run, report."""
+
+    def __init__(self, api: Api, name: str, dyno_id: str):
+        self.api = api
+        self.name = name
+        self.dyno_id = dyno_id
+        self.current: Job | None = None
+        self.stopping = threading.Event()
+
+    def run_job(self, job_id: int, attempt: int) -> None:
+        if self.stopping.is_set():
+            return  # the message stays unclaimed; the platform re-sends it
+        try:
+            claim = self.api.call("POST", f"/jobs/{job_id}/claim", {
+                "attempt": attempt, "worker": self.name, "dyno": self.dyno_id})
+        except Exception as exc:
+            if getattr(exc, "status", None) == 409:
+                log.info("job %s attempt %s: nothing to do (%s)", job_id, attempt, exc)
+                return
+            raise
+        job = Job(self, claim)
+        self.current = job
+        beat = threading.Thread(target=job.heartbeat, daemon=True)
+        beat.start()
+        log.info("job %s (%s) attempt %s: started", job_id, job.data["kind"], attempt)
+        try:
+            result = RUNNERS[job.data["kind"]](job)
+        except JobEnded as ended:
+            if ended.why in ("cancelled", "timeout"):
+                job.report("cancelled" if ended.why == "cancelled" else "failed",
+                           error=str(ended))
+            log.info("job %s: %s", job_id, ended)  # lost/stopping: not ours to report
+        except JobFailed as exc:
+            if self.stopping.is_set():
+                return  # handed back by stop()
+            job.say(f"failed: {exc}")
+            job.report("failed", result=exc.result, error=str(exc))
+        except Exception as exc:  # a bug or a broken input: report it
+            log.exception("job %s: worker error", job_id)
+            job.report("failed", error=f"worker error: {exc!r}")
+        else:
+            if self.stopping.is_set() or job.ended:
+                log.info("job %s: finished while stopping; handed back", job_id)
+            else:
+                job.report("succeeded", result=result)
+                log.info("job %s: succeeded", job_id)
+        finally:
+            job.done.set()
+            self.current = None
+
+    def stop(self) -> None:
+        """SIGTERM: give the running job back to the queue, then kill its commands."""
+        self.stopping.set()
+        job = self.current
+        if job is None:
+            return
+        job.ended = JobEnded("stopping", "the worker is stopping")
+        try:
+            self.api.call("POST", f"/jobs/{job.id}/requeue",
+                          {"lease": job.lease, "reason": f"{self.name} stopping (SIGTERM)"})
+        except Exception as exc:  # the lease will expire instead
+            log.warning("job %s: could not hand it back: %s", job.id, exc)
+        job.kill()
+
+
+# --------------------------------------------------------------------------- job kinds
+
+
+def slug_meta() -> dict[str, Any]:
+    return json.loads((APP / "selfhost.json").read_text())
+
+
+def slug_recipe(meta: dict[str, Any]) -> Recipe:
+    """The recipe the slug's compiler was bootstrapped with, at the slug's prefix."""
+    recipe = load_recipe(APP / "vendor" / "recipes" / f"{meta['compiler']}.toml")
+    return replace(recipe, prefix=meta["prefix"])
+
+
+def _jobs() -> str:
+    return str(os.cpu_count() or 1)
+
+
+def _swap_builder(prefix: Path, tree: Path | None) -> Callable[[], None]:
+    """Put a builder stage at the prefix (stages are built at the same path); return
+    the function that puts the slug's compiler back."""
+    if tree is None:
+        return lambda: None
+    keep = prefix.with_name(f".{prefix.name}.slug")
+    if keep.exists():  # left by a job killed mid-swap
+        shutil.rmtree(prefix, ignore_errors=True)
+    else:  # (a rename, or a copy where the overlay refuses to rename a lower directory)
+        shutil.move(prefix, keep)
+    shutil.copytree(tree, prefix, symlinks=True)
+
+    def restore() -> None:
+        shutil.rmtree(prefix, ignore_errors=True)
+        shutil.move(keep, prefix)
+    return restore
+
+
+def _distcc(job: Job, env: dict[str, str], builder: str) -> dict[str, str]:
+    """Route the builder's compiles to the app's distccd dynos (plain mode, no
+    fallback): a wrapper named like the builder, first in PATH."""
+    hosts = job.claim.get("distcc_hosts") or []
+    if not hosts:
+        raise JobFailed("distcc was asked for but the app has no running distccd dynos "
+                        "(invoke scale --app APP distccd=2)")
+    wrappers = BUILD / "distcc-bin"
+    wrappers.mkdir(parents=True, exist_ok=True)
+    real = builder if builder.startswith("/") else shutil.which(builder) or builder
+    name = Path(builder).name
+    wrapper = wrappers / name
+    wrapper.write_text(f'#!/bin/sh\nexec distcc {real} "$@"\n')
+    wrapper.chmod(0o755)
+    env = dict(env)
+    env.update({"DISTCC_HOSTS": " ".join(hosts), "DISTCC_FALLBACK": "0",
+                "DISTCC_DIR": str(BUILD / "distcc"), "DISTCC_SKIP_LOCAL_RETRY": "1",
+                "PATH": f"{wrappers}:{env['PATH']}"})
+    if builder.startswith("/"):
+        env["BUILDER"] = str(wrapper)
+    job.say(f"distcc: {builder} compiles go to {' '.join(hosts)}")
+    return env
+
+
+def build_stage(job: Job, recipe: Recipe, meta: dict[str, Any], *, stage0: bool,
+                label: str) -> Path:
+    """Build the recipe with the compiler at the prefix (or stage0's); return the tree."""
+    src = APP / "vendor" / "src" / recipe.name
+    if not src.is_dir():
+        raise JobFailed(f"this slug carries no source of {recipe.name} (the recipe says "
+                        "[slug] source = false): it cannot rebuild itself")
+    for d in ("src", "out", "home", "distcc-bin"):
+        shutil.rmtree(BUILD / d, ignore_errors=True)
+    shutil.copytree(src, BUILD / "src", symlinks=True)
+    (BUILD / "out").mkdir()
+    (BUILD / "home").mkdir()
+    builder = recipe.stage0_builder if stage0 else recipe.builder
+    env = stage_environment(recipe, builder, _jobs(), destdir=str(BUILD / "out"))
+    if job.params.get("distcc"):
+        env = _distcc(job, env, env["BUILDER"])
+    steps = [("build", recipe.steps.build), ("install", recipe.steps.install)]
+    if job.params.get("test", True) and recipe.steps.test:
+        steps.append(("test", recipe.steps.test))
+    for name, script in steps:
+        job.progress(f"{label}: {name}")
+        job.run(script, env, BUILD / "src", f"{label} {name}")
+    tree = BUILD / "out" / recipe.prefix.lstrip("/")
+    if not tree.is_dir():
+        raise JobFailed(f"the install step left nothing at {recipe.prefix} under DESTDIR")
+    return tree
+
+
+def self_rebuild(job: Job) -> dict[str, Any]:
+    """Rebuild the compiler with the slug's own compiler; compare with the slug's."""
+    meta = slug_meta()
+    recipe = slug_recipe(meta)
+    started = time.monotonic()
+    tree = build_stage(job, recipe, meta, stage0=False, label="self-rebuild")
+    job.progress("compare with the slug's compiler")
+    rebuilt = scan_tree(tree)
+    original = scan_tree(Path(recipe.prefix))
+    ours = {e.path: e.sha256 for e in rebuilt}
+    theirs = {e.path: e.sha256 for e in original}
+    differing = sorted(p for p in set(ours) | set(theirs) if ours.get(p) != theirs.get(p))
+    digest = tree_digest(rebuilt)
+    # The slug's files went through the slug's normalised modes; the digest recorded at
+    # packing time is the final stage's own, so it is the byte-for-byte reference.
+    identical = digest == meta["tree_digest"]
+    result = {"identical": identical, "tree_digest": digest,
+              "slug_tree_digest": meta["tree_digest"], "files": len(rebuilt),
+              "differences": differing[:50], "seconds": round(time.monotonic() - started, 2),
+              "builder": f"{recipe.prefix}/bin ({meta['compiler']} {meta['version']}, stage "
+                         f"{meta['stage']} of the slug)"}
+    job.say("identical: the rebuilt compiler equals the slug's, byte for byte" if identical
+            else f"DIFFERENT: tree digest {digest[:12]} vs the slug's "
+                 f"{meta['tree_digest'][:12]}; {len(differing)} file(s) differ")
+    return result
+
+
+def stage_key(recipe: Recipe, meta: dict[str, Any], stack: Any, builder: Any,
+              distcc: bool) -> str:
+    """A stage's input hash on the platform (what can change its bytes)."""
+    src = scan_tree(APP / "vendor" / "src" / recipe.name)
+    env = stage_environment(recipe, recipe.builder if builder != "stage0"
+                            else recipe.stage0_builder, "", destdir=str(BUILD / "out"))
+    env.pop("JOBS")
+    return digest_json({"recipe": recipe.digest, "source": tree_digest(src), "stack": stack,
+                        "builder": builder, "environment": env, "distcc": distcc})
+
+
+def _tar(tree: Path, out: Path) -> None:
+    subprocess.run(["tar", "--sort=name", "--mtime=@0", "--owner=0", "--group=0",
+                    "--numeric-owner", "-czf", str(out), "-C", str(tree), "."], check=True)
+
+
+def stage(job: Job) -> dict[str, Any]:
+    """Build stage k with the given builder, unless its input hash is already stored."""
+    meta = slug_meta()
+    recipe = slug_recipe(meta)
+    k, builder = job.params["stage"], job.params["builder"]
+    prefix = Path(recipe.prefix)
+    builder_tree: Path | None = None
+    if builder == "stage0":
+        builder_id: Any = "stage0"
+    elif builder == "slug":
+        builder_id = meta["tree_digest"]
+    else:
+        info = job.api.call("GET", f"/stages/{builder}")
+        builder_id = info["tree_digest"]
+        job.progress(f"stage{k}: fetch the builder (stage {builder[:12]})")
+        builder_tree = BUILD / "builder"
+        shutil.rmtree(builder_tree, ignore_errors=True)
+        builder_tree.mkdir(parents=True)
+        archive = BUILD / "builder.tar.gz"
+        job.api.download(f"/stages/{builder}/blob", archive)
+        subprocess.run(["tar", "-xzf", str(archive), "-C", str(builder_tree)], check=True)
+        archive.unlink()
+    key = stage_key(recipe, meta, job.claim.get("stack"), builder_id,
+                    bool(job.params.get("distcc")))
+    base = {"stage": k, "input_hash": key, "builder": builder,
+            "slug_tree_digest": meta["tree_digest"]}
+    try:
+        stored = job.api.call("GET", f"/stages/{key}")
+    except Exception as exc:
+        if getattr(exc, "status", None) != 404:
+            raise
+        stored = None
+    if stored:
+        job.say(f"stage{k}: cache hit ({key[:12]}, built by job {stored['job_id']})")
+        return {**base, "cache": "hit", "tree_digest": stored["tree_digest"],
+                "files": stored["files"], "built_by": stored["job_id"]}
+    started = time.monotonic()
+    restore = _swap_builder(prefix, builder_tree)
+    try:
+        tree = build_stage(job, recipe, meta, stage0=builder == "stage0", label=f"stage{k}")
+    finally:
+        restore()
+    entries = scan_tree(tree)
+    digest = tree_digest(entries)
+    job.progress(f"stage{k}: store {key[:12]}")
+    archive = BUILD / "stage.tar.gz"
+    _tar(tree, archive)
+    job.api.upload(f"/stages/{key}", archive, {"job": job.id, "tree_digest": digest,
+                                               "files": len(entries)})
+    archive.unlink()
+    return {**base, "cache": "miss", "tree_digest": digest, "files": len(entries),
+            "seconds": round(time.monotonic() - started, 2)}
+
+
+def app_compile(job: Job) -> dict[str, Any]:
+    """Compile an app with the slug's compiler into a slug; release it to the target."""
+    from selfhost.platform.slug import SlugContents, pack, parse_procfile, read_slugignore
+    from selfhost.platform.slug import unpack as unpack_slug
+
+    meta = slug_meta()
+    started = time.monotonic()
+    work = BUILD / "app-compile"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    job.progress("fetch the app")
+    archive = work / "source.tar.gz"
+    if not job.api.download(f"/jobs/{job.id}/source", archive):
+        raise JobFailed("the platform has no source for this job")
+    app_dir = unpack_slug(archive, work / "src")
+    procfile = app_dir / "Procfile"
+    try:
+        process_types = parse_procfile(procfile.read_text(), "Procfile")
+    except Exception as exc:  # SlugError or a missing file
+        raise JobFailed(f"the app's Procfile: {getattr(exc, 'message', exc)}") from None
+    compiler = f"{meta['prefix']}/bin/{meta['compiler']}"
+    env = {"PATH": f"{meta['prefix']}/bin:/usr/local/bin:/usr/bin:/bin", "HOME": str(work),
+           "LC_ALL": "C.UTF-8", "TZ": "UTC", "CC": compiler, "SOURCE_DATE_EPOCH": "0"}
+    if job.params.get("distcc"):
+        env = _distcc(job, {**env, "BUILDER": compiler}, compiler)
+        env["CC"] = env.pop("BUILDER")
+    for name in ("Makefile", "makefile", "GNUmakefile"):
+        if (app_dir / name).is_file():
+            job.progress(f"make CC={meta['compiler']}")
+            job.run('make -j"$JOBS" CC="$CC"', {**env, "JOBS": _jobs()}, app_dir, "make")
+            break
+    else:
+        job.say("no Makefile: nothing to compile, the app is packed as it is")
+    job.progress("pack the slug")
+    contents = SlugContents()
+    contents.add_tree(app_dir, ignore=[*read_slugignore(app_dir), ".slugignore"])
+    slug_path = work / "slug.tgz"
+    info = pack(contents, slug_path, mtime=0, process_types=process_types)
+    target = job.params["target"]
+    job.progress(f"release to {target}")
+    released = job.api.client.release_slug(
+        target, slug_path, checksum=info.checksum, size=info.size,
+        process_types=process_types, create_app=True,
+        description=f"app-compile job {job.id} with {meta['compiler']} {meta['version']}")
+    job.say(f"released {target} v{released.version} ({info.size} bytes)")
+    return {"target": target, "version": released.version, "release": released.release_id,
+            "checksum": info.checksum, "size": info.size, "compiler": compiler,
+            "process_types": process_types, "seconds": round(time.monotonic() - started, 2)}
+
+
+def bootstrap(job: Job) -> dict[str, Any]:  # pragma: no cover - the platform fans it out
+    raise JobFailed("bootstrap jobs are run by the platform as stage jobs")
+
+
+RUNNERS: dict[str, Callable[[Job], dict[str, Any]]] = {
+    "self-rebuild": self_rebuild, "stage": stage, "app-compile": app_compile,
+    "bootstrap": bootstrap,
+}
+
+
+# --------------------------------------------------------------------------- consumer
+
+
+def main() -> int:
+    from huey.consumer import Consumer
+    from huey.signals import SIGNAL_INTERRUPTED
+
+    from selfhost.platform.taskqueue import make_huey, register
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format="%(levelname)s %(name)s: %(message)s")
+    missing = [v for v in ("SELFHOST_API_URL", "SELFHOST_API_TOKEN", "SELFHOST_QUEUE_URL",
+                           "SELFHOST_APP") if not os.environ.get(v)]
+    if missing:
+        print(f"worker: {', '.join(missing)} not set: workers run as the worker process "
+              "type of a released compiler slug (invoke scale --app APP worker=1)",
+              file=sys.stderr)
+        return 2
+    name = os.environ.get("DYNO", "worker")
+    api = Api(os.environ["SELFHOST_API_URL"], os.environ["SELFHOST_API_TOKEN"])
+    worker = Worker(api, name, os.environ.get("SELFHOST_DYNO_ID", name))
+    huey = make_huey(os.environ["SELFHOST_QUEUE_URL"], os.environ["SELFHOST_APP"])
+    register(huey, worker.run_job)
+
+    @huey.signal(SIGNAL_INTERRUPTED)
+    def interrupted(signal_name: str, task: Any, *args: Any) -> None:
+        worker.stop()
+
+    class WorkerConsumer(Consumer):  # type: ignore[misc]
+        def _handle_signal(self, signum: int, frame: Any) -> None:
+            worker.stopping.set()  # before anything else: no report from a killed job
+            super()._handle_signal(signum, frame)
+
+    tempfile.tempdir = str(BUILD)
+    consumer = WorkerConsumer(huey, workers=1, periodic=False, initial_delay=0.05,
+                              backoff=1.5, max_delay=0.5, check_worker_health=True)
+    scheme = os.environ["SELFHOST_QUEUE_URL"].split(":", 1)[0]
+    log.info("worker %s: %s %s from %s, queue %s", name, os.environ.get("SELFHOST_COMPILER"),
+             slug_meta().get("version"), os.environ.get("SELFHOST_PREFIX"), scheme)
+    consumer.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
