@@ -64,8 +64,16 @@ def make_huey(url: str, app: str) -> Any:
 
 
 def register(huey: Any, run: Callable[[int, int], None]) -> Any:
-    """Register the one task every message runs: ``run(job_id, attempt)``."""
-    return huey.task(name=TASK_NAME)(run)
+    """Register the one task every message runs: ``run(job_id, attempt)``.
+
+    Huey names a task ``<module>.<name>``; the module is pinned so that the daemon
+    (which only enqueues) and the workers (``__main__``) agree on ``selfhost.run_job``.
+    """
+    def run_job(job_id: int, attempt: int) -> None:
+        run(job_id, attempt)
+
+    run_job.__module__ = TASK_NAME.rpartition(".")[0]
+    return huey.task(name=TASK_NAME.rpartition(".")[2])(run_job)
 
 
 def _never(job_id: int, attempt: int) -> None:  # pragma: no cover - only enqueued

@@ -181,7 +181,9 @@ class Job:
         """Run a shell script in its own process group; its output goes to the job log."""
         if self.ended:
             raise self.ended
-        self.process = subprocess.Popen(["/bin/sh", "-ec", script], cwd=cwd, env=env,
+        # umask 022, as in stage sandboxes: modes are part of a tree's digest.
+        self.process = subprocess.Popen(["/bin/sh", "-ec", f"umask 022\n{script}"], cwd=cwd,
+                                        env=env,
                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, start_new_session=True)
         assert self.process.stdout is not None
@@ -349,6 +351,11 @@ def build_stage(job: Job, recipe: Recipe, meta: dict[str, Any], *, stage0: bool,
     return tree
 
 
+def destdir_digest() -> str:
+    """The digest of the whole install tree (DESTDIR), as stage manifests record it."""
+    return tree_digest(scan_tree(BUILD / "out"))
+
+
 def self_rebuild(job: Job) -> dict[str, Any]:
     """Rebuild the compiler with the slug's own compiler; compare with the slug's."""
     meta = slug_meta()
@@ -358,10 +365,10 @@ def self_rebuild(job: Job) -> dict[str, Any]:
     job.progress("compare with the slug's compiler")
     rebuilt = scan_tree(tree)
     original = scan_tree(Path(recipe.prefix))
-    ours = {e.path: e.sha256 for e in rebuilt}
-    theirs = {e.path: e.sha256 for e in original}
+    ours = {e.path: e.to_json() for e in rebuilt}
+    theirs = {e.path: e.to_json() for e in original}
     differing = sorted(p for p in set(ours) | set(theirs) if ours.get(p) != theirs.get(p))
-    digest = tree_digest(rebuilt)
+    digest = destdir_digest()
     # The slug's files went through the slug's normalised modes; the digest recorded at
     # packing time is the final stage's own, so it is the byte-for-byte reference.
     identical = digest == meta["tree_digest"]
@@ -435,7 +442,7 @@ def stage(job: Job) -> dict[str, Any]:
     finally:
         restore()
     entries = scan_tree(tree)
-    digest = tree_digest(entries)
+    digest = destdir_digest()
     job.progress(f"stage{k}: store {key[:12]}")
     archive = BUILD / "stage.tar.gz"
     _tar(tree, archive)
