@@ -38,6 +38,16 @@ def _params(kind: str, *, stage: int | None, builder: str | None, stages: int | 
     return params
 
 
+def _number(option: str, value: Any) -> int | None:
+    """Invoke passes untyped options as strings: a whole number, or a clear error."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{option} is {value!r}; expected a whole number") from None
+
+
 def describe(job: dict[str, Any]) -> str:
     """``job 12 (stage 2, child of 10)``: how a job is named in tables and messages."""
     text = f"job {job['id']} ({job['kind']}"
@@ -74,6 +84,8 @@ def submit(c: Context, app: str, kind: str, stage: int | None = None,
 
     s = settings(c)
     ui = make_ui(s, json=json)
+    stage, stages = _number("--stage", stage), _number("--stages", stages)
+    timeout = None if timeout is None else float(_number("--timeout", timeout) or 0)
     if kind not in KINDS:
         raise UsageError(f"--kind is {kind!r}; expected one of {', '.join(KINDS)}")
     params = _params(kind, stage=stage, builder=builder, stages=stages, source=source,

@@ -64,6 +64,10 @@ PROFILE = ('for f in /app/.profile.d/*.sh; do [ -r "$f" ] && . "$f"; done; '
 MAX_TTL = 86_400
 #: Process types that get a PORT: web (as on Heroku) and distccd (the compile hosts).
 LISTENING = ("web", "distccd")
+#: Process types run as an unprivileged user: distccd refuses to run as root and cannot
+#: drop privileges inside a user namespace (setgroups is denied there), so it starts as
+#: nobody.
+RUN_AS = {"distccd": 65534}
 KEEP_FINISHED = 50  # finished dynos kept per app (for `ps` and exit codes)
 BACKOFF_MAX = 60.0
 STABLE_SECONDS = 10.0  # a dyno up this long resets its crash count
@@ -380,7 +384,7 @@ class DynoManager:
                 env=tuple(env.items()), mounts=tuple(mounts),
                 workdir="/app", network=True, limits=SIZES[dyno.size],
                 scratch=("/tmp", "/build"), owner=str(self.paths.root),
-                label=f"dyno-{dyno.id}")
+                label=f"dyno-{dyno.id}", uid=RUN_AS.get(dyno.type, 0))
             engine = self.engine(dyno.engine)
             dyno.process = engine.start(sandbox, output)
         except (SelfhostError, ApiError, OSError, subprocess.CalledProcessError) as exc:

@@ -308,6 +308,7 @@ def _distcc(job: Job, env: dict[str, str], builder: str) -> dict[str, str]:
                         "(invoke scale --app APP distccd=2)")
     wrappers = BUILD / "distcc-bin"
     wrappers.mkdir(parents=True, exist_ok=True)
+    (BUILD / "distcc").mkdir(parents=True, exist_ok=True)
     real = builder if builder.startswith("/") else shutil.which(builder) or builder
     name = Path(builder).name
     wrapper = wrappers / name

@@ -70,6 +70,8 @@ class BwrapEngine:
         argv += ["--unshare-all"]
         if sandbox.network:
             argv += ["--share-net"]
+        if sandbox.uid:
+            argv += ["--uid", str(sandbox.uid), "--gid", str(sandbox.uid)]
         argv += ["--hostname", HOSTNAME,
                  "--die-with-parent",
                  "--new-session",

@@ -88,7 +88,7 @@ class DockerEngine:
             "command": sandbox.inner_argv(),
             "working_dir": sandbox.workdir,
             "hostname": HOSTNAME,
-            "user": "0:0",
+            "user": f"{sandbox.uid}:{sandbox.uid}",
             "read_only": True,
             "network_mode": "bridge" if sandbox.network else "none",
             "tmpfs": {d: "rw,exec,mode=1777" for d in sandbox.scratch},

@@ -62,6 +62,7 @@ class Sandbox:
     scratch: tuple[str, ...] = ("/tmp",)  # fresh tmpfs directories
     owner: str = "selfhost"  # who started it (a workspace); labels containers
     label: str = ""  # a unique name for this run (cgroup, container), if any
+    uid: int = 0  # the user (and group) the command runs as inside the sandbox
 
     def inner_argv(self) -> list[str]:
         """The command both engines execute inside the sandbox (see module docstring)."""
