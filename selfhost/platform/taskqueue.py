@@ -56,11 +56,13 @@ def make_huey(url: str, app: str) -> Any:
 
         return SqliteHuey(name=name, filename=urllib.parse.urlsplit(url).path, results=False,
                           timeout=30)
+    import redis
     from huey import RedisHuey
 
+    pool = redis.ConnectionPool.from_url(url, health_check_interval=15)
     # read_timeout: how long a blocking pop waits before the consumer looks around again.
-    return RedisHuey(name=name, url=url, results=False, blocking=True, read_timeout=1,
-                     health_check_interval=15)
+    return RedisHuey(name=name, connection_pool=pool, results=False, blocking=True,
+                     read_timeout=1)
 
 
 def register(huey: Any, run: Callable[[int, int], None]) -> Any:

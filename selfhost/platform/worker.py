@@ -115,6 +115,7 @@ class Job:
         self.ended: JobEnded | None = None  # set by the heartbeat or the stop handler
         self.process: subprocess.Popen[bytes] | None = None
         self.done = threading.Event()
+        self.handed_back = False
 
     # ------------------------------------------------------------------ reporting
     def say(self, line: str) -> None:
@@ -230,10 +231,13 @@ class Worker:
             if ended.why in ("cancelled", "timeout"):
                 job.report("cancelled" if ended.why == "cancelled" else "failed",
                            error=str(ended))
-            log.info("job %s: %s", job_id, ended)  # lost/stopping: not ours to report
+            elif ended.why == "stopping":
+                self.hand_back(job)
+            log.info("job %s: %s", job_id, ended)  # lost: not ours to report
         except JobFailed as exc:
-            if self.stopping.is_set():
-                return  # handed back by stop()
+            if self.stopping.is_set():  # SIGTERM killed the commands: not a failure
+                self.hand_back(job)
+                return
             job.say(f"failed: {exc}")
             job.report("failed", result=exc.result, error=str(exc))
         except Exception as exc:  # a bug or a broken input: report it
@@ -241,7 +245,7 @@ class Worker:
             job.report("failed", error=f"worker error: {exc!r}")
         else:
             if self.stopping.is_set() or job.ended:
-                log.info("job %s: finished while stopping; handed back", job_id)
+                self.hand_back(job)
             else:
                 job.report("succeeded", result=result)
                 log.info("job %s: succeeded", job_id)
@@ -250,17 +254,23 @@ class Worker:
             self.current = None
 
     def stop(self) -> None:
-        """SIGTERM: give the running job back to the queue, then kill its commands."""
+        """SIGTERM, the job still running: give it back to the queue, kill its commands."""
         self.stopping.set()
         job = self.current
-        if job is None:
-            return
-        job.ended = JobEnded("stopping", "the worker is stopping")
-        try:
-            self.api.call("POST", f"/jobs/{job.id}/requeue",
-                          {"lease": job.lease, "reason": f"{self.name} stopping (SIGTERM)"})
-        except Exception as exc:  # the lease will expire instead
-            log.warning("job %s: could not hand it back: %s", job.id, exc)
+        if job is not None:
+            self.hand_back(job)
+
+    def hand_back(self, job: Job) -> None:
+        """Give the job back to the queue (once), then make sure its commands are gone."""
+        job.ended = job.ended or JobEnded("stopping", "the worker is stopping")
+        if not job.handed_back:
+            job.handed_back = True
+            try:
+                self.api.call("POST", f"/jobs/{job.id}/requeue", {
+                    "lease": job.lease, "reason": f"{self.name} stopping (SIGTERM)"})
+                log.info("job %s: handed back to the queue", job.id)
+            except Exception as exc:  # the platform takes it back when the dyno exits
+                log.warning("job %s: could not hand it back: %s", job.id, exc)
         job.kill()
 
 
