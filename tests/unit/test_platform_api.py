@@ -164,7 +164,8 @@ def test_release_without_checksum_records_the_computed_one(client, tmp_path):
 def test_database_schema_is_as_documented(server):
     db = sqlite3.connect(server.paths.db)
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert tables == {"meta", "apps", "slugs", "releases", "config_vars", "formation"}
+    assert tables == {"meta", "apps", "slugs", "releases", "config_vars", "formation", "jobs",
+                      "stages", "sqlite_sequence"}
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert json.loads(db.execute("SELECT value FROM meta WHERE key='schema_version'")
-                      .fetchone()[0]) == 1
+                      .fetchone()[0]) == 2
