@@ -39,13 +39,19 @@ def local_client(ws: Path) -> PlatformClient:
 def test_slug_contents_and_json(tcc_slug):
     _, result = tcc_slug
     assert result["checksum"].startswith("SHA256:") and result["size"] > 100_000
-    assert result["process_types"] == {"worker": "bin/worker"}
+    assert result["process_types"] == {"worker": "bin/worker", "distccd": "bin/distccd"}
     assert result["fixpoint"] is True and result["stage"] == 3
     with tarfile.open(result["path"]) as tar:
         names = tar.getnames()
         meta = json.loads(tar.extractfile("./app/selfhost.json").read())
     assert all(n == "./app" or n.startswith("./app/") for n in names)
     assert "./app/vendor/tcc/bin/tcc" in names and "./app/Procfile" in names
+    # what the compile worker runs on the stack's Python, and the recipe it rebuilds with
+    for vendored in ("selfhost/platform/worker.py", "huey/consumer.py", "redis/client.py",
+                     "requests/api.py"):
+        assert f"./app/vendor/python/{vendored}" in names, vendored
+    assert not any(n.endswith((".so", ".pyc")) for n in names if "/vendor/python/" in n)
+    assert "./app/vendor/recipes/tcc.toml" in names
     assert "./app/README.md" not in names, ".slugignore is honoured"
     assert meta["prefix"] == "/app/vendor/tcc" and meta["fixpoint"] is True
     assert any(lint["kind"] == "build-path" and "bcheck.o" in lint["path"]
