@@ -370,6 +370,8 @@ class JobService:
         """The queue URL as a worker dyno sees it, and the directory to mount for it."""
         url = self.queue_url(app)
         parts = urllib.parse.urlsplit(url)
+        if parts.scheme == "unix":  # the socket's directory, at the same path
+            return url, Path(parts.path).parent
         if parts.scheme != "sqlite":
             return url, None
         path = Path(parts.path)
@@ -588,7 +590,9 @@ class JobService:
             env = {"SELFHOST_API_URL": self.api_url(), "SELFHOST_API_TOKEN": self.store.paths
                    .ensure_token(), "SELFHOST_QUEUE_URL": url, "SELFHOST_APP": dyno.app,
                    "SELFHOST_DYNO_ID": dyno.id}
-            return env, ([(mount, DYNO_QUEUE_DIR)] if mount else [])
+            if mount is None:
+                return env, []
+            return env, [(mount, DYNO_QUEUE_DIR if url.startswith("sqlite:") else str(mount))]
         if dyno.type == "distccd":
             addresses = [a.strip() for a in config.get(DISTCC_ADDRESSES_VAR, "").replace(
                 ",", " ").split() if a.strip()]

@@ -315,3 +315,28 @@ def test_bad_job_input(plat):
     assert "Traceback" not in wrong.output + builder.output + missing.output
     unknown = plat("jobs.show", "--app", "jobs-sqlite", "99999")
     assert unknown.code == 11 and "Couldn't find that job" in unknown.stderr
+
+
+def test_redis_over_a_unix_socket(plat, tmp_path):
+    """unix:// queue URLs: the socket's directory is mounted into the worker dynos."""
+    sock_dir = tmp_path / "redis"
+    sock_dir.mkdir()
+    proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", "0",
+                             "--unixsocket", str(sock_dir / "redis.sock"), "--unixsocketperm",
+                             "700", "--save", "", "--appendonly", "no", "--dir", str(sock_dir)],
+                            stdout=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: (sock_dir / "redis.sock").exists(), 10, "the redis socket")
+        assert plat("release", "--app", "jobs-unix").code == 0
+        url = f"unix://{sock_dir}/redis.sock?db=3"
+        assert plat("config", "--app", "jobs-unix", f"SELFHOST_QUEUE_URL={url}").code == 0
+        assert plat("scale", "--app", "jobs-unix", "worker=1").code == 0
+        source = app_dir(tmp_path, "true")
+        run = plat("jobs.submit", "--app", "jobs-unix", "--kind", "app-compile", "--source",
+                   str(source), "--target", "unix-target", "--wait", "--json")
+        assert run.code == 0, run.output
+        assert run.json["result"]["version"] == 1
+        assert plat("scale", "--app", "jobs-unix", "worker=0").code == 0
+    finally:
+        proc.terminate()
+        proc.wait(10)
