@@ -156,6 +156,14 @@ def worker_pid(dyno_id: str) -> int:
     raise AssertionError(f"no worker process for dyno {dyno_id}")
 
 
+def finished(client: PlatformClient, app: str, job_id: int, timeout: float = 180,
+             log: int = 200) -> dict[str, Any]:
+    """The job once it has ended (any final state), with its last log lines."""
+    return wait_for(lambda: (lambda j: j if j["state"] in ("succeeded", "failed", "cancelled")
+                             else None)(client.job(app, job_id, log=log)),
+                    timeout, f"job {job_id} to end")
+
+
 def running_on(client: PlatformClient, app: str, job_id: int, progress: str) -> dict[str, Any]:
     return wait_for(lambda: (lambda j: j if j["state"] == "running" and progress in
                              (j["progress"] or "") else None)(client.job(app, job_id)),
@@ -189,8 +197,7 @@ def test_bootstrap_fans_out_into_cached_stage_jobs(plat):
     assert f"← {boot['id']}" in listing.stdout and "→ " in listing.stdout, listing.output
     again = submit(plat, "jobs-sqlite", "--kind", "stage", "--stage", "2", "--builder",
                    children[0]["result"]["input_hash"], "--no-test")
-    done = wait_for(lambda: (lambda j: j if j["state"] in ("succeeded", "failed") else None)(
-        client.job("jobs-sqlite", again["id"])), 120, "the repeated stage job")
+    done = finished(client, "jobs-sqlite", again["id"])
     assert done["state"] == "succeeded", done
     assert done["result"]["cache"] == "hit"
     assert done["result"]["input_hash"] == children[1]["result"]["input_hash"]
@@ -216,8 +223,7 @@ def test_worker_killed_mid_job_the_job_completes_once(plat, tmp_path):
                  "--target", "kill-target")
     running = running_on(client, "jobs-redis", job["id"], "make")
     os.kill(worker_pid(running["worker"]["dyno"]), signal.SIGKILL)
-    done = wait_for(lambda: (lambda j: j if j["state"] in ("succeeded", "failed") else None)(
-        client.job("jobs-redis", job["id"], log=200)), 180, "the job after kill -9")
+    done = finished(client, "jobs-redis", job["id"])
     assert done["state"] == "succeeded", done
     assert done["attempt"] == 2
     assert any("exited" in line and "queued again as attempt 2" in line
@@ -237,8 +243,7 @@ def test_sigterm_hands_the_job_back(plat, tmp_path):
     linked = {d["name"]: d["job"]["id"] for d in ps.json if d.get("job")}
     assert linked == {running["worker"]["name"]: job["id"]}, ps.output
     assert plat("ps.stop", "--app", "jobs-sqlite", running["worker"]["name"]).code == 0
-    done = wait_for(lambda: (lambda j: j if j["state"] in ("succeeded", "failed") else None)(
-        client.job("jobs-sqlite", job["id"], log=200)), 180, "the job after SIGTERM")
+    done = finished(client, "jobs-sqlite", job["id"])
     assert done["state"] == "succeeded", done
     assert done["attempt"] == 2
     assert any("given back by its worker" in line for line in done["log"]), done["log"]
