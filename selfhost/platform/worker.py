@@ -211,7 +211,12 @@ class Worker:
 
     def run_job(self, job_id: int, attempt: int) -> None:
         if self.stopping.is_set():
-            return  # the message stays unclaimed; the platform re-sends it
+            # SIGTERM came while Huey's worker thread was already taking this message
+            # (often the re-queue of the job this worker just handed back): put it back
+            # on the queue for another worker, unclaimed.
+            from huey.exceptions import RetryTask
+
+            raise RetryTask("this worker is stopping; the message goes back to the queue")
         try:
             claim = self.api.call("POST", f"/jobs/{job_id}/claim", {
                 "attempt": attempt, "worker": self.name, "dyno": self.dyno_id})
