@@ -137,3 +137,19 @@ def test_the_daemon_and_the_worker_agree_on_the_task(tmp_path):
     task = huey.dequeue()
     huey.execute(task)
     assert seen == [(7, 2)]
+
+
+def test_a_stopping_worker_puts_a_message_back(tmp_path):
+    """SIGTERM while Huey's thread takes a message: the message goes back, unclaimed."""
+    from selfhost.platform.worker import Worker
+
+    url = f"sqlite://{tmp_path}/jobs.db"
+    Queue().enqueue(url, "builders", 5, 2)
+    worker = Worker(api=None, name="worker.1", dyno_id="d1")  # type: ignore[arg-type]
+    worker.stopping.set()
+    huey = make_huey(url, "builders")
+    register(huey, worker.run_job)
+    huey.execute(huey.dequeue())
+    assert huey.pending_count() == 1  # back on the queue for another worker
+    message = huey.dequeue()
+    assert message.args == (5, 2)
