@@ -208,15 +208,23 @@ class Worker:
         self.dyno_id = dyno_id
         self.current: Job | None = None
         self.stopping = threading.Event()
+        #: Enqueue a message again (the registered Huey task), set by main().
+        self.resend: Callable[[int, int], Any] | None = None
+        self.park: Callable[[], Any] = threading.Event().wait
 
     def run_job(self, job_id: int, attempt: int) -> None:
         if self.stopping.is_set():
             # SIGTERM came while Huey's worker thread was already taking this message
-            # (often the re-queue of the job this worker just handed back): put it back
-            # on the queue for another worker, unclaimed.
-            from huey.exceptions import RetryTask
-
-            raise RetryTask("this worker is stopping; the message goes back to the queue")
+            # (often the re-queue of the job this worker just handed back): send it again,
+            # unclaimed, for another worker, and take no more messages (the thread parks
+            # until the process exits; a re-queue that this thread would pop again at
+            # once would be lost when it does).
+            if self.resend is not None:
+                self.resend(job_id, attempt)
+                log.info("job %s attempt %s: sent back to the queue (stopping)", job_id,
+                         attempt)
+            self.park()
+            return
         try:
             claim = self.api.call("POST", f"/jobs/{job_id}/claim", {
                 "attempt": attempt, "worker": self.name, "dyno": self.dyno_id})
@@ -551,7 +559,7 @@ def main() -> int:
     api = Api(os.environ["SELFHOST_API_URL"], os.environ["SELFHOST_API_TOKEN"])
     worker = Worker(api, name, os.environ.get("SELFHOST_DYNO_ID", name))
     huey = make_huey(os.environ["SELFHOST_QUEUE_URL"], os.environ["SELFHOST_APP"])
-    register(huey, worker.run_job)
+    worker.resend = register(huey, worker.run_job)
 
     @huey.signal(SIGNAL_INTERRUPTED)
     def interrupted(signal_name: str, task: Any, *args: Any) -> None:

@@ -147,9 +147,12 @@ def test_a_stopping_worker_puts_a_message_back(tmp_path):
     Queue().enqueue(url, "builders", 5, 2)
     worker = Worker(api=None, name="worker.1", dyno_id="d1")  # type: ignore[arg-type]
     worker.stopping.set()
+    parked = []
+    worker.park = lambda: parked.append(True)  # the real one blocks until exit
     huey = make_huey(url, "builders")
-    register(huey, worker.run_job)
+    worker.resend = register(huey, worker.run_job)
     huey.execute(huey.dequeue())
+    assert parked == [True]  # the stopping thread takes no more messages
     assert huey.pending_count() == 1  # back on the queue for another worker
     message = huey.dequeue()
     assert message.args == (5, 2)
