@@ -10,8 +10,8 @@ from invoke import Context
 from selfhost.cli.base import make_ui, settings, task
 from selfhost.cli.platform import API_HELP, client_for
 from selfhost.errors import JobError, UsageError
+from selfhost.platform.jobs import FINAL, KINDS
 
-KINDS = ("self-rebuild", "stage", "app-compile", "bootstrap")
 POLL_SECONDS = 0.5
 
 
@@ -138,7 +138,7 @@ def follow(client: Any, ui: Any, app: str, job: dict[str, Any], *, quiet: bool
                         f"{job['attempt']})")
         seen = len(lines)
         progress = job["progress"]
-        if job["state"] in ("succeeded", "failed", "cancelled"):
+        if job["state"] in FINAL:
             return job
         time.sleep(POLL_SECONDS)
 

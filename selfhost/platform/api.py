@@ -30,6 +30,7 @@ unreleasable.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -40,7 +41,7 @@ import socket
 import tempfile
 import threading
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,36 @@ class RequestHandler(BaseHTTPRequestHandler):
         """This server as the client reached it (for URLs handed back to it)."""
         return f"http://{self.headers.get('Host') or self.server.url.removeprefix('http://')}"
 
+    @contextlib.contextmanager
+    def receive_body(self, what: str) -> Iterator[tuple[str, int, Path]]:
+        """Stream the request body (it needs a Content-Length within the blob limit) to a
+        temporary file in ``blobs/tmp``, hashing it as it comes; yields ``(sha256,
+        length, path)``. The file is removed afterwards unless the caller moved it."""
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked" or \
+                self.headers.get("Content-Length") is None:
+            raise ApiError(411, "length_required", f"Send the {what} with a Content-Length.")
+        length = int(self.headers["Content-Length"])
+        if length > self.server.max_blob_bytes:
+            raise ApiError(413, "payload_too_large",
+                           f"The {what} is {length} bytes; the limit is "
+                           f"{self.server.max_blob_bytes} bytes.")
+        sha = hashlib.sha256()
+        fd, tmp_name = tempfile.mkstemp(dir=self.server.paths.blob_tmp, prefix="upload-")
+        tmp = Path(tmp_name)
+        try:
+            remaining = length
+            with os.fdopen(fd, "wb") as out:
+                while remaining:
+                    chunk = self.rfile.read(min(remaining, 1 << 20))
+                    if not chunk:
+                        raise ApiError(400, "bad_request", "The upload was cut short.")
+                    sha.update(chunk)
+                    out.write(chunk)
+                    remaining -= len(chunk)
+            yield sha.hexdigest(), length, tmp
+        finally:
+            tmp.unlink(missing_ok=True)
+
     def _client_gone(self) -> bool:
         """True when the client closed its end (checked between stream chunks)."""
         readable, _, _ = select.select([self.connection], [], [], 0)
@@ -310,28 +341,7 @@ class RequestHandler(BaseHTTPRequestHandler):
     def do_blob_put(self, slug: str) -> tuple[int, Any]:
         token = (self.query.get("token") or [""])[0]
         row = self.server.store.slug_for_upload(slug, token)
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked" or \
-                self.headers.get("Content-Length") is None:
-            raise ApiError(411, "length_required", "Send the blob with a Content-Length.")
-        length = int(self.headers["Content-Length"])
-        if length > self.server.max_blob_bytes:
-            raise ApiError(413, "payload_too_large",
-                           f"The blob is {length} bytes; the limit is "
-                           f"{self.server.max_blob_bytes} bytes.")
-        sha = hashlib.sha256()
-        fd, tmp_name = tempfile.mkstemp(dir=self.server.paths.blob_tmp, prefix="upload-")
-        tmp = Path(tmp_name)
-        try:
-            remaining = length
-            with os.fdopen(fd, "wb") as out:
-                while remaining:
-                    chunk = self.rfile.read(min(remaining, 1 << 20))
-                    if not chunk:
-                        raise ApiError(400, "bad_request", "The upload was cut short.")
-                    sha.update(chunk)
-                    out.write(chunk)
-                    remaining -= len(chunk)
-            digest = sha.hexdigest()
+        with self.receive_body("blob") as (digest, length, tmp):
             declared = row["checksum"]
             if declared and declared != f"SHA256:{digest}":
                 raise ApiError(422, "checksum_mismatch",
@@ -345,8 +355,6 @@ class RequestHandler(BaseHTTPRequestHandler):
             os.replace(tmp, self.server.paths.blob(digest))  # in place before it is recorded
             self.server.store.attach_blob(slug, digest, length)
             return 200, None
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def do_releases_list(self, app: str) -> tuple[int, Any]:
         return 200, self.server.store.releases(app)

@@ -156,15 +156,17 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
         digest, files = q.get("tree_digest", ""), q.get("files", "")
         if not re.fullmatch(r"[0-9a-f]{64}", digest) or not files.isdigit():
             raise invalid("tree_digest (64 hex) and files (a count) are required")
-        if h.headers.get("Content-Length") is None:
-            raise ApiError(411, "length_required", "Send the stage with a Content-Length.")
         job = jobs.get(q["job"]) if q.get("job") else None
         if job is not None and job["state"] in FINAL:
             raise ApiError(409, "conflict", f"job {job['id']} is already {job['state']}")
         app = job["app"]["name"] if job else q.get("app", "")
-        stage = service.store_stage(app, key, job["id"] if job else None, digest, int(files),
-                                    h.rfile, int(h.headers["Content-Length"]))
+        with h.receive_body("stage") as (sha, size, upload):
+            stage = service.store_stage(app, key, job["id"] if job else None, digest,
+                                        int(files), upload, sha, size)
         return 201, stage
 
-    return {name: handler for name, handler in locals().items() if name.startswith(("jobs_",
-                                                                                     "stages_"))}
+    return {"jobs_create": jobs_create, "jobs_list": jobs_list, "jobs_info": jobs_info,
+            "jobs_cancel": jobs_cancel, "jobs_claim": jobs_claim,
+            "jobs_heartbeat": jobs_heartbeat, "jobs_finish": jobs_finish,
+            "jobs_requeue": jobs_requeue, "jobs_source": jobs_source,
+            "stages_info": stages_info, "stages_blob": stages_blob, "stages_put": stages_put}

@@ -33,7 +33,6 @@ import json
 import os
 import secrets
 import sqlite3
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -55,6 +54,11 @@ QUEUE_CONFIG_VAR = "SELFHOST_QUEUE_URL"
 DISTCC_CONFIG_VAR = "SELFHOST_DISTCC"
 DISTCC_ADDRESSES_VAR = "DISTCC_LISTEN_ADDRESSES"
 MAX_LOG_LINES = 200  # lines accepted per heartbeat
+
+
+#: Job rows with their app's name (every read of jobs goes through it).
+JOB_ROWS = ("SELECT jobs.*, apps.name AS app_name FROM jobs JOIN apps ON "
+            "apps.id = jobs.app_id")
 
 
 def conflict(message: str) -> ApiError:
@@ -90,8 +94,7 @@ class JobStore:
             ident = int(job_id)
         except (TypeError, ValueError):
             raise not_found("job") from None
-        row = db.execute("SELECT jobs.*, apps.name AS app_name FROM jobs JOIN apps ON "
-                         "apps.id = jobs.app_id WHERE jobs.id = ?", (ident,)).fetchone()
+        row = db.execute(f"{JOB_ROWS} WHERE jobs.id = ?", (ident,)).fetchone()
         if row is None:
             raise not_found("job")
         return row
@@ -120,8 +123,7 @@ class JobStore:
 
     def list(self, app: str | None = None, *, limit: int = 100,
              states: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-        query = ("SELECT jobs.*, apps.name AS app_name FROM jobs JOIN apps ON "
-                 "apps.id = jobs.app_id WHERE 1")
+        query = f"{JOB_ROWS} WHERE 1"
         args: list[Any] = []
         if app:
             query += " AND (apps.name = ? OR apps.id = ?)"
@@ -236,21 +238,20 @@ class JobStore:
                            (now(), row["id"]))
             return self._json(db, self._row(db, row["id"]))
 
-    def lost(self, lease_seconds: float) -> list[dict[str, Any]]:
-        """Running jobs whose worker has not been heard of for ``lease_seconds``."""
+    def _running(self, condition: str, value: Any) -> list[dict[str, Any]]:
         with self.store.read() as db:
-            rows = db.execute("SELECT jobs.*, apps.name AS app_name FROM jobs JOIN apps ON "
-                              "apps.id = jobs.app_id WHERE jobs.state = 'running' AND "
-                              "jobs.lease IS NOT NULL AND jobs.heartbeat < ?",
-                              (time.time() - lease_seconds,)).fetchall()
+            rows = db.execute(f"{JOB_ROWS} WHERE jobs.state = 'running' AND {condition}",
+                              (value,)).fetchall()
             return [self._json(db, r) for r in rows]
 
+    def lost(self, lease_seconds: float) -> list[dict[str, Any]]:
+        """Running jobs whose worker has not been heard of for ``lease_seconds``."""
+        return self._running("jobs.lease IS NOT NULL AND jobs.heartbeat < ?",
+                             time.time() - lease_seconds)
+
     def held_by(self, dyno_id: str) -> list[dict[str, Any]]:
-        with self.store.read() as db:
-            rows = db.execute("SELECT jobs.*, apps.name AS app_name FROM jobs JOIN apps ON "
-                              "apps.id = jobs.app_id WHERE jobs.state = 'running' AND "
-                              "jobs.worker_dyno = ?", (dyno_id,)).fetchall()
-            return [self._json(db, r) for r in rows]
+        """Running jobs claimed by a dyno (by its id)."""
+        return self._running("jobs.worker_dyno = ?", dyno_id)
 
     # ------------------------------------------------------------------ stages
     def stage(self, input_hash: str) -> dict[str, Any] | None:
@@ -613,26 +614,8 @@ class JobService:
         return self.stage_blobs / f"{sha}.tar.gz"
 
     def store_stage(self, app: str, input_hash: str, job_id: int | None, tree_digest: str,
-                    files: int, stream: Any, length: int) -> dict[str, Any]:
-        """Stream a stage's tarball into place, content-addressed, then record it."""
-        import hashlib
-
+                    files: int, upload: Path, sha: str, size: int) -> dict[str, Any]:
+        """Move a received stage tarball into place, content-addressed, then record it."""
         self.stage_blobs.mkdir(parents=True, exist_ok=True)
-        sha = hashlib.sha256()
-        fd, tmp = tempfile.mkstemp(dir=self.stage_blobs, prefix=".upload-")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                remaining = length
-                while remaining:
-                    chunk = stream.read(min(remaining, 1 << 20))
-                    if not chunk:
-                        raise ApiError(400, "bad_request", "The upload was cut short.")
-                    sha.update(chunk)
-                    out.write(chunk)
-                    remaining -= len(chunk)
-            os.replace(tmp, self.stage_blob(sha.hexdigest()))
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return self.jobs.add_stage(app, input_hash, tree_digest, files, length,
-                                   sha.hexdigest(), job_id)
+        os.replace(upload, self.stage_blob(sha))
+        return self.jobs.add_stage(app, input_hash, tree_digest, files, size, sha, job_id)

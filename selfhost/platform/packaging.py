@@ -129,7 +129,7 @@ fi
 
 def rebuild_script(recipe: Recipe) -> bytes:
     """``bin/rebuild``: the recipe's bootstrap, run inside a dyno of the slug."""
-    from selfhost.stages.pipeline import stage_environment
+    from selfhost.stages.environment import stage_environment
 
     env = stage_environment(recipe, recipe.builder, jobs="", destdir="/build/out")
     env.pop("JOBS")

@@ -96,6 +96,3 @@ class Queue:
 
     def enqueue(self, url: str, app: str, job_id: int, attempt: int) -> None:
         self.task(url, app)(job_id, attempt)
-
-    def pending(self, url: str, app: str) -> int:
-        return int(self.task(url, app).huey.pending_count())

@@ -322,9 +322,11 @@ def _swap_builder(prefix: Path, tree: Path | None) -> Callable[[], None]:
     return restore
 
 
-def _distcc(job: Job, env: dict[str, str], builder: str) -> dict[str, str]:
-    """Route the builder's compiles to the app's distccd dynos (plain mode, no
-    fallback): a wrapper named like the builder, first in PATH."""
+def _distcc(job: Job, env: dict[str, str], variable: str) -> dict[str, str]:
+    """Route the compiles of the compiler named by ``env[variable]`` (BUILDER, CC) to
+    the app's distccd dynos (plain mode, no fallback): a wrapper named like the
+    compiler, first in PATH (and in ``variable`` when the compiler is named by path)."""
+    builder = env[variable]
     hosts = job.claim.get("distcc_hosts") or []
     if not hosts:
         raise JobFailed("distcc was asked for but the app has no running distccd dynos "
@@ -342,7 +344,7 @@ def _distcc(job: Job, env: dict[str, str], builder: str) -> dict[str, str]:
                 "DISTCC_DIR": str(BUILD / "distcc"), "DISTCC_SKIP_LOCAL_RETRY": "1",
                 "PATH": f"{wrappers}:{env['PATH']}"})
     if builder.startswith("/"):
-        env["BUILDER"] = str(wrapper)
+        env[variable] = str(wrapper)
     job.say(f"distcc: {builder} compiles go to {' '.join(hosts)}")
     return env
 
@@ -362,7 +364,7 @@ def build_stage(job: Job, recipe: Recipe, meta: dict[str, Any], *, stage0: bool,
     builder = recipe.stage0_builder if stage0 else recipe.builder
     env = stage_environment(recipe, builder, _jobs(), destdir=str(BUILD / "out"))
     if job.params.get("distcc"):
-        env = _distcc(job, env, env["BUILDER"])
+        env = _distcc(job, env, "BUILDER")
     steps = [("build", recipe.steps.build), ("install", recipe.steps.install)]
     if job.params.get("test", True) and recipe.steps.test:
         steps.append(("test", recipe.steps.test))
@@ -501,8 +503,7 @@ def app_compile(job: Job) -> dict[str, Any]:
     env = {"PATH": f"{meta['prefix']}/bin:/usr/local/bin:/usr/bin:/bin", "HOME": str(work),
            "LC_ALL": "C.UTF-8", "TZ": "UTC", "CC": compiler, "SOURCE_DATE_EPOCH": "0"}
     if job.params.get("distcc"):
-        env = _distcc(job, {**env, "BUILDER": compiler}, compiler)
-        env["CC"] = env.pop("BUILDER")
+        env = _distcc(job, env, "CC")
     for name in ("Makefile", "makefile", "GNUmakefile"):
         if (app_dir / name).is_file():
             job.progress(f"make CC={meta['compiler']}")

@@ -216,12 +216,18 @@ def test_duplicate_submissions_run_once(plat, tmp_path):
     assert [r["version"] for r in client.releases("dup-target")] == [1]
 
 
-def test_worker_killed_mid_job_the_job_completes_once(plat, tmp_path):
+def compiling(plat: Any, app: str, tmp_path: Path, target: str
+              ) -> tuple[PlatformClient, dict[str, Any], dict[str, Any]]:
+    """An app-compile job whose make takes 4 s, once a worker is running it."""
     client = client_of(plat)
     source = app_dir(tmp_path, "sleep 4")
-    job = submit(plat, "jobs-redis", "--kind", "app-compile", "--source", str(source),
-                 "--target", "kill-target")
-    running = running_on(client, "jobs-redis", job["id"], "make")
+    job = submit(plat, app, "--kind", "app-compile", "--source", str(source),
+                 "--target", target)
+    return client, job, running_on(client, app, job["id"], "make")
+
+
+def test_worker_killed_mid_job_the_job_completes_once(plat, tmp_path):
+    client, job, running = compiling(plat, "jobs-redis", tmp_path, "kill-target")
     os.kill(worker_pid(running["worker"]["dyno"]), signal.SIGKILL)
     done = finished(client, "jobs-redis", job["id"])
     assert done["state"] == "succeeded", done
@@ -234,11 +240,7 @@ def test_worker_killed_mid_job_the_job_completes_once(plat, tmp_path):
 
 
 def test_sigterm_hands_the_job_back(plat, tmp_path):
-    client = client_of(plat)
-    source = app_dir(tmp_path, "sleep 4")
-    job = submit(plat, "jobs-sqlite", "--kind", "app-compile", "--source", str(source),
-                 "--target", "term-target")
-    running = running_on(client, "jobs-sqlite", job["id"], "make")
+    client, job, running = compiling(plat, "jobs-sqlite", tmp_path, "term-target")
     ps = plat("ps", "--app", "jobs-sqlite", "--json")
     linked = {d["name"]: d["job"]["id"] for d in ps.json if d.get("job")}
     assert linked == {running["worker"]["name"]: job["id"]}, ps.output
