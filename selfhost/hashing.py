@@ -43,6 +43,27 @@ def digest_json(value: Any) -> str:
     return sha256_bytes(canonical_json(value))
 
 
+class SpecialFile(ValueError):
+    """A tree holds a device file, socket or FIFO, which no build output may hold."""
+
+    def __init__(self, path: Path, relative: str, kind: str):
+        super().__init__(f"{path}: {kind} in a build output")
+        self.path = path
+        self.relative = relative
+        self.kind = kind
+
+
+def special_kind(mode: int) -> str:
+    """A readable name for a file type that is not a file, link or directory."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device file"
+    return f"a special file (mode {mode:o})"
+
+
 @dataclass(frozen=True, slots=True)
 class FileEntry:
     """One entry of a scanned tree: a regular file, a symlink or a directory."""
@@ -97,8 +118,8 @@ def walk_tree(root: Path) -> Iterator[tuple[str, os.stat_result, Path]]:
 def scan_tree(root: Path) -> list[FileEntry]:
     """Describe every file, symlink and directory under ``root``, sorted by path.
 
-    Device files, sockets and FIFOs are refused: a build output must not contain
-    them, and they cannot be reproduced byte for byte.
+    Device files, sockets and FIFOs are refused (:class:`SpecialFile`): a build output
+    must not contain them, and they cannot be reproduced byte for byte.
     """
     entries: list[FileEntry] = []
     for rel, st, abs_path in walk_tree(root):
@@ -110,7 +131,7 @@ def scan_tree(root: Path) -> list[FileEntry]:
         elif stat.S_ISDIR(st.st_mode):
             entries.append(FileEntry(rel, "dir", mode))
         else:
-            raise ValueError(f"{abs_path}: special file (mode {st.st_mode:o}) in a build output")
+            raise SpecialFile(abs_path, rel, special_kind(st.st_mode))
     return entries
 
 

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from selfhost.errors import LockError
+from selfhost.errors import LockError, UsageError
 
 
 @dataclass(frozen=True)
@@ -58,20 +58,30 @@ class Workspace:
                ) -> Iterator[None]:
         """Hold the workspace lock for the block; wait up to ``wait`` seconds for it."""
         with file_lock(self.root / "lock", wait=wait, on_wait=on_wait, what="workspace "
-                       f"{self.root}"):
+                       f"{self.root}", setting="selfhost.workspace"):
             yield
 
 
 @contextmanager
 def file_lock(path: Path, *, wait: float = 0, what: str,
-              on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+              on_wait: Callable[[str], None] | None = None,
+              setting: str | None = None) -> Iterator[None]:
     """An exclusive ``flock`` on ``path``; the holder's pid and command are written in it.
 
     The kernel releases the lock when the holder dies, even by SIGKILL, so a stale lock
-    file never blocks anybody.
+    file never blocks anybody. A directory that cannot be written is a UsageError that
+    names ``setting`` (the configuration key that chose it).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        env = f"INVOKE_{setting.replace('.', '_').upper()}" if setting else ""
+        raise UsageError(
+            f"cannot write {exc.filename or path}: {exc.strerror}",
+            hint=f"{setting} must name a writable directory: set it in invoke.yaml or with "
+            f"{env}=/some/writable/dir" if setting else "the directory must be writable",
+        ) from None
     try:
         deadline = time.monotonic() + wait
         told = False

@@ -11,7 +11,7 @@ import invoke
 from invoke import Context, Exit
 
 from selfhost.config import Settings
-from selfhost.errors import Interrupted, SelfhostError
+from selfhost.errors import Interrupted, SelfhostError, UsageError
 
 if TYPE_CHECKING:
     from selfhost.ui import UI
@@ -21,8 +21,9 @@ def task(*args: Any, **kwargs: Any) -> Any:
     """Like ``invoke.task``, but selfhost errors become a message and their exit code.
 
     A :class:`SelfhostError` prints its rendered text (what, where, expected, what to
-    do) and exits with the class's code; Ctrl-C exits 130. Anything else is a bug and
-    keeps its traceback.
+    do) and exits with the class's code; Ctrl-C exits 130; an OSError about a path (a
+    read-only or full file system) is a configuration error (exit 2). Anything else is
+    a bug and keeps its traceback.
     """
 
     def decorate(body: Callable[..., Any]) -> Any:
@@ -32,6 +33,14 @@ def task(*args: Any, **kwargs: Any) -> Any:
                 return body(c, *a, **kw)
             except SelfhostError as exc:
                 raise Exit(exc.render(), code=exc.exit_code) from None
+            except OSError as exc:  # a path the environment made unusable (full, read-only)
+                if exc.filename is None:
+                    raise
+                error = UsageError(f"cannot use {exc.filename}: {exc.strerror}",
+                                   hint="check that the path exists, is writable and that "
+                                   "its file system has room; the paths come from the "
+                                   "selfhost settings (invoke.yaml, INVOKE_SELFHOST_*)")
+                raise Exit(error.render(), code=error.exit_code) from None
             except KeyboardInterrupt:
                 raise Exit(Interrupted("interrupted").render(), code=Interrupted.exit_code
                            ) from None
@@ -113,3 +122,48 @@ def make_ui(s: Settings, *, json: bool = False) -> UI:
     from selfhost.ui import UI
 
     return UI(json_mode=json, verbose=s.verbose)
+
+
+class Executor(invoke.Executor):  # type: ignore[misc]
+    """Invoke's executor, with bad ``INVOKE_SELFHOST_*`` values as clear errors.
+
+    Invoke casts an environment variable to the type of the configured value before
+    any task runs (``INVOKE_SELFHOST_JOBS=many`` would be ``int('many')``) and lets the
+    ValueError escape as a traceback. invoke.yaml selects this class
+    (``tasks.executor_class``); it loads the environment first and names the variable.
+    """
+
+    def execute(self, *tasks: Any) -> Any:
+        from invoke.exceptions import UncastableEnvVar
+
+        try:
+            self.config.load_shell_env()
+        except (ValueError, UncastableEnvVar):
+            raise Exit(bad_environment(self.config).render(), code=UsageError.exit_code
+                       ) from None
+        return super().execute(*tasks)
+
+
+def bad_environment(config: Any) -> UsageError:
+    """The first ``INVOKE_SELFHOST_*`` variable that cannot take its setting's type."""
+    import os
+
+    section = config.get("selfhost") or {}
+    for key, value in dict(section).items():
+        name = f"INVOKE_SELFHOST_{key.upper()}"
+        raw = os.environ.get(name)
+        if raw is None or isinstance(value, bool | str) or value is None:
+            continue
+        kind = type(value)
+        try:
+            if kind in (list, tuple):
+                raise TypeError("lists cannot come from the environment")
+            kind(raw)
+        except (TypeError, ValueError):
+            expected = {int: "a whole number", float: "a number", list: "a list (set it in "
+                        "invoke.yaml: lists cannot come from the environment)"}.get(
+                            kind, kind.__name__)
+            return UsageError(f"{name}={raw!r}: selfhost.{key} must be {expected}",
+                              hint=f"fix or unset {name} (the default is in invoke.yaml)")
+    return UsageError("an INVOKE_* environment variable has a value of the wrong type",
+                      hint="compare them with the settings in invoke.yaml")

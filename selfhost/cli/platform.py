@@ -278,7 +278,6 @@ def run(c: Context, app: str, size: str | None = None, env: list[str] | None = N
         ttl: str | None = None, detached: bool = False, engine: str | None = None,
         api: str | None = None) -> None:
     """Run a one-off dyno: invoke run --app NAME -- COMMAND ARGS... (its exit code is ours)."""
-    import shlex
     import sys
 
     from invoke import Exit
@@ -299,7 +298,7 @@ def run(c: Context, app: str, size: str | None = None, env: list[str] | None = N
         raise UsageError(f"--ttl is {ttl!r}; expected 1 to 86400 seconds")
     if engine not in (None, "bwrap", "docker"):
         raise UsageError(f"--engine is {engine!r}; expected bwrap or docker")
-    command = shlex.join(argv)
+    command = command_line(argv)
     client = client_for(s, ui, api)[0]
     body: dict[str, Any] = {"command": command, "attach": not detached, "type": "run",
                             "env": extra, "size": size,
@@ -326,6 +325,14 @@ def run(c: Context, app: str, size: str | None = None, env: list[str] | None = N
         ui.warn(f"{dyno['name']}: {final['reason']}")
     if code:
         raise Exit(code=int(code))
+
+
+def command_line(argv: list[str]) -> str:
+    """The dyno's command line, as ``heroku run`` builds it: a single argument is already
+    a shell line (``-- 'ls /app; cat Procfile'``), several words keep their exact argv."""
+    import shlex
+
+    return argv[0] if len(argv) == 1 else shlex.join(argv)
 
 
 def _finished(client: PlatformClient, app: str, dyno_id: str) -> dict[str, Any]:

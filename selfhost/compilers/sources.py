@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import tarfile
 import tempfile
 import urllib.error
 import urllib.parse
@@ -33,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from selfhost.archive import ArchiveError
+from selfhost.archive import extract as safe_extract
 from selfhost.compilers.recipe import DebianSource, GitSource, Source, TarballSource
 from selfhost.errors import ChecksumMismatch, SourceError
 from selfhost.hashing import CHUNK, sha256_file
@@ -224,13 +225,12 @@ class SourceStore:
         work = Path(tempfile.mkdtemp(dir=self.tmp, prefix="unpack-"))
         try:
             try:
-                with tarfile.open(archive) as tar:
-                    tar.extractall(work, filter="data")
-            except (tarfile.TarError, OSError, EOFError) as exc:
+                safe_extract(archive, work / "x", what=f"source tarball {archive.name}")
+            except ArchiveError as exc:
                 raise SourceError(f"cannot unpack {archive.name}: {exc}") from None
-            entries = list(work.iterdir())
+            entries = list((work / "x").iterdir())
             # A single top-level directory (go/, project-1.0/) is the tree itself.
-            tree = entries[0] if len(entries) == 1 and entries[0].is_dir() else work
+            tree = entries[0] if len(entries) == 1 and entries[0].is_dir() else work / "x"
             return self._commit(source, tree, digest)
         finally:
             shutil.rmtree(work, ignore_errors=True)

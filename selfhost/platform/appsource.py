@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tarfile
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from selfhost.archive import ArchiveError, Limits, extract
 from selfhost.errors import SlugError
 from selfhost.platform.slug import SlugContents, pack, read_slugignore
 
@@ -45,6 +45,7 @@ def _fetch_git(source: str, ref: str | None, into: Path) -> None:
 
 
 def _fetch_tarball(source: str, into: Path) -> None:
+    """Download (or copy) a tar archive and unpack it safely into ``into`` (new)."""
     parsed = urllib.parse.urlsplit(source)
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp) / "app.tar"
@@ -62,16 +63,11 @@ def _fetch_tarball(source: str, into: Path) -> None:
         if archive.stat().st_size > MAX_APP_BYTES:
             raise ValueError(f"{source} is larger than {MAX_APP_BYTES} bytes")
         try:
-            with tarfile.open(archive) as tar:
-                members = [m for m in tar.getmembers() if m.isfile() or m.isdir()
-                           or m.issym()]
-                # tarfile's "data" filter refuses absolute paths, '..' and links that
-                # leave the app (the platform's Python has it, >= 3.11.4).
-                tar.extractall(into, members=members, filter="data")
-        except tarfile.FilterError as exc:
+            # links may not leave the app; no devices; bounded like a slug
+            extract(archive, into, limits=Limits(max_bytes=MAX_APP_BYTES * 4),
+                    what=f"app archive {source}")
+        except ArchiveError as exc:
             raise ValueError(f"{source}: {exc}; the app was refused") from None
-        except tarfile.TarError as exc:
-            raise ValueError(f"{source} is not a tar archive ({exc})") from None
 
 
 def _app_root(tree: Path) -> Path:
@@ -99,7 +95,6 @@ def fetch_app_source(source: str, ref: str | None, blobs: Path) -> str:
         else:
             if ref:
                 raise ValueError("a ref can only be given for a git source")
-            tree.mkdir()
             _fetch_tarball(source, tree)
         root = _app_root(tree)
         contents = SlugContents()

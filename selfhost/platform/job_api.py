@@ -68,7 +68,7 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
     def jobs_list(h: Any, app: str) -> tuple[int, Any]:
         service.store.app(app)
         states = tuple(s for s in (h.query.get("state") or []) if s)
-        return 200, jobs.list(app, states=states)
+        return 200, jobs.find(app, states=states)
 
     def jobs_info(h: Any, app: str, job: str) -> tuple[int, Any]:
         found = in_app(app, job)

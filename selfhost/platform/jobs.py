@@ -121,7 +121,7 @@ class JobStore:
         with self.store.read() as db:
             return self._json(db, self._row(db, job_id))
 
-    def list(self, app: str | None = None, *, limit: int = 100,
+    def find(self, app: str | None = None, *, limit: int = 100,
              states: tuple[str, ...] = ()) -> list[dict[str, Any]]:
         query = f"{JOB_ROWS} WHERE 1"
         args: list[Any] = []
@@ -155,6 +155,7 @@ class JobStore:
                 "created, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (app_row["id"], kind, json.dumps(params, sort_keys=True), key, parent, state,
                  timeout, time.time(), ts, ts))
+            assert cur.lastrowid is not None  # an INSERT into a rowid table
             return self._json(db, self._row(db, cur.lastrowid)), True
 
     def claim(self, job_id: int | str, attempt: int, worker: str, dyno: str
@@ -560,10 +561,10 @@ class JobService:
         """At daemon start: jobs that were running belong to dynos that died with the
         previous daemon; queued jobs are queued again (a lost message is harmless: the
         claim drops duplicates)."""
-        for job in self.jobs.list(states=("running",), limit=10_000):
+        for job in self.jobs.find(states=("running",), limit=10_000):
             if job["kind"] != "bootstrap":
                 self.take_back(job, "the platform restarted")
-        for job in self.jobs.list(states=("queued",), limit=10_000):
+        for job in self.jobs.find(states=("queued",), limit=10_000):
             self._resend(job)
 
     def run(self) -> None:

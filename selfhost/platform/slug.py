@@ -23,7 +23,6 @@ import hashlib
 import io
 import os
 import re
-import shutil
 import stat
 import tarfile
 import tempfile
@@ -32,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from selfhost import archive
+from selfhost.archive import AbsoluteLinks, ArchiveError, Limits, Stats
 from selfhost.errors import SlugError
 
 PROCESS_TYPE_RE = re.compile(r"^[-\w]{1,128}$")
@@ -295,87 +296,36 @@ def _too_big(size: int, limit: int, partial: bool = False) -> SlugError:
 
 # --------------------------------------------------------------------------- unpacking
 
-
-def _normal(name: str) -> str:
-    """A tar entry name without a leading './'."""
-    while name.startswith("./"):
-        name = name[2:]
-    return name.rstrip("/") or "."
+#: What one slug may unpack to (settings slug_max_unpacked_bytes, slug_max_files).
+UNPACK_LIMITS = Limits(max_bytes=2_000_000_000, max_members=200_000)
 
 
-def _inside_app(path: str) -> bool:
-    """Does a relative path, with '..' resolved, stay below app/?"""
-    parts: list[str] = []
-    for part in path.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not parts:
-                return False
-            parts.pop()
-        else:
-            parts.append(part)
-    return bool(parts) and parts[0] == "app"
+def _options(limits: Limits) -> dict[str, Any]:
+    """How slugs are read: only ``./app`` counts (Heroku ignores the rest), and an
+    absolute link target is a path in the dyno, so ``/app/x`` is inside."""
+    return {"subtree": "app", "absolute": AbsoluteLinks.ROOTED, "limits": limits,
+            "what": "slug"}
 
 
-def check_members(members: Iterable[tarfile.TarInfo]) -> list[tarfile.TarInfo]:
-    """The entries under ``./app``, after refusing any that could escape ``/app``.
+def check_slug(path: Path, limits: Limits = UNPACK_LIMITS) -> Stats:
+    """Validate a slug archive without unpacking it; SlugError names the bad entry.
 
-    Refused, with the entry's name: absolute paths, ``..`` components, symlinks or hard
-    links whose target leaves ``/app``, and device files or FIFOs. Entries outside
-    ``./app`` are ignored, as Heroku ignores them.
+    It is the same walk as :func:`unpack` (see :mod:`selfhost.archive`), so a slug
+    accepted at upload unpacks, and one refused here would be refused there too.
     """
-    keep = []
-    for m in members:
-        raw = m.name
-        name = _normal(raw)
-        if raw.startswith("/"):
-            raise SlugError(f"slug entry {raw!r} is an absolute path; the slug was refused")
-        if ".." in name.split("/"):
-            raise SlugError(f"slug entry {raw!r} contains '..'; the slug was refused")
-        if not (name == "app" or name.startswith("app/")):
-            continue
-        if m.isdev() or m.isfifo():
-            raise SlugError(f"slug entry {raw!r} is a device file or FIFO; the slug was refused")
-        if m.issym():
-            # an absolute target is a path in the dyno, so it must be under /app; a
-            # relative one resolves from the link's own directory
-            target = m.linkname
-            resolved = target.lstrip("/") if target.startswith("/") else \
-                f"{name.rpartition('/')[0]}/{target}"
-            if not _inside_app(resolved):
-                raise SlugError(f"slug entry {raw!r} is a symlink to {target!r}, outside /app; "
-                                "the slug was refused")
-        if m.islnk() and (m.linkname.startswith("/") or not _inside_app(_normal(m.linkname))):
-            raise SlugError(f"slug entry {raw!r} is a hard link to {m.linkname!r}, outside "
-                            "/app; the slug was refused")
-        keep.append(m)
-    return keep
-
-
-def check_slug(path: Path) -> None:
-    """Validate a slug archive without unpacking it; raise SlugError on a bad entry."""
     try:
-        with tarfile.open(path, "r:gz") as tar:
-            check_members(tar.getmembers())
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise SlugError(f"the slug is not a gzip-compressed tar: {exc}") from None
+        return archive.check(path, **_options(limits))
+    except ArchiveError as exc:
+        raise SlugError(f"{exc}; the slug was refused") from None
+    except OSError as exc:
+        raise SlugError(f"cannot read the slug {path}: {exc.strerror}") from None
 
 
-def unpack(path: Path, target: Path) -> Path:
-    """Unpack a slug's ``./app`` into ``target/app`` (checked first, atomically)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+def unpack(path: Path, target: Path, limits: Limits = UNPACK_LIMITS) -> Path:
+    """Unpack a slug's ``./app`` into ``target/app`` (checked as it goes, atomically)."""
     try:
-        with tarfile.open(path, "r:gz") as tar:
-            members = check_members(tar.getmembers())
-            if hasattr(tarfile, "tar_filter"):  # Python >= 3.11.4 (a stack may be older)
-                tar.extractall(staging, members=members, filter="tar")
-            else:  # the members were checked above
-                tar.extractall(staging, members=members)
-        (staging / "app").mkdir(exist_ok=True)
-        os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        archive.extract(path, target, **_options(limits))
+    except ArchiveError as exc:
+        raise SlugError(f"{exc}; the slug was refused") from None
+    (target / "app").mkdir(exist_ok=True)
     return target / "app"

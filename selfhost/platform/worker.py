@@ -35,6 +35,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from selfhost.archive import ArchiveError
+from selfhost.archive import extract as safe_extract
 from selfhost.compilers.recipe import Recipe, load_recipe
 from selfhost.hashing import digest_json, scan_tree, tree_digest
 from selfhost.stages.environment import stage_environment
@@ -442,10 +444,12 @@ def stage(job: Job) -> dict[str, Any]:
         job.progress(f"stage{k}: fetch the builder (stage {builder[:12]})")
         builder_tree = BUILD / "builder"
         shutil.rmtree(builder_tree, ignore_errors=True)
-        builder_tree.mkdir(parents=True)
         archive = BUILD / "builder.tar.gz"
         job.api.download(f"/stages/{builder}/blob", archive)
-        subprocess.run(["tar", "-xzf", str(archive), "-C", str(builder_tree)], check=True)
+        try:
+            safe_extract(archive, builder_tree, what=f"stage {builder[:12]}")
+        except ArchiveError as exc:
+            raise JobFailed(f"the stored builder stage is unusable: {exc}") from None
         archive.unlink()
     key = stage_key(recipe, meta, job.claim.get("stack"), builder_id,
                     bool(job.params.get("distcc")))

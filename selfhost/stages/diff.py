@@ -23,7 +23,7 @@ from typing import Any
 
 from selfhost.compilers.recipe import Exclusion, Recipe
 from selfhost.errors import UsageError
-from selfhost.hashing import scan_tree
+from selfhost.hashing import SpecialFile, scan_tree
 from selfhost.stages.analysis import FileAnalysis, analyse
 from selfhost.stages.manifest import Manifest, glob_match
 from selfhost.workspace import Workspace
@@ -104,7 +104,16 @@ class Side:
             manifest = Manifest.load(manifest_path)
             return cls.from_manifest(label, root, manifest, manifest.prefix)
         files: dict[str, tuple[str, int]] = {}
-        for entry in scan_tree(root):
+        if not root.is_dir():
+            raise UsageError(f"{root} is not a directory", hint="give two directories to "
+                             "compare with --left and --right")
+        try:
+            entries = scan_tree(root)
+        except SpecialFile as exc:
+            raise UsageError(f"{exc.path} is {exc.kind}: only files, directories and "
+                             "symlinks can be compared", hint="remove it, or compare "
+                             "another directory") from None
+        for entry in entries:
             if entry.kind == "file":
                 files[entry.path] = (entry.sha256 or "", entry.size)
             elif entry.kind == "symlink":

@@ -36,7 +36,7 @@ from selfhost.compilers.recipe import FixpointPolicy, Recipe
 from selfhost.compilers.sources import FetchedSource, SourceStore
 from selfhost.config import Settings
 from selfhost.errors import BuildError, FixpointError, TestsFailed
-from selfhost.hashing import scan_tree, tree_digest
+from selfhost.hashing import SpecialFile, scan_tree, tree_digest
 from selfhost.mirror import debian_mirror
 from selfhost.stages.cache import StageCache, input_hash
 from selfhost.stages.diff import ArtifactComparison, compare_artifacts
@@ -330,7 +330,15 @@ class StageBuild:
         with ui.step("capture"):
             t = time.monotonic()
             shutil.rmtree(self.build_dir)
-            files = scan_tree(self.tree)
+            try:
+                files = scan_tree(self.tree)
+            except SpecialFile as exc:
+                raise BuildError(
+                    f"stage{self.n}: the install step left {exc.kind} at "
+                    f"{DESTDIR}/{exc.relative}",
+                    details=f"on the host: {exc.path}",
+                    hint="a stage tree may hold only files, directories and symlinks; "
+                    "remove it in the install step (or do not install it)") from None
             if not (self.tree / self.recipe.prefix.lstrip("/")).is_dir():
                 raise BuildError(
                     f"stage{self.n}: the install step put nothing under $DESTDIR$PREFIX "

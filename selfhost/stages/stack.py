@@ -151,9 +151,8 @@ class StackStore:
         stack = self.load(spec)
         if stack:
             return stack
-        self.root.mkdir(parents=True, exist_ok=True)
         with file_lock(self.root / f"{spec.digest}.lock", wait=3600, what=f"stack {spec.name}",
-                       on_wait=log):
+                       on_wait=log, setting="selfhost.stacks_dir"):
             stack = self.load(spec)  # somebody else may have built it while we waited
             return stack or self._build(spec, log)
 

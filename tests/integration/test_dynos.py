@@ -63,6 +63,14 @@ def test_environment_config_and_quoting(plat):
     assert "Running `sh -c" in run.stderr and run.stderr.count("up, run.") == 1
 
 
+def test_a_single_argument_is_a_shell_line(plat):
+    """heroku run 'ls /app; cat /app/Procfile' runs the line through a shell."""
+    run = plat("run", "--app", "dynos", "--", "ls /app; cat /app/Procfile; exit 7")
+    assert run.code == 7, run.output
+    assert "Procfile" in run.stdout and "worker: bin/worker" in run.stdout
+    assert "Running `ls /app; cat /app/Procfile; exit 7`" in run.stderr
+
+
 def test_the_slug_is_fresh_and_writable_each_time(plat):
     first = plat("run", "--app", "dynos", "--", "sh", "-c",
                  "test ! -e /app/scratch && echo x > /app/scratch && cat /app/scratch")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from selfhost.platform.client import ApiRequestError, PlatformClient
+from selfhost.platform.slug import unpack
 from tests.integration.conftest import invoke
 from tests.unit.test_platform_api import make_slug
 
@@ -82,9 +83,7 @@ def test_the_slug_compiler_works_from_app_in_a_sandbox(tcc_slug, stacks, tmp_pat
 
     _, result = tcc_slug
     unpacked = tmp_path / "dyno"
-    unpacked.mkdir()
-    with tarfile.open(result["path"]) as tar:
-        tar.extractall(unpacked, filter="tar")
+    unpack(Path(result["path"]), unpacked)
     digest = json.loads((unpacked / "app/selfhost.json").read_text())["built_on"]["digest"]
     stack = StackStore(stacks, lambda: "").load_digest(digest)
     assert stack is not None
