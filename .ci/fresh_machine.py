@@ -19,8 +19,10 @@ PACKAGES = ("python3", "python3-venv", "python3-pip", "git", "ca-certificates")
 
 def main() -> int:
     store = StackStore(Path(sys.argv[1]), lambda: debian_mirror(None))
-    stack = store.ensure(StackSpec.make("bookworm", "minbase", PACKAGES),
-                         log=lambda line: print(line, file=sys.stderr))
+    stack = store.ensure(
+        StackSpec.make("bookworm", "minbase", PACKAGES),
+        log=lambda line: print(line, file=sys.stderr),
+    )
     DockerEngine().prepare(stack)
     print(stack.image)
     return 0

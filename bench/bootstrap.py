@@ -38,17 +38,37 @@ def main() -> None:
     env = invoke_env()
     ours, plain, warm = [], [], []
     for _ in range(args.rounds):  # interleaved, so drift hits both equally
-        plain.append(timed([str(REPO / "bench/plain_bootstrap.sh"), rootfs, str(source),
-                            str(WORKSPACE / "plain")]))
-        ours.append(timed([sys.executable, "-m", "invoke", "bootstrap", "--compiler", "tcc",
-                           "--force"], cwd=REPO, env=env))
-        warm.append(timed([sys.executable, "-m", "invoke", "bootstrap", "--compiler", "tcc"],
-                          cwd=REPO, env=env))
+        plain.append(
+            timed(
+                [
+                    str(REPO / "bench/plain_bootstrap.sh"),
+                    rootfs,
+                    str(source),
+                    str(WORKSPACE / "plain"),
+                ]
+            )
+        )
+        ours.append(
+            timed(
+                [sys.executable, "-m", "invoke", "bootstrap", "--compiler", "tcc", "--force"],
+                cwd=REPO,
+                env=env,
+            )
+        )
+        warm.append(
+            timed(
+                [sys.executable, "-m", "invoke", "bootstrap", "--compiler", "tcc"],
+                cwd=REPO,
+                env=env,
+            )
+        )
     p, o, w = statistics.median(plain), statistics.median(ours), statistics.median(warm)
     print(f"tcc, 3 stages, bwrap, {args.rounds} rounds (medians); fixpoint={first['fixpoint']}")
     print(f"  plain shell script          {p:7.2f} s")
-    print(f"  invoke bootstrap --force    {o:7.2f} s   ratio {o / p:.3f} "
-          f"(overhead {100 * (o / p - 1):+.1f} %, target <= +10 %)")
+    print(
+        f"  invoke bootstrap --force    {o:7.2f} s   ratio {o / p:.3f} "
+        f"(overhead {100 * (o / p - 1):+.1f} %, target <= +10 %)"
+    )
     print(f"  invoke bootstrap (warm)     {w:7.2f} s   (target <= 1 s)")
 
 

@@ -21,8 +21,14 @@ def invoke_env() -> dict[str, str]:
 
 def invoke(*args: str) -> subprocess.CompletedProcess[str]:
     """Run ``invoke ARGS`` in the benchmark workspace; fail loudly."""
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, env=invoke_env(),
-                          capture_output=True, text=True, check=True)
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=REPO,
+        env=invoke_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
 
 
 def median_time(fn: Callable[[], object], rounds: int) -> float:

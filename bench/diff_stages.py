@@ -38,7 +38,8 @@ def generate_program(directory: Path, functions: int = 3000) -> None:
             f"int f{i}(int x, const char *s) {{ int acc = {i}; "
             f"for (int k = 0; k < x; k++) {{ acc = acc * 31 + s[k % (int)strlen(s)] + k * {i}; "
             f"if (acc % 7 == {i % 7}) acc ^= {i * 13}; }} "
-            f"printf(\"function {i} of the benchmark: %d\\n\", acc); return acc; }}")
+            f'printf("function {i} of the benchmark: %d\\n", acc); return acc; }}'
+        )
     calls = " + ".join(f'f{i}(argc, "text {i}")' for i in range(0, functions, 50))
     lines.append(f"int main(int argc, char **argv) {{ return ({calls}) & 1; }}")
     (directory / "big.c").write_text("\n".join(lines) + "\n")
@@ -52,19 +53,34 @@ def main() -> None:
     report = stage_job(ws, recipe, None, None).run()
     assert report.identical, report.verdict_line()
     in_process = median_time(lambda: stage_job(ws, recipe, None, None).run(), 20)
-    cli = median_time(lambda: subprocess.run([sys.executable, "-m", "invoke", "diff-stages"],
-                                             cwd=REPO, env=env, check=True, capture_output=True),
-                      5)
-    startup = median_time(lambda: subprocess.run([sys.executable, "-m", "invoke", "--list"],
-                                                 cwd=REPO, check=True, capture_output=True), 5)
+    cli = median_time(
+        lambda: subprocess.run(
+            [sys.executable, "-m", "invoke", "diff-stages"],
+            cwd=REPO,
+            env=env,
+            check=True,
+            capture_output=True,
+        ),
+        5,
+    )
+    startup = median_time(
+        lambda: subprocess.run(
+            [sys.executable, "-m", "invoke", "--list"], cwd=REPO, check=True, capture_output=True
+        ),
+        5,
+    )
     s2, s3 = ((ws.stages_of("tcc") / f"stage{n}").resolve() / "tree" for n in (2, 3))
     diff_r = median_time(lambda: shell(f"diff -r {s2} {s3}"), 5)
     print("1. verdict on identical tcc stage2/stage3 (15 artifacts) from manifests")
     print(f"   in-process                 {in_process * 1000:7.1f} ms   (target < 200 ms)")
-    print(f"   invoke diff-stages (CLI)   {cli * 1000:7.1f} ms   of which invoke start-up "
-          f"{startup * 1000:.0f} ms")
-    print(f"   baseline diff -r trees     {diff_r * 1000:7.1f} ms   ratio in-process/diff -r "
-          f"{in_process / diff_r:.2f}")
+    print(
+        f"   invoke diff-stages (CLI)   {cli * 1000:7.1f} ms   of which invoke start-up "
+        f"{startup * 1000:.0f} ms"
+    )
+    print(
+        f"   baseline diff -r trees     {diff_r * 1000:7.1f} ms   ratio in-process/diff -r "
+        f"{in_process / diff_r:.2f}"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -75,17 +91,24 @@ def main() -> None:
         result = analyse(a, b)
         ours = median_time(lambda: analyse(a, b), 5)
         classic = median_time(lambda: shell(f"diff <(strings {d}/a) <(strings {d}/b) | wc -l"), 5)
-        print(f"2. analysis of a differing pair: {len(a) / 1e6:.2f} MB vs {len(b) / 1e6:.2f} MB "
-              f"(cause: {result.cause.value}, {len(result.sections)} sections differ)")
+        print(
+            f"2. analysis of a differing pair: {len(a) / 1e6:.2f} MB vs {len(b) / 1e6:.2f} MB "
+            f"(cause: {result.cause.value}, {len(result.sections)} sections differ)"
+        )
         print(f"   selfhost analyse()         {ours * 1000:7.1f} ms   (target < 1000 ms)")
-        print(f"   diff <(strings) | wc -l    {classic * 1000:7.1f} ms   "
-              f"ratio selfhost/classic {ours / classic:.1f}")
+        print(
+            f"   diff <(strings) | wc -l    {classic * 1000:7.1f} ms   "
+            f"ratio selfhost/classic {ours / classic:.1f}"
+        )
         tool = os.environ.get("DIFFOSCOPE") or shutil.which("diffoscope")
         if tool:
-            scope = median_time(lambda: shell(f"{tool} --no-progress --text /dev/null "
-                                              f"{d}/a {d}/b"), 1)
-            print(f"   diffoscope                 {scope * 1000:7.1f} ms   ratio "
-                  f"diffoscope/selfhost {scope / ours:.1f}x")
+            scope = median_time(
+                lambda: shell(f"{tool} --no-progress --text /dev/null {d}/a {d}/b"), 1
+            )
+            print(
+                f"   diffoscope                 {scope * 1000:7.1f} ms   ratio "
+                f"diffoscope/selfhost {scope / ours:.1f}x"
+            )
         else:
             print("   diffoscope: not installed (pip install diffoscope; or set DIFFOSCOPE)")
 

@@ -39,8 +39,10 @@ def first_output(client: PlatformClient, app: str, engine: str) -> float:
 
 
 def median_ms(samples: list[float]) -> str:
-    return f"{statistics.median(samples) * 1000:7.1f} ms (p90 " \
-           f"{sorted(samples)[int(len(samples) * 0.9) - 1] * 1000:.1f})"
+    return (
+        f"{statistics.median(samples) * 1000:7.1f} ms (p90 "
+        f"{sorted(samples)[int(len(samples) * 0.9) - 1] * 1000:.1f})"
+    )
 
 
 def main() -> None:
@@ -52,43 +54,78 @@ def main() -> None:
     rootfs = stack["path"]
     with tempfile.TemporaryDirectory() as tmp:
         paths = PlatformPaths(Path(tmp) / "platform")
-        settings = DynoSettings(stacks=str(Path(rootfs).parents[1]), suite="bookworm",
-                                variant="minbase", base_packages=("build-essential",),
-                                mirror=None, grace_seconds=2)
-        info, _ = daemon.start(paths, port=0, stack="bookworm", max_blob_bytes=10**9,
-                               dynos=settings)
+        settings = DynoSettings(
+            stacks=str(Path(rootfs).parents[1]),
+            suite="bookworm",
+            variant="minbase",
+            base_packages=("build-essential",),
+            mirror=None,
+            grace_seconds=2,
+        )
+        info, _ = daemon.start(
+            paths, port=0, stack="bookworm", max_blob_bytes=10**9, dynos=settings
+        )
         try:
             client = PlatformClient(info.url, paths.ensure_token())
             client.create_app("bench", "bookworm")
-            client.release_slug("bench", Path(slug["path"]), checksum=slug["checksum"],
-                                size=slug["size"], process_types=slug["process_types"])
+            client.release_slug(
+                "bench",
+                Path(slug["path"]),
+                checksum=slug["checksum"],
+                size=slug["size"],
+                process_types=slug["process_types"],
+            )
             first_output(client, "bench", "bwrap")  # warm: unpack the slug once
             bwrap_dyno = [first_output(client, "bench", "bwrap") for _ in range(args.rounds)]
             bare_bwrap = []
             for _ in range(args.rounds):
                 t = time.perf_counter()
-                subprocess.run(["bwrap", "--ro-bind", rootfs, "/", "--proc", "/proc", "--dev",
-                                "/dev", "--unshare-all", "--", "/bin/true"], check=True)
+                subprocess.run(
+                    [
+                        "bwrap",
+                        "--ro-bind",
+                        rootfs,
+                        "/",
+                        "--proc",
+                        "/proc",
+                        "--dev",
+                        "/dev",
+                        "--unshare-all",
+                        "--",
+                        "/bin/true",
+                    ],
+                    check=True,
+                )
                 bare_bwrap.append(time.perf_counter() - t)
-            print(f"bwrap  dyno start (request -> first output) {median_ms(bwrap_dyno)}"
-                  "   target <= 50 ms")
-            print(f"bwrap  bare `bwrap ... true`               {median_ms(bare_bwrap)}"
-                  f"   ratio {statistics.median(bwrap_dyno) / statistics.median(bare_bwrap):.1f}")
+            print(
+                f"bwrap  dyno start (request -> first output) {median_ms(bwrap_dyno)}"
+                "   target <= 50 ms"
+            )
+            print(
+                f"bwrap  bare `bwrap ... true`               {median_ms(bare_bwrap)}"
+                f"   ratio {statistics.median(bwrap_dyno) / statistics.median(bare_bwrap):.1f}"
+            )
             try:
                 first_output(client, "bench", "docker")
-                docker_dyno = [first_output(client, "bench", "docker")
-                               for _ in range(max(5, args.rounds // 4))]
+                docker_dyno = [
+                    first_output(client, "bench", "docker") for _ in range(max(5, args.rounds // 4))
+                ]
                 image = f"selfhost/stack:{stack['digest']}"
                 bare_docker = []
                 for _ in range(max(5, args.rounds // 4)):
                     t = time.perf_counter()
-                    subprocess.run(["docker", "run", "--rm", "--network", "none", image,
-                                    "true"], check=True, capture_output=True)
+                    subprocess.run(
+                        ["docker", "run", "--rm", "--network", "none", image, "true"],
+                        check=True,
+                        capture_output=True,
+                    )
                     bare_docker.append(time.perf_counter() - t)
                 print(f"docker dyno start (request -> first output) {median_ms(docker_dyno)}")
                 ratio = statistics.median(docker_dyno) / statistics.median(bare_docker)
-                print(f"docker bare `docker run --rm ... true`     {median_ms(bare_docker)}"
-                      f"   ratio {ratio:.1f}")
+                print(
+                    f"docker bare `docker run --rm ... true`     {median_ms(bare_docker)}"
+                    f"   ratio {ratio:.1f}"
+                )
             except Exception as exc:  # no Docker engine here
                 print(f"docker: skipped ({exc})")
         finally:

@@ -38,15 +38,20 @@ def bench_pack(label: str, root: Path, out_dir: Path, rounds: int = 3) -> None:
         pack(contents, out_dir / "ours.tgz", mtime=0, process_types={})
 
     def tar() -> None:
-        subprocess.run(f"tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 "
-                       f"-C {root} -cf - . | gzip -6 > {out_dir / 'tar.tgz'}", shell=True,
-                       check=True)
+        subprocess.run(
+            f"tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 "
+            f"-C {root} -cf - . | gzip -6 > {out_dir / 'tar.tgz'}",
+            shell=True,
+            check=True,
+        )
 
     o, t = median_time(ours, rounds), median_time(tar, rounds)
     size = tree_size(root)
-    print(f"   {label:<28} {size / 1e6:7.1f} MB   selfhost {o:6.2f} s   tar|gzip {t:6.2f} s   "
-          f"ratio {o / t:.2f} (target <= 1.2)   sizes {os.path.getsize(out_dir / 'ours.tgz')}"
-          f" / {os.path.getsize(out_dir / 'tar.tgz')} bytes")
+    print(
+        f"   {label:<28} {size / 1e6:7.1f} MB   selfhost {o:6.2f} s   tar|gzip {t:6.2f} s   "
+        f"ratio {o / t:.2f} (target <= 1.2)   sizes {os.path.getsize(out_dir / 'ours.tgz')}"
+        f" / {os.path.getsize(out_dir / 'tar.tgz')} bytes"
+    )
 
 
 def main() -> None:
@@ -68,21 +73,36 @@ def main() -> None:
             path = Path(slug["path"])
 
             def release() -> None:
-                client.release_slug("bench", path, checksum=slug["checksum"],
-                                    size=slug["size"], process_types=slug["process_types"])
+                client.release_slug(
+                    "bench",
+                    path,
+                    checksum=slug["checksum"],
+                    size=slug["size"],
+                    process_types=slug["process_types"],
+                )
 
             # Baseline: only the upload of the same bytes to a blob URL (slugs made ahead).
-            blobs = iter([client.create_slug("bench", {"process_types": slug["process_types"],
-                                                       "checksum": slug["checksum"]})["blob"]
-                          for _ in range(20)])
+            blobs = iter(
+                [
+                    client.create_slug(
+                        "bench",
+                        {"process_types": slug["process_types"], "checksum": slug["checksum"]},
+                    )["blob"]
+                    for _ in range(20)
+                ]
+            )
             session = requests.Session()
             r = median_time(release, 20)
             p = median_time(lambda: client.upload(next(blobs), path), 20)
             h = median_time(lambda: session.get(f"{info.url}/health", timeout=30), 20)
-            print(f"   release ({slug['size']} bytes)  {r * 1000:7.1f} ms   "
-                  f"(app check, create slug, upload, verify, release)")
-            print(f"   upload only                 {p * 1000:7.1f} ms   ratio release/upload "
-                  f"{r / p:.1f}")
+            print(
+                f"   release ({slug['size']} bytes)  {r * 1000:7.1f} ms   "
+                f"(app check, create slug, upload, verify, release)"
+            )
+            print(
+                f"   upload only                 {p * 1000:7.1f} ms   ratio release/upload "
+                f"{r / p:.1f}"
+            )
             print(f"   GET /health                 {h * 1000:7.1f} ms")
             print(f"   releases made: {len(client.releases('bench'))}")
         finally:

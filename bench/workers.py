@@ -41,8 +41,9 @@ def free_port() -> int:
 def tiny_app(root: Path, n: int) -> Path:
     d = root / f"app{n}"
     d.mkdir(parents=True)
-    (d / "hello.c").write_text(f'#include <stdio.h>\nint main(void) {{ puts("app {n}"); '
-                               "return 0; }\n")
+    (d / "hello.c").write_text(
+        f'#include <stdio.h>\nint main(void) {{ puts("app {n}"); return 0; }}\n'
+    )
     (d / "Makefile").write_text("hello: hello.c\n\t$(CC) -o hello hello.c\n")
     (d / "Procfile").write_text("hello: ./hello\n")
     return d
@@ -81,8 +82,9 @@ def bare_huey_latency(url: str, rounds: int) -> list[float]:
         done.set()
 
     task = register(huey, run)
-    consumer = huey.create_consumer(workers=1, periodic=False, initial_delay=0.05,
-                                    backoff=1.5, max_delay=0.5)
+    consumer = huey.create_consumer(
+        workers=1, periodic=False, initial_delay=0.05, backoff=1.5, max_delay=0.5
+    )
     consumer.start()
     samples = []
     try:
@@ -102,8 +104,10 @@ def bare_huey_latency(url: str, rounds: int) -> list[float]:
 
 def ms(samples: list[float]) -> str:
     ordered = sorted(samples)
-    return (f"median {statistics.median(samples) * 1000:6.1f} ms, p90 "
-            f"{ordered[max(0, int(len(ordered) * 0.9) - 1)] * 1000:6.1f} ms")
+    return (
+        f"median {statistics.median(samples) * 1000:6.1f} ms, p90 "
+        f"{ordered[max(0, int(len(ordered) * 0.9) - 1)] * 1000:6.1f} ms"
+    )
 
 
 def main() -> None:
@@ -116,17 +120,35 @@ def main() -> None:
     defaults = Settings()
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        redis = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port",
-                                  str(port), "--bind", "127.0.0.1", "--save", "",
-                                  "--appendonly", "no", "--dir", tmp],
-                                 stdout=subprocess.DEVNULL)
+        redis = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                tmp,
+            ],
+            stdout=subprocess.DEVNULL,
+        )
         redis_url = f"redis://127.0.0.1:{port}/0"
         paths = PlatformPaths(Path(tmp) / "platform")
-        settings = DynoSettings(stacks=str(Path(stack["path"]).parents[1]), suite="bookworm",
-                                variant="minbase", base_packages=defaults.base_packages,
-                                mirror=None, grace_seconds=2)
-        info, _ = daemon.start(paths, port=0, stack="bookworm", max_blob_bytes=10**9,
-                               dynos=settings)
+        settings = DynoSettings(
+            stacks=str(Path(stack["path"]).parents[1]),
+            suite="bookworm",
+            variant="minbase",
+            base_packages=defaults.base_packages,
+            mirror=None,
+            grace_seconds=2,
+        )
+        info, _ = daemon.start(
+            paths, port=0, stack="bookworm", max_blob_bytes=10**9, dynos=settings
+        )
         try:
             client = PlatformClient(info.url, paths.ensure_token())
             queues = {"sqlite": "bench-sqlite", "redis": "bench-redis"}
@@ -134,23 +156,36 @@ def main() -> None:
                 client.create_app(app, "bookworm")
                 if app == "bench-redis":
                     client.update_config(app, {"SELFHOST_QUEUE_URL": redis_url})
-                client.release_slug(app, Path(slug["path"]), checksum=slug["checksum"],
-                                    size=slug["size"], process_types=slug["process_types"])
+                client.release_slug(
+                    app,
+                    Path(slug["path"]),
+                    checksum=slug["checksum"],
+                    size=slug["size"],
+                    process_types=slug["process_types"],
+                )
             counter = iter(range(10**6))
-            print(f"dispatch latency (submit -> claimed by a worker), {args.rounds} jobs, "
-                  "one idle worker:")
+            print(
+                f"dispatch latency (submit -> claimed by a worker), {args.rounds} jobs, "
+                "one idle worker:"
+            )
             for name, app in queues.items():
                 scale(client, app, 1)
                 samples = []
                 for _ in range(args.rounds):
                     src = tiny_app(Path(tmp) / "apps", next(counter))
-                    job = client.submit_job(app, {"kind": "app-compile", "params": {
-                        "source": str(src), "target": f"t{name}"}})
+                    job = client.submit_job(
+                        app,
+                        {
+                            "kind": "app-compile",
+                            "params": {"source": str(src), "target": f"t{name}"},
+                        },
+                    )
                     done = wait(client, app, job["id"])
                     samples.append(done["started"] - done["created"])
                     time.sleep(0.6)
-                bare = bare_huey_latency(redis_url if name == "redis" else
-                                         f"sqlite://{tmp}/bare.db", args.rounds)
+                bare = bare_huey_latency(
+                    redis_url if name == "redis" else f"sqlite://{tmp}/bare.db", args.rounds
+                )
                 ratio = statistics.median(samples) / statistics.median(bare)
                 print(f"  {name:6} selfhost  {ms(samples)}")
                 print(f"  {name:6} bare Huey {ms(bare)}   ratio {ratio:.1f}")
@@ -160,20 +195,31 @@ def main() -> None:
                 base = None
                 for workers in (1, 2, 3):
                     scale(client, app, workers)
-                    sources = [tiny_app(Path(tmp) / "apps", next(counter))
-                               for _ in range(args.jobs)]
+                    sources = [
+                        tiny_app(Path(tmp) / "apps", next(counter)) for _ in range(args.jobs)
+                    ]
                     started = time.perf_counter()
-                    ids = [client.submit_job(app, {"kind": "app-compile", "params": {
-                        "source": str(s), "target": f"t{name}"}})["id"] for s in sources]
+                    ids = [
+                        client.submit_job(
+                            app,
+                            {
+                                "kind": "app-compile",
+                                "params": {"source": str(s), "target": f"t{name}"},
+                            },
+                        )["id"]
+                        for s in sources
+                    ]
                     jobs = [wait(client, app, i) for i in ids]
                     elapsed = time.perf_counter() - started
                     rate = args.jobs / elapsed
                     base = base or rate
                     used = len({j["worker"]["name"] for j in jobs})
                     work = statistics.median(j["result"]["seconds"] for j in jobs)
-                    print(f"  {name:6} {workers} worker(s): {elapsed:5.2f} s, {rate:5.2f} jobs/s,"
-                          f" scaling x{rate / base:.2f} (workers used: {used}; median job "
-                          f"{work:.2f} s)")
+                    print(
+                        f"  {name:6} {workers} worker(s): {elapsed:5.2f} s, {rate:5.2f} jobs/s,"
+                        f" scaling x{rate / base:.2f} (workers used: {used}; median job "
+                        f"{work:.2f} s)"
+                    )
                 scale(client, app, 0)
         finally:
             daemon.stop(paths)

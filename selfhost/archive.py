@@ -169,9 +169,15 @@ def _dir_mode(mode: int) -> int:
     return (mode | 0o700) & 0o755
 
 
-def walk(fileobj: IO[bytes], dest: Path | None, *, subtree: str = "",
-         limits: Limits = Limits(), absolute: AbsoluteLinks = AbsoluteLinks.REFUSE,
-         what: str = "archive") -> Stats:
+def walk(
+    fileobj: IO[bytes],
+    dest: Path | None,
+    *,
+    subtree: str = "",
+    limits: Limits = Limits(),
+    absolute: AbsoluteLinks = AbsoluteLinks.REFUSE,
+    what: str = "archive",
+) -> Stats:
     """Check (``dest`` None) or unpack an archive stream into the existing empty ``dest``.
 
     Entries outside ``subtree`` (when given) are skipped, as Heroku skips what is not
@@ -184,30 +190,31 @@ def walk(fileobj: IO[bytes], dest: Path | None, *, subtree: str = "",
     seen = 0
     try:
         tar = tarfile.open(fileobj=fileobj, mode="r|*")  # noqa: SIM115 (closed below)
-    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error, lzma.LZMAError
-            ) as exc:
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error, lzma.LZMAError) as exc:
         raise ArchiveError(f"the {what} is not a readable tar archive: {exc}") from None
     with tar:
         try:
             for member in tar:
                 seen += 1
                 if seen > limits.max_members:
-                    raise ArchiveError(f"the {what} has more than {limits.max_members} "
-                                       "entries (the limit)")
+                    raise ArchiveError(
+                        f"the {what} has more than {limits.max_members} entries (the limit)"
+                    )
                 parts = _normal(member.name)
                 if subtree and (not parts or parts[0] != subtree):
                     continue
                 if not parts:  # "./" itself
                     continue
                 _one(tar, member, parts, tree, stats, limits, dest, dirs, what)
-        except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error,
-                lzma.LZMAError) as exc:
+        except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error, lzma.LZMAError) as exc:
             raise ArchiveError(f"the {what} is damaged: {exc}") from None
     for link in sorted(tree.links):
         if tree.link_escapes(link):
-            raise ArchiveError(f"entry {link!r} is a symlink to {tree.links[link]!r}, which "
-                               f"resolves outside {tree.where} in the final "
-                               "tree")
+            raise ArchiveError(
+                f"entry {link!r} is a symlink to {tree.links[link]!r}, which "
+                f"resolves outside {tree.where} in the final "
+                "tree"
+            )
     for directory, (mode, mtime) in dirs.items():  # last: modes may drop write bits
         if not os.path.isdir(directory) or os.path.islink(directory):
             continue  # replaced by a later entry
@@ -216,14 +223,21 @@ def walk(fileobj: IO[bytes], dest: Path | None, *, subtree: str = "",
     return stats
 
 
-def _one(tar: tarfile.TarFile, member: tarfile.TarInfo, parts: list[str], tree: _Tree,
-         stats: Stats, limits: Limits, dest: Path | None,
-         dirs: dict[Path, tuple[int, float]], what: str) -> None:
+def _one(
+    tar: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    parts: list[str],
+    tree: _Tree,
+    stats: Stats,
+    limits: Limits,
+    dest: Path | None,
+    dirs: dict[Path, tuple[int, float]],
+    what: str,
+) -> None:
     name = member.name
     parent = tree.resolve(parts[:-1])
     if parent is None or (parts[:-1] and not tree.inside(parent)):
-        raise ArchiveError(f"entry {name!r} goes through a symlink that leads outside "
-                           f"{tree.where}")
+        raise ArchiveError(f"entry {name!r} goes through a symlink that leads outside {tree.where}")
     for i in range(1, len(parent) + 1):  # archives may leave out directory entries
         prefix = "/".join(parent[:i])
         kind = tree.kinds.get(prefix)
@@ -233,21 +247,25 @@ def _one(tar: tarfile.TarFile, member: tarfile.TarInfo, parts: list[str], tree: 
                 (dest / prefix).mkdir(mode=0o700)
                 dirs[dest / prefix] = (0o755, 0.0)
         elif kind != "dir":
-            raise ArchiveError(f"entry {name!r} is under {prefix!r}, which is not a "
-                               "directory")
+            raise ArchiveError(f"entry {name!r} is under {prefix!r}, which is not a directory")
     canonical = "/".join([*parent, parts[-1]])
-    if not member.isreg() and not member.isdir() and not member.issym() and \
-            not member.islnk():
-        kind = "a device file" if member.isdev() else "a FIFO" if member.isfifo() else \
-            f"a special entry (type {member.type!r})"
+    if not member.isreg() and not member.isdir() and not member.issym() and not member.islnk():
+        kind = (
+            "a device file"
+            if member.isdev()
+            else "a FIFO"
+            if member.isfifo()
+            else f"a special entry (type {member.type!r})"
+        )
         raise ArchiveError(f"entry {name!r} is {kind}")
     stats.members += 1
     if member.isreg():
         stats.files += 1
         stats.bytes += member.size
         if stats.bytes > limits.max_bytes:
-            raise ArchiveError(f"the {what} unpacks to more than {limits.max_bytes} bytes "
-                               "(the limit)")
+            raise ArchiveError(
+                f"the {what} unpacks to more than {limits.max_bytes} bytes (the limit)"
+            )
     target = dest / canonical if dest is not None else None
     existing = tree.kinds.get(canonical)
     if existing and not (existing == "dir" and member.isdir()):
@@ -268,8 +286,9 @@ def _one(tar: tarfile.TarFile, member: tarfile.TarInfo, parts: list[str], tree: 
         tree.kinds[canonical] = "link"
         tree.links[canonical] = member.linkname
         if tree.link_escapes(canonical):
-            raise ArchiveError(f"entry {name!r} is a symlink to {member.linkname!r}, "
-                               f"outside {tree.where}")
+            raise ArchiveError(
+                f"entry {name!r} is a symlink to {member.linkname!r}, outside {tree.where}"
+            )
         if target is not None:
             os.symlink(member.linkname, target)
             _touch(target, member.mtime)
@@ -281,9 +300,11 @@ def _one(tar: tarfile.TarFile, member: tarfile.TarInfo, parts: list[str], tree: 
             linked = None
         source = "/".join(linked) if linked is not None else None
         if source is None or not tree.inside(linked or []) or tree.kinds.get(source) != "file":
-            raise ArchiveError(f"entry {name!r} is a hard link to {member.linkname!r}, which "
-                               "is not a file unpacked before it inside "
-                               f"{tree.where}")
+            raise ArchiveError(
+                f"entry {name!r} is a hard link to {member.linkname!r}, which "
+                "is not a file unpacked before it inside "
+                f"{tree.where}"
+            )
         tree.kinds[canonical] = "file"
         if target is not None and dest is not None:
             os.link(dest / source, target, follow_symlinks=False)
@@ -293,8 +314,7 @@ def _one(tar: tarfile.TarFile, member: tarfile.TarInfo, parts: list[str], tree: 
         return  # tarfile skips the unread contents by itself in stream mode
     data = tar.extractfile(member)
     assert data is not None
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "wb") as out:
         remaining = member.size
         while remaining:

@@ -163,9 +163,10 @@ def validate(settings: Settings) -> Settings:
         try:
             check_url(settings.queue_url)
         except QueueUrlError as exc:
-            raise UsageError(f"selfhost.queue_url: {exc}",
-                             hint="set it in invoke.yaml, or null for the embedded SQLite "
-                             "queue") from None
+            raise UsageError(
+                f"selfhost.queue_url: {exc}",
+                hint="set it in invoke.yaml, or null for the embedded SQLite queue",
+            ) from None
     if settings.slug_max_bytes <= 0:
         raise UsageError("selfhost.slug_max_bytes must be positive")
     if settings.jobs < 0 or settings.lock_wait < 0:

@@ -74,8 +74,11 @@ class _StepTree:
     @staticmethod
     def _label(step: Step) -> RenderableType:
         symbol, style = STATUS_STYLE.get(step.status, ("?", ""))
-        text = Text.assemble((f"{symbol} ", style), (step.label, "bold" if step.children else ""),
-                             (f"  {step.elapsed:6.1f}s", "dim"))
+        text = Text.assemble(
+            (f"{symbol} ", style),
+            (step.label, "bold" if step.children else ""),
+            (f"  {step.elapsed:6.1f}s", "dim"),
+        )
         if step.note:
             text.append(f"  {step.note}", style="dim")
         if step.status == "running" and not step.children:
@@ -86,14 +89,21 @@ class _StepTree:
 class UI:
     """The one place that writes to the terminal."""
 
-    def __init__(self, *, json_mode: bool = False, verbose: bool = False,
-                 stream: IO[str] | None = None, force_plain: bool = False,
-                 force_terminal: bool | None = None):
+    def __init__(
+        self,
+        *,
+        json_mode: bool = False,
+        verbose: bool = False,
+        stream: IO[str] | None = None,
+        force_plain: bool = False,
+        force_terminal: bool | None = None,
+    ):
         self.json_mode = json_mode
         self.verbose = verbose
         out = stream or (sys.stderr if json_mode else sys.stdout)
-        self.console = Console(file=out, highlight=False, soft_wrap=True,
-                               force_terminal=force_terminal)
+        self.console = Console(
+            file=out, highlight=False, soft_wrap=True, force_terminal=force_terminal
+        )
         self.plain = force_plain or not self.console.is_terminal
         self._roots: list[Step] = []
         self._stack: list[Step] = []
@@ -131,8 +141,9 @@ class UI:
         if self.plain or self._live is not None:
             yield
             return
-        self._live = Live(_StepTree(self._roots), console=self.console, refresh_per_second=8,
-                          transient=False)
+        self._live = Live(
+            _StepTree(self._roots), console=self.console, refresh_per_second=8, transient=False
+        )
         with self._live:
             try:
                 yield

@@ -54,18 +54,29 @@ class Workspace:
         return self.root / "stages" / compiler
 
     @contextmanager
-    def locked(self, wait: float = 0, on_wait: Callable[[str], None] | None = None
-               ) -> Iterator[None]:
+    def locked(
+        self, wait: float = 0, on_wait: Callable[[str], None] | None = None
+    ) -> Iterator[None]:
         """Hold the workspace lock for the block; wait up to ``wait`` seconds for it."""
-        with file_lock(self.root / "lock", wait=wait, on_wait=on_wait, what="workspace "
-                       f"{self.root}", setting="selfhost.workspace"):
+        with file_lock(
+            self.root / "lock",
+            wait=wait,
+            on_wait=on_wait,
+            what=f"workspace {self.root}",
+            setting="selfhost.workspace",
+        ):
             yield
 
 
 @contextmanager
-def file_lock(path: Path, *, wait: float = 0, what: str,
-              on_wait: Callable[[str], None] | None = None,
-              setting: str | None = None) -> Iterator[None]:
+def file_lock(
+    path: Path,
+    *,
+    wait: float = 0,
+    what: str,
+    on_wait: Callable[[str], None] | None = None,
+    setting: str | None = None,
+) -> Iterator[None]:
     """An exclusive ``flock`` on ``path``; the holder's pid and command are written in it.
 
     The kernel releases the lock when the holder dies, even by SIGKILL, so a stale lock
@@ -80,7 +91,9 @@ def file_lock(path: Path, *, wait: float = 0, what: str,
         raise UsageError(
             f"cannot write {exc.filename or path}: {exc.strerror}",
             hint=f"{setting} must name a writable directory: set it in invoke.yaml or with "
-            f"{env}=/some/writable/dir" if setting else "the directory must be writable",
+            f"{env}=/some/writable/dir"
+            if setting
+            else "the directory must be writable",
         ) from None
     try:
         deadline = time.monotonic() + wait

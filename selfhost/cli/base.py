@@ -36,14 +36,17 @@ def task(*args: Any, **kwargs: Any) -> Any:
             except OSError as exc:  # a path the environment made unusable (full, read-only)
                 if exc.filename is None:
                     raise
-                error = UsageError(f"cannot use {exc.filename}: {exc.strerror}",
-                                   hint="check that the path exists, is writable and that "
-                                   "its file system has room; the paths come from the "
-                                   "selfhost settings (invoke.yaml, INVOKE_SELFHOST_*)")
+                error = UsageError(
+                    f"cannot use {exc.filename}: {exc.strerror}",
+                    hint="check that the path exists, is writable and that "
+                    "its file system has room; the paths come from the "
+                    "selfhost settings (invoke.yaml, INVOKE_SELFHOST_*)",
+                )
                 raise Exit(error.render(), code=error.exit_code) from None
             except KeyboardInterrupt:
-                raise Exit(Interrupted("interrupted").render(), code=Interrupted.exit_code
-                           ) from None
+                raise Exit(
+                    Interrupted("interrupted").render(), code=Interrupted.exit_code
+                ) from None
 
         return invoke.task(**kwargs)(wrapper)
 
@@ -67,7 +70,7 @@ def argv_after_dashdash() -> list[str]:
     """
     import sys
 
-    return sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
+    return sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else []
 
 
 ASSIGNMENT = re.compile(r"^[A-Za-z_][\w.-]*=")
@@ -91,10 +94,11 @@ def accept_assignments(tasks: dict[str, Any]) -> None:
         return
     if not isinstance(unparsed, list):
         return
-    boolean = {name: {f"--{a.name.replace('_', '-')}" for a in task.get_arguments()
-                      if a.kind is bool} | {f"-{a.names[1]}" for a in task.get_arguments()
-                                            if a.kind is bool and len(a.names) > 1}
-               for name, task in tasks.items()}
+    boolean = {
+        name: {f"--{a.name.replace('_', '-')}" for a in task.get_arguments() if a.kind is bool}
+        | {f"-{a.names[1]}" for a in task.get_arguments() if a.kind is bool and len(a.names) > 1}
+        for name, task in tasks.items()
+    }
     out: list[str] = []
     current: str | None = None
     takes_value = False
@@ -107,8 +111,7 @@ def accept_assignments(tasks: dict[str, Any]) -> None:
             takes_value = False
         elif word.startswith("-"):
             out.append(word)
-            takes_value = current is not None and "=" not in word and \
-                word not in boolean[current]
+            takes_value = current is not None and "=" not in word and word not in boolean[current]
         elif current is not None and ASSIGNMENT.match(word):
             out += ["--set", word]
         else:
@@ -139,8 +142,7 @@ class Executor(invoke.Executor):  # type: ignore[misc]
         try:
             self.config.load_shell_env()
         except (ValueError, UncastableEnvVar):
-            raise Exit(bad_environment(self.config).render(), code=UsageError.exit_code
-                       ) from None
+            raise Exit(bad_environment(self.config).render(), code=UsageError.exit_code) from None
         return super().execute(*tasks)
 
 
@@ -160,10 +162,16 @@ def bad_environment(config: Any) -> UsageError:
                 raise TypeError("lists cannot come from the environment")
             kind(raw)
         except (TypeError, ValueError):
-            expected = {int: "a whole number", float: "a number", list: "a list (set it in "
-                        "invoke.yaml: lists cannot come from the environment)"}.get(
-                            kind, kind.__name__)
-            return UsageError(f"{name}={raw!r}: selfhost.{key} must be {expected}",
-                              hint=f"fix or unset {name} (the default is in invoke.yaml)")
-    return UsageError("an INVOKE_* environment variable has a value of the wrong type",
-                      hint="compare them with the settings in invoke.yaml")
+            expected = {
+                int: "a whole number",
+                float: "a number",
+                list: "a list (set it in invoke.yaml: lists cannot come from the environment)",
+            }.get(kind, kind.__name__)
+            return UsageError(
+                f"{name}={raw!r}: selfhost.{key} must be {expected}",
+                hint=f"fix or unset {name} (the default is in invoke.yaml)",
+            )
+    return UsageError(
+        "an INVOKE_* environment variable has a value of the wrong type",
+        hint="compare them with the settings in invoke.yaml",
+    )

@@ -19,30 +19,42 @@ if TYPE_CHECKING:
     from selfhost.ui import UI
 
 
-@task(help={
-    "compiler": "the recipe to package (default: selfhost.default_compiler)",
-    "out": "where to write the slug (default: <workspace>/slugs/NAME-VERSION.tgz)",
-    "strict": "make every lint an error (no slug is written if one fires)",
-    "stack": "lint against this suite's stack instead of the one it was built on",
-    "engine": "sandbox engine for the bootstrap: bwrap (default) or docker",
-    "json": "print {path, checksum, size, process_types, warnings} as JSON",
-})
-def slug(c: Context, compiler: str | None = None, out: str | None = None, strict: bool = False,
-         stack: str | None = None, engine: str | None = None, json: bool = False) -> None:
+@task(
+    help={
+        "compiler": "the recipe to package (default: selfhost.default_compiler)",
+        "out": "where to write the slug (default: <workspace>/slugs/NAME-VERSION.tgz)",
+        "strict": "make every lint an error (no slug is written if one fires)",
+        "stack": "lint against this suite's stack instead of the one it was built on",
+        "engine": "sandbox engine for the bootstrap: bwrap (default) or docker",
+        "json": "print {path, checksum, size, process_types, warnings} as JSON",
+    }
+)
+def slug(
+    c: Context,
+    compiler: str | None = None,
+    out: str | None = None,
+    strict: bool = False,
+    stack: str | None = None,
+    engine: str | None = None,
+    json: bool = False,
+) -> None:
     """Package the final stage and the platform app into a reproducible slug."""
     s = settings(c, engine=engine)
     ui = make_ui(s, json=json)
     if stack and stack not in SUITES:
         raise UsageError(f"--stack is {stack!r}; expected one of {', '.join(SUITES)}")
-    result = _build_slug(s, ui, compiler, out=Path(out) if out else None, strict=strict,
-                         target_suite=stack)
+    result = _build_slug(
+        s, ui, compiler, out=Path(out) if out else None, strict=strict, target_suite=stack
+    )
     if json:
         ui.emit_json(result.to_json())
         return
     info = result.info
-    ui.info(f"slug {info.path}\n  checksum: {info.checksum}\n  size: {info.size} bytes\n"
-            f"  process types: {', '.join(f'{k}: {v}' for k, v in info.process_types.items())}"
-            f"\n  stack: {result.target_stack.spec.name}\n  lints: {len(result.lints)}")
+    ui.info(
+        f"slug {info.path}\n  checksum: {info.checksum}\n  size: {info.size} bytes\n"
+        f"  process types: {', '.join(f'{k}: {v}' for k, v in info.process_types.items())}"
+        f"\n  stack: {result.target_stack.spec.name}\n  lints: {len(result.lints)}"
+    )
 
 
 def _build_slug(s: Settings, ui: UI, compiler: str | None, **options: Any) -> CompilerSlug:
@@ -83,25 +95,46 @@ def start_daemon(s: Settings) -> tuple[Any, bool]:
     from selfhost.platform.dynos import DynoSettings
     from selfhost.platform.store import PlatformPaths
 
-    dynos = DynoSettings(stacks=str(s.stacks), suite=s.suite, variant=s.variant,
-                         base_packages=s.base_packages, mirror=s.mirror, engine=s.engine,
-                         docker_url=s.docker_url, grace_seconds=s.dyno_grace_seconds)
-    return daemon.start(PlatformPaths(s.platform), port=s.platform_port, stack=s.suite,
-                        max_blob_bytes=s.slug_max_bytes, dynos=dynos, queue=s.queue_url)
+    dynos = DynoSettings(
+        stacks=str(s.stacks),
+        suite=s.suite,
+        variant=s.variant,
+        base_packages=s.base_packages,
+        mirror=s.mirror,
+        engine=s.engine,
+        docker_url=s.docker_url,
+        grace_seconds=s.dyno_grace_seconds,
+    )
+    return daemon.start(
+        PlatformPaths(s.platform),
+        port=s.platform_port,
+        stack=s.suite,
+        max_blob_bytes=s.slug_max_bytes,
+        dynos=dynos,
+        queue=s.queue_url,
+    )
 
 
 API_HELP = "a Heroku-compatible API URL instead of the local platform (token: HEROKU_API_KEY)"
 
 
-@task(help={
-    "app": "the app to release to (created on the local platform if it does not exist)",
-    "api": API_HELP,
-    "compiler": "the recipe to package (default: selfhost.default_compiler)",
-    "strict": "refuse to release if a slug lint fires",
-    "json": "print the release as JSON",
-})
-def release(c: Context, app: str, api: str | None = None, compiler: str | None = None,
-            strict: bool = False, json: bool = False) -> None:
+@task(
+    help={
+        "app": "the app to release to (created on the local platform if it does not exist)",
+        "api": API_HELP,
+        "compiler": "the recipe to package (default: selfhost.default_compiler)",
+        "strict": "refuse to release if a slug lint fires",
+        "json": "print the release as JSON",
+    }
+)
+def release(
+    c: Context,
+    app: str,
+    api: str | None = None,
+    compiler: str | None = None,
+    strict: bool = False,
+    json: bool = False,
+) -> None:
     """Build the slug, upload it, verify it and release it as the app's next version."""
     s = settings(c)
     ui = make_ui(s, json=json)
@@ -111,19 +144,26 @@ def release(c: Context, app: str, api: str | None = None, compiler: str | None =
     info = built.info
     with ui.step(f"release {app}") as step:
         result = client.release_slug(
-            app, info.path, checksum=info.checksum, size=info.size,
-            process_types=info.process_types, stack=s.suite if local else None,
+            app,
+            info.path,
+            checksum=info.checksum,
+            size=info.size,
+            process_types=info.process_types,
+            stack=s.suite if local else None,
             commit=built.bootstrap.stages[-1].input_hash[:40],
             description=f"{recipe.name} {recipe.version} stage{built.bootstrap.stages[-1].stage}",
-            create_app=local)
+            create_app=local,
+        )
         step.note = f"v{result.version}"
     if json:
         ui.emit_json(result.to_json())
         return
     if result.app_created:
         ui.info(f"created app {app} (first release)")
-    ui.info(f"released v{result.version} of {app}: slug {result.slug_id} ({info.checksum}, "
-            f"{info.size} bytes)")
+    ui.info(
+        f"released v{result.version} of {app}: slug {result.slug_id} ({info.checksum}, "
+        f"{info.size} bytes)"
+    )
 
 
 @task(help={"app": "the app", "api": API_HELP, "json": "print the releases as JSON"})
@@ -135,13 +175,26 @@ def releases(c: Context, app: str, api: str | None = None, json: bool = False) -
     if json:
         ui.emit_json(items)
         return
-    ui.table(f"releases of {app}", ["version", "description", "slug", "created", "current"],
-             [(f"v{r['version']}", r["description"], (r["slug"] or {}).get("id", "-"),
-               r["created_at"], "*" if r["current"] else "") for r in items])
+    ui.table(
+        f"releases of {app}",
+        ["version", "description", "slug", "created", "current"],
+        [
+            (
+                f"v{r['version']}",
+                r["description"],
+                (r["slug"] or {}).get("id", "-"),
+                r["created_at"],
+                "*" if r["current"] else "",
+            )
+            for r in items
+        ],
+    )
 
 
-@task(positional=["version"], help={"app": "the app", "version": "the release to roll back "
-                                    "to (vN or N)", "api": API_HELP})
+@task(
+    positional=["version"],
+    help={"app": "the app", "version": "the release to roll back to (vN or N)", "api": API_HELP},
+)
 def rollback(c: Context, app: str, version: str, api: str | None = None) -> None:
     """Roll back to an earlier release (as a new release with its code and config)."""
     s = settings(c)
@@ -150,15 +203,24 @@ def rollback(c: Context, app: str, version: str, api: str | None = None) -> None
     ui.info(f"v{result['version']} of {app}: {result['description']}")
 
 
-@task(iterable=["set", "unset"], help={
-    "app": "the app",
-    "set": "K=V to set (repeatable); pairs after -- work too: -- K=V K2=V2",
-    "unset": "a config var to remove (repeatable)",
-    "api": API_HELP,
-    "json": "print the config vars as JSON",
-})
-def config(c: Context, app: str, set: list[str] | None = None,
-           unset: list[str] | None = None, api: str | None = None, json: bool = False) -> None:
+@task(
+    iterable=["set", "unset"],
+    help={
+        "app": "the app",
+        "set": "K=V to set (repeatable); pairs after -- work too: -- K=V K2=V2",
+        "unset": "a config var to remove (repeatable)",
+        "api": API_HELP,
+        "json": "print the config vars as JSON",
+    },
+)
+def config(
+    c: Context,
+    app: str,
+    set: list[str] | None = None,
+    unset: list[str] | None = None,
+    api: str | None = None,
+    json: bool = False,
+) -> None:
     """Show an app's config vars, or set and unset them (each change is a release)."""
     s = settings(c)
     ui = make_ui(s, json=json)
@@ -182,8 +244,14 @@ def config(c: Context, app: str, set: list[str] | None = None,
 # --------------------------------------------------------------------------- apps
 
 
-@task(positional=["name"], help={"name": "the app's name (lowercase, digits, dashes)",
-                                 "api": API_HELP, "json": "print the app as JSON"})
+@task(
+    positional=["name"],
+    help={
+        "name": "the app's name (lowercase, digits, dashes)",
+        "api": API_HELP,
+        "json": "print the app as JSON",
+    },
+)
 def apps_create(c: Context, name: str, api: str | None = None, json: bool = False) -> None:
     """Create an app."""
     s = settings(c)
@@ -204,9 +272,11 @@ def apps_list(c: Context, api: str | None = None, json: bool = False) -> None:
     if json:
         ui.emit_json(items)
         return
-    ui.table("apps", ["name", "stack", "released", "id"],
-             [(a["name"], a["stack"]["name"], a.get("released_at") or "-", a["id"])
-              for a in items])
+    ui.table(
+        "apps",
+        ["name", "stack", "released", "id"],
+        [(a["name"], a["stack"]["name"], a.get("released_at") or "-", a["id"]) for a in items],
+    )
 
 
 # --------------------------------------------------------------------------- the daemon
@@ -221,8 +291,10 @@ def platform_up(c: Context) -> None:
     ui = make_ui(s)
     paths = PlatformPaths(s.platform)
     info, started = start_daemon(s)
-    ui.info(f"{'started' if started else 'already running:'} platform daemon pid {info.pid} "
-            f"at {info.url} (state: {paths.root}, log: {paths.log})")
+    ui.info(
+        f"{'started' if started else 'already running:'} platform daemon pid {info.pid} "
+        f"at {info.url} (state: {paths.root}, log: {paths.log})"
+    )
 
 
 @task
@@ -234,8 +306,9 @@ def platform_down(c: Context) -> None:
     s = settings(c)
     ui = make_ui(s)
     info = daemon.stop(PlatformPaths(s.platform))
-    ui.info(f"stopped platform daemon pid {info.pid}" if info else "the platform daemon was "
-            "not running")
+    ui.info(
+        f"stopped platform daemon pid {info.pid}" if info else "the platform daemon was not running"
+    )
 
 
 @task(help={"json": "print the status as JSON"})
@@ -249,15 +322,22 @@ def platform_status(c: Context, json: bool = False) -> None:
     paths = PlatformPaths(s.platform)
     info = daemon.running(paths)
     apps = Store(paths).apps() if paths.db.exists() else []
-    status = {"running": info is not None, "pid": info.pid if info else None,
-              "url": info.url if info else None, "state": str(paths.root),
-              "log": str(paths.log), "apps": len(apps),
-              "uptime_seconds": round(time.time() - info.started, 1) if info else None}
+    status = {
+        "running": info is not None,
+        "pid": info.pid if info else None,
+        "url": info.url if info else None,
+        "state": str(paths.root),
+        "log": str(paths.log),
+        "apps": len(apps),
+        "uptime_seconds": round(time.time() - info.started, 1) if info else None,
+    }
     if json:
         ui.emit_json(status)
     elif info:
-        ui.info(f"running: pid {info.pid} at {info.url}, up {status['uptime_seconds']}s, "
-                f"{len(apps)} app(s); state {paths.root}")
+        ui.info(
+            f"running: pid {info.pid} at {info.url}, up {status['uptime_seconds']}s, "
+            f"{len(apps)} app(s); state {paths.root}"
+        )
     else:
         ui.info(f"not running (state {paths.root}); start it with `invoke platform.up`")
 
@@ -265,18 +345,28 @@ def platform_status(c: Context, json: bool = False) -> None:
 # --------------------------------------------------------------------------- dynos
 
 
-@task(iterable=["env"], help={
-    "app": "the app whose current release runs",
-    "size": "dyno size (basic, standard-1x, standard-2x, performance-m, performance-l)",
-    "env": "K=V added to the dyno's environment (repeatable)",
-    "ttl": "seconds after which the dyno is stopped",
-    "detached": "return at once; the output goes to the app's log (invoke logs)",
-    "engine": "run it with bwrap (default) or docker",
-    "api": API_HELP,
-})
-def run(c: Context, app: str, size: str | None = None, env: list[str] | None = None,
-        ttl: str | None = None, detached: bool = False, engine: str | None = None,
-        api: str | None = None) -> None:
+@task(
+    iterable=["env"],
+    help={
+        "app": "the app whose current release runs",
+        "size": "dyno size (basic, standard-1x, standard-2x, performance-m, performance-l)",
+        "env": "K=V added to the dyno's environment (repeatable)",
+        "ttl": "seconds after which the dyno is stopped",
+        "detached": "return at once; the output goes to the app's log (invoke logs)",
+        "engine": "run it with bwrap (default) or docker",
+        "api": API_HELP,
+    },
+)
+def run(
+    c: Context,
+    app: str,
+    size: str | None = None,
+    env: list[str] | None = None,
+    ttl: str | None = None,
+    detached: bool = False,
+    engine: str | None = None,
+    api: str | None = None,
+) -> None:
     """Run a one-off dyno: invoke run --app NAME -- COMMAND ARGS... (its exit code is ours)."""
     import sys
 
@@ -286,8 +376,10 @@ def run(c: Context, app: str, size: str | None = None, env: list[str] | None = N
     ui = make_ui(s, json=True)  # progress on stderr: stdout is the command's own
     argv = argv_after_dashdash()
     if not argv:
-        raise UsageError("no command to run", hint="put it after --, e.g. "
-                         "invoke run --app myapp -- bin/compile -v")
+        raise UsageError(
+            "no command to run",
+            hint="put it after --, e.g. invoke run --app myapp -- bin/compile -v",
+        )
     extra: dict[str, str] = {}
     for pair in env or []:
         key, sep, value = pair.partition("=")
@@ -300,9 +392,14 @@ def run(c: Context, app: str, size: str | None = None, env: list[str] | None = N
         raise UsageError(f"--engine is {engine!r}; expected bwrap or docker")
     command = command_line(argv)
     client = client_for(s, ui, api)[0]
-    body: dict[str, Any] = {"command": command, "attach": not detached, "type": "run",
-                            "env": extra, "size": size,
-                            "time_to_live": int(ttl) if ttl else None}
+    body: dict[str, Any] = {
+        "command": command,
+        "attach": not detached,
+        "type": "run",
+        "env": extra,
+        "size": size,
+        "time_to_live": int(ttl) if ttl else None,
+    }
     if engine:
         body["engine"] = engine
     dyno = client.create_dyno(app, {k: v for k, v in body.items() if v is not None})
@@ -356,17 +453,27 @@ def ps_list(c: Context, app: str, json: bool = False, api: str | None = None) ->
     client = client_for(s, ui, api)[0]
     dynos = client.dynos(app)
     try:
-        running = {j["worker"]["dyno"]: j for j in client.jobs(app, ("running",))
-                   if j.get("worker")}
+        running = {
+            j["worker"]["dyno"]: j for j in client.jobs(app, ("running",)) if j.get("worker")
+        }
     except SelfhostError:  # an API without jobs (Heroku's)
         running = {}
     for d in dynos:
         job = running.get(d["id"])
-        d["job"] = ({"id": job["id"], "kind": job["kind"], "parent": job["parent"],
-                     "progress": job["progress"]} if job else None)
+        d["job"] = (
+            {
+                "id": job["id"],
+                "kind": job["kind"],
+                "parent": job["parent"],
+                "progress": job["progress"],
+            }
+            if job
+            else None
+        )
     if json:
         ui.emit_json(dynos)
         return
+
     def short(text: str, width: int = 32) -> str:
         return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -376,15 +483,29 @@ def ps_list(c: Context, app: str, json: bool = False, api: str | None = None) ->
             return describe(job)
         return f"job {d['parent']}" if d.get("parent") else "-"
 
-    ui.table(f"dynos of {app}", ["dyno", "type", "state", "since", "command", "job",
-                                 "restarts", "exit"],
-             [(d["name"], d["type"], d["state"], d["updated_at"][11:19], short(d["command"], 28),
-               job_of(d), d.get("restarts", 0),
-               "" if d.get("exit_code") is None else d["exit_code"]) for d in dynos])
+    ui.table(
+        f"dynos of {app}",
+        ["dyno", "type", "state", "since", "command", "job", "restarts", "exit"],
+        [
+            (
+                d["name"],
+                d["type"],
+                d["state"],
+                d["updated_at"][11:19],
+                short(d["command"], 28),
+                job_of(d),
+                d.get("restarts", 0),
+                "" if d.get("exit_code") is None else d["exit_code"],
+            )
+            for d in dynos
+        ],
+    )
 
 
-@task(positional=["dyno"], help={"app": "the app", "dyno": "the dyno's name (worker.1) or id",
-                                 "api": API_HELP})
+@task(
+    positional=["dyno"],
+    help={"app": "the app", "dyno": "the dyno's name (worker.1) or id", "api": API_HELP},
+)
 def ps_stop(c: Context, app: str, dyno: str, api: str | None = None) -> None:
     """Stop a dyno (SIGTERM, then SIGKILL after the grace period)."""
     s = settings(c)
@@ -393,13 +514,18 @@ def ps_stop(c: Context, app: str, dyno: str, api: str | None = None) -> None:
     ui.info(f"stopping {stopped['name']} of {app}")
 
 
-@task(iterable=["set"], help={
-    "app": "the app",
-    "set": "TYPE=N or TYPE=N:SIZE (repeatable; bare TYPE=N words work too)",
-    "api": API_HELP, "json": "print the formation as JSON",
-})
-def scale(c: Context, app: str, set: list[str] | None = None,
-          api: str | None = None, json: bool = False) -> None:
+@task(
+    iterable=["set"],
+    help={
+        "app": "the app",
+        "set": "TYPE=N or TYPE=N:SIZE (repeatable; bare TYPE=N words work too)",
+        "api": API_HELP,
+        "json": "print the formation as JSON",
+    },
+)
+def scale(
+    c: Context, app: str, set: list[str] | None = None, api: str | None = None, json: bool = False
+) -> None:
     """Scale process types: invoke scale --app NAME worker=3 web=1."""
     s = settings(c)
     ui = make_ui(s, json=json)
@@ -422,10 +548,15 @@ def scale(c: Context, app: str, set: list[str] | None = None,
         ui.info(f"{f['type']}={f['quantity']}:{f['size']}  ({f['command']})")
 
 
-@task(help={"app": "the app", "tail": "keep following the log", "num": "lines to show first",
-            "api": API_HELP})
-def logs(c: Context, app: str, tail: bool = False, num: int = 100,
-         api: str | None = None) -> None:
+@task(
+    help={
+        "app": "the app",
+        "tail": "keep following the log",
+        "num": "lines to show first",
+        "api": API_HELP,
+    }
+)
+def logs(c: Context, app: str, tail: bool = False, num: int = 100, api: str | None = None) -> None:
     """Show the app's log (dyno output and platform events); --tail follows it."""
     import sys
 

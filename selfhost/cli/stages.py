@@ -20,17 +20,26 @@ if TYPE_CHECKING:
 # quick tasks (a cached bootstrap, a diff verdict) start faster without them.
 
 
-@task(help={
-    "compiler": "recipe name (tcc, go) or a recipe .toml path; default selfhost.default_compiler",
-    "stages": "number of stages to build (default: the recipe's)",
-    "engine": "sandbox engine: bwrap (default) or docker",
-    "force": "rebuild every stage even if it is cached",
-    "json": "print the result as JSON on stdout (progress goes to stderr)",
-    "verbose": "echo every sandbox command before it runs",
-})
-def bootstrap(c: Context, compiler: str | None = None, stages: str | None = None,
-              engine: str | None = None, force: bool = False, json: bool = False,
-              verbose: bool = False) -> None:
+@task(
+    help={
+        "compiler": "recipe name (tcc, go) or a recipe .toml path; "
+        "default selfhost.default_compiler",
+        "stages": "number of stages to build (default: the recipe's)",
+        "engine": "sandbox engine: bwrap (default) or docker",
+        "force": "rebuild every stage even if it is cached",
+        "json": "print the result as JSON on stdout (progress goes to stderr)",
+        "verbose": "echo every sandbox command before it runs",
+    }
+)
+def bootstrap(
+    c: Context,
+    compiler: str | None = None,
+    stages: str | None = None,
+    engine: str | None = None,
+    force: bool = False,
+    json: bool = False,
+    verbose: bool = False,
+) -> None:
     """Build a compiler in stages on its stack and check the fixpoint."""
     from selfhost.stages.engine import make_engine
     from selfhost.stages.pipeline import Bootstrap, require_fixpoint
@@ -62,12 +71,22 @@ def report(ui: UI, outcome: BootstrapResult) -> None:
     rows = []
     for st in outcome.stages:
         tests = st.manifest.tests
-        rows.append((f"stage{st.stage}", st.input_hash[:16], "yes" if st.cached else "no",
-                     "-" if tests is None else ("passed" if tests.passed else "FAILED"),
-                     len(st.manifest.artifacts), st.manifest.tree_digest[:16]))
-    ui.table(f"{outcome.recipe.name} {outcome.recipe.version} on {outcome.stack.spec.name} "
-             f"({outcome.engine})",
-             ["stage", "input hash", "cached", "tests", "artifacts", "tree digest"], rows)
+        rows.append(
+            (
+                f"stage{st.stage}",
+                st.input_hash[:16],
+                "yes" if st.cached else "no",
+                "-" if tests is None else ("passed" if tests.passed else "FAILED"),
+                len(st.manifest.artifacts),
+                st.manifest.tree_digest[:16],
+            )
+        )
+    ui.table(
+        f"{outcome.recipe.name} {outcome.recipe.version} on {outcome.stack.spec.name} "
+        f"({outcome.engine})",
+        ["stage", "input hash", "cached", "tests", "artifacts", "tree digest"],
+        rows,
+    )
     cmp = outcome.comparison
     if cmp is None:
         ui.info("fixpoint not checked: fewer than two stages")
@@ -76,8 +95,10 @@ def report(ui: UI, outcome: BootstrapResult) -> None:
     for path, reason in cmp.excluded:
         ui.warn(f"excluded from the comparison, and different: {path} ({reason})")
     if cmp.same:
-        ui.info(f"fixpoint reached: stage{a} and stage{b} are byte-identical "
-                f"({len(cmp.identical)} artifacts)")
+        ui.info(
+            f"fixpoint reached: stage{a} and stage{b} are byte-identical "
+            f"({len(cmp.identical)} artifacts)"
+        )
     else:
         n = len(cmp.different) + len(cmp.only_left) + len(cmp.only_right)
         message = f"fixpoint not reached: stage{a} and stage{b} differ in {n} artifact(s)"
@@ -87,13 +108,15 @@ def report(ui: UI, outcome: BootstrapResult) -> None:
             ui.error(message)
 
 
-@task(help={
-    "compiler": "the recipe whose packages the stack includes (default: selfhost.default_compiler)",
-    "all": "list every installed package, not only the requested ones",
-    "json": "print the stack as JSON",
-})
-def stack(c: Context, compiler: str | None = None, all: bool = False, json: bool = False
-          ) -> None:
+@task(
+    help={
+        "compiler": "the recipe whose packages the stack includes "
+        "(default: selfhost.default_compiler)",
+        "all": "list every installed package, not only the requested ones",
+        "json": "print the stack as JSON",
+    }
+)
+def stack(c: Context, compiler: str | None = None, all: bool = False, json: bool = False) -> None:
     """Build the stack (a pinned Debian rootfs) if needed, and show it."""
     from selfhost.stages.pipeline import ensure_stack
 
@@ -105,32 +128,54 @@ def stack(c: Context, compiler: str | None = None, all: bool = False, json: bool
         step.note = built.spec.name
     requested = built.spec.packages
     if json:
-        ui.emit_json({**built.identity, "path": str(built.rootfs),
-                      "packages": built.versions(requested),
-                      "installed": built.installed if all else len(built.installed)})
+        ui.emit_json(
+            {
+                **built.identity,
+                "path": str(built.rootfs),
+                "packages": built.versions(requested),
+                "installed": built.installed if all else len(built.installed),
+            }
+        )
         return
-    ui.info(f"stack {built.spec.name}\n  suite: {built.spec.suite} ({built.spec.variant}, "
-            f"{built.spec.arch})\n  digest: {built.spec.digest}\n  packages digest: "
-            f"{built.packages_digest}\n  rootfs: {built.rootfs}\n  installed: "
-            f"{len(built.installed)} packages")
+    ui.info(
+        f"stack {built.spec.name}\n  suite: {built.spec.suite} ({built.spec.variant}, "
+        f"{built.spec.arch})\n  digest: {built.spec.digest}\n  packages digest: "
+        f"{built.packages_digest}\n  rootfs: {built.rootfs}\n  installed: "
+        f"{len(built.installed)} packages"
+    )
     shown = built.installed if all else built.versions(requested)
-    ui.table("packages" if all else "requested packages", ["package", "version"],
-             sorted((p, v or "MISSING") for p, v in shown.items()))
+    ui.table(
+        "packages" if all else "requested packages",
+        ["package", "version"],
+        sorted((p, v or "MISSING") for p, v in shown.items()),
+    )
 
 
-@task(auto_shortflags=False, help={
-    "compiler": "the recipe whose last bootstrap is compared (default: selfhost.default_compiler)",
-    "from": "the left stage number (default: the second to last stage)",
-    "to": "the right stage number (default: the last stage)",
-    "left": "compare any two trees instead: the left directory (a stage entry or any tree)",
-    "right": "the right directory, with --left",
-    "json": "print the full structured result as JSON on stdout",
-    "html": "also write a self-contained HTML report to this file",
-    "diffoscope": "also hand each differing pair to diffoscope, if it is installed",
-})
-def diff_stages(c: Context, compiler: str | None = None, from_: str | None = None,
-                to: str | None = None, left: str | None = None, right: str | None = None,
-                json: bool = False, html: str | None = None, diffoscope: bool = False) -> None:
+@task(
+    auto_shortflags=False,
+    help={
+        "compiler": "the recipe whose last bootstrap is compared "
+        "(default: selfhost.default_compiler)",
+        "from": "the left stage number (default: the second to last stage)",
+        "to": "the right stage number (default: the last stage)",
+        "left": "compare any two trees instead: the left directory (a stage entry or any tree)",
+        "right": "the right directory, with --left",
+        "json": "print the full structured result as JSON on stdout",
+        "html": "also write a self-contained HTML report to this file",
+        "diffoscope": "also hand each differing pair to diffoscope, if it is installed",
+    },
+)
+def diff_stages(
+    c: Context,
+    compiler: str | None = None,
+    from_: str | None = None,
+    to: str | None = None,
+    left: str | None = None,
+    right: str | None = None,
+    json: bool = False,
+    html: str | None = None,
+    diffoscope: bool = False,
+) -> None:
     """Prove the fixpoint (exit 0), or explain every difference (exit 1)."""
     from selfhost.stages import diff_html
     from selfhost.stages.diff import directory_job, run_diffoscope, stage_job
@@ -142,14 +187,17 @@ def diff_stages(c: Context, compiler: str | None = None, from_: str | None = Non
         if not (left and right):
             raise UsageError("--left and --right go together", hint="give both directories")
         if from_ or to:
-            raise UsageError("--from/--to compare stages; --left/--right compare directories",
-                             hint="use one pair or the other")
+            raise UsageError(
+                "--from/--to compare stages; --left/--right compare directories",
+                hint="use one pair or the other",
+            )
         exclusions = find_recipe(compiler, s.recipe_dirs).exclude if compiler else ()
         job = directory_job(Path(left), Path(right), exclusions)
     else:
         recipe = find_recipe(compiler or s.default_compiler, s.recipe_dirs)
-        job = stage_job(Workspace(s.workspace), recipe, parse_stage(from_, "--from"),
-                             parse_stage(to, "--to"))
+        job = stage_job(
+            Workspace(s.workspace), recipe, parse_stage(from_, "--from"), parse_stage(to, "--to")
+        )
     report = job.run()
     if json:
         ui.emit_json(report.to_json())
@@ -182,11 +230,21 @@ def show_diff(ui: UI, report: DiffReport, fixpoint: bool) -> None:
     for f in report.differing:
         a = f.analysis
         sections = ", ".join(f"{s.name} {s.differing_bytes}" for s in (a.sections if a else [])[:3])
-        rows.append((f.path, f.status, a.cause.value if a else "-",
-                     "" if not a or a.strings_diff_lines is None else a.strings_diff_lines,
-                     sections, (a.evidence[0] if a and a.evidence else "")[:80]))
+        rows.append(
+            (
+                f.path,
+                f.status,
+                a.cause.value if a else "-",
+                "" if not a or a.strings_diff_lines is None else a.strings_diff_lines,
+                sections,
+                (a.evidence[0] if a and a.evidence else "")[:80],
+            )
+        )
     if rows:
-        ui.table("differences", ["file", "status", "cause", "strings diff", "sections (bytes)",
-                                 "evidence"], rows)
+        ui.table(
+            "differences",
+            ["file", "status", "cause", "strings diff", "sections (bytes)", "evidence"],
+            rows,
+        )
     for f in report.excluded:
         ui.warn(f"excluded, and different: {f.path} ({f.reason})")

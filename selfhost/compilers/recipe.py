@@ -35,8 +35,19 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 COMMIT_RE = re.compile(r"^[0-9a-f]{7,40}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_ENV = frozenset(
-    {"PATH", "HOME", "LC_ALL", "TZ", "SOURCE_DATE_EPOCH", "BUILDER", "PREFIX", "DESTDIR",
-     "SRC", "JOBS", "STAGE"}
+    {
+        "PATH",
+        "HOME",
+        "LC_ALL",
+        "TZ",
+        "SOURCE_DATE_EPOCH",
+        "BUILDER",
+        "PREFIX",
+        "DESTDIR",
+        "SRC",
+        "JOBS",
+        "STAGE",
+    }
 )
 
 
@@ -153,8 +164,11 @@ class Recipe:
             "name": self.name,
             "version": self.version,
             "prefix": self.prefix,
-            "steps": {"build": self.steps.build, "install": self.steps.install,
-                      "test": self.steps.test},
+            "steps": {
+                "build": self.steps.build,
+                "install": self.steps.install,
+                "test": self.steps.test,
+            },
             "stage0": {"builder": self.stage0_builder, "packages": list(self.stage0_packages)},
             "builder": self.builder,
             "source_date_epoch": self.source_date_epoch,
@@ -183,21 +197,34 @@ class _Reader:
         self.data = data
 
     def fail(self, dotted: str, message: str, hint: str | None = None) -> RecipeError:
-        return RecipeError(message, path=str(self.path), field=dotted,
-                           line=locate(self.text, dotted), hint=hint)
+        return RecipeError(
+            message, path=str(self.path), field=dotted, line=locate(self.text, dotted), hint=hint
+        )
 
-    def get(self, table: dict[str, Any], dotted: str, key: str, kind: type | tuple[type, ...],
-            default: Any = ..., expected: str = "") -> Any:
+    def get(
+        self,
+        table: dict[str, Any],
+        dotted: str,
+        key: str,
+        kind: type | tuple[type, ...],
+        default: Any = ...,
+        expected: str = "",
+    ) -> Any:
         if key not in table:
             if default is ...:
-                raise self.fail(dotted, f"required field '{key}' is missing",
-                                hint=f"add {key} = <{expected or _kind_name(kind)}>")
+                raise self.fail(
+                    dotted,
+                    f"required field '{key}' is missing",
+                    hint=f"add {key} = <{expected or _kind_name(kind)}>",
+                )
             return default
         value = table[key]
         # bool is an int subclass; never accept it where a number is expected
         if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
-            raise self.fail(dotted, f"expected {expected or _kind_name(kind)}, "
-                                    f"got {type(value).__name__} {value!r}")
+            raise self.fail(
+                dotted,
+                f"expected {expected or _kind_name(kind)}, got {type(value).__name__} {value!r}",
+            )
         return value
 
 
@@ -249,9 +276,24 @@ def locate(text: str, dotted: str) -> int | None:
     return header
 
 
-TOP_KEYS = {"name", "version", "description", "prefix", "stages", "fixpoint", "max_stages",
-            "source_date_epoch", "builder", "sources", "stage0", "stack", "env", "steps",
-            "compare", "slug"}
+TOP_KEYS = {
+    "name",
+    "version",
+    "description",
+    "prefix",
+    "stages",
+    "fixpoint",
+    "max_stages",
+    "source_date_epoch",
+    "builder",
+    "sources",
+    "stage0",
+    "stack",
+    "env",
+    "steps",
+    "compare",
+    "slug",
+}
 
 
 def load_recipe(path: Path) -> Recipe:
@@ -266,8 +308,12 @@ def load_recipe(path: Path) -> Recipe:
         line = getattr(exc, "lineno", None)
         if line is None and (m := re.search(r"line (\d+)", str(exc))):
             line = int(m.group(1))
-        raise RecipeError(f"not valid TOML: {exc}", path=str(path), line=line,
-                          hint="fix the syntax; see docs/recipes.md for the format") from None
+        raise RecipeError(
+            f"not valid TOML: {exc}",
+            path=str(path),
+            line=line,
+            hint="fix the syntax; see docs/recipes.md for the format",
+        ) from None
     return parse_recipe(data, path=path, text=text)
 
 
@@ -276,22 +322,32 @@ def parse_recipe(data: dict[str, Any], *, path: Path, text: str = "") -> Recipe:
     r = _Reader(path, text, data)
     for key in data:
         if key not in TOP_KEYS:
-            raise r.fail(key, f"unknown field '{key}'",
-                         hint=f"known fields: {', '.join(sorted(TOP_KEYS))}")
+            raise r.fail(
+                key, f"unknown field '{key}'", hint=f"known fields: {', '.join(sorted(TOP_KEYS))}"
+            )
 
     name = r.get(data, "name", "name", str)
     if not NAME_RE.match(name):
-        raise r.fail("name", f"'{name}' is not a valid name",
-                     hint="use lower-case letters, digits and . _ + - (at most 64)")
+        raise r.fail(
+            "name",
+            f"'{name}' is not a valid name",
+            hint="use lower-case letters, digits and . _ + - (at most 64)",
+        )
     version = r.get(data, "version", "version", str)
     if not version.strip():
         raise r.fail("version", "must not be empty")
     prefix = r.get(data, "prefix", "prefix", str, expected="an absolute path such as /opt/NAME")
-    if not prefix.startswith("/") or prefix.rstrip("/") in ("", "/usr", "/bin", "/etc", "/lib") \
-            or ".." in prefix.split("/") or prefix.startswith(("/build", "/out", "/proc", "/dev",
-                                                               "/tmp")):
-        raise r.fail("prefix", f"'{prefix}' cannot be an install prefix",
-                     hint="use a dedicated absolute directory such as /opt/NAME")
+    if (
+        not prefix.startswith("/")
+        or prefix.rstrip("/") in ("", "/usr", "/bin", "/etc", "/lib")
+        or ".." in prefix.split("/")
+        or prefix.startswith(("/build", "/out", "/proc", "/dev", "/tmp"))
+    ):
+        raise r.fail(
+            "prefix",
+            f"'{prefix}' cannot be an install prefix",
+            hint="use a dedicated absolute directory such as /opt/NAME",
+        )
     prefix = prefix.rstrip("/")
 
     stages = r.get(data, "stages", "stages", int, 3)
@@ -301,8 +357,11 @@ def parse_recipe(data: dict[str, Any], *, path: Path, text: str = "") -> Recipe:
     try:
         policy = FixpointPolicy(policy_raw)
     except ValueError:
-        raise r.fail("fixpoint", f"'{policy_raw}' is not a fixpoint policy",
-                     hint="use one of: " + ", ".join(p.value for p in FixpointPolicy)) from None
+        raise r.fail(
+            "fixpoint",
+            f"'{policy_raw}' is not a fixpoint policy",
+            hint="use one of: " + ", ".join(p.value for p in FixpointPolicy),
+        ) from None
     max_stages = r.get(data, "max_stages", "max_stages", int, max(5, stages))
     if max_stages < stages:
         raise r.fail("max_stages", f"max_stages ({max_stages}) is below stages ({stages})")
@@ -313,11 +372,17 @@ def parse_recipe(data: dict[str, Any], *, path: Path, text: str = "") -> Recipe:
     sources = _parse_sources(r, data)
 
     stage0 = r.get(data, "stage0", "stage0", dict, expected="a table [stage0]")
-    stage0_builder = r.get(stage0, "stage0.builder", "builder", str,
-                           expected="the stage0 compiler, e.g. gcc")
+    stage0_builder = r.get(
+        stage0, "stage0.builder", "builder", str, expected="the stage0 compiler, e.g. gcc"
+    )
     stage0_packages = _string_list(r, stage0, "stage0.packages", "packages")
-    builder = r.get(data, "builder", "builder", str,
-                    expected="the compiler of a built stage, e.g. $PREFIX/bin/NAME")
+    builder = r.get(
+        data,
+        "builder",
+        "builder",
+        str,
+        expected="the compiler of a built stage, e.g. $PREFIX/bin/NAME",
+    )
 
     stack = r.get(data, "stack", "stack", dict, {})
     stack_packages = _string_list(r, stack, "stack.packages", "packages")
@@ -330,8 +395,11 @@ def parse_recipe(data: dict[str, Any], *, path: Path, text: str = "") -> Recipe:
     env: list[tuple[str, str]] = []
     for key, value in env_table.items():
         if not ENV_NAME_RE.match(key) or key in RESERVED_ENV:
-            raise r.fail(f"env.{key}", f"'{key}' cannot be set by a recipe",
-                         hint="reserved: " + ", ".join(sorted(RESERVED_ENV)))
+            raise r.fail(
+                f"env.{key}",
+                f"'{key}' cannot be set by a recipe",
+                hint="reserved: " + ", ".join(sorted(RESERVED_ENV)),
+            )
         if not isinstance(value, str):
             raise r.fail(f"env.{key}", f"expected a string, got {type(value).__name__}")
         env.append((key, value))
@@ -345,11 +413,17 @@ def parse_recipe(data: dict[str, Any], *, path: Path, text: str = "") -> Recipe:
     )
     for key in steps_table:
         if key not in ("build", "install", "test", "timeout"):
-            raise r.fail(f"steps.{key}", f"unknown step '{key}'",
-                         hint="steps are build, install, test (and timeout)")
+            raise r.fail(
+                f"steps.{key}",
+                f"unknown step '{key}'",
+                hint="steps are build, install, test (and timeout)",
+            )
     if "$DESTDIR" not in steps.install and "${DESTDIR}" not in steps.install:
-        raise r.fail("steps.install", "the install command never uses $DESTDIR",
-                     hint="install into $DESTDIR$PREFIX so the stage can be captured")
+        raise r.fail(
+            "steps.install",
+            "the install command never uses $DESTDIR",
+            hint="install into $DESTDIR$PREFIX so the stage can be captured",
+        )
 
     compare = r.get(data, "compare", "compare", dict, {})
     artifacts = tuple(_string_list(r, compare, "compare.artifacts", "artifacts") or ["**"])
@@ -358,12 +432,14 @@ def parse_recipe(data: dict[str, Any], *, path: Path, text: str = "") -> Recipe:
         dotted = f"compare.exclude[{i}]"
         if not isinstance(item, dict):
             raise r.fail(dotted, "expected a table with path and reason")
-        reason = r.get(item, f"{dotted}.reason", "reason", str,
-                       expected="a written reason for the exclusion")
+        reason = r.get(
+            item, f"{dotted}.reason", "reason", str, expected="a written reason for the exclusion"
+        )
         if not reason.strip():
             raise r.fail(f"{dotted}.reason", "an exclusion needs a written reason")
-        exclusions.append(Exclusion(path=r.get(item, f"{dotted}.path", "path", str),
-                                    reason=reason.strip()))
+        exclusions.append(
+            Exclusion(path=r.get(item, f"{dotted}.path", "path", str), reason=reason.strip())
+        )
 
     slug_table = r.get(data, "slug", "slug", dict, {})
     for key in slug_table:
@@ -372,12 +448,25 @@ def parse_recipe(data: dict[str, Any], *, path: Path, text: str = "") -> Recipe:
     slug_source = r.get(slug_table, "slug.source", "source", bool, True)
 
     return Recipe(
-        name=name, version=version, prefix=prefix, sources=tuple(sources), steps=steps,
-        stage0_builder=stage0_builder, builder=builder, stages=stages, fixpoint=policy,
-        max_stages=max_stages, source_date_epoch=sde, stage0_packages=tuple(stage0_packages),
-        stack_packages=tuple(stack_packages), env=tuple(env), artifacts=artifacts,
-        exclude=tuple(exclusions), description=str(data.get("description", "")),
-        slug_source=slug_source, path=path,
+        name=name,
+        version=version,
+        prefix=prefix,
+        sources=tuple(sources),
+        steps=steps,
+        stage0_builder=stage0_builder,
+        builder=builder,
+        stages=stages,
+        fixpoint=policy,
+        max_stages=max_stages,
+        source_date_epoch=sde,
+        stage0_packages=tuple(stage0_packages),
+        stack_packages=tuple(stack_packages),
+        env=tuple(env),
+        artifacts=artifacts,
+        exclude=tuple(exclusions),
+        description=str(data.get("description", "")),
+        slug_source=slug_source,
+        path=path,
     )
 
 
@@ -399,32 +488,47 @@ def _parse_sources(r: _Reader, data: dict[str, Any]) -> list[Source]:
         if not isinstance(item, dict):
             raise r.fail(dotted, "expected a [[sources]] table")
         kind = r.get(item, f"{dotted}.kind", "kind", str, expected="git, tarball or debian")
-        allowed = {"git": {"kind", "url", "commit"}, "tarball": {"kind", "url", "sha256"},
-                   "debian": {"kind", "package", "version", "sha256"}}
+        allowed = {
+            "git": {"kind", "url", "commit"},
+            "tarball": {"kind", "url", "sha256"},
+            "debian": {"kind", "package", "version", "sha256"},
+        }
         if kind not in allowed:
-            raise r.fail(f"{dotted}.kind", f"unknown source kind '{kind}'",
-                         hint="use git, tarball or debian")
+            raise r.fail(
+                f"{dotted}.kind", f"unknown source kind '{kind}'", hint="use git, tarball or debian"
+            )
         for key in item:
             if key not in allowed[kind]:
-                raise r.fail(f"{dotted}.{key}", f"field '{key}' does not belong to a {kind} source",
-                             hint=f"a {kind} source has: {', '.join(sorted(allowed[kind]))}")
+                raise r.fail(
+                    f"{dotted}.{key}",
+                    f"field '{key}' does not belong to a {kind} source",
+                    hint=f"a {kind} source has: {', '.join(sorted(allowed[kind]))}",
+                )
         source: Source
         if kind == "git":
             commit = r.get(item, f"{dotted}.commit", "commit", str, expected="a commit hash")
             if not COMMIT_RE.match(commit):
-                raise r.fail(f"{dotted}.commit", f"'{commit}' is not a commit hash",
-                             hint="pin 7 to 40 lower-case hex digits (branches and tags move)")
+                raise r.fail(
+                    f"{dotted}.commit",
+                    f"'{commit}' is not a commit hash",
+                    hint="pin 7 to 40 lower-case hex digits (branches and tags move)",
+                )
             source = GitSource(url=r.get(item, f"{dotted}.url", "url", str), commit=commit)
         else:
             sha = r.get(item, f"{dotted}.sha256", "sha256", str, expected="64 hex digits")
             if not SHA256_RE.match(sha):
-                raise r.fail(f"{dotted}.sha256", f"'{sha}' is not a sha256",
-                             hint="64 lower-case hex digits, as printed by sha256sum")
+                raise r.fail(
+                    f"{dotted}.sha256",
+                    f"'{sha}' is not a sha256",
+                    hint="64 lower-case hex digits, as printed by sha256sum",
+                )
             if kind == "tarball":
                 source = TarballSource(url=r.get(item, f"{dotted}.url", "url", str), sha256=sha)
             else:
-                source = DebianSource(package=r.get(item, f"{dotted}.package", "package", str),
-                                      version=r.get(item, f"{dotted}.version", "version", str),
-                                      sha256=sha)
+                source = DebianSource(
+                    package=r.get(item, f"{dotted}.package", "package", str),
+                    version=r.get(item, f"{dotted}.version", "version", str),
+                    sha256=sha,
+                )
         out.append(source)
     return out

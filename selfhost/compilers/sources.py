@@ -86,8 +86,12 @@ class SourceStore:
                 return self._fetch(source, log)
             except ChecksumMismatch as exc:
                 mismatch = exc
-                attempts.append(Attempt(source.describe(), f"{exc.message}: expected "
-                                        f"{exc.expected}, got {exc.actual}"))
+                attempts.append(
+                    Attempt(
+                        source.describe(),
+                        f"{exc.message}: expected {exc.expected}, got {exc.actual}",
+                    )
+                )
                 log(f"warning: {source.describe()}: sha256 mismatch, refused")
             except SourceError as exc:
                 attempts.append(Attempt(source.describe(), exc.message))
@@ -147,8 +151,10 @@ class SourceStore:
             h = hashlib.sha256()
             try:
                 request = urllib.request.Request(url, headers={"User-Agent": "selfhost"})
-                with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT) as resp, \
-                        os.fdopen(fd, "wb") as out:
+                with (
+                    urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT) as resp,
+                    os.fdopen(fd, "wb") as out,
+                ):
                     while chunk := resp.read(CHUNK):
                         h.update(chunk)
                         out.write(chunk)
@@ -186,8 +192,12 @@ class SourceStore:
         name, listed_sha = orig
         if listed_sha != source.sha256:
             raise ChecksumMismatch(f"{name} (as listed in {dsc_name})", source.sha256, listed_sha)
-        return self._download(f"{base}/{urllib.parse.quote(name)}", source.sha256,
-                              f"{name} from {source.describe()}", log)
+        return self._download(
+            f"{base}/{urllib.parse.quote(name)}",
+            source.sha256,
+            f"{name} from {source.describe()}",
+            log,
+        )
 
     def _fetch_git(self, source: GitSource, log: Log) -> FetchedSource:
         import git  # gitpython is imported lazily: most runs never need it
@@ -200,8 +210,9 @@ class SourceStore:
             try:
                 with repo.git.custom_environment(**env):
                     if len(source.commit) == 40:
-                        repo.git.fetch("--depth=1", "origin", source.commit,
-                                       kill_after_timeout=1800)
+                        repo.git.fetch(
+                            "--depth=1", "origin", source.commit, kill_after_timeout=1800
+                        )
                     else:  # an abbreviated pin needs the history to resolve it
                         repo.git.fetch("origin", kill_after_timeout=1800)
                 full = repo.git.rev_parse("--verify", f"{source.commit}^{{commit}}")
@@ -263,7 +274,7 @@ def _orig_from_dsc(dsc: str) -> tuple[str, str] | None:
     m = _DSC_SHA.search(dsc)
     if not m:
         return None
-    for line in dsc[m.end():].lstrip("\n").splitlines():
+    for line in dsc[m.end() :].lstrip("\n").splitlines():
         if not line.startswith(" "):
             break
         parts = line.split()

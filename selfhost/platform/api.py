@@ -61,10 +61,17 @@ class PlatformServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], paths: PlatformPaths, *, stack: str,
-                 max_blob_bytes: int, routes: dict[str, Handler] | None = None,
-                 on_change: Callable[[str], None] | None = None,
-                 log: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        address: tuple[str, int],
+        paths: PlatformPaths,
+        *,
+        stack: str,
+        max_blob_bytes: int,
+        routes: dict[str, Handler] | None = None,
+        on_change: Callable[[str], None] | None = None,
+        log: Callable[[str], None] | None = None,
+    ):
         super().__init__(address, RequestHandler)
         self.paths = paths
         self.store = Store(paths)
@@ -86,7 +93,8 @@ class PlatformServer(ThreadingHTTPServer):
 
 
 ROUTES: list[tuple[str, re.Pattern[str], str]] = [
-    (m, re.compile(p), h) for m, p, h in [
+    (m, re.compile(p), h)
+    for m, p, h in [
         ("GET", r"^/health$", "health"),
         ("GET", r"^/apps$", "apps_list"),
         ("POST", r"^/apps$", "apps_create"),
@@ -154,13 +162,18 @@ class RequestHandler(BaseHTTPRequestHandler):
                 if m:
                     allowed = True
                     if verb == self.command:
-                        route = (name, {k: urllib.parse.unquote(v) for k, v in
-                                        m.groupdict().items()})
+                        route = (
+                            name,
+                            {k: urllib.parse.unquote(v) for k, v in m.groupdict().items()},
+                        )
                         break
             if route is None:
                 if allowed:
-                    raise ApiError(405, "method_not_allowed",
-                                   f"{self.command} is not allowed on {parsed.path}.")
+                    raise ApiError(
+                        405,
+                        "method_not_allowed",
+                        f"{self.command} is not allowed on {parsed.path}.",
+                    )
                 raise ApiError(404, "not_found", f"No such resource: {parsed.path}.")
             name, params = route
             if name not in UNAUTHENTICATED:
@@ -178,8 +191,13 @@ class RequestHandler(BaseHTTPRequestHandler):
             self._send(exc.status, exc.to_json())
         except Exception as exc:  # a bug: answer in Heroku's shape, log it, stay up
             self.server_log(f"internal error on {self.command} {self.path}: {exc!r}")
-            self._send(500, {"id": "internal_server_error", "message": "Internal error; "
-                             "see the platform's daemon.log."})
+            self._send(
+                500,
+                {
+                    "id": "internal_server_error",
+                    "message": "Internal error; see the platform's daemon.log.",
+                },
+            )
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
 
@@ -206,8 +224,11 @@ class RequestHandler(BaseHTTPRequestHandler):
         accept = self.headers.get("Accept", "")
         m = re.search(r"version=(\d+)", accept)
         if m and m.group(1) != "3":
-            raise ApiError(400, "bad_request", f"Unsupported API version {m.group(1)}: "
-                           f"send Accept: {ACCEPT_V3}.")
+            raise ApiError(
+                400,
+                "bad_request",
+                f"Unsupported API version {m.group(1)}: send Accept: {ACCEPT_V3}.",
+            )
 
     def _json_body(self) -> dict[str, Any]:
         length = int(self.headers.get("Content-Length") or 0)
@@ -234,14 +255,18 @@ class RequestHandler(BaseHTTPRequestHandler):
         """Stream the request body (it needs a Content-Length within the blob limit) to a
         temporary file in ``blobs/tmp``, hashing it as it comes; yields ``(sha256,
         length, path)``. The file is removed afterwards unless the caller moved it."""
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked" or \
-                self.headers.get("Content-Length") is None:
+        if (
+            self.headers.get("Transfer-Encoding", "").lower() == "chunked"
+            or self.headers.get("Content-Length") is None
+        ):
             raise ApiError(411, "length_required", f"Send the {what} with a Content-Length.")
         length = int(self.headers["Content-Length"])
         if length > self.server.max_blob_bytes:
-            raise ApiError(413, "payload_too_large",
-                           f"The {what} is {length} bytes; the limit is "
-                           f"{self.server.max_blob_bytes} bytes.")
+            raise ApiError(
+                413,
+                "payload_too_large",
+                f"The {what} is {length} bytes; the limit is {self.server.max_blob_bytes} bytes.",
+            )
         sha = hashlib.sha256()
         fd, tmp_name = tempfile.mkstemp(dir=self.server.paths.blob_tmp, prefix="upload-")
         tmp = Path(tmp_name)
@@ -293,8 +318,9 @@ class RequestHandler(BaseHTTPRequestHandler):
             if close:
                 close()
         self.close_connection = True
-        self.server_log(f"{self.command} {urllib.parse.urlsplit(self.path).path} {status} "
-                        "(streamed)")
+        self.server_log(
+            f"{self.command} {urllib.parse.urlsplit(self.path).path} {status} (streamed)"
+        )
 
     def _send(self, status: int, body: Any) -> None:
         if hasattr(body, "chunks"):
@@ -323,16 +349,16 @@ class RequestHandler(BaseHTTPRequestHandler):
         name = body.get("name")
         if name is not None and not isinstance(name, str):
             raise ApiError(422, "invalid_params", "name must be a string.")
-        return 201, self.server.store.create_app(name, body.get("stack") or
-                                                 self.server.default_stack)
+        return 201, self.server.store.create_app(
+            name, body.get("stack") or self.server.default_stack
+        )
 
     def do_apps_info(self, app: str) -> tuple[int, Any]:
         return 200, self.server.store.app(app)
 
     def do_slugs_create(self, app: str) -> tuple[int, Any]:
         slug, token = self.server.store.create_slug(app, self._json_body())
-        slug["blob"] = {"method": "put",
-                        "url": f"{self.base_url}/blobs/{slug['id']}?token={token}"}
+        slug["blob"] = {"method": "put", "url": f"{self.base_url}/blobs/{slug['id']}?token={token}"}
         return 201, slug
 
     def do_slugs_info(self, app: str, slug: str) -> tuple[int, Any]:
@@ -344,9 +370,12 @@ class RequestHandler(BaseHTTPRequestHandler):
         with self.receive_body("blob") as (digest, length, tmp):
             declared = row["checksum"]
             if declared and declared != f"SHA256:{digest}":
-                raise ApiError(422, "checksum_mismatch",
-                               f"The uploaded blob's checksum is SHA256:{digest} but the slug "
-                               f"declares {declared}; the blob was discarded.")
+                raise ApiError(
+                    422,
+                    "checksum_mismatch",
+                    f"The uploaded blob's checksum is SHA256:{digest} but the slug "
+                    f"declares {declared}; the blob was discarded.",
+                )
             try:
                 check_slug(tmp)  # refuse escaping entries before anything could unpack them
             except SlugError as exc:
@@ -399,4 +428,3 @@ def serve_in_thread(server: PlatformServer) -> threading.Thread:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     return thread
-

@@ -27,8 +27,12 @@ MAX_APP_BYTES = 200_000_000
 
 def _is_git(source: str) -> bool:
     parsed = urllib.parse.urlsplit(source)
-    return (source.endswith(".git") or parsed.scheme in ("git", "ssh", "git+https", "git+http")
-            or source.startswith("git@") or (Path(source) / ".git").exists())
+    return (
+        source.endswith(".git")
+        or parsed.scheme in ("git", "ssh", "git+https", "git+http")
+        or source.startswith("git@")
+        or (Path(source) / ".git").exists()
+    )
 
 
 def _fetch_git(source: str, ref: str | None, into: Path) -> None:
@@ -40,8 +44,9 @@ def _fetch_git(source: str, ref: str | None, into: Path) -> None:
         if ref is not None:
             repo.git.checkout(ref)
     except git.GitCommandError as exc:
-        raise ValueError(f"git could not fetch {source}"
-                         f"{f' at {ref}' if ref else ''}: {exc.stderr.strip()}") from None
+        raise ValueError(
+            f"git could not fetch {source}{f' at {ref}' if ref else ''}: {exc.stderr.strip()}"
+        ) from None
 
 
 def _fetch_tarball(source: str, into: Path) -> None:
@@ -51,8 +56,10 @@ def _fetch_tarball(source: str, into: Path) -> None:
         archive = Path(tmp) / "app.tar"
         if parsed.scheme in ("http", "https", "file"):
             try:
-                with urllib.request.urlopen(source, timeout=FETCH_TIMEOUT) as resp, \
-                        open(archive, "wb") as out:
+                with (
+                    urllib.request.urlopen(source, timeout=FETCH_TIMEOUT) as resp,
+                    open(archive, "wb") as out,
+                ):
                     shutil.copyfileobj(resp, out)
             except (urllib.error.URLError, OSError) as exc:
                 raise ValueError(f"cannot download {source}: {exc}") from None
@@ -64,8 +71,12 @@ def _fetch_tarball(source: str, into: Path) -> None:
             raise ValueError(f"{source} is larger than {MAX_APP_BYTES} bytes")
         try:
             # links may not leave the app; no devices; bounded like a slug
-            extract(archive, into, limits=Limits(max_bytes=MAX_APP_BYTES * 4),
-                    what=f"app archive {source}")
+            extract(
+                archive,
+                into,
+                limits=Limits(max_bytes=MAX_APP_BYTES * 4),
+                what=f"app archive {source}",
+            )
         except ArchiveError as exc:
             raise ValueError(f"{source}: {exc}; the app was refused") from None
 
@@ -78,8 +89,10 @@ def _app_root(tree: Path) -> Path:
     entries = [p for p in tree.iterdir() if p.name != ".git"]
     if len(entries) == 1 and entries[0].is_dir() and (entries[0] / "Procfile").is_file():
         return entries[0]
-    raise ValueError("the app has no Procfile at its top (a Procfile says what the app runs, "
-                     "for example 'web: ./hello')")
+    raise ValueError(
+        "the app has no Procfile at its top (a Procfile says what the app runs, "
+        "for example 'web: ./hello')"
+    )
 
 
 def fetch_app_source(source: str, ref: str | None, blobs: Path) -> str:
@@ -100,8 +113,13 @@ def fetch_app_source(source: str, ref: str | None, blobs: Path) -> str:
         contents = SlugContents()
         contents.add_tree(root, ignore=read_slugignore(root))
         try:
-            info = pack(contents, Path(tmp) / "app.tar.gz", mtime=0, process_types={},
-                        max_bytes=MAX_APP_BYTES)
+            info = pack(
+                contents,
+                Path(tmp) / "app.tar.gz",
+                mtime=0,
+                process_types={},
+                max_bytes=MAX_APP_BYTES,
+            )
         except SlugError as exc:
             raise ValueError(exc.message) from None
         target = blobs / f"{info.sha256}.tar.gz"

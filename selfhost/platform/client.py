@@ -42,9 +42,15 @@ class ReleaseResult:
     release_id: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"app": self.app, "app_created": self.app_created, "slug": self.slug_id,
-                "checksum": self.checksum, "size": self.size, "version": self.version,
-                "release": self.release_id}
+        return {
+            "app": self.app,
+            "app_created": self.app_created,
+            "slug": self.slug_id,
+            "checksum": self.checksum,
+            "size": self.size,
+            "version": self.version,
+            "release": self.release_id,
+        }
 
 
 class PlatformClient:
@@ -56,8 +62,9 @@ class PlatformClient:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.session = requests.Session()
-        self.session.headers.update({"Accept": ACCEPT, "Authorization": f"Bearer {token}",
-                                     "User-Agent": "selfhost"})
+        self.session.headers.update(
+            {"Accept": ACCEPT, "Authorization": f"Bearer {token}", "User-Agent": "selfhost"}
+        )
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         """Call the API; a Heroku-style error becomes a PlatformError with its message."""
@@ -67,9 +74,10 @@ class PlatformClient:
         try:
             resp = self.session.request(method, url, json=body, timeout=self.timeout)
         except requests.RequestException as exc:
-            raise PlatformError(f"cannot reach the platform API at {self.base_url}: {exc}",
-                                hint="is the platform up? (`invoke platform.status`), or "
-                                "check --api") from None
+            raise PlatformError(
+                f"cannot reach the platform API at {self.base_url}: {exc}",
+                hint="is the platform up? (`invoke platform.status`), or check --api",
+            ) from None
         if resp.status_code >= 400:
             raise api_error(method, path, resp.status_code, resp.text)
         return resp.json() if resp.content else None
@@ -104,16 +112,20 @@ class PlatformClient:
             with open(path, "rb") as f:
                 # A bare requests.put: the blob URL carries its own credentials, and an
                 # empty Content-Type matches what pre-signed URLs were signed with.
-                resp = requests.put(blob["url"], data=f, timeout=max(self.timeout, 600),
-                                    headers={"Content-Type": "", "Content-Length": str(size)})
+                resp = requests.put(
+                    blob["url"],
+                    data=f,
+                    timeout=max(self.timeout, 600),
+                    headers={"Content-Type": "", "Content-Length": str(size)},
+                )
         except requests.RequestException as exc:
-            raise PlatformError(f"the slug upload failed: {exc}",
-                                hint="nothing was released; run the release again") from None
+            raise PlatformError(
+                f"the slug upload failed: {exc}", hint="nothing was released; run the release again"
+            ) from None
         if resp.status_code >= 400:
             raise api_error("PUT", "<blob url>", resp.status_code, resp.text)
 
-    def release(self, app: str, slug_id: str, description: str | None = None
-                ) -> dict[str, Any]:
+    def release(self, app: str, slug_id: str, description: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"slug": slug_id}
         if description:
             body["description"] = description
@@ -163,8 +175,9 @@ class PlatformClient:
         return self.request("POST", f"/apps/{app}/jobs/{job}/actions/cancel")
 
     def log_session(self, app: str, *, tail: bool, lines: int) -> str:
-        return self.request("POST", f"/apps/{app}/log-sessions",
-                            {"tail": tail, "lines": lines})["logplex_url"]
+        return self.request("POST", f"/apps/{app}/log-sessions", {"tail": tail, "lines": lines})[
+            "logplex_url"
+        ]
 
     def stream(self, url: str) -> Iterator[bytes]:
         """The body of a streamed URL (a dyno's attach URL, a log URL), as it comes."""
@@ -179,10 +192,19 @@ class PlatformClient:
             raise PlatformError(f"the stream from the platform broke off: {exc}") from None
 
     # ------------------------------------------------------------------ the flow
-    def release_slug(self, app: str, slug_path: Path, *, checksum: str, size: int,
-                     process_types: dict[str, str], stack: str | None = None,
-                     commit: str | None = None, description: str | None = None,
-                     create_app: bool = False) -> ReleaseResult:
+    def release_slug(
+        self,
+        app: str,
+        slug_path: Path,
+        *,
+        checksum: str,
+        size: int,
+        process_types: dict[str, str],
+        stack: str | None = None,
+        commit: str | None = None,
+        description: str | None = None,
+        create_app: bool = False,
+    ) -> ReleaseResult:
         """Create, upload, verify and release a slug; create the app first if asked to."""
         created = False
         try:
@@ -202,15 +224,19 @@ class PlatformClient:
         slug = self.create_slug(app, body)
         self.upload(slug["blob"], slug_path)
         recorded = self.slug(app, slug["id"])
-        if recorded.get("checksum") not in (None, checksum) or \
-                recorded.get("size") not in (None, size):
+        if recorded.get("checksum") not in (None, checksum) or recorded.get("size") not in (
+            None,
+            size,
+        ):
             raise PlatformError(
                 f"the platform recorded checksum {recorded.get('checksum')} and size "
                 f"{recorded.get('size')} for slug {slug['id']}, expected {checksum} and {size}",
-                hint="the slug was not released; try again")
+                hint="the slug was not released; try again",
+            )
         release = self.release(app, slug["id"], description)
-        return ReleaseResult(app, created, slug["id"], checksum, size, int(release["version"]),
-                             release["id"])
+        return ReleaseResult(
+            app, created, slug["id"], checksum, size, int(release["version"]), release["id"]
+        )
 
 
 def api_error(method: str, path: str, status: int, text: str) -> ApiRequestError:
@@ -220,10 +246,13 @@ def api_error(method: str, path: str, status: int, text: str) -> ApiRequestError
         ident, message = body.get("id", "error"), body.get("message", text)
     except ValueError:
         ident, message = "error", text.strip()[:300]
-    hint = {401: "check the API token (HEROKU_API_KEY or selfhost.api_token)",
-            404: "check the app name (`invoke apps`)"}.get(status)
-    return ApiRequestError(f"{method} {path}: {status} {ident}: {message}", status=status,
-                           ident=ident, hint=hint)
+    hint = {
+        401: "check the API token (HEROKU_API_KEY or selfhost.api_token)",
+        404: "check the app name (`invoke apps`)",
+    }.get(status)
+    return ApiRequestError(
+        f"{method} {path}: {status} {ident}: {message}", status=status, ident=ident, hint=hint
+    )
 
 
 def token_for(api_url: str | None, local_token_file: Path, configured: str | None) -> str:
@@ -235,6 +264,7 @@ def token_for(api_url: str | None, local_token_file: Path, configured: str | Non
     try:
         return local_token_file.read_text().strip()
     except OSError:
-        raise PlatformError(f"no API token: {local_token_file} does not exist",
-                            hint="set HEROKU_API_KEY or selfhost.api_token for a remote API"
-                            ) from None
+        raise PlatformError(
+            f"no API token: {local_token_file} does not exist",
+            hint="set HEROKU_API_KEY or selfhost.api_token for a remote API",
+        ) from None

@@ -73,9 +73,15 @@ def running(paths: PlatformPaths) -> DaemonInfo | None:
     return info
 
 
-def start(paths: PlatformPaths, *, port: int, stack: str, max_blob_bytes: int,
-          dynos: DynoSettings | None = None, queue: str | None = None
-          ) -> tuple[DaemonInfo, bool]:
+def start(
+    paths: PlatformPaths,
+    *,
+    port: int,
+    stack: str,
+    max_blob_bytes: int,
+    dynos: DynoSettings | None = None,
+    queue: str | None = None,
+) -> tuple[DaemonInfo, bool]:
     """Return the running daemon, starting it first if needed; the bool says if it was.
 
     ``dynos`` (written to ``settings.json``) lets the daemon run dynos: where stacks
@@ -87,31 +93,50 @@ def start(paths: PlatformPaths, *, port: int, stack: str, max_blob_bytes: int,
         if info:
             return info, False
         paths.daemon_json.unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "selfhost.platform.daemon", "--dir", str(paths.root),
-                "--port", str(port), "--stack", stack, "--max-blob-bytes", str(max_blob_bytes)]
+        argv = [
+            sys.executable,
+            "-m",
+            "selfhost.platform.daemon",
+            "--dir",
+            str(paths.root),
+            "--port",
+            str(port),
+            "--stack",
+            stack,
+            "--max-blob-bytes",
+            str(max_blob_bytes),
+        ]
         if queue:
             argv += ["--queue", queue]
         if dynos is not None:
             dynos.write(paths.settings)
             argv += ["--settings", str(paths.settings)]
         with open(paths.log, "ab") as log:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 tail = paths.log.read_text(errors="replace").splitlines()[-10:]
-                raise PlatformError(f"the platform daemon exited with code {proc.returncode}",
-                                    details="\n".join(f"  | {line}" for line in tail),
-                                    hint=f"see {paths.log}" + (f"; is port {port} in use?"
-                                                               if port else ""))
+                raise PlatformError(
+                    f"the platform daemon exited with code {proc.returncode}",
+                    details="\n".join(f"  | {line}" for line in tail),
+                    hint=f"see {paths.log}" + (f"; is port {port} in use?" if port else ""),
+                )
             info = running(paths)
             if info:
                 return info, True
             time.sleep(0.05)
         proc.kill()
-        raise PlatformError(f"the platform daemon did not answer within {START_TIMEOUT:.0f}s",
-                            hint=f"see {paths.log}")
+        raise PlatformError(
+            f"the platform daemon did not answer within {START_TIMEOUT:.0f}s",
+            hint=f"see {paths.log}",
+        )
 
 
 def stop(paths: PlatformPaths) -> DaemonInfo | None:
@@ -152,8 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stack", default="bookworm")
     parser.add_argument("--max-blob-bytes", type=int, default=500_000_000)
     parser.add_argument("--settings", type=Path, help="dyno settings (JSON); no dynos without")
-    parser.add_argument("--queue", help="the default job queue URL (sqlite:// or redis://); "
-                        "default: queue/jobs.db in the platform directory")
+    parser.add_argument(
+        "--queue",
+        help="the default job queue URL (sqlite:// or redis://); "
+        "default: queue/jobs.db in the platform directory",
+    )
     args = parser.parse_args(argv)
     paths = PlatformPaths(args.dir)
     lock = threading.Lock()
@@ -171,13 +199,15 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError, ValueError):
             port = int(port_file.read_text())
     try:
-        server = PlatformServer((args.host, port), paths, stack=args.stack,
-                                max_blob_bytes=args.max_blob_bytes, log=log)
+        server = PlatformServer(
+            (args.host, port), paths, stack=args.stack, max_blob_bytes=args.max_blob_bytes, log=log
+        )
     except OSError:
         if args.port != 0 or port == 0:
             raise
-        server = PlatformServer((args.host, 0), paths, stack=args.stack,
-                                max_blob_bytes=args.max_blob_bytes, log=log)
+        server = PlatformServer(
+            (args.host, 0), paths, stack=args.stack, max_blob_bytes=args.max_blob_bytes, log=log
+        )
     port_file.write_text(f"{server.server_address[1]}\n")
     supervisor = None
     manager = None
@@ -187,8 +217,14 @@ def main(argv: list[str] | None = None) -> int:
         supervisor = Supervisor(manager)
         server.routes.update(routes(manager, supervisor))
         server.on_change = supervisor.poke
-        jobs = JobService(server.store, paths, manager, api_url=lambda: server.url,
-                          default_queue=args.queue, log=log)
+        jobs = JobService(
+            server.store,
+            paths,
+            manager,
+            api_url=lambda: server.url,
+            default_queue=args.queue,
+            log=log,
+        )
         manager.extras = jobs.dyno_environment
         manager.on_exit = jobs.dyno_exited
         server.routes.update(job_routes(jobs))
@@ -205,8 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     paths.pid_file.write_text(f"{os.getpid()}\n")
-    write_json_atomic(paths.daemon_json, {"pid": os.getpid(), "url": server.url,
-                                          "started": time.time()})
+    write_json_atomic(
+        paths.daemon_json, {"pid": os.getpid(), "url": server.url, "started": time.time()}
+    )
     log(f"platform daemon {os.getpid()} serving {server.url} from {paths.root}")
     try:
         server.serve_forever(poll_interval=0.2)

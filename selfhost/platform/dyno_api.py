@@ -110,9 +110,12 @@ def routes(manager: DynoManager, supervisor: Supervisor) -> dict[str, Callable[.
         token = secrets.token_urlsafe(16)
         sessions[token] = (app, time.monotonic() + LOG_SESSION_SECONDS)
         tail = "1" if body.get("tail") else "0"
-        return 201, {"id": token[:12], "created_at": now(), "updated_at": now(),
-                     "logplex_url": f"{h.base_url}/logs/{app}?token={token}&tail={tail}"
-                                    f"&lines={lines}"}
+        return 201, {
+            "id": token[:12],
+            "created_at": now(),
+            "updated_at": now(),
+            "logplex_url": f"{h.base_url}/logs/{app}?token={token}&tail={tail}&lines={lines}",
+        }
 
     def log_stream(h: Any, app: str) -> tuple[int, Any]:
         token = (h.query.get("token") or [""])[0]
@@ -123,6 +126,12 @@ def routes(manager: DynoManager, supervisor: Supervisor) -> dict[str, Callable[.
         tail = (h.query.get("tail") or ["0"])[0] == "1"
         return 200, Stream(follow(manager.app_log(app).path, lines, tail))
 
-    return {"dynos_create": dynos_create, "dynos_list": dynos_list, "dynos_info": dynos_info,
-            "dynos_stop": dynos_stop, "dyno_attach": dyno_attach,
-            "log_sessions_create": log_sessions_create, "log_stream": log_stream}
+    return {
+        "dynos_create": dynos_create,
+        "dynos_list": dynos_list,
+        "dynos_info": dynos_info,
+        "dynos_stop": dynos_stop,
+        "dyno_attach": dyno_attach,
+        "log_sessions_create": log_sessions_create,
+        "log_stream": log_stream,
+    }

@@ -59,8 +59,10 @@ PATH = "/app/bin:/usr/local/bin:/usr/bin:/bin"
 #: Source .profile.d, then run the command line with bash, as Heroku does. bash execs a
 #: single command in place (dash would stay as its parent), so the command is the main
 #: process: SIGTERM reaches it first and its exit status is the dyno's.
-PROFILE = ('for f in /app/.profile.d/*.sh; do [ -r "$f" ] && . "$f"; done; '
-           '[ -x /bin/bash ] && exec /bin/bash -c "$1"; exec /bin/sh -c "$1"')
+PROFILE = (
+    'for f in /app/.profile.d/*.sh; do [ -r "$f" ] && . "$f"; done; '
+    '[ -x /bin/bash ] && exec /bin/bash -c "$1"; exec /bin/sh -c "$1"'
+)
 MAX_TTL = 86_400
 #: Process types that get a PORT: web (as on Heroku) and distccd (the compile hosts).
 LISTENING = ("web", "distccd")
@@ -170,15 +172,27 @@ class Dyno:
 
     def to_json(self, base_url: str = "") -> dict[str, Any]:
         return {
-            "id": self.id, "name": self.name, "type": self.type, "state": self.state,
-            "command": self.command, "size": self.size,
-            "created_at": self.created_at, "updated_at": self.updated_at,
-            "attach_url": (f"{base_url}/dynos/{self.id}/attach?token={self.attach_token}"
-                           if self.attach and base_url else None),
+            "id": self.id,
+            "name": self.name,
+            "type": self.type,
+            "state": self.state,
+            "command": self.command,
+            "size": self.size,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "attach_url": (
+                f"{base_url}/dynos/{self.id}/attach?token={self.attach_token}"
+                if self.attach and base_url
+                else None
+            ),
             "release": {"id": self.release_id, "version": self.release_version},
             "app": {"id": self.app_id, "name": self.app},
-            "exit_code": self.exit_code, "reason": self.reason, "restarts": self.restarts,
-            "engine": self.engine, "parent": self.parent, "port": self.port,
+            "exit_code": self.exit_code,
+            "reason": self.reason,
+            "restarts": self.restarts,
+            "engine": self.engine,
+            "parent": self.parent,
+            "port": self.port,
             "listen": self.listen,
             "stats": self.stats,
         }
@@ -194,8 +208,10 @@ class AppLog:
 
     def write(self, source: str, dyno: str, text: str) -> None:
         ns = time.time_ns()
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns / 1e9)) + \
-            f".{ns % 10**9 // 1000:06d}Z"
+        stamp = (
+            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns / 1e9))
+            + f".{ns % 10**9 // 1000:06d}Z"
+        )
         lines = "".join(f"{stamp} {source}[{dyno}]: {line}\n" for line in text.splitlines())
         with self.lock, open(self.path, "a", encoding="utf-8") as f:
             f.write(lines)
@@ -228,8 +244,13 @@ class DynoOutput:
 class DynoManager:
     """Starts, tracks and stops the dynos of every app of one platform."""
 
-    def __init__(self, store: Store, paths: PlatformPaths, settings: DynoSettings,
-                 log: Callable[[str], None] = lambda _: None):
+    def __init__(
+        self,
+        store: Store,
+        paths: PlatformPaths,
+        settings: DynoSettings,
+        log: Callable[[str], None] = lambda _: None,
+    ):
         self.store = store
         self.paths = paths
         self.settings = settings
@@ -242,8 +263,9 @@ class DynoManager:
         self.stacks = StackStore(Path(settings.stacks), self._mirror)
         #: Extra (environment, [(host dir, sandbox path)]) for a dyno, given its config
         #: vars: the compile workers' API credentials and queue (set by the job service).
-        self.extras: Callable[[Dyno, dict[str, str]], tuple[dict[str, str],
-                                                            list[tuple[Path, str]]]] | None = None
+        self.extras: (
+            Callable[[Dyno, dict[str, str]], tuple[dict[str, str], list[tuple[Path, str]]]] | None
+        ) = None
         #: Called when a dyno has ended (the job service takes its jobs back).
         self.on_exit: Callable[[Dyno], None] | None = None
         release_stale_apps(paths.root / "dynos")  # left by a killed daemon
@@ -285,8 +307,9 @@ class DynoManager:
             stack = self.stacks.load_digest(meta["built_on"]["digest"])
             if stack:
                 return stack
-        suite = app_stack if app_stack in ("bullseye", "bookworm", "trixie") else \
-            self.settings.suite
+        suite = (
+            app_stack if app_stack in ("bullseye", "bookworm", "trixie") else self.settings.suite
+        )
         spec = StackSpec.make(suite, self.settings.variant, self.settings.base_packages)
         return self.stacks.ensure(spec, log=self.log)
 
@@ -315,44 +338,81 @@ class DynoManager:
         if size not in SIZES:
             raise invalid(f"size must be one of {', '.join(SIZES)}")
         env = body.get("env") or {}
-        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                for k, v in env.items()):
+        if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
             raise invalid("env must be an object of string values")
         ttl = body.get("time_to_live")
-        if ttl is not None and (not isinstance(ttl, int | float) or isinstance(ttl, bool)
-                                or not 0 < ttl <= MAX_TTL):
+        if ttl is not None and (
+            not isinstance(ttl, int | float) or isinstance(ttl, bool) or not 0 < ttl <= MAX_TTL
+        ):
             raise invalid(f"time_to_live must be 1 to {MAX_TTL} seconds")
         kind = body.get("type") or "run"
         if kind != "run":
-            raise invalid("only one-off dynos (type: run) can be created; scale the "
-                          "formation for the others")
+            raise invalid(
+                "only one-off dynos (type: run) can be created; scale the formation for the others"
+            )
         engine = body.get("engine") or self.settings.engine
         if engine not in ("bwrap", "docker"):
             raise invalid("engine must be bwrap or docker")
-        return self.start(app, kind, command, size=size, env=env, ttl=ttl,
-                          attach=bool(body.get("attach")), engine=engine,
-                          parent=body.get("parent"))
+        return self.start(
+            app,
+            kind,
+            command,
+            size=size,
+            env=env,
+            ttl=ttl,
+            attach=bool(body.get("attach")),
+            engine=engine,
+            parent=body.get("parent"),
+        )
 
-    def start(self, app: str, kind: str, command: str, *, size: str, env: dict[str, str],
-              ttl: float | None = None, attach: bool = False, engine: str | None = None,
-              name: str | None = None, parent: str | None = None) -> Dyno:
+    def start(
+        self,
+        app: str,
+        kind: str,
+        command: str,
+        *,
+        size: str,
+        env: dict[str, str],
+        ttl: float | None = None,
+        attach: bool = False,
+        engine: str | None = None,
+        name: str | None = None,
+        parent: str | None = None,
+    ) -> Dyno:
         """Start a dyno of the app's current release; return at once."""
         release = self.store.current_release(app)
         if release is None or release["slug"] is None:
-            raise ApiError(422, "invalid_params", f"{app} has no release with a slug yet: "
-                           "release one first (invoke release)")
+            raise ApiError(
+                422,
+                "invalid_params",
+                f"{app} has no release with a slug yet: release one first (invoke release)",
+            )
         slug = self.store.slug(app, release["slug"]["id"])
         sha = (slug["checksum"] or ":").split(":", 1)[1]
-        dyno = Dyno(id=str(uuid.uuid4()), app=release["app"]["name"], app_id=release["app"]["id"],
-                    name=name or self._next_name(app, kind), type=kind, command=command,
-                    size=size, release_id=release["id"], release_version=release["version"],
-                    slug_sha=sha, engine=engine or self.settings.engine, attach=attach,
-                    ttl=ttl, parent=parent)
+        dyno = Dyno(
+            id=str(uuid.uuid4()),
+            app=release["app"]["name"],
+            app_id=release["app"]["id"],
+            name=name or self._next_name(app, kind),
+            type=kind,
+            command=command,
+            size=size,
+            release_id=release["id"],
+            release_version=release["version"],
+            slug_sha=sha,
+            engine=engine or self.settings.engine,
+            attach=attach,
+            ttl=ttl,
+            parent=parent,
+        )
         config = self.store.config(app)
         with self.lock:
             self.dynos[dyno.id] = dyno
-        threading.Thread(target=self._lifecycle, args=(dyno, config, env), daemon=True,
-                         name=f"dyno-{dyno.name}").start()
+        threading.Thread(
+            target=self._lifecycle, args=(dyno, config, env), daemon=True, name=f"dyno-{dyno.name}"
+        ).start()
         return dyno
 
     def _lifecycle(self, dyno: Dyno, config: dict[str, str], extra_env: dict[str, str]) -> None:
@@ -366,8 +426,15 @@ class DynoManager:
             app_info = self.store.app(dyno.app)
             stack = self.stack_for(app_info["stack"]["name"], slug_app)
             app_dir, mounted = mount_app(slug_app, work)
-            env = {"PATH": PATH, "HOME": "/app", "LANG": "C.UTF-8", "DYNO": dyno.name,
-                   "DYNO_SIZE": dyno.size, **config, **extra_env}
+            env = {
+                "PATH": PATH,
+                "HOME": "/app",
+                "LANG": "C.UTF-8",
+                "DYNO": dyno.name,
+                "DYNO_SIZE": dyno.size,
+                **config,
+                **extra_env,
+            }
             mounts = [Mount(app_dir, "/app", writable=True)]
             if self.extras:
                 more_env, more_mounts = self.extras(dyno, config)
@@ -380,11 +447,18 @@ class DynoManager:
             else:
                 env.pop("PORT", None)
             sandbox = Sandbox(
-                stack=stack, argv=("/bin/sh", "-c", PROFILE, "dyno", dyno.command),
-                env=tuple(env.items()), mounts=tuple(mounts),
-                workdir="/app", network=True, limits=SIZES[dyno.size],
-                scratch=("/tmp", "/build"), owner=str(self.paths.root),
-                label=f"dyno-{dyno.id}", uid=RUN_AS.get(dyno.type, 0))
+                stack=stack,
+                argv=("/bin/sh", "-c", PROFILE, "dyno", dyno.command),
+                env=tuple(env.items()),
+                mounts=tuple(mounts),
+                workdir="/app",
+                network=True,
+                limits=SIZES[dyno.size],
+                scratch=("/tmp", "/build"),
+                owner=str(self.paths.root),
+                label=f"dyno-{dyno.id}",
+                uid=RUN_AS.get(dyno.type, 0),
+            )
             engine = self.engine(dyno.engine)
             dyno.process = engine.start(sandbox, output)
         except (SelfhostError, ApiError, OSError, subprocess.CalledProcessError) as exc:
@@ -410,8 +484,10 @@ class DynoManager:
         dyno.stats = facts
         output.close()
         if facts.get("oom_killed"):
-            dyno.reason = (f"memory quota exceeded: the {dyno.size} size allows "
-                           f"{(SIZES[dyno.size].memory_bytes or 0) // MiB} MB (R15)")
+            dyno.reason = (
+                f"memory quota exceeded: the {dyno.size} size allows "
+                f"{(SIZES[dyno.size].memory_bytes or 0) // MiB} MB (R15)"
+            )
             log.write("heroku", dyno.name, f"Error R15 ({dyno.reason})")
         dyno.exit_code = code
         if dyno.stopping or dyno.type == "run":
@@ -446,8 +522,9 @@ class DynoManager:
         self.app_log(dyno.app).write("heroku", dyno.name, "Stopping process with SIGKILL")
         process.kill()
 
-    def stop(self, dyno: Dyno, reason: str = "stopped", wait: bool = False,
-             grace: float | None = None) -> None:
+    def stop(
+        self, dyno: Dyno, reason: str = "stopped", wait: bool = False, grace: float | None = None
+    ) -> None:
         """Stop a dyno gracefully, in the background unless ``wait``."""
         if not dyno.live or dyno.stopping:
             return
@@ -489,9 +566,10 @@ class DynoManager:
         with self.lock:
             live = [d for d in self.dynos.values() if d.live]
         grace = min(grace, self.settings.grace_seconds)
-        threads = [threading.Thread(target=self.stop,
-                                    args=(d, "platform shutting down", True, grace))
-                   for d in live]
+        threads = [
+            threading.Thread(target=self.stop, args=(d, "platform shutting down", True, grace))
+            for d in live
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -551,17 +629,22 @@ class Supervisor:
             for kind, spec in formation.items():
                 for i in range(1, spec["quantity"] + 1):
                     dyno_name = f"{kind}.{i}"
-                    current = [d for d in dynos if d.name == dyno_name and d.live
-                               and not d.stopping]
+                    current = [
+                        d for d in dynos if d.name == dyno_name and d.live and not d.stopping
+                    ]
                     if current:
                         self._note_stable(name, current[0])
                         continue
-                    last = max((d for d in dynos if d.name == dyno_name),
-                               key=lambda d: d.started, default=None)
+                    last = max(
+                        (d for d in dynos if d.name == dyno_name),
+                        key=lambda d: d.started,
+                        default=None,
+                    )
                     if not self._may_start(name, last):
                         continue
-                    dyno = m.start(name, kind, spec["command"], size=spec["size"], env={},
-                                   name=dyno_name)
+                    dyno = m.start(
+                        name, kind, spec["command"], size=spec["size"], env={}, name=dyno_name
+                    )
                     if last is not None and last.state == "crashed":
                         dyno.restarts = last.restarts + 1
 

@@ -84,8 +84,7 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
     def jobs_claim(h: Any, job: str) -> tuple[int, Any]:
         body = h._json_body()
         attempt, worker, dyno = body.get("attempt"), body.get("worker"), body.get("dyno")
-        if not isinstance(attempt, int) or not isinstance(worker, str) or \
-                not isinstance(dyno, str):
+        if not isinstance(attempt, int) or not isinstance(worker, str) or not isinstance(dyno, str):
             raise invalid("attempt (a number), worker and dyno (strings) are required")
         claimed, lease = jobs.claim(job, attempt, worker, dyno)
         jobs.log(claimed["id"], [f"attempt {attempt} started on {worker}"])
@@ -101,8 +100,7 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
         lines = body.get("log") or []
         if not isinstance(lines, list) or len(lines) > MAX_LOG_LINES * 50:
             raise invalid("log must be a list of lines")
-        answer = jobs.heartbeat(job, _lease(body), progress if isinstance(progress, str)
-                                else None)
+        answer = jobs.heartbeat(job, _lease(body), progress if isinstance(progress, str) else None)
         if lines:
             jobs.log(int(job), [str(x) for x in lines], source=str(body.get("worker", "worker")))
         return 200, answer
@@ -110,10 +108,8 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
     def jobs_finish(h: Any, job: str) -> tuple[int, Any]:
         body = h._json_body()
         state = body.get("state")
-        done = jobs.finish(job, _lease(body), str(state), body.get("result"),
-                           body.get("error"))
-        jobs.log(done["id"], [f"{done['state']}" + (f": {done['error']}" if done["error"]
-                                                    else "")])
+        done = jobs.finish(job, _lease(body), str(state), body.get("result"), body.get("error"))
+        jobs.log(done["id"], [f"{done['state']}" + (f": {done['error']}" if done["error"] else "")])
         service.on_finished(done)
         return 200, done
 
@@ -122,8 +118,10 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
         again = jobs.requeue(job, _lease(body))
         if again is None:
             raise ApiError(409, "conflict", "the job is not running")
-        jobs.log(again["id"], [f"given back by its worker ({body.get('reason') or 'stopping'})"
-                               f"; {again['state']}"])
+        jobs.log(
+            again["id"],
+            [f"given back by its worker ({body.get('reason') or 'stopping'}); {again['state']}"],
+        )
         if again["state"] == "queued":
             service._resend(again)
         else:
@@ -148,8 +146,9 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
         stage = jobs.stage(key)
         if stage is None:
             raise not_found("stage")
-        return 200, Stream(_file_chunks(service.stage_blob(stage["blob_sha256"])),
-                           "application/gzip")
+        return 200, Stream(
+            _file_chunks(service.stage_blob(stage["blob_sha256"])), "application/gzip"
+        )
 
     def stages_put(h: Any, key: str) -> tuple[int, Any]:
         q = {k: (v or [""])[0] for k, v in h.query.items()}
@@ -161,12 +160,22 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
             raise ApiError(409, "conflict", f"job {job['id']} is already {job['state']}")
         app = job["app"]["name"] if job else q.get("app", "")
         with h.receive_body("stage") as (sha, size, upload):
-            stage = service.store_stage(app, key, job["id"] if job else None, digest,
-                                        int(files), upload, sha, size)
+            stage = service.store_stage(
+                app, key, job["id"] if job else None, digest, int(files), upload, sha, size
+            )
         return 201, stage
 
-    return {"jobs_create": jobs_create, "jobs_list": jobs_list, "jobs_info": jobs_info,
-            "jobs_cancel": jobs_cancel, "jobs_claim": jobs_claim,
-            "jobs_heartbeat": jobs_heartbeat, "jobs_finish": jobs_finish,
-            "jobs_requeue": jobs_requeue, "jobs_source": jobs_source,
-            "stages_info": stages_info, "stages_blob": stages_blob, "stages_put": stages_put}
+    return {
+        "jobs_create": jobs_create,
+        "jobs_list": jobs_list,
+        "jobs_info": jobs_info,
+        "jobs_cancel": jobs_cancel,
+        "jobs_claim": jobs_claim,
+        "jobs_heartbeat": jobs_heartbeat,
+        "jobs_finish": jobs_finish,
+        "jobs_requeue": jobs_requeue,
+        "jobs_source": jobs_source,
+        "stages_info": stages_info,
+        "stages_blob": stages_blob,
+        "stages_put": stages_put,
+    }

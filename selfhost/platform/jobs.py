@@ -57,8 +57,7 @@ MAX_LOG_LINES = 200  # lines accepted per heartbeat
 
 
 #: Job rows with their app's name (every read of jobs goes through it).
-JOB_ROWS = ("SELECT jobs.*, apps.name AS app_name FROM jobs JOIN apps ON "
-            "apps.id = jobs.app_id")
+JOB_ROWS = "SELECT jobs.*, apps.name AS app_name FROM jobs JOIN apps ON apps.id = jobs.app_id"
 
 
 def conflict(message: str) -> ApiError:
@@ -100,20 +99,33 @@ class JobStore:
         return row
 
     def _json(self, db: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
-        children = [r[0] for r in db.execute("SELECT id FROM jobs WHERE parent_id = ? "
-                                             "ORDER BY id", (row["id"],))]
+        children = [
+            r[0]
+            for r in db.execute("SELECT id FROM jobs WHERE parent_id = ? ORDER BY id", (row["id"],))
+        ]
         return {
-            "id": row["id"], "app": {"id": row["app_id"], "name": row["app_name"]},
-            "kind": row["kind"], "state": row["state"], "params": json.loads(row["params"]),
-            "key": row["key"], "parent": row["parent_id"], "children": children,
+            "id": row["id"],
+            "app": {"id": row["app_id"], "name": row["app_name"]},
+            "kind": row["kind"],
+            "state": row["state"],
+            "params": json.loads(row["params"]),
+            "key": row["key"],
+            "parent": row["parent_id"],
+            "children": children,
             "attempt": row["attempt"],
-            "worker": ({"name": row["worker"], "dyno": row["worker_dyno"]}
-                       if row["worker"] else None),
-            "heartbeat": row["heartbeat"], "timeout": row["timeout"],
-            "cancel_requested": bool(row["cancel_requested"]), "progress": row["progress"],
+            "worker": (
+                {"name": row["worker"], "dyno": row["worker_dyno"]} if row["worker"] else None
+            ),
+            "heartbeat": row["heartbeat"],
+            "timeout": row["timeout"],
+            "cancel_requested": bool(row["cancel_requested"]),
+            "progress": row["progress"],
             "result": json.loads(row["result"]) if row["result"] else None,
-            "error": row["error"], "created": row["created"], "started": row["started"],
-            "finished": row["finished"], "created_at": row["created_at"],
+            "error": row["error"],
+            "created": row["created"],
+            "started": row["started"],
+            "finished": row["finished"],
+            "created_at": row["created_at"],
             "updated_at": row["updated_at"],
         }
 
@@ -121,8 +133,9 @@ class JobStore:
         with self.store.read() as db:
             return self._json(db, self._row(db, job_id))
 
-    def find(self, app: str | None = None, *, limit: int = 100,
-             states: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    def find(
+        self, app: str | None = None, *, limit: int = 100, states: tuple[str, ...] = ()
+    ) -> list[dict[str, Any]]:
         query = f"{JOB_ROWS} WHERE 1"
         args: list[Any] = []
         if app:
@@ -137,72 +150,119 @@ class JobStore:
             return [self._json(db, r) for r in db.execute(query, args)]
 
     # ------------------------------------------------------------------ writes
-    def create(self, app: str, kind: str, params: dict[str, Any], key: str, *,
-               timeout: float, parent: int | None = None, state: str = "queued"
-               ) -> tuple[dict[str, Any], bool]:
+    def create(
+        self,
+        app: str,
+        kind: str,
+        params: dict[str, Any],
+        key: str,
+        *,
+        timeout: float,
+        parent: int | None = None,
+        state: str = "queued",
+    ) -> tuple[dict[str, Any], bool]:
         """Insert a job, unless one with the same key is queued or running: then that
         one is returned (and False)."""
         with self.store.tx() as db:
             app_row = self.store._app(db, app)
-            same = db.execute("SELECT id FROM jobs WHERE app_id = ? AND key = ? AND state IN "
-                              "('queued', 'running') ORDER BY id LIMIT 1",
-                              (app_row["id"], key)).fetchone()
+            same = db.execute(
+                "SELECT id FROM jobs WHERE app_id = ? AND key = ? AND state IN "
+                "('queued', 'running') ORDER BY id LIMIT 1",
+                (app_row["id"], key),
+            ).fetchone()
             if same is not None:
                 return self._json(db, self._row(db, same[0])), False
             ts = now()
             cur = db.execute(
                 "INSERT INTO jobs (app_id, kind, params, key, parent_id, state, timeout, "
                 "created, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (app_row["id"], kind, json.dumps(params, sort_keys=True), key, parent, state,
-                 timeout, time.time(), ts, ts))
+                (
+                    app_row["id"],
+                    kind,
+                    json.dumps(params, sort_keys=True),
+                    key,
+                    parent,
+                    state,
+                    timeout,
+                    time.time(),
+                    ts,
+                    ts,
+                ),
+            )
             assert cur.lastrowid is not None  # an INSERT into a rowid table
             return self._json(db, self._row(db, cur.lastrowid)), True
 
-    def claim(self, job_id: int | str, attempt: int, worker: str, dyno: str
-              ) -> tuple[dict[str, Any], str]:
+    def claim(
+        self, job_id: int | str, attempt: int, worker: str, dyno: str
+    ) -> tuple[dict[str, Any], str]:
         """Give the current attempt of a queued job to a worker; 409 otherwise."""
         with self.store.tx() as db:
             row = self._row(db, job_id)
             if row["state"] != "queued" or row["attempt"] != attempt:
-                raise conflict(f"job {row['id']} attempt {attempt} cannot be claimed: the job "
-                               f"is {row['state']} at attempt {row['attempt']}")
+                raise conflict(
+                    f"job {row['id']} attempt {attempt} cannot be claimed: the job "
+                    f"is {row['state']} at attempt {row['attempt']}"
+                )
             lease = secrets.token_urlsafe(16)
-            db.execute("UPDATE jobs SET state = 'running', lease = ?, worker = ?, "
-                       "worker_dyno = ?, heartbeat = ?, started = COALESCE(started, ?), "
-                       "updated_at = ? WHERE id = ?",
-                       (lease, worker, dyno, time.time(), time.time(), now(), row["id"]))
+            db.execute(
+                "UPDATE jobs SET state = 'running', lease = ?, worker = ?, "
+                "worker_dyno = ?, heartbeat = ?, started = COALESCE(started, ?), "
+                "updated_at = ? WHERE id = ?",
+                (lease, worker, dyno, time.time(), time.time(), now(), row["id"]),
+            )
             return self._json(db, self._row(db, row["id"])), lease
 
     def _leased(self, db: sqlite3.Connection, job_id: int | str, lease: str) -> sqlite3.Row:
         row = self._row(db, job_id)
-        if row["state"] != "running" or not row["lease"] or \
-                not secrets.compare_digest(str(row["lease"]), str(lease)):
-            raise conflict(f"job {row['id']}: this worker no longer holds the job (it is "
-                           f"{row['state']}, attempt {row['attempt']})")
+        if (
+            row["state"] != "running"
+            or not row["lease"]
+            or not secrets.compare_digest(str(row["lease"]), str(lease))
+        ):
+            raise conflict(
+                f"job {row['id']}: this worker no longer holds the job (it is "
+                f"{row['state']}, attempt {row['attempt']})"
+            )
         return row
 
-    def heartbeat(self, job_id: int | str, lease: str, progress: str | None
-                  ) -> dict[str, Any]:
+    def heartbeat(self, job_id: int | str, lease: str, progress: str | None) -> dict[str, Any]:
         with self.store.tx() as db:
             row = self._leased(db, job_id, lease)
-            db.execute("UPDATE jobs SET heartbeat = ?, progress = COALESCE(?, progress), "
-                       "updated_at = ? WHERE id = ?", (time.time(), progress, now(), row["id"]))
+            db.execute(
+                "UPDATE jobs SET heartbeat = ?, progress = COALESCE(?, progress), "
+                "updated_at = ? WHERE id = ?",
+                (time.time(), progress, now(), row["id"]),
+            )
             return {"cancel": bool(row["cancel_requested"])}
 
-    def finish(self, job_id: int | str, lease: str | None, state: str,
-               result: Any = None, error: str | None = None) -> dict[str, Any]:
+    def finish(
+        self,
+        job_id: int | str,
+        lease: str | None,
+        state: str,
+        result: Any = None,
+        error: str | None = None,
+    ) -> dict[str, Any]:
         """Record the outcome once (with the lease; None for the platform's own jobs)."""
         if state not in FINAL:
             raise invalid(f"state must be one of {', '.join(FINAL)}")
         with self.store.tx() as db:
-            row = self._leased(db, job_id, lease) if lease is not None else \
-                self._row(db, job_id)
+            row = self._leased(db, job_id, lease) if lease is not None else self._row(db, job_id)
             if row["state"] in FINAL:
                 raise conflict(f"job {row['id']} is already {row['state']}")
-            db.execute("UPDATE jobs SET state = ?, result = ?, error = ?, lease = NULL, "
-                       "finished = ?, progress = ?, updated_at = ? WHERE id = ?",
-                       (state, json.dumps(result) if result is not None else None, error,
-                        time.time(), state, now(), row["id"]))
+            db.execute(
+                "UPDATE jobs SET state = ?, result = ?, error = ?, lease = NULL, "
+                "finished = ?, progress = ?, updated_at = ? WHERE id = ?",
+                (
+                    state,
+                    json.dumps(result) if result is not None else None,
+                    error,
+                    time.time(),
+                    state,
+                    now(),
+                    row["id"],
+                ),
+            )
             return self._json(db, self._row(db, row["id"]))
 
     def requeue(self, job_id: int | str, lease: str | None) -> dict[str, Any] | None:
@@ -210,19 +270,22 @@ class JobStore:
         With a lease, only the holder may give the job back; None: the platform takes
         it back (its worker is gone). Returns None when there was nothing to do."""
         with self.store.tx() as db:
-            row = self._leased(db, job_id, lease) if lease is not None else \
-                self._row(db, job_id)
+            row = self._leased(db, job_id, lease) if lease is not None else self._row(db, job_id)
             if row["state"] != "running":
                 return None
             if row["cancel_requested"]:
-                db.execute("UPDATE jobs SET state = 'cancelled', lease = NULL, finished = ?, "
-                           "error = 'cancelled', updated_at = ? WHERE id = ?",
-                           (time.time(), now(), row["id"]))
+                db.execute(
+                    "UPDATE jobs SET state = 'cancelled', lease = NULL, finished = ?, "
+                    "error = 'cancelled', updated_at = ? WHERE id = ?",
+                    (time.time(), now(), row["id"]),
+                )
             else:
-                db.execute("UPDATE jobs SET state = 'queued', attempt = attempt + 1, "
-                           "lease = NULL, worker = NULL, worker_dyno = NULL, heartbeat = NULL, "
-                           "progress = 'queued again', updated_at = ? WHERE id = ?",
-                           (now(), row["id"]))
+                db.execute(
+                    "UPDATE jobs SET state = 'queued', attempt = attempt + 1, "
+                    "lease = NULL, worker = NULL, worker_dyno = NULL, heartbeat = NULL, "
+                    "progress = 'queued again', updated_at = ? WHERE id = ?",
+                    (now(), row["id"]),
+                )
             return self._json(db, self._row(db, row["id"]))
 
     def request_cancel(self, job_id: int | str) -> dict[str, Any]:
@@ -231,24 +294,30 @@ class JobStore:
         with self.store.tx() as db:
             row = self._row(db, job_id)
             if row["state"] == "queued":
-                db.execute("UPDATE jobs SET state = 'cancelled', finished = ?, error = "
-                           "'cancelled', progress = 'cancelled', updated_at = ? WHERE id = ?",
-                           (time.time(), now(), row["id"]))
+                db.execute(
+                    "UPDATE jobs SET state = 'cancelled', finished = ?, error = "
+                    "'cancelled', progress = 'cancelled', updated_at = ? WHERE id = ?",
+                    (time.time(), now(), row["id"]),
+                )
             elif row["state"] == "running":
-                db.execute("UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?",
-                           (now(), row["id"]))
+                db.execute(
+                    "UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?",
+                    (now(), row["id"]),
+                )
             return self._json(db, self._row(db, row["id"]))
 
     def _running(self, condition: str, value: Any) -> list[dict[str, Any]]:
         with self.store.read() as db:
-            rows = db.execute(f"{JOB_ROWS} WHERE jobs.state = 'running' AND {condition}",
-                              (value,)).fetchall()
+            rows = db.execute(
+                f"{JOB_ROWS} WHERE jobs.state = 'running' AND {condition}", (value,)
+            ).fetchall()
             return [self._json(db, r) for r in rows]
 
     def lost(self, lease_seconds: float) -> list[dict[str, Any]]:
         """Running jobs whose worker has not been heard of for ``lease_seconds``."""
-        return self._running("jobs.lease IS NOT NULL AND jobs.heartbeat < ?",
-                             time.time() - lease_seconds)
+        return self._running(
+            "jobs.lease IS NOT NULL AND jobs.heartbeat < ?", time.time() - lease_seconds
+        )
 
     def held_by(self, dyno_id: str) -> list[dict[str, Any]]:
         """Running jobs claimed by a dyno (by its id)."""
@@ -257,19 +326,28 @@ class JobStore:
     # ------------------------------------------------------------------ stages
     def stage(self, input_hash: str) -> dict[str, Any] | None:
         with self.store.read() as db:
-            row = db.execute("SELECT * FROM stages WHERE input_hash = ?",
-                             (input_hash,)).fetchone()
+            row = db.execute("SELECT * FROM stages WHERE input_hash = ?", (input_hash,)).fetchone()
             return dict(row) if row else None
 
-    def add_stage(self, app: str, input_hash: str, tree_digest: str, files: int, size: int,
-                  blob: str, job_id: int | None) -> dict[str, Any]:
+    def add_stage(
+        self,
+        app: str,
+        input_hash: str,
+        tree_digest: str,
+        files: int,
+        size: int,
+        blob: str,
+        job_id: int | None,
+    ) -> dict[str, Any]:
         with self.store.tx() as db:
             app_row = self.store._app(db, app)
-            db.execute("INSERT OR IGNORE INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (input_hash, app_row["id"], tree_digest, files, size, blob, job_id,
-                        now()))
-            return dict(db.execute("SELECT * FROM stages WHERE input_hash = ?",
-                                   (input_hash,)).fetchone())
+            db.execute(
+                "INSERT OR IGNORE INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (input_hash, app_row["id"], tree_digest, files, size, blob, job_id, now()),
+            )
+            return dict(
+                db.execute("SELECT * FROM stages WHERE input_hash = ?", (input_hash,)).fetchone()
+            )
 
 
 def job_key(kind: str, params: dict[str, Any], slug: str) -> str:
@@ -279,8 +357,11 @@ def job_key(kind: str, params: dict[str, Any], slug: str) -> str:
 
 def _timeout(body: dict[str, Any]) -> float:
     value = body.get("timeout", DEFAULT_TIMEOUT)
-    if not isinstance(value, int | float) or isinstance(value, bool) or \
-            not 0 < value <= MAX_TIMEOUT:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not 0 < value <= MAX_TIMEOUT
+    ):
         raise invalid(f"timeout must be a number of seconds from 1 to {MAX_TIMEOUT:g}")
     return float(value)
 
@@ -292,14 +373,17 @@ def check_params(kind: str, params: Any) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise invalid("params must be an object")
     out: dict[str, Any] = {}
-    allowed = {"self-rebuild": {"test", "distcc"},
-               "stage": {"stage", "builder", "test", "distcc"},
-               "bootstrap": {"stages", "test", "distcc"},
-               "app-compile": {"source", "target", "ref", "distcc"}}[kind]
+    allowed = {
+        "self-rebuild": {"test", "distcc"},
+        "stage": {"stage", "builder", "test", "distcc"},
+        "bootstrap": {"stages", "test", "distcc"},
+        "app-compile": {"source", "target", "ref", "distcc"},
+    }[kind]
     unknown = sorted(set(params) - allowed)
     if unknown:
-        raise invalid(f"{kind} jobs take {', '.join(sorted(allowed))}; unknown: "
-                      f"{', '.join(unknown)}")
+        raise invalid(
+            f"{kind} jobs take {', '.join(sorted(allowed))}; unknown: {', '.join(unknown)}"
+        )
     for flag in ("test", "distcc"):
         if flag in params:
             if not isinstance(params[flag], bool):
@@ -311,11 +395,14 @@ def check_params(kind: str, params: Any) -> dict[str, Any]:
             raise invalid("params.stage must be a whole number from 1 to 9")
         builder = params.get("builder", "stage0" if stage == 1 else None)
         if not isinstance(builder, str) or not (
-                builder in ("stage0", "slug") or
-                (len(builder) == 64 and all(c in "0123456789abcdef" for c in builder))):
-            raise invalid("params.builder must be 'stage0' (the recipe's stage0 compiler), "
-                          "'slug' (the slug's compiler) or the 64-hex input hash of a stored "
-                          "stage (see a stage job's result)")
+            builder in ("stage0", "slug")
+            or (len(builder) == 64 and all(c in "0123456789abcdef" for c in builder))
+        ):
+            raise invalid(
+                "params.builder must be 'stage0' (the recipe's stage0 compiler), "
+                "'slug' (the slug's compiler) or the 64-hex input hash of a stored "
+                "stage (see a stage job's result)"
+            )
         out.update(stage=stage, builder=builder)
     if kind == "bootstrap":
         stages = params.get("stages", 3)
@@ -325,8 +412,9 @@ def check_params(kind: str, params: Any) -> dict[str, Any]:
     if kind == "app-compile":
         source = params.get("source")
         if not isinstance(source, str) or not source:
-            raise invalid("params.source is required: a git URL, a tarball URL or a "
-                          "directory with a Procfile")
+            raise invalid(
+                "params.source is required: a git URL, a tarball URL or a directory with a Procfile"
+            )
         target = params.get("target")
         if not isinstance(target, str) or not target:
             raise invalid("params.target is required: the app to release the slug to")
@@ -341,10 +429,17 @@ def check_params(kind: str, params: Any) -> dict[str, Any]:
 class JobService:
     """The daemon's side: submission, dispatch, leases, cancel, fan-out, distcc hosts."""
 
-    def __init__(self, store: Store, paths: PlatformPaths, manager: Any, *,
-                 api_url: Callable[[], str], default_queue: str | None = None,
-                 log: Callable[[str], None] = lambda _: None,
-                 lease_seconds: float = LEASE_SECONDS):
+    def __init__(
+        self,
+        store: Store,
+        paths: PlatformPaths,
+        manager: Any,
+        *,
+        api_url: Callable[[], str],
+        default_queue: str | None = None,
+        log: Callable[[str], None] = lambda _: None,
+        lease_seconds: float = LEASE_SECONDS,
+    ):
         self.store = store
         self.paths = paths
         self.jobs = JobStore(store)
@@ -393,10 +488,13 @@ class JobService:
             self.jobs.finish(job["id"], None, "failed", error=f"not queued: {exc}")
             if isinstance(exc, QueueUrlError):
                 raise invalid(f"{exc}; fix the {QUEUE_CONFIG_VAR} config var") from None
-            raise ApiError(503, "queue_unavailable",
-                           f"The job queue ({url}) is not reachable: {exc}. Job {job['id']} "
-                           "was not queued (it is marked failed); submit it again when the "
-                           "queue is up.") from None
+            raise ApiError(
+                503,
+                "queue_unavailable",
+                f"The job queue ({url}) is not reachable: {exc}. Job {job['id']} "
+                "was not queued (it is marked failed); submit it again when the "
+                "queue is up.",
+            ) from None
 
     def _resend(self, job: dict[str, Any]) -> None:
         """Queue a job again (re-queue, restart); if the queue is down, keep trying from
@@ -416,11 +514,16 @@ class JobService:
         timeout = _timeout(body)
         release = self.store.current_release(app)
         if release is None or release["slug"] is None:
-            raise invalid(f"{app} has no release with a slug: jobs run on the released "
-                          "compiler slug (invoke release first)")
+            raise invalid(
+                f"{app} has no release with a slug: jobs run on the released "
+                "compiler slug (invoke release first)"
+            )
         slug = self.store.slug(app, release["slug"]["id"])["checksum"]
-        if self.store.config(app).get(DISTCC_CONFIG_VAR) in ("1", "true") and \
-                "distcc" not in params and kind != "bootstrap":
+        if (
+            self.store.config(app).get(DISTCC_CONFIG_VAR) in ("1", "true")
+            and "distcc" not in params
+            and kind != "bootstrap"
+        ):
             params["distcc"] = True
         if kind == "app-compile":
             params["source_blob"] = self._fetch_app(params)
@@ -428,18 +531,19 @@ class JobService:
         if parent is not None:
             self.jobs.get(parent)
         # A stage of one bootstrap is not a duplicate of the same stage of another.
-        key = job_key(str(kind), params if parent is None else {**params, "parent": parent},
-                      slug)
+        key = job_key(str(kind), params if parent is None else {**params, "parent": parent}, slug)
         if kind == "bootstrap":
-            job, created = self.jobs.create(app, "bootstrap", params, key, timeout=timeout,
-                                            parent=parent, state="running")
+            job, created = self.jobs.create(
+                app, "bootstrap", params, key, timeout=timeout, parent=parent, state="running"
+            )
             if created:
-                self.jobs.log(job["id"], [f"bootstrap of {params['stages']} stages: "
-                                          "fanning out into stage jobs"])
+                self.jobs.log(
+                    job["id"],
+                    [f"bootstrap of {params['stages']} stages: fanning out into stage jobs"],
+                )
                 self._next_stage(job)
             return self.jobs.get(job["id"]), created
-        job, created = self.jobs.create(app, str(kind), params, key, timeout=timeout,
-                                        parent=parent)
+        job, created = self.jobs.create(app, str(kind), params, key, timeout=timeout, parent=parent)
         if created:
             self._enqueue(job)
         return job, created
@@ -465,9 +569,12 @@ class JobService:
         done = [self.jobs.get(c) for c in parent["children"]]
         if done and done[-1]["state"] != "succeeded":
             last = done[-1]
-            self.jobs.finish(parent["id"], None, "failed" if last["state"] == "failed"
-                             else "cancelled",
-                             error=f"stage job {last['id']} {last['state']}: {last['error']}")
+            self.jobs.finish(
+                parent["id"],
+                None,
+                "failed" if last["state"] == "failed" else "cancelled",
+                error=f"stage job {last['id']} {last['state']}: {last['error']}",
+            )
             return
         if len(done) == params["stages"]:
             self._finish_bootstrap(parent, done)
@@ -480,9 +587,15 @@ class JobService:
         if parent["cancel_requested"]:
             self.jobs.finish(parent["id"], None, "cancelled", error="cancelled")
             return
-        child, _ = self.submit(parent["app"]["name"], {
-            "kind": "stage", "params": child_params, "parent": parent["id"],
-            "timeout": parent["timeout"]})
+        child, _ = self.submit(
+            parent["app"]["name"],
+            {
+                "kind": "stage",
+                "params": child_params,
+                "parent": parent["id"],
+                "timeout": parent["timeout"],
+            },
+        )
         self.jobs.log(parent["id"], [f"stage {k}: job {child['id']}"])
         if child["state"] in FINAL:  # an identical job had already finished
             self.on_finished(child)
@@ -493,17 +606,31 @@ class JobService:
         result = {
             "fixpoint": digests[-1] == digests[-2],
             "identical": slug_digest is not None and digests[-1] == slug_digest,
-            "stages": [{"stage": i + 1, "job": s["id"], "input_hash": s["result"]["input_hash"],
-                        "tree_digest": d, "cache": s["result"].get("cache")}
-                       for i, (s, d) in enumerate(zip(stages, digests, strict=True))],
+            "stages": [
+                {
+                    "stage": i + 1,
+                    "job": s["id"],
+                    "input_hash": s["result"]["input_hash"],
+                    "tree_digest": d,
+                    "cache": s["result"].get("cache"),
+                }
+                for i, (s, d) in enumerate(zip(stages, digests, strict=True))
+            ],
         }
         state = "succeeded" if result["fixpoint"] else "failed"
-        self.jobs.log(parent["id"], [f"stage{len(stages) - 1} "
-                                     f"{'==' if result['fixpoint'] else '!='} "
-                                     f"stage{len(stages)}"])
-        self.jobs.finish(parent["id"], None, state, result=result,
-                         error=None if result["fixpoint"] else "no fixpoint: the last two "
-                         "stages differ (invoke diff-stages explains why)")
+        self.jobs.log(
+            parent["id"],
+            [f"stage{len(stages) - 1} {'==' if result['fixpoint'] else '!='} stage{len(stages)}"],
+        )
+        self.jobs.finish(
+            parent["id"],
+            None,
+            state,
+            result=result,
+            error=None
+            if result["fixpoint"]
+            else "no fixpoint: the last two stages differ (invoke diff-stages explains why)",
+        )
 
     def on_finished(self, job: dict[str, Any]) -> None:
         if job["parent"] is not None:
@@ -531,9 +658,17 @@ class JobService:
         again = self.jobs.requeue(job["id"], None)
         if again is None:
             return
-        self.jobs.log(job["id"], [f"{why}; " + ("cancelled" if again["state"] == "cancelled"
-                                                  else f"queued again as attempt "
-                                                       f"{again['attempt']}")])
+        self.jobs.log(
+            job["id"],
+            [
+                f"{why}; "
+                + (
+                    "cancelled"
+                    if again["state"] == "cancelled"
+                    else f"queued again as attempt {again['attempt']}"
+                )
+            ],
+        )
         self.log(f"jobs: job {job['id']}: {why}")
         if again["state"] == "queued":
             self._resend(again)
@@ -543,8 +678,9 @@ class JobService:
     def dyno_exited(self, dyno: Any) -> None:
         """Called when any dyno ends: its jobs go back to the queue at once."""
         for job in self.jobs.held_by(dyno.id):
-            self.take_back(job, f"{dyno.name} exited ({dyno.reason or dyno.exit_code}) "
-                                "with the job running")
+            self.take_back(
+                job, f"{dyno.name} exited ({dyno.reason or dyno.exit_code}) with the job running"
+            )
 
     def reap(self) -> None:
         with self.lock:
@@ -554,8 +690,9 @@ class JobService:
             if job["state"] == "queued":
                 self._resend(job)
         for job in self.jobs.lost(self.lease_seconds):
-            self.take_back(job, f"no heartbeat from {job['worker']['name']} for "
-                                f"{self.lease_seconds:g}s")
+            self.take_back(
+                job, f"no heartbeat from {job['worker']['name']} for {self.lease_seconds:g}s"
+            )
 
     def recover(self) -> None:
         """At daemon start: jobs that were running belong to dynos that died with the
@@ -584,20 +721,28 @@ class JobService:
         self.stopped.set()
 
     # ------------------------------------------------------------------ dynos
-    def dyno_environment(self, dyno: Any, config: dict[str, str]) -> tuple[dict[str, str],
-                                                                          list[tuple[Path, str]]]:
+    def dyno_environment(
+        self, dyno: Any, config: dict[str, str]
+    ) -> tuple[dict[str, str], list[tuple[Path, str]]]:
         """Extra environment and mounts for the platform's own process types."""
         if dyno.type == "worker":
             url, mount = self.dyno_queue_url(dyno.app)
-            env = {"SELFHOST_API_URL": self.api_url(), "SELFHOST_API_TOKEN": self.store.paths
-                   .ensure_token(), "SELFHOST_QUEUE_URL": url, "SELFHOST_APP": dyno.app,
-                   "SELFHOST_DYNO_ID": dyno.id}
+            env = {
+                "SELFHOST_API_URL": self.api_url(),
+                "SELFHOST_API_TOKEN": self.store.paths.ensure_token(),
+                "SELFHOST_QUEUE_URL": url,
+                "SELFHOST_APP": dyno.app,
+                "SELFHOST_DYNO_ID": dyno.id,
+            }
             if mount is None:
                 return env, []
             return env, [(mount, DYNO_QUEUE_DIR if url.startswith("sqlite:") else str(mount))]
         if dyno.type == "distccd":
-            addresses = [a.strip() for a in config.get(DISTCC_ADDRESSES_VAR, "").replace(
-                ",", " ").split() if a.strip()]
+            addresses = [
+                a.strip()
+                for a in config.get(DISTCC_ADDRESSES_VAR, "").replace(",", " ").split()
+                if a.strip()
+            ]
             address = addresses[(dyno.index - 1) % len(addresses)] if addresses else "127.0.0.1"
             return {"DISTCC_LISTEN": address}, []
         return {}, []
@@ -614,8 +759,17 @@ class JobService:
     def stage_blob(self, sha: str) -> Path:
         return self.stage_blobs / f"{sha}.tar.gz"
 
-    def store_stage(self, app: str, input_hash: str, job_id: int | None, tree_digest: str,
-                    files: int, upload: Path, sha: str, size: int) -> dict[str, Any]:
+    def store_stage(
+        self,
+        app: str,
+        input_hash: str,
+        job_id: int | None,
+        tree_digest: str,
+        files: int,
+        upload: Path,
+        sha: str,
+        size: int,
+    ) -> dict[str, Any]:
         """Move a received stage tarball into place, content-addressed, then record it."""
         self.stage_blobs.mkdir(parents=True, exist_ok=True)
         os.replace(upload, self.stage_blob(sha))

@@ -28,9 +28,14 @@ from selfhost.platform.slug import SlugContents
 
 APP = "/app"
 GLIBC_RE = re.compile(r"^GLIBC_(\d+)\.(\d+)(?:\.(\d+))?$")
-LIBC_CANDIDATES = ("lib/x86_64-linux-gnu/libc.so.6", "lib/aarch64-linux-gnu/libc.so.6",
-                   "usr/lib/x86_64-linux-gnu/libc.so.6", "usr/lib/aarch64-linux-gnu/libc.so.6",
-                   "lib64/libc.so.6", "lib/libc.so.6")
+LIBC_CANDIDATES = (
+    "lib/x86_64-linux-gnu/libc.so.6",
+    "lib/aarch64-linux-gnu/libc.so.6",
+    "usr/lib/x86_64-linux-gnu/libc.so.6",
+    "usr/lib/aarch64-linux-gnu/libc.so.6",
+    "lib64/libc.so.6",
+    "lib/libc.so.6",
+)
 
 
 @dataclass(frozen=True)
@@ -89,8 +94,12 @@ def _exists_in(rootfs: Path, absolute: str) -> bool:
     return candidate.exists() or _in_root(rootfs, candidate).exists()
 
 
-def lint_slug(contents: SlugContents, rootfs: Path, build_paths: Iterable[str] = (),
-              skip: tuple[str, ...] = ()) -> list[Lint]:
+def lint_slug(
+    contents: SlugContents,
+    rootfs: Path,
+    build_paths: Iterable[str] = (),
+    skip: tuple[str, ...] = (),
+) -> list[Lint]:
     """Run every lint over a slug's contents against the target stack's rootfs.
 
     Paths starting with one of ``skip`` (a shipped source tree, which is built, not
@@ -107,9 +116,14 @@ def lint_slug(contents: SlugContents, rootfs: Path, build_paths: Iterable[str] =
         where = f"{APP}/{path}"
         for needle in needles:
             if needle in data:
-                findings.append(Lint("build-path", where,
-                                     f"contains the build path {needle.decode()}, which does "
-                                     "not exist at run time"))
+                findings.append(
+                    Lint(
+                        "build-path",
+                        where,
+                        f"contains the build path {needle.decode()}, which does "
+                        "not exist at run time",
+                    )
+                )
                 break
         if data[:4] == b"\x7fELF":
             findings += _lint_elf(where, data, rootfs, glibc)
@@ -129,19 +143,30 @@ def _lint_shebang(where: str, data: bytes, rootfs: Path, slug_paths: set[str]) -
         return p in slug_paths if p.startswith(APP + "/") else _exists_in(rootfs, p)
 
     if not present(interpreter):
-        return [Lint("shebang", where, f"interpreter {interpreter} exists neither in the slug "
-                                       "nor in the stack")]
+        return [
+            Lint(
+                "shebang",
+                where,
+                f"interpreter {interpreter} exists neither in the slug nor in the stack",
+            )
+        ]
     if interpreter.endswith("/env") and len(words) > 1 and not words[1].startswith("-"):
         command = words[1]
         dirs = ["/app/bin", "/usr/local/bin", "/usr/bin", "/bin"]
         if not any(present(f"{d}/{command}") for d in dirs):
-            return [Lint("shebang", where, f"'{command}' (run through env) is not on the "
-                                           "stack's PATH nor in /app/bin")]
+            return [
+                Lint(
+                    "shebang",
+                    where,
+                    f"'{command}' (run through env) is not on the stack's PATH nor in /app/bin",
+                )
+            ]
     return []
 
 
-def _lint_elf(where: str, data: bytes, rootfs: Path,
-              glibc: tuple[tuple[int, ...], frozenset[str]] | None) -> list[Lint]:
+def _lint_elf(
+    where: str, data: bytes, rootfs: Path, glibc: tuple[tuple[int, ...], frozenset[str]] | None
+) -> list[Lint]:
     from elftools.common.exceptions import ELFError
     from elftools.elf.dynamic import DynamicSection
     from elftools.elf.elffile import ELFFile
@@ -156,8 +181,13 @@ def _lint_elf(where: str, data: bytes, rootfs: Path,
             if isinstance(segment, InterpSegment):
                 interp = segment.get_interp_name()
                 if not (interp.startswith(APP + "/") or _exists_in(rootfs, interp)):
-                    findings.append(Lint("interpreter", where,
-                                         f"program interpreter {interp} is not in the stack"))
+                    findings.append(
+                        Lint(
+                            "interpreter",
+                            where,
+                            f"program interpreter {interp} is not in the stack",
+                        )
+                    )
         needed_versions: dict[int, str] = {}
         versym = None
         dynsym = elf.get_section_by_name(".dynsym")
@@ -166,13 +196,18 @@ def _lint_elf(where: str, data: bytes, rootfs: Path,
                 for tag in section.iter_tags():
                     if tag.entry.d_tag in ("DT_RPATH", "DT_RUNPATH"):
                         # pyelftools sets .rpath/.runpath on these tags dynamically
-                        value = (tag.rpath if tag.entry.d_tag == "DT_RPATH"  # type: ignore[attr-defined]
-                                 else tag.runpath)  # type: ignore[attr-defined]
+                        name = "rpath" if tag.entry.d_tag == "DT_RPATH" else "runpath"
+                        value = getattr(tag, name)
                         for item in value.split(":"):
                             if item and not _rpath_ok(item, rootfs):
-                                findings.append(Lint("rpath", where,
-                                                     f"{tag.entry.d_tag[3:]} entry {item} is "
-                                                     "outside /app and the stack"))
+                                findings.append(
+                                    Lint(
+                                        "rpath",
+                                        where,
+                                        f"{tag.entry.d_tag[3:]} entry {item} is "
+                                        "outside /app and the stack",
+                                    )
+                                )
             elif isinstance(section, GNUVerNeedSection):
                 for _verneed, auxiliaries in section.iter_versions():
                     for aux in auxiliaries:
@@ -185,8 +220,11 @@ def _lint_elf(where: str, data: bytes, rootfs: Path,
     if glibc is None:
         return findings
     newest, provided = glibc
-    too_new = {name for name in needed_versions.values()
-               if (v := glibc_version(name)) and (v > newest or name not in provided)}
+    too_new = {
+        name
+        for name in needed_versions.values()
+        if (v := glibc_version(name)) and (v > newest or name not in provided)
+    }
     if too_new:
         symbols: list[str] = []
         if versym is not None and isinstance(dynsym, SymbolTableSection):
@@ -196,10 +234,15 @@ def _lint_elf(where: str, data: bytes, rootfs: Path,
                     symbols.append(f"{symbol.name}@{needed_versions[version]}")
         worst = max(too_new, key=lambda n: glibc_version(n) or ())
         have = ".".join(str(x) for x in newest)
-        findings.append(Lint("glibc", where,
-                             f"needs {worst} but the stack's glibc provides up to GLIBC_{have}"
-                             + (f" (symbols: {', '.join(sorted(symbols)[:5])})" if symbols else "")
-                             + "; build it on the target stack"))
+        findings.append(
+            Lint(
+                "glibc",
+                where,
+                f"needs {worst} but the stack's glibc provides up to GLIBC_{have}"
+                + (f" (symbols: {', '.join(sorted(symbols)[:5])})" if symbols else "")
+                + "; build it on the target stack",
+            )
+        )
     return findings
 
 

@@ -48,8 +48,17 @@ from selfhost.ui import UI
 APP_TEMPLATE = Path(__file__).parent / "app"
 #: The worker's Python packages, copied from this installation (pure Python only: the
 #: stack's interpreter runs them; compiled speed-ups have pure fallbacks).
-WORKER_PACKAGES = ("selfhost", "huey", "redis", "async_timeout", "requests", "urllib3",
-                   "idna", "charset_normalizer", "certifi")
+WORKER_PACKAGES = (
+    "selfhost",
+    "huey",
+    "redis",
+    "async_timeout",
+    "requests",
+    "urllib3",
+    "idna",
+    "charset_normalizer",
+    "certifi",
+)
 WORKER_IGNORE = ("__pycache__", "*.pyc", "*.so", "tests", "djhuey", "flask_admin", "cli")
 
 
@@ -60,8 +69,11 @@ def add_worker_packages(contents: SlugContents) -> None:
     for name in WORKER_PACKAGES:
         spec = importlib.util.find_spec(name)
         if spec is None or not spec.submodule_search_locations:
-            raise SlugError(f"the compile worker needs the Python package {name!r}, which "
-                            "is not installed here", hint="run ./setup (pip install -e .)")
+            raise SlugError(
+                f"the compile worker needs the Python package {name!r}, which "
+                "is not installed here",
+                hint="run ./setup (pip install -e .)",
+            )
         root = Path(next(iter(spec.submodule_search_locations)))
         ignore = WORKER_IGNORE if name != "selfhost" else ("__pycache__", "*.pyc")
         contents.add_tree(root, under=f"vendor/python/{name}", ignore=ignore)
@@ -135,9 +147,15 @@ def rebuild_script(recipe: Recipe) -> bytes:
     env.pop("JOBS")
     q = shlex.quote
     return REBUILD.format(
-        name=recipe.name, version=recipe.version, stages=recipe.stages, prefix=recipe.prefix,
-        env=" ".join(q(f"{k}={v}") for k, v in env.items()), build=q(recipe.steps.build),
-        install=q(recipe.steps.install), test=q(recipe.steps.test)).encode()
+        name=recipe.name,
+        version=recipe.version,
+        stages=recipe.stages,
+        prefix=recipe.prefix,
+        env=" ".join(q(f"{k}={v}") for k, v in env.items()),
+        build=q(recipe.steps.build),
+        install=q(recipe.steps.install),
+        test=q(recipe.steps.test),
+    ).encode()
 
 
 @dataclass
@@ -152,8 +170,7 @@ class CompilerSlug:
     def to_json(self) -> dict[str, Any]:
         out = self.info.to_json()
         out["warnings"] = [*out["warnings"], *(str(x) for x in self.lints)]
-        out["lints"] = [{"kind": x.kind, "path": x.path, "message": x.message}
-                        for x in self.lints]
+        out["lints"] = [{"kind": x.kind, "path": x.path, "message": x.message} for x in self.lints]
         out["stack"] = self.target_stack.spec.name
         out["compiler"] = self.bootstrap.recipe.name
         out["stage"] = self.bootstrap.stages[-1].stage
@@ -161,23 +178,30 @@ class CompilerSlug:
         return out
 
 
-def assemble(recipe: Recipe, final_tree: Path, metadata: dict[str, Any],
-             source_tree: Path | None = None, app_dir: Path = APP_TEMPLATE
-             ) -> tuple[SlugContents, dict[str, str]]:
+def assemble(
+    recipe: Recipe,
+    final_tree: Path,
+    metadata: dict[str, Any],
+    source_tree: Path | None = None,
+    app_dir: Path = APP_TEMPLATE,
+) -> tuple[SlugContents, dict[str, str]]:
     """The slug's contents: the platform app, the profile script, the compiler, and
     (when the recipe asks for it) the source with ``bin/rebuild``."""
     procfile = app_dir / "Procfile"
     if not procfile.is_file():
-        raise SlugError(f"{app_dir} has no Procfile",
-                        hint="the platform app needs a Procfile ('worker: bin/worker')")
+        raise SlugError(
+            f"{app_dir} has no Procfile",
+            hint="the platform app needs a Procfile ('worker: bin/worker')",
+        )
     process_types = parse_procfile(procfile.read_text(), str(procfile))
     contents = SlugContents()
     contents.add_tree(app_dir, ignore=[*read_slugignore(app_dir), ".slugignore"])
     prefix = slug_prefix(recipe)
     contents.add_file(".profile.d/selfhost.sh", data=profile_script(recipe, prefix))
     contents.add_tree(final_tree, under=prefix.removeprefix("/app/"))
-    contents.add_file("selfhost.json",
-                      data=(json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode())
+    contents.add_file(
+        "selfhost.json", data=(json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode()
+    )
     if recipe.path is not None:
         contents.add_file(f"vendor/recipes/{recipe.name}.toml", source=recipe.path)
     add_worker_packages(contents)
@@ -187,9 +211,17 @@ def assemble(recipe: Recipe, final_tree: Path, metadata: dict[str, Any],
     return contents, process_types
 
 
-def build_compiler_slug(settings: Settings, recipe: Recipe, engine: Engine, ui: UI, *,
-                        out: Path | None = None, strict: bool = False,
-                        target_suite: str | None = None, force: bool = False) -> CompilerSlug:
+def build_compiler_slug(
+    settings: Settings,
+    recipe: Recipe,
+    engine: Engine,
+    ui: UI,
+    *,
+    out: Path | None = None,
+    strict: bool = False,
+    target_suite: str | None = None,
+    force: bool = False,
+) -> CompilerSlug:
     """Bootstrap ``recipe`` at its slug prefix, check the fixpoint, lint and pack it."""
     at_app = replace(recipe, prefix=slug_prefix(recipe))
     outcome = Bootstrap(settings, engine, ui).run(at_app, force=force)
@@ -202,10 +234,15 @@ def build_compiler_slug(settings: Settings, recipe: Recipe, engine: Engine, ui: 
             target = ensure_stack(settings.with_overrides(suite=target_suite), recipe, ui.info)
             step.note = target.spec.name
     metadata = {
-        "compiler": recipe.name, "version": recipe.version, "prefix": at_app.prefix,
-        "stage": final.stage, "input_hash": final.input_hash,
-        "tree_digest": final.manifest.tree_digest, "fixpoint": outcome.fixpoint,
-        "source": outcome.source.digest, "built_on": outcome.stack.identity,
+        "compiler": recipe.name,
+        "version": recipe.version,
+        "prefix": at_app.prefix,
+        "stage": final.stage,
+        "input_hash": final.input_hash,
+        "tree_digest": final.manifest.tree_digest,
+        "fixpoint": outcome.fixpoint,
+        "source": outcome.source.digest,
+        "built_on": outcome.stack.identity,
         "engine": outcome.engine,
     }
     with ui.step("slug") as step:
@@ -213,17 +250,28 @@ def build_compiler_slug(settings: Settings, recipe: Recipe, engine: Engine, ui: 
         build_paths = [str(settings.workspace), "/build/src"]
         # The shipped source is built, not run; bin/rebuild uses /build on purpose (every
         # dyno has it as scratch space, at the same path as stage builds).
-        lints = lint_slug(contents, target.rootfs, build_paths,
-                          skip=(f"vendor/src/{recipe.name}/", "bin/rebuild", "vendor/python/"))
+        lints = lint_slug(
+            contents,
+            target.rootfs,
+            build_paths,
+            skip=(f"vendor/src/{recipe.name}/", "bin/rebuild", "vendor/python/"),
+        )
         for lint in lints:
             ui.warn(str(lint))
         if strict and lints:
-            raise SlugError(f"{len(lints)} lint(s) failed in --strict mode; the slug was not "
-                            "written", details="\n".join(f"  {x}" for x in lints),
-                            hint="fix them, or build without --strict to get warnings only")
+            raise SlugError(
+                f"{len(lints)} lint(s) failed in --strict mode; the slug was not written",
+                details="\n".join(f"  {x}" for x in lints),
+                hint="fix them, or build without --strict to get warnings only",
+            )
         target_path = out or settings.workspace / "slugs" / f"{recipe.name}-{recipe.version}.tgz"
-        info = pack(contents, target_path, mtime=recipe.source_date_epoch,
-                    process_types=process_types, max_bytes=settings.slug_max_bytes)
+        info = pack(
+            contents,
+            target_path,
+            mtime=recipe.source_date_epoch,
+            process_types=process_types,
+            max_bytes=settings.slug_max_bytes,
+        )
         for warning in info.warnings:
             ui.warn(warning)
         step.note = f"{info.size} bytes"

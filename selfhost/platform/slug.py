@@ -60,11 +60,15 @@ def parse_procfile(text: str, origin: str = "Procfile") -> dict[str, str]:
         name, command = name.strip(), command.strip()
         where = f"{origin}:{number}"
         if not sep:
-            raise SlugError(f"{where}: expected 'name: command', got {line!r}",
-                            hint="each process type is one line such as 'worker: bin/worker'")
+            raise SlugError(
+                f"{where}: expected 'name: command', got {line!r}",
+                hint="each process type is one line such as 'worker: bin/worker'",
+            )
         if not PROCESS_TYPE_RE.match(name):
-            raise SlugError(f"{where}: process type {name!r} is not valid",
-                            hint="use 1 to 128 letters, digits, '_' or '-'")
+            raise SlugError(
+                f"{where}: process type {name!r} is not valid",
+                hint="use 1 to 128 letters, digits, '_' or '-'",
+            )
         if not command:
             raise SlugError(f"{where}: process type {name!r} has no command")
         if name in types:
@@ -100,11 +104,18 @@ class SlugContents:
             sub = "/".join(parts[:i])
             self.entries.setdefault(sub, SlugEntry(sub, "dir"))
 
-    def add_file(self, path: str, *, source: Path | None = None, data: bytes | None = None,
-                 executable: bool = False) -> None:
+    def add_file(
+        self,
+        path: str,
+        *,
+        source: Path | None = None,
+        data: bytes | None = None,
+        executable: bool = False,
+    ) -> None:
         self.add_dir(path.rpartition("/")[0])
-        self.entries[path] = SlugEntry(path, "file", source=source, data=data,
-                                       executable=executable)
+        self.entries[path] = SlugEntry(
+            path, "file", source=source, data=data, executable=executable
+        )
 
     def add_tree(self, root: Path, under: str = "", ignore: Iterable[str] = ()) -> None:
         """Add everything below ``root`` at ``under``; skip ``.git`` and ignored paths."""
@@ -140,8 +151,10 @@ class SlugContents:
         elif stat.S_ISREG(st.st_mode):
             self.add_file(path, source=full, executable=bool(st.st_mode & 0o111))
         else:
-            raise SlugError(f"{full}: special files (devices, sockets, FIFOs) cannot go "
-                            "into a slug", hint="remove it, or list it in .slugignore")
+            raise SlugError(
+                f"{full}: special files (devices, sockets, FIFOs) cannot go into a slug",
+                hint="remove it, or list it in .slugignore",
+            )
 
     def read(self, entry: SlugEntry) -> bytes:
         if entry.data is not None:
@@ -200,8 +213,13 @@ class SlugInfo:
         return self.checksum.split(":", 1)[1]
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": str(self.path), "checksum": self.checksum, "size": self.size,
-                "process_types": self.process_types, "warnings": self.warnings}
+        return {
+            "path": str(self.path),
+            "checksum": self.checksum,
+            "size": self.size,
+            "process_types": self.process_types,
+            "warnings": self.warnings,
+        }
 
 
 def _tarinfo(name: str, kind: bytes, mode: int, mtime: int, size: int = 0) -> tarfile.TarInfo:
@@ -233,8 +251,14 @@ class _HashingWriter(io.RawIOBase):
         return len(b)
 
 
-def pack(contents: SlugContents, out: Path, *, mtime: int, process_types: dict[str, str],
-         max_bytes: int = DEFAULT_MAX_BYTES) -> SlugInfo:
+def pack(
+    contents: SlugContents,
+    out: Path,
+    *,
+    mtime: int,
+    process_types: dict[str, str],
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> SlugInfo:
     """Write the slug to ``out`` reproducibly; refuse it if it exceeds ``max_bytes``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
@@ -242,9 +266,12 @@ def pack(contents: SlugContents, out: Path, *, mtime: int, process_types: dict[s
     try:
         with os.fdopen(fd, "wb") as raw:
             hashing = _HashingWriter(raw)
-            with gzip.GzipFile(filename="", mode="wb", compresslevel=GZIP_LEVEL,
-                               fileobj=hashing, mtime=0) as gz, \
-                    tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            with (
+                gzip.GzipFile(
+                    filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=hashing, mtime=0
+                ) as gz,
+                tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar,
+            ):
                 tar.addfile(_tarinfo("./app", tarfile.DIRTYPE, 0o755, mtime))
                 for path in sorted(contents.entries, key=_sort_key):
                     entry = contents.entries[path]
@@ -276,10 +303,18 @@ def pack(contents: SlugContents, out: Path, *, mtime: int, process_types: dict[s
         tmp.unlink(missing_ok=True)
     warnings = []
     if size > WARN_BYTES:
-        warnings.append(f"slug size {size / 1e6:.0f} MB is over the {WARN_BYTES // 10**6} MB "
-                        "soft limit: boot times grow with slug size; consider .slugignore")
-    return SlugInfo(out, f"SHA256:{hashing.sha.hexdigest()}", size, process_types,
-                    len(contents.entries) + 1, warnings)
+        warnings.append(
+            f"slug size {size / 1e6:.0f} MB is over the {WARN_BYTES // 10**6} MB "
+            "soft limit: boot times grow with slug size; consider .slugignore"
+        )
+    return SlugInfo(
+        out,
+        f"SHA256:{hashing.sha.hexdigest()}",
+        size,
+        process_types,
+        len(contents.entries) + 1,
+        warnings,
+    )
 
 
 def _sort_key(path: str) -> tuple[str, ...]:
@@ -289,9 +324,11 @@ def _sort_key(path: str) -> tuple[str, ...]:
 
 def _too_big(size: int, limit: int, partial: bool = False) -> SlugError:
     over = "more than " if partial else ""
-    return SlugError(f"the slug is {over}{size / 1e6:.0f} MB, above the hard limit of "
-                     f"{limit / 1e6:.0f} MB; it was not written",
-                     hint="exclude files with .slugignore, or raise selfhost.slug_max_bytes")
+    return SlugError(
+        f"the slug is {over}{size / 1e6:.0f} MB, above the hard limit of "
+        f"{limit / 1e6:.0f} MB; it was not written",
+        hint="exclude files with .slugignore, or raise selfhost.slug_max_bytes",
+    )
 
 
 # --------------------------------------------------------------------------- unpacking
@@ -303,8 +340,7 @@ UNPACK_LIMITS = Limits(max_bytes=2_000_000_000, max_members=200_000)
 def _options(limits: Limits) -> dict[str, Any]:
     """How slugs are read: only ``./app`` counts (Heroku ignores the rest), and an
     absolute link target is a path in the dyno, so ``/app/x`` is inside."""
-    return {"subtree": "app", "absolute": AbsoluteLinks.ROOTED, "limits": limits,
-            "what": "slug"}
+    return {"subtree": "app", "absolute": AbsoluteLinks.ROOTED, "limits": limits, "what": "slug"}
 
 
 def check_slug(path: Path, limits: Limits = UNPACK_LIMITS) -> Stats:

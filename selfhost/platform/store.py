@@ -255,8 +255,11 @@ class Store:
         with self.tx() as db:
             # Versions only add tables (CREATE ... IF NOT EXISTS above), so an older
             # database is upgraded in place.
-            db.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) "
-                       "DO UPDATE SET value = excluded.value", (str(SCHEMA_VERSION),))
+            db.execute(
+                "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) "
+                "DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
 
     def connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.paths.db, timeout=30, isolation_level=None)
@@ -299,9 +302,11 @@ class Store:
     def create_app(self, name: str | None, stack: str) -> dict[str, Any]:
         name = name or f"app-{secrets.token_hex(4)}"
         if not APP_NAME_RE.match(name):
-            raise invalid(f"Name {name!r} is invalid: it must start with a letter, end with a "
-                          "letter or digit, and contain only lowercase letters, digits and "
-                          "dashes (3 to 30 characters).")
+            raise invalid(
+                f"Name {name!r} is invalid: it must start with a letter, end with a "
+                "letter or digit, and contain only lowercase letters, digits and "
+                "dashes (3 to 30 characters)."
+            )
         with self.tx() as db:
             if db.execute("SELECT 1 FROM apps WHERE name = ?", (name,)).fetchone():
                 raise ApiError(422, "invalid_params", f"Name {name} is already taken.")
@@ -319,24 +324,35 @@ class Store:
             return [self._app_json(db, r) for r in db.execute("SELECT * FROM apps ORDER BY name")]
 
     def _app_json(self, db: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
-        released = db.execute("SELECT MAX(created_at) FROM releases WHERE app_id = ?",
-                              (row["id"],)).fetchone()[0]
-        return {"id": row["id"], "name": row["name"],
-                "stack": {"id": row["stack"], "name": row["stack"]},
-                "build_stack": {"id": row["stack"], "name": row["stack"]},
-                "created_at": row["created_at"], "updated_at": row["updated_at"],
-                "released_at": released, "maintenance": False, "region": {"name": "local"},
-                "web_url": None, "git_url": None}
+        released = db.execute(
+            "SELECT MAX(created_at) FROM releases WHERE app_id = ?", (row["id"],)
+        ).fetchone()[0]
+        return {
+            "id": row["id"],
+            "name": row["name"],
+            "stack": {"id": row["stack"], "name": row["stack"]},
+            "build_stack": {"id": row["stack"], "name": row["stack"]},
+            "created_at": row["created_at"],
+            "updated_at": row["updated_at"],
+            "released_at": released,
+            "maintenance": False,
+            "region": {"name": "local"},
+            "web_url": None,
+            "git_url": None,
+        }
 
     # ------------------------------------------------------------------ slugs
     def create_slug(self, app: str, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
         """Record a slug; return its JSON and the secret token of its upload URL."""
         process_types = body.get("process_types")
         if not isinstance(process_types, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) and re.match(r"^[-\w]{1,128}$", k)
-                for k, v in process_types.items()):
-            raise invalid("process_types must be an object of {name: command} where names "
-                          "match ^[-\\w]{1,128}$")
+            isinstance(k, str) and isinstance(v, str) and re.match(r"^[-\w]{1,128}$", k)
+            for k, v in process_types.items()
+        ):
+            raise invalid(
+                "process_types must be an object of {name: command} where names "
+                "match ^[-\\w]{1,128}$"
+            )
         checksum = body.get("checksum")
         if checksum is not None and not re.match(r"^SHA256:[0-9a-f]{64}$", str(checksum)):
             raise invalid("checksum must look like SHA256:<64 hex digits>")
@@ -350,15 +366,26 @@ class Store:
             slug_id = str(uuid.uuid4())
             db.execute(
                 "INSERT INTO slugs VALUES (?, ?, ?, NULL, NULL, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (slug_id, app_row["id"], checksum, token, json.dumps(process_types),
-                 body.get("commit"), body.get("commit_description"),
-                 body.get("buildpack_provided_description"),
-                 body.get("stack") or app_row["stack"], ts, ts))
+                (
+                    slug_id,
+                    app_row["id"],
+                    checksum,
+                    token,
+                    json.dumps(process_types),
+                    body.get("commit"),
+                    body.get("commit_description"),
+                    body.get("buildpack_provided_description"),
+                    body.get("stack") or app_row["stack"],
+                    ts,
+                    ts,
+                ),
+            )
             return self._slug_json(self._slug(db, app_row["id"], slug_id)), token
 
     def _slug(self, db: sqlite3.Connection, app_id: str, slug_id: str) -> sqlite3.Row:
-        row = db.execute("SELECT * FROM slugs WHERE id = ? AND app_id = ?",
-                         (slug_id, app_id)).fetchone()
+        row = db.execute(
+            "SELECT * FROM slugs WHERE id = ? AND app_id = ?", (slug_id, app_id)
+        ).fetchone()
         if row is None:
             raise not_found("slug")
         return row
@@ -379,29 +406,54 @@ class Store:
         """Record a verified blob (already in place under blobs/sha256) on its slug."""
         with self.tx() as db:
             checksum = f"SHA256:{sha256}"
-            db.execute("UPDATE slugs SET blob_sha256 = ?, size = ?, updated_at = ?, "
-                       "checksum = COALESCE(checksum, ?) WHERE id = ?",
-                       (sha256, size, now(), checksum, slug_id))
+            db.execute(
+                "UPDATE slugs SET blob_sha256 = ?, size = ?, updated_at = ?, "
+                "checksum = COALESCE(checksum, ?) WHERE id = ?",
+                (sha256, size, now(), checksum, slug_id),
+            )
 
     @staticmethod
     def _slug_json(row: sqlite3.Row) -> dict[str, Any]:
-        return {"id": row["id"], "checksum": row["checksum"], "size": row["size"],
-                "process_types": json.loads(row["process_types"]),
-                "commit": row["commit_sha"], "commit_description": row["commit_description"],
-                "buildpack_provided_description": row["buildpack_provided_description"],
-                "stack": {"id": row["stack"], "name": row["stack"]},
-                "created_at": row["created_at"], "updated_at": row["updated_at"]}
+        return {
+            "id": row["id"],
+            "checksum": row["checksum"],
+            "size": row["size"],
+            "process_types": json.loads(row["process_types"]),
+            "commit": row["commit_sha"],
+            "commit_description": row["commit_description"],
+            "buildpack_provided_description": row["buildpack_provided_description"],
+            "stack": {"id": row["stack"], "name": row["stack"]},
+            "created_at": row["created_at"],
+            "updated_at": row["updated_at"],
+        }
 
     # ------------------------------------------------------------------ releases
-    def _next_release(self, db: sqlite3.Connection, app_id: str, slug_id: str | None,
-                      description: str, config: dict[str, str]) -> sqlite3.Row:
-        version = db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM releases "
-                             "WHERE app_id = ?", (app_id,)).fetchone()[0]
+    def _next_release(
+        self,
+        db: sqlite3.Connection,
+        app_id: str,
+        slug_id: str | None,
+        description: str,
+        config: dict[str, str],
+    ) -> sqlite3.Row:
+        version = db.execute(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM releases WHERE app_id = ?", (app_id,)
+        ).fetchone()[0]
         ts = now()
         release_id = str(uuid.uuid4())
-        db.execute("INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?, 'succeeded', ?, ?)",
-                   (release_id, app_id, version, slug_id, description,
-                    json.dumps(config, sort_keys=True), ts, ts))
+        db.execute(
+            "INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?, 'succeeded', ?, ?)",
+            (
+                release_id,
+                app_id,
+                version,
+                slug_id,
+                description,
+                json.dumps(config, sort_keys=True),
+                ts,
+                ts,
+            ),
+        )
         db.execute("UPDATE apps SET updated_at = ? WHERE id = ?", (ts, app_id))
         if slug_id:
             self._sync_formation(db, app_id, slug_id)
@@ -410,35 +462,47 @@ class Store:
     def _sync_formation(self, db: sqlite3.Connection, app_id: str, slug_id: str) -> None:
         """Every process type of the released slug has a formation row (new ones at 0,
         except ``web`` at 1, as on Heroku); commands follow the slug."""
-        types = json.loads(db.execute("SELECT process_types FROM slugs WHERE id = ?",
-                                      (slug_id,)).fetchone()[0])
+        types = json.loads(
+            db.execute("SELECT process_types FROM slugs WHERE id = ?", (slug_id,)).fetchone()[0]
+        )
         ts = now()
         for name, command in types.items():
             db.execute(
                 "INSERT INTO formation VALUES (?, ?, ?, ?, 'basic', ?, ?, ?) "
                 "ON CONFLICT (app_id, type) DO UPDATE SET command = excluded.command, "
                 "updated_at = excluded.updated_at",
-                (str(uuid.uuid4()), app_id, name, 1 if name == "web" else 0, command, ts, ts))
+                (str(uuid.uuid4()), app_id, name, 1 if name == "web" else 0, command, ts, ts),
+            )
 
     def _current(self, db: sqlite3.Connection, app_id: str) -> sqlite3.Row | None:
-        return db.execute("SELECT * FROM releases WHERE app_id = ? ORDER BY version DESC "
-                          "LIMIT 1", (app_id,)).fetchone()
+        return db.execute(
+            "SELECT * FROM releases WHERE app_id = ? ORDER BY version DESC LIMIT 1", (app_id,)
+        ).fetchone()
 
     def _config(self, db: sqlite3.Connection, app_id: str) -> dict[str, str]:
-        return {r["key"]: r["value"] for r in db.execute(
-            "SELECT key, value FROM config_vars WHERE app_id = ? ORDER BY key", (app_id,))}
+        return {
+            r["key"]: r["value"]
+            for r in db.execute(
+                "SELECT key, value FROM config_vars WHERE app_id = ? ORDER BY key", (app_id,)
+            )
+        }
 
-    def create_release(self, app: str, slug_id: str, description: str | None
-                       ) -> dict[str, Any]:
+    def create_release(self, app: str, slug_id: str, description: str | None) -> dict[str, Any]:
         with self.tx() as db:
             app_row = self._app(db, app)
             slug = self._slug(db, app_row["id"], slug_id)
             if slug["blob_sha256"] is None:
-                raise invalid("This slug has no verified blob yet: upload it to its blob URL "
-                              "before releasing it.")
-            row = self._next_release(db, app_row["id"], slug_id,
-                                     description or f"Deploy {slug_id[:8]}",
-                                     self._config(db, app_row["id"]))
+                raise invalid(
+                    "This slug has no verified blob yet: upload it to its blob URL "
+                    "before releasing it."
+                )
+            row = self._next_release(
+                db,
+                app_row["id"],
+                slug_id,
+                description or f"Deploy {slug_id[:8]}",
+                self._config(db, app_row["id"]),
+            )
             return self._release_json(db, app_row, row)
 
     def rollback(self, app: str, target: str) -> dict[str, Any]:
@@ -447,21 +511,26 @@ class Store:
             old = self._release(db, app_row["id"], target)
             config = json.loads(old["config"])
             db.execute("DELETE FROM config_vars WHERE app_id = ?", (app_row["id"],))
-            db.executemany("INSERT INTO config_vars VALUES (?, ?, ?)",
-                           [(app_row["id"], k, v) for k, v in config.items()])
-            row = self._next_release(db, app_row["id"], old["slug_id"],
-                                     f"Rollback to v{old['version']}", config)
+            db.executemany(
+                "INSERT INTO config_vars VALUES (?, ?, ?)",
+                [(app_row["id"], k, v) for k, v in config.items()],
+            )
+            row = self._next_release(
+                db, app_row["id"], old["slug_id"], f"Rollback to v{old['version']}", config
+            )
             return self._release_json(db, app_row, row)
 
     def _release(self, db: sqlite3.Connection, app_id: str, ident: str) -> sqlite3.Row:
         ident = str(ident)
         version = ident[1:] if ident.startswith("v") and ident[1:].isdigit() else ident
         if version.isdigit():
-            row = db.execute("SELECT * FROM releases WHERE app_id = ? AND version = ?",
-                             (app_id, int(version))).fetchone()
+            row = db.execute(
+                "SELECT * FROM releases WHERE app_id = ? AND version = ?", (app_id, int(version))
+            ).fetchone()
         else:
-            row = db.execute("SELECT * FROM releases WHERE app_id = ? AND id = ?",
-                             (app_id, ident)).fetchone()
+            row = db.execute(
+                "SELECT * FROM releases WHERE app_id = ? AND id = ?", (app_id, ident)
+            ).fetchone()
         if row is None:
             raise not_found("release")
         return row
@@ -474,8 +543,9 @@ class Store:
     def releases(self, app: str) -> list[dict[str, Any]]:
         with self.read() as db:
             app_row = self._app(db, app)
-            rows = db.execute("SELECT * FROM releases WHERE app_id = ? ORDER BY version",
-                              (app_row["id"],)).fetchall()
+            rows = db.execute(
+                "SELECT * FROM releases WHERE app_id = ? ORDER BY version", (app_row["id"],)
+            ).fetchall()
             return [self._release_json(db, app_row, r) for r in rows]
 
     def current_release(self, app: str) -> dict[str, Any] | None:
@@ -484,16 +554,24 @@ class Store:
             row = self._current(db, app_row["id"])
             return self._release_json(db, app_row, row) if row else None
 
-    def _release_json(self, db: sqlite3.Connection, app_row: sqlite3.Row, row: sqlite3.Row
-                      ) -> dict[str, Any]:
+    def _release_json(
+        self, db: sqlite3.Connection, app_row: sqlite3.Row, row: sqlite3.Row
+    ) -> dict[str, Any]:
         current = self._current(db, app_row["id"])
-        return {"id": row["id"], "version": row["version"], "description": row["description"],
-                "status": row["status"], "current": bool(current and current["id"] == row["id"]),
-                "slug": {"id": row["slug_id"]} if row["slug_id"] else None,
-                "app": {"id": app_row["id"], "name": app_row["name"]},
-                "user": {"id": "local", "email": "platform@localhost"},
-                "addon_plan_names": [], "output_stream_url": None,
-                "created_at": row["created_at"], "updated_at": row["updated_at"]}
+        return {
+            "id": row["id"],
+            "version": row["version"],
+            "description": row["description"],
+            "status": row["status"],
+            "current": bool(current and current["id"] == row["id"]),
+            "slug": {"id": row["slug_id"]} if row["slug_id"] else None,
+            "app": {"id": app_row["id"], "name": app_row["name"]},
+            "user": {"id": "local", "email": "platform@localhost"},
+            "addon_plan_names": [],
+            "output_stream_url": None,
+            "created_at": row["created_at"],
+            "updated_at": row["updated_at"],
+        }
 
     # ------------------------------------------------------------------ config vars
     def config(self, app: str) -> dict[str, str]:
@@ -512,12 +590,15 @@ class Store:
             before = self._config(db, app_row["id"])
             for key, value in changes.items():
                 if value is None:
-                    db.execute("DELETE FROM config_vars WHERE app_id = ? AND key = ?",
-                               (app_row["id"], key))
+                    db.execute(
+                        "DELETE FROM config_vars WHERE app_id = ? AND key = ?", (app_row["id"], key)
+                    )
                 else:
-                    db.execute("INSERT INTO config_vars VALUES (?, ?, ?) ON CONFLICT "
-                               "(app_id, key) DO UPDATE SET value = excluded.value",
-                               (app_row["id"], key, value))
+                    db.execute(
+                        "INSERT INTO config_vars VALUES (?, ?, ?) ON CONFLICT "
+                        "(app_id, key) DO UPDATE SET value = excluded.value",
+                        (app_row["id"], key, value),
+                    )
             after = self._config(db, app_row["id"])
             if after != before:
                 current = self._current(db, app_row["id"])
@@ -528,16 +609,22 @@ class Store:
                     words.append(f"Set {', '.join(set_keys)} config vars")
                 if unset:
                     words.append(f"Remove {', '.join(unset)} config vars")
-                self._next_release(db, app_row["id"], current["slug_id"] if current else None,
-                                   "; ".join(words), after)
+                self._next_release(
+                    db,
+                    app_row["id"],
+                    current["slug_id"] if current else None,
+                    "; ".join(words),
+                    after,
+                )
             return after
 
     # ------------------------------------------------------------------ formation
     def formation(self, app: str) -> list[dict[str, Any]]:
         with self.read() as db:
             app_row = self._app(db, app)
-            rows = db.execute("SELECT * FROM formation WHERE app_id = ? ORDER BY type",
-                              (app_row["id"],)).fetchall()
+            rows = db.execute(
+                "SELECT * FROM formation WHERE app_id = ? ORDER BY type", (app_row["id"],)
+            ).fetchall()
             return [self._formation_json(app_row, r) for r in rows]
 
     def update_formation(self, app: str, updates: Any) -> list[dict[str, Any]]:
@@ -549,28 +636,48 @@ class Store:
             for update in updates:
                 if not isinstance(update, dict) or not isinstance(update.get("type"), str):
                     raise invalid("each update needs a type")
-                row = db.execute("SELECT * FROM formation WHERE app_id = ? AND type = ?",
-                                 (app_row["id"], update["type"])).fetchone()
+                row = db.execute(
+                    "SELECT * FROM formation WHERE app_id = ? AND type = ?",
+                    (app_row["id"], update["type"]),
+                ).fetchone()
                 if row is None:
-                    raise ApiError(404, "not_found",
-                                   f"Couldn't find that process type ({update['type']}): the "
-                                   "current release's Procfile does not define it.")
+                    raise ApiError(
+                        404,
+                        "not_found",
+                        f"Couldn't find that process type ({update['type']}): the "
+                        "current release's Procfile does not define it.",
+                    )
                 quantity = update.get("quantity", row["quantity"])
                 size = update.get("size", row["size"])
-                if not isinstance(quantity, int) or isinstance(quantity, bool) or \
-                        not 0 <= quantity <= 100:
+                if (
+                    not isinstance(quantity, int)
+                    or isinstance(quantity, bool)
+                    or not 0 <= quantity <= 100
+                ):
                     raise invalid("quantity must be a whole number from 0 to 100")
                 if size not in DEFAULT_SIZES:
                     raise invalid(f"size must be one of {', '.join(DEFAULT_SIZES)}")
-                db.execute("UPDATE formation SET quantity = ?, size = ?, updated_at = ? "
-                           "WHERE id = ?", (quantity, size, now(), row["id"]))
-                out.append(self._formation_json(app_row, db.execute(
-                    "SELECT * FROM formation WHERE id = ?", (row["id"],)).fetchone()))
+                db.execute(
+                    "UPDATE formation SET quantity = ?, size = ?, updated_at = ? WHERE id = ?",
+                    (quantity, size, now(), row["id"]),
+                )
+                out.append(
+                    self._formation_json(
+                        app_row,
+                        db.execute("SELECT * FROM formation WHERE id = ?", (row["id"],)).fetchone(),
+                    )
+                )
             return out
 
     @staticmethod
     def _formation_json(app_row: sqlite3.Row, row: sqlite3.Row) -> dict[str, Any]:
-        return {"id": row["id"], "type": row["type"], "quantity": row["quantity"],
-                "size": row["size"], "command": row["command"],
-                "app": {"id": app_row["id"], "name": app_row["name"]},
-                "created_at": row["created_at"], "updated_at": row["updated_at"]}
+        return {
+            "id": row["id"],
+            "type": row["type"],
+            "quantity": row["quantity"],
+            "size": row["size"],
+            "command": row["command"],
+            "app": {"id": app_row["id"], "name": app_row["name"]},
+            "created_at": row["created_at"],
+            "updated_at": row["updated_at"],
+        }

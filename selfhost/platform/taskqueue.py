@@ -37,13 +37,17 @@ def check_url(url: str) -> str:
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme == "sqlite":
         if not urllib.parse.urlsplit(url).path.startswith("/"):
-            raise QueueUrlError(f"queue URL {url!r}: a sqlite URL needs an absolute path "
-                                "(sqlite:///var/lib/queue/jobs.db)")
+            raise QueueUrlError(
+                f"queue URL {url!r}: a sqlite URL needs an absolute path "
+                "(sqlite:///var/lib/queue/jobs.db)"
+            )
         return scheme
     if scheme in ("redis", "rediss", "unix"):
         return scheme
-    raise QueueUrlError(f"queue URL {url!r}: expected sqlite:///PATH, redis://HOST:PORT/DB "
-                        "or unix:///PATH/redis.sock")
+    raise QueueUrlError(
+        f"queue URL {url!r}: expected sqlite:///PATH, redis://HOST:PORT/DB "
+        "or unix:///PATH/redis.sock"
+    )
 
 
 def make_huey(url: str, app: str) -> Any:
@@ -54,15 +58,15 @@ def make_huey(url: str, app: str) -> Any:
     if scheme == "sqlite":
         from huey import SqliteHuey
 
-        return SqliteHuey(name=name, filename=urllib.parse.urlsplit(url).path, results=False,
-                          timeout=30)
+        return SqliteHuey(
+            name=name, filename=urllib.parse.urlsplit(url).path, results=False, timeout=30
+        )
     import redis
     from huey import RedisHuey
 
     pool = redis.ConnectionPool.from_url(url, health_check_interval=15)
     # read_timeout: how long a blocking pop waits before the consumer looks around again.
-    return RedisHuey(name=name, connection_pool=pool, results=False, blocking=True,
-                     read_timeout=1)
+    return RedisHuey(name=name, connection_pool=pool, results=False, blocking=True, read_timeout=1)
 
 
 def register(huey: Any, run: Callable[[int, int], None]) -> Any:
@@ -71,6 +75,7 @@ def register(huey: Any, run: Callable[[int, int], None]) -> Any:
     Huey names a task ``<module>.<name>``; the module is pinned so that the daemon
     (which only enqueues) and the workers (``__main__``) agree on ``selfhost.run_job``.
     """
+
     def run_job(job_id: int, attempt: int) -> None:
         run(job_id, attempt)
 

@@ -93,8 +93,13 @@ class Api:
 
     def upload(self, path: str, source: Path, params: dict[str, Any]) -> Any:
         with open(source, "rb") as f:
-            resp = self.session.put(f"{self.url}{path}", data=f, params=params, timeout=600,
-                                    headers={"Content-Length": str(source.stat().st_size)})
+            resp = self.session.put(
+                f"{self.url}{path}",
+                data=f,
+                params=params,
+                timeout=600,
+                headers={"Content-Length": str(source.stat().st_size)},
+            )
         resp.raise_for_status()
         return resp.json()
 
@@ -132,9 +137,16 @@ class Job:
         with self.lines_lock:
             lines, self.lines = self.lines, []
         try:
-            answer = self.api.call("POST", f"/jobs/{self.id}/heartbeat", {
-                "lease": self.lease, "progress": self.progress_text, "log": lines,
-                "worker": self.worker.name})
+            answer = self.api.call(
+                "POST",
+                f"/jobs/{self.id}/heartbeat",
+                {
+                    "lease": self.lease,
+                    "progress": self.progress_text,
+                    "log": lines,
+                    "worker": self.worker.name,
+                },
+            )
         except Exception as exc:  # decide below whether it is fatal
             if getattr(exc, "status", None) == 409:
                 self.end("lost", "the platform took the job back (lease lost)")
@@ -174,8 +186,11 @@ class Job:
         self.done.set()
         self._beat()  # flush the log
         try:
-            self.api.call("POST", f"/jobs/{self.id}/finish", {
-                "lease": self.lease, "state": state, "result": result, "error": error})
+            self.api.call(
+                "POST",
+                f"/jobs/{self.id}/finish",
+                {"lease": self.lease, "state": state, "result": result, "error": error},
+            )
         except Exception as exc:  # a lost lease: someone else owns the job
             log.warning("job %s: the outcome was not recorded: %s", self.id, exc)
 
@@ -185,10 +200,15 @@ class Job:
         if self.ended:
             raise self.ended
         # umask 022, as in stage sandboxes: modes are part of a tree's digest.
-        self.process = subprocess.Popen(["/bin/sh", "-ec", f"umask 022\n{script}"], cwd=cwd,
-                                        env=env,
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            ["/bin/sh", "-ec", f"umask 022\n{script}"],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         assert self.process.stdout is not None
         for raw in self.process.stdout:
             self.say(raw.decode("utf-8", "replace").rstrip("\n"))
@@ -223,13 +243,15 @@ class Worker:
             # once would be lost when it does).
             if self.resend is not None:
                 self.resend(job_id, attempt)
-                log.info("job %s attempt %s: sent back to the queue (stopping)", job_id,
-                         attempt)
+                log.info("job %s attempt %s: sent back to the queue (stopping)", job_id, attempt)
             self.park()
             return
         try:
-            claim = self.api.call("POST", f"/jobs/{job_id}/claim", {
-                "attempt": attempt, "worker": self.name, "dyno": self.dyno_id})
+            claim = self.api.call(
+                "POST",
+                f"/jobs/{job_id}/claim",
+                {"attempt": attempt, "worker": self.name, "dyno": self.dyno_id},
+            )
         except Exception as exc:
             if getattr(exc, "status", None) == 409:
                 log.info("job %s attempt %s: nothing to do (%s)", job_id, attempt, exc)
@@ -244,8 +266,7 @@ class Worker:
             result = RUNNERS[job.data["kind"]](job)
         except JobEnded as ended:
             if ended.why in ("cancelled", "timeout"):
-                job.report("cancelled" if ended.why == "cancelled" else "failed",
-                           error=str(ended))
+                job.report("cancelled" if ended.why == "cancelled" else "failed", error=str(ended))
             elif ended.why == "stopping":
                 self.hand_back(job)
             log.info("job %s: %s", job_id, ended)  # lost: not ours to report
@@ -281,8 +302,11 @@ class Worker:
         if not job.handed_back:
             job.handed_back = True
             try:
-                self.api.call("POST", f"/jobs/{job.id}/requeue", {
-                    "lease": job.lease, "reason": f"{self.name} stopping (SIGTERM)"})
+                self.api.call(
+                    "POST",
+                    f"/jobs/{job.id}/requeue",
+                    {"lease": job.lease, "reason": f"{self.name} stopping (SIGTERM)"},
+                )
                 log.info("job %s: handed back to the queue", job.id)
             except Exception as exc:  # the platform takes it back when the dyno exits
                 log.warning("job %s: could not hand it back: %s", job.id, exc)
@@ -321,6 +345,7 @@ def _swap_builder(prefix: Path, tree: Path | None) -> Callable[[], None]:
     def restore() -> None:
         shutil.rmtree(prefix, ignore_errors=True)
         shutil.move(keep, prefix)
+
     return restore
 
 
@@ -331,8 +356,10 @@ def _distcc(job: Job, env: dict[str, str], variable: str) -> dict[str, str]:
     builder = env[variable]
     hosts = job.claim.get("distcc_hosts") or []
     if not hosts:
-        raise JobFailed("distcc was asked for but the app has no running distccd dynos "
-                        "(invoke scale --app APP distccd=2)")
+        raise JobFailed(
+            "distcc was asked for but the app has no running distccd dynos "
+            "(invoke scale --app APP distccd=2)"
+        )
     wrappers = BUILD / "distcc-bin"
     wrappers.mkdir(parents=True, exist_ok=True)
     (BUILD / "distcc").mkdir(parents=True, exist_ok=True)
@@ -342,22 +369,31 @@ def _distcc(job: Job, env: dict[str, str], variable: str) -> dict[str, str]:
     wrapper.write_text(f'#!/bin/sh\nexec distcc {real} "$@"\n')
     wrapper.chmod(0o755)
     env = dict(env)
-    env.update({"DISTCC_HOSTS": " ".join(hosts), "DISTCC_FALLBACK": "0",
-                "DISTCC_DIR": str(BUILD / "distcc"), "DISTCC_SKIP_LOCAL_RETRY": "1",
-                "PATH": f"{wrappers}:{env['PATH']}"})
+    env.update(
+        {
+            "DISTCC_HOSTS": " ".join(hosts),
+            "DISTCC_FALLBACK": "0",
+            "DISTCC_DIR": str(BUILD / "distcc"),
+            "DISTCC_SKIP_LOCAL_RETRY": "1",
+            "PATH": f"{wrappers}:{env['PATH']}",
+        }
+    )
     if builder.startswith("/"):
         env[variable] = str(wrapper)
     job.say(f"distcc: {builder} compiles go to {' '.join(hosts)}")
     return env
 
 
-def build_stage(job: Job, recipe: Recipe, meta: dict[str, Any], *, stage0: bool,
-                label: str) -> Path:
+def build_stage(
+    job: Job, recipe: Recipe, meta: dict[str, Any], *, stage0: bool, label: str
+) -> Path:
     """Build the recipe with the compiler at the prefix (or stage0's); return the tree."""
     src = APP / "vendor" / "src" / recipe.name
     if not src.is_dir():
-        raise JobFailed(f"this slug carries no source of {recipe.name} (the recipe says "
-                        "[slug] source = false): it cannot rebuild itself")
+        raise JobFailed(
+            f"this slug carries no source of {recipe.name} (the recipe says "
+            "[slug] source = false): it cannot rebuild itself"
+        )
     for d in ("src", "out", "home", "distcc-bin"):
         shutil.rmtree(BUILD / d, ignore_errors=True)
     shutil.copytree(src, BUILD / "src", symlinks=True)
@@ -400,31 +436,64 @@ def self_rebuild(job: Job) -> dict[str, Any]:
     # The slug's files went through the slug's normalised modes; the digest recorded at
     # packing time is the final stage's own, so it is the byte-for-byte reference.
     identical = digest == meta["tree_digest"]
-    result = {"identical": identical, "tree_digest": digest,
-              "slug_tree_digest": meta["tree_digest"], "files": len(rebuilt),
-              "differences": differing[:50], "seconds": round(time.monotonic() - started, 2),
-              "builder": f"{recipe.prefix}/bin ({meta['compiler']} {meta['version']}, stage "
-                         f"{meta['stage']} of the slug)"}
-    job.say("identical: the rebuilt compiler equals the slug's, byte for byte" if identical
-            else f"DIFFERENT: tree digest {digest[:12]} vs the slug's "
-                 f"{meta['tree_digest'][:12]}; {len(differing)} file(s) differ")
+    result = {
+        "identical": identical,
+        "tree_digest": digest,
+        "slug_tree_digest": meta["tree_digest"],
+        "files": len(rebuilt),
+        "differences": differing[:50],
+        "seconds": round(time.monotonic() - started, 2),
+        "builder": f"{recipe.prefix}/bin ({meta['compiler']} {meta['version']}, stage "
+        f"{meta['stage']} of the slug)",
+    }
+    job.say(
+        "identical: the rebuilt compiler equals the slug's, byte for byte"
+        if identical
+        else f"DIFFERENT: tree digest {digest[:12]} vs the slug's "
+        f"{meta['tree_digest'][:12]}; {len(differing)} file(s) differ"
+    )
     return result
 
 
-def stage_key(recipe: Recipe, meta: dict[str, Any], stack: Any, builder: Any,
-              distcc: bool) -> str:
+def stage_key(recipe: Recipe, meta: dict[str, Any], stack: Any, builder: Any, distcc: bool) -> str:
     """A stage's input hash on the platform (what can change its bytes)."""
     src = scan_tree(APP / "vendor" / "src" / recipe.name)
-    env = stage_environment(recipe, recipe.builder if builder != "stage0"
-                            else recipe.stage0_builder, "", destdir=str(BUILD / "out"))
+    env = stage_environment(
+        recipe,
+        recipe.builder if builder != "stage0" else recipe.stage0_builder,
+        "",
+        destdir=str(BUILD / "out"),
+    )
     env.pop("JOBS")
-    return digest_json({"recipe": recipe.digest, "source": tree_digest(src), "stack": stack,
-                        "builder": builder, "environment": env, "distcc": distcc})
+    return digest_json(
+        {
+            "recipe": recipe.digest,
+            "source": tree_digest(src),
+            "stack": stack,
+            "builder": builder,
+            "environment": env,
+            "distcc": distcc,
+        }
+    )
 
 
 def _tar(tree: Path, out: Path) -> None:
-    subprocess.run(["tar", "--sort=name", "--mtime=@0", "--owner=0", "--group=0",
-                    "--numeric-owner", "-czf", str(out), "-C", str(tree), "."], check=True)
+    subprocess.run(
+        [
+            "tar",
+            "--sort=name",
+            "--mtime=@0",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "-czf",
+            str(out),
+            "-C",
+            str(tree),
+            ".",
+        ],
+        check=True,
+    )
 
 
 def stage(job: Job) -> dict[str, Any]:
@@ -451,10 +520,15 @@ def stage(job: Job) -> dict[str, Any]:
         except ArchiveError as exc:
             raise JobFailed(f"the stored builder stage is unusable: {exc}") from None
         archive.unlink()
-    key = stage_key(recipe, meta, job.claim.get("stack"), builder_id,
-                    bool(job.params.get("distcc")))
-    base = {"stage": k, "input_hash": key, "builder": builder,
-            "slug_tree_digest": meta["tree_digest"]}
+    key = stage_key(
+        recipe, meta, job.claim.get("stack"), builder_id, bool(job.params.get("distcc"))
+    )
+    base = {
+        "stage": k,
+        "input_hash": key,
+        "builder": builder,
+        "slug_tree_digest": meta["tree_digest"],
+    }
     try:
         stored = job.api.call("GET", f"/stages/{key}")
     except Exception as exc:
@@ -463,8 +537,13 @@ def stage(job: Job) -> dict[str, Any]:
         stored = None
     if stored:
         job.say(f"stage{k}: cache hit ({key[:12]}, built by job {stored['job_id']})")
-        return {**base, "cache": "hit", "tree_digest": stored["tree_digest"],
-                "files": stored["files"], "built_by": stored["job_id"]}
+        return {
+            **base,
+            "cache": "hit",
+            "tree_digest": stored["tree_digest"],
+            "files": stored["files"],
+            "built_by": stored["job_id"],
+        }
     started = time.monotonic()
     restore = _swap_builder(prefix, builder_tree)
     try:
@@ -476,11 +555,17 @@ def stage(job: Job) -> dict[str, Any]:
     job.progress(f"stage{k}: store {key[:12]}")
     archive = BUILD / "stage.tar.gz"
     _tar(tree, archive)
-    job.api.upload(f"/stages/{key}", archive, {"job": job.id, "tree_digest": digest,
-                                               "files": len(entries)})
+    job.api.upload(
+        f"/stages/{key}", archive, {"job": job.id, "tree_digest": digest, "files": len(entries)}
+    )
     archive.unlink()
-    return {**base, "cache": "miss", "tree_digest": digest, "files": len(entries),
-            "seconds": round(time.monotonic() - started, 2)}
+    return {
+        **base,
+        "cache": "miss",
+        "tree_digest": digest,
+        "files": len(entries),
+        "seconds": round(time.monotonic() - started, 2),
+    }
 
 
 def app_compile(job: Job) -> dict[str, Any]:
@@ -504,8 +589,14 @@ def app_compile(job: Job) -> dict[str, Any]:
     except Exception as exc:  # SlugError or a missing file
         raise JobFailed(f"the app's Procfile: {getattr(exc, 'message', exc)}") from None
     compiler = f"{meta['prefix']}/bin/{meta['compiler']}"
-    env = {"PATH": f"{meta['prefix']}/bin:/usr/local/bin:/usr/bin:/bin", "HOME": str(work),
-           "LC_ALL": "C.UTF-8", "TZ": "UTC", "CC": compiler, "SOURCE_DATE_EPOCH": "0"}
+    env = {
+        "PATH": f"{meta['prefix']}/bin:/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(work),
+        "LC_ALL": "C.UTF-8",
+        "TZ": "UTC",
+        "CC": compiler,
+        "SOURCE_DATE_EPOCH": "0",
+    }
     if job.params.get("distcc"):
         env = _distcc(job, env, "CC")
     for name in ("Makefile", "makefile", "GNUmakefile"):
@@ -523,13 +614,25 @@ def app_compile(job: Job) -> dict[str, Any]:
     target = job.params["target"]
     job.progress(f"release to {target}")
     released = job.api.client.release_slug(
-        target, slug_path, checksum=info.checksum, size=info.size,
-        process_types=process_types, create_app=True,
-        description=f"app-compile job {job.id} with {meta['compiler']} {meta['version']}")
+        target,
+        slug_path,
+        checksum=info.checksum,
+        size=info.size,
+        process_types=process_types,
+        create_app=True,
+        description=f"app-compile job {job.id} with {meta['compiler']} {meta['version']}",
+    )
     job.say(f"released {target} v{released.version} ({info.size} bytes)")
-    return {"target": target, "version": released.version, "release": released.release_id,
-            "checksum": info.checksum, "size": info.size, "compiler": compiler,
-            "process_types": process_types, "seconds": round(time.monotonic() - started, 2)}
+    return {
+        "target": target,
+        "version": released.version,
+        "release": released.release_id,
+        "checksum": info.checksum,
+        "size": info.size,
+        "compiler": compiler,
+        "process_types": process_types,
+        "seconds": round(time.monotonic() - started, 2),
+    }
 
 
 def bootstrap(job: Job) -> dict[str, Any]:  # pragma: no cover - the platform fans it out
@@ -537,7 +640,9 @@ def bootstrap(job: Job) -> dict[str, Any]:  # pragma: no cover - the platform fa
 
 
 RUNNERS: dict[str, Callable[[Job], dict[str, Any]]] = {
-    "self-rebuild": self_rebuild, "stage": stage, "app-compile": app_compile,
+    "self-rebuild": self_rebuild,
+    "stage": stage,
+    "app-compile": app_compile,
     "bootstrap": bootstrap,
 }
 
@@ -551,14 +656,20 @@ def main() -> int:
 
     from selfhost.platform.taskqueue import make_huey, register
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
-                        format="%(levelname)s %(name)s: %(message)s")
-    missing = [v for v in ("SELFHOST_API_URL", "SELFHOST_API_TOKEN", "SELFHOST_QUEUE_URL",
-                           "SELFHOST_APP") if not os.environ.get(v)]
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(name)s: %(message)s"
+    )
+    missing = [
+        v
+        for v in ("SELFHOST_API_URL", "SELFHOST_API_TOKEN", "SELFHOST_QUEUE_URL", "SELFHOST_APP")
+        if not os.environ.get(v)
+    ]
     if missing:
-        print(f"worker: {', '.join(missing)} not set: workers run as the worker process "
-              "type of a released compiler slug (invoke scale --app APP worker=1)",
-              file=sys.stderr)
+        print(
+            f"worker: {', '.join(missing)} not set: workers run as the worker process "
+            "type of a released compiler slug (invoke scale --app APP worker=1)",
+            file=sys.stderr,
+        )
         return 2
     name = os.environ.get("DYNO", "worker")
     api = Api(os.environ["SELFHOST_API_URL"], os.environ["SELFHOST_API_TOKEN"])
@@ -576,11 +687,24 @@ def main() -> int:
             super()._handle_signal(signum, frame)
 
     tempfile.tempdir = str(BUILD)
-    consumer = WorkerConsumer(huey, workers=1, periodic=False, initial_delay=0.05,
-                              backoff=1.5, max_delay=0.5, check_worker_health=True)
+    consumer = WorkerConsumer(
+        huey,
+        workers=1,
+        periodic=False,
+        initial_delay=0.05,
+        backoff=1.5,
+        max_delay=0.5,
+        check_worker_health=True,
+    )
     scheme = os.environ["SELFHOST_QUEUE_URL"].split(":", 1)[0]
-    log.info("worker %s: %s %s from %s, queue %s", name, os.environ.get("SELFHOST_COMPILER"),
-             slug_meta().get("version"), os.environ.get("SELFHOST_PREFIX"), scheme)
+    log.info(
+        "worker %s: %s %s from %s, queue %s",
+        name,
+        os.environ.get("SELFHOST_COMPILER"),
+        slug_meta().get("version"),
+        os.environ.get("SELFHOST_PREFIX"),
+        scheme,
+    )
     consumer.run()
     return 0
 

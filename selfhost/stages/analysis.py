@@ -74,8 +74,12 @@ class SectionDiff:
     right_size: int | None
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "differing_bytes": self.differing_bytes,
-                "left_size": self.left_size, "right_size": self.right_size}
+        return {
+            "name": self.name,
+            "differing_bytes": self.differing_bytes,
+            "left_size": self.left_size,
+            "right_size": self.right_size,
+        }
 
 
 @dataclass
@@ -95,12 +99,21 @@ class FileAnalysis:
     excerpt: list[str] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind, "cause": self.cause.value,
-                               "evidence": self.evidence,
-                               "sections": [s.to_json() for s in self.sections],
-                               "strings_diff_lines": self.strings_diff_lines}
-        for key in ("symbols", "build_id", "survives_strip", "members", "first_difference",
-                    "excerpt"):
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "cause": self.cause.value,
+            "evidence": self.evidence,
+            "sections": [s.to_json() for s in self.sections],
+            "strings_diff_lines": self.strings_diff_lines,
+        }
+        for key in (
+            "symbols",
+            "build_id",
+            "survives_strip",
+            "members",
+            "first_difference",
+            "excerpt",
+        ):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
@@ -144,8 +157,11 @@ def strings_diff_count(left: bytes, right: bytes) -> int:
             out = subprocess.run(["diff", str(pa), str(pb)], capture_output=True, check=False)
             return out.stdout.count(b"\n")
         except FileNotFoundError:  # no diffutils: count difflib's changed lines instead
-            return sum(1 for line in difflib.unified_diff(a, b, n=0, lineterm="")
-                       if line[:1] in "+-" and not line.startswith(("+++", "---")))
+            return sum(
+                1
+                for line in difflib.unified_diff(a, b, n=0, lineterm="")
+                if line[:1] in "+-" and not line.startswith(("+++", "---"))
+            )
 
 
 def differing_strings(left: bytes, right: bytes) -> tuple[list[str], list[str]]:
@@ -156,8 +172,9 @@ def differing_strings(left: bytes, right: bytes) -> tuple[list[str], list[str]]:
     """
     a, b = strings_of(left), strings_of(right)
     sa, sb = set(a), set(b)
-    return list(dict.fromkeys(s for s in a if s not in sb)), \
-        list(dict.fromkeys(s for s in b if s not in sa))
+    return list(dict.fromkeys(s for s in a if s not in sb)), list(
+        dict.fromkeys(s for s in b if s not in sa)
+    )
 
 
 def _timestamps(strings: list[str]) -> list[str]:
@@ -173,8 +190,9 @@ def classify_strings(only_left: list[str], only_right: list[str]) -> tuple[Cause
     for finder, cause in ((_timestamps, Cause.TIMESTAMP), (_paths, Cause.BUILD_PATH)):
         a, b = finder(only_left), finder(only_right)
         if a and b:  # the same kind of string on both sides, with different values
-            evidence = [f"left:  {s}" for s in a[:MAX_EVIDENCE]] + \
-                       [f"right: {s}" for s in b[:MAX_EVIDENCE]]
+            evidence = [f"left:  {s}" for s in a[:MAX_EVIDENCE]] + [
+                f"right: {s}" for s in b[:MAX_EVIDENCE]
+            ]
             return cause, evidence
     return None
 
@@ -213,8 +231,9 @@ def _load_elf(data: bytes) -> _Elf:
         name = section.name
         if name in sections:  # duplicate names (rare in linked files): keep them apart
             name = f"{name}#{sum(1 for n in sections if n.split('#')[0] == name)}"
-        sections[name] = _Section(name, b"" if nobits else section.data(), section["sh_size"],
-                                  section["sh_flags"], nobits)
+        sections[name] = _Section(
+            name, b"" if nobits else section.data(), section["sh_size"], section["sh_flags"], nobits
+        )
         if isinstance(section, SymbolTableSection):
             table = symbols if section.name == ".symtab" else dynsym
             for sym in section.iter_symbols():
@@ -223,8 +242,13 @@ def _load_elf(data: bytes) -> _Elf:
                 shndx = sym["st_shndx"]
                 known = isinstance(shndx, int) and shndx < len(names)
                 where = names[shndx] if known else str(shndx)
-                table[sym.name] = (sym["st_value"], sym["st_size"], sym["st_info"]["type"],
-                                   sym["st_info"]["bind"], where)
+                table[sym.name] = (
+                    sym["st_value"],
+                    sym["st_size"],
+                    sym["st_info"]["type"],
+                    sym["st_info"]["bind"],
+                    where,
+                )
         if isinstance(section, NoteSection):
             for note in section.iter_notes():
                 if note["n_type"] == "NT_GNU_BUILD_ID":
@@ -241,7 +265,7 @@ def differing_bytes(a: bytes, b: bytes) -> int:
     # Compare 64-byte blocks first so identical stretches cost one comparison each.
     block = 64
     for start in range(0, common, block):
-        x, y = a[start:start + block], b[start:start + block]
+        x, y = a[start : start + block], b[start : start + block]
         if x != y:
             count += sum(1 for i, j in zip(x, y, strict=False) if i != j)
     return count
@@ -273,8 +297,9 @@ def analyse_elf(left: bytes, right: bytes) -> FileAnalysis:
         else:
             present = sa or sb
             assert present is not None
-            sections.append(SectionDiff(name, present.size, sa.size if sa else None,
-                                        sb.size if sb else None))
+            sections.append(
+                SectionDiff(name, present.size, sa.size if sa else None, sb.size if sb else None)
+            )
 
     # Symbols: added, removed, changed (size, type, binding, section), moved (address only).
     added = sorted(set(b.symbols) - set(a.symbols))
@@ -286,22 +311,37 @@ def analyse_elf(left: bytes, right: bytes) -> FileAnalysis:
             changed.append(sym)
         elif va[0] != vb[0]:
             moved.append(sym)
-    symbols = {"added": added[:50], "removed": removed[:50], "changed": changed[:50],
-               "moved": len(moved), "added_count": len(added), "removed_count": len(removed),
-               "changed_count": len(changed)}
+    symbols = {
+        "added": added[:50],
+        "removed": removed[:50],
+        "changed": changed[:50],
+        "moved": len(moved),
+        "added_count": len(added),
+        "removed_count": len(removed),
+        "changed_count": len(changed),
+    }
 
     names = {s.name for s in sections}
-    significant = {n for n in names if not _is_debug(n) and n != BUILD_ID
-                   and n not in SYMBOL_SECTIONS}
+    significant = {
+        n for n in names if not _is_debug(n) and n != BUILD_ID and n not in SYMBOL_SECTIONS
+    }
     symbols_differ = bool(added or removed or changed)
     survives_strip = bool(significant) or symbols_differ
-    result = FileAnalysis(kind="elf", cause=Cause.UNKNOWN, sections=sections, symbols=symbols,
-                          build_id={"left": a.build_id, "right": b.build_id},
-                          survives_strip=survives_strip)
+    result = FileAnalysis(
+        kind="elf",
+        cause=Cause.UNKNOWN,
+        sections=sections,
+        symbols=symbols,
+        build_id={"left": a.build_id, "right": b.build_id},
+        survives_strip=survives_strip,
+    )
     result.sections.sort(key=lambda s: -s.differing_bytes)
 
-    if names <= {BUILD_ID} | set(SYMBOL_SECTIONS) and not symbols_differ and \
-            a.build_id != b.build_id:
+    if (
+        names <= {BUILD_ID} | set(SYMBOL_SECTIONS)
+        and not symbols_differ
+        and a.build_id != b.build_id
+    ):
         result.cause = Cause.BUILD_ID
         result.evidence = [f"build-id {a.build_id} vs {b.build_id}; nothing else differs"]
         return result
@@ -312,9 +352,11 @@ def analyse_elf(left: bytes, right: bytes) -> FileAnalysis:
         if debug_left != debug_right and (not debug_left or not debug_right):
             result.cause = Cause.DEBUG_INFO
             side = "left" if debug_left else "right"
-            result.evidence = [f"only the {side} has debug sections "
-                               f"({', '.join(sorted(debug_left or debug_right)[:4])})",
-                               "identical once debug info is stripped"]
+            result.evidence = [
+                f"only the {side} has debug sections "
+                f"({', '.join(sorted(debug_left or debug_right)[:4])})",
+                "identical once debug info is stripped",
+            ]
             return result
         only_l, only_r = _section_strings(a, b, debug=True)
         hit = classify_strings(only_l, only_r)
@@ -323,8 +365,10 @@ def analyse_elf(left: bytes, right: bytes) -> FileAnalysis:
             result.evidence.append("only debug sections differ")
             return result
         result.cause = Cause.DEBUG_INFO
-        result.evidence = ["only debug sections differ: "
-                           + ", ".join(s.name for s in sections if _is_debug(s.name))[:200]]
+        result.evidence = [
+            "only debug sections differ: "
+            + ", ".join(s.name for s in sections if _is_debug(s.name))[:200]
+        ]
         return result
 
     only_l, only_r = _section_strings(a, b, debug=False)
@@ -335,17 +379,23 @@ def analyse_elf(left: bytes, right: bytes) -> FileAnalysis:
     same_layout = all(s.left_size == s.right_size for s in sections)
     if same_layout and not symbols_differ and moved:
         result.cause = Cause.ORDERING
-        result.evidence = [f"same section sizes and symbols; {len(moved)} symbol(s) at other "
-                           f"addresses, e.g. {', '.join(moved[:3])}"]
+        result.evidence = [
+            f"same section sizes and symbols; {len(moved)} symbol(s) at other "
+            f"addresses, e.g. {', '.join(moved[:3])}"
+        ]
         return result
     code = [s for s in sections if _is_code(a, b, s.name)]
     if code:
         result.cause = Cause.CODE
-        result.evidence = [f"{s.name}: {s.differing_bytes} bytes differ "
-                           f"({_size(s.left_size)} vs {_size(s.right_size)})" for s in code[:3]]
+        result.evidence = [
+            f"{s.name}: {s.differing_bytes} bytes differ "
+            f"({_size(s.left_size)} vs {_size(s.right_size)})"
+            for s in code[:3]
+        ]
         if changed:
-            result.evidence.append(f"{len(changed)} symbol(s) changed size or kind, e.g. "
-                                   + ", ".join(changed[:3]))
+            result.evidence.append(
+                f"{len(changed)} symbol(s) changed size or kind, e.g. " + ", ".join(changed[:3])
+            )
         return result
     result.evidence = ["differing sections: " + ", ".join(sorted(significant))[:200]]
     return result
@@ -363,9 +413,14 @@ def _is_code(a: _Elf, b: _Elf, name: str) -> bool:
 
 def _section_strings(a: _Elf, b: _Elf, *, debug: bool) -> tuple[list[str], list[str]]:
     """Differing strings of the debug (or the non-debug) sections of two ELF files."""
+
     def blob(elf: _Elf) -> bytes:
-        return b"\0".join(s.data for n, s in elf.sections.items()
-                          if _is_debug(n) == debug and n not in (BUILD_ID, *SYMBOL_SECTIONS))
+        return b"\0".join(
+            s.data
+            for n, s in elf.sections.items()
+            if _is_debug(n) == debug and n not in (BUILD_ID, *SYMBOL_SECTIONS)
+        )
+
     return differing_strings(blob(a), blob(b))
 
 
@@ -380,10 +435,10 @@ def ar_members(data: bytes) -> list[tuple[str, bytes]]:
     long_names = b""
     pos = len(AR_MAGIC)
     while pos + 60 <= len(data):
-        header = data[pos:pos + 60]
+        header = data[pos : pos + 60]
         name = header[:16].decode("ascii", "replace").rstrip()
         size = int(header[48:58].decode("ascii").strip() or 0)
-        body = data[pos + 60:pos + 60 + size]
+        body = data[pos + 60 : pos + 60 + size]
         pos += 60 + size + (size & 1)  # members are 2-byte aligned
         if name in ("/", "/SYM64/", "__.SYMDEF", "__.SYMDEF SORTED"):
             continue  # the symbol index, rebuilt by ranlib; not a member
@@ -393,7 +448,7 @@ def ar_members(data: bytes) -> list[tuple[str, bytes]]:
         if name.startswith("/") and name[1:].isdigit():
             offset = int(name[1:])
             end = long_names.find(b"/\n", offset)
-            name = long_names[offset:end if end >= 0 else None].decode("utf-8", "replace")
+            name = long_names[offset : end if end >= 0 else None].decode("utf-8", "replace")
         elif name.startswith("#1/"):  # BSD long names: the name precedes the body
             length = int(name[3:])
             name, body = body[:length].rstrip(b"\0").decode("utf-8", "replace"), body[length:]
@@ -430,8 +485,15 @@ def analyse_archive(left: bytes, right: bytes) -> FileAnalysis:
         for s in sub.sections:
             sections[s.name] += s.differing_bytes
     # Severity order: a code difference in one member explains the archive best.
-    severity = [Cause.CODE, Cause.ORDERING, Cause.TIMESTAMP, Cause.BUILD_PATH,
-                Cause.DEBUG_INFO, Cause.BUILD_ID, Cause.UNKNOWN]
+    severity = [
+        Cause.CODE,
+        Cause.ORDERING,
+        Cause.TIMESTAMP,
+        Cause.BUILD_PATH,
+        Cause.DEBUG_INFO,
+        Cause.BUILD_ID,
+        Cause.UNKNOWN,
+    ]
     header_only = not members
     if causes:
         cause = min(causes, key=severity.index)
@@ -443,9 +505,13 @@ def analyse_archive(left: bytes, right: bytes) -> FileAnalysis:
     if header_only:
         evidence = ["every member is identical; only member order or headers differ"]
     evidence += [f"{m['name']}: {m.get('cause', m['status'])}" for m in members[:MAX_EVIDENCE]]
-    return FileAnalysis(kind="archive", cause=cause, evidence=evidence,
-                        sections=[SectionDiff(n, c, None, None) for n, c in sections.most_common()],
-                        members=members)
+    return FileAnalysis(
+        kind="archive",
+        cause=cause,
+        evidence=evidence,
+        sections=[SectionDiff(n, c, None, None) for n, c in sections.most_common()],
+        members=members,
+    )
 
 
 def _key_members(members: list[tuple[str, bytes]]) -> dict[str, bytes]:
@@ -463,22 +529,35 @@ def _key_members(members: list[tuple[str, bytes]]) -> dict[str, bytes]:
 
 def analyse_other(left: bytes, right: bytes) -> FileAnalysis:
     """The first differing offset and a short text or hex excerpt."""
-    offset = next((i for i, (x, y) in enumerate(zip(left, right, strict=False)) if x != y),
-                  min(len(left), len(right)))
+    offset = next(
+        (i for i, (x, y) in enumerate(zip(left, right, strict=False)) if x != y),
+        min(len(left), len(right)),
+    )
     text = _as_text(left) is not None and _as_text(right) is not None
     if text:
         a, b = _as_text(left) or "", _as_text(right) or ""
-        excerpt = [line for line in difflib.unified_diff(a.splitlines(), b.splitlines(), "left",
-                                                         "right", n=1, lineterm="")][:20]
+        excerpt = [
+            line
+            for line in difflib.unified_diff(
+                a.splitlines(), b.splitlines(), "left", "right", n=1, lineterm=""
+            )
+        ][:20]
     else:
         start = max(0, offset - 8)
-        excerpt = [f"left  {start:08x}: {left[start:start + 24].hex(' ')}",
-                   f"right {start:08x}: {right[start:start + 24].hex(' ')}"]
+        excerpt = [
+            f"left  {start:08x}: {left[start : start + 24].hex(' ')}",
+            f"right {start:08x}: {right[start : start + 24].hex(' ')}",
+        ]
     only_l, only_r = differing_strings(left, right)
     hit = classify_strings(only_l, only_r)
     cause, evidence = hit if hit else (Cause.UNKNOWN, [f"first difference at byte {offset}"])
-    return FileAnalysis(kind="text" if text else "data", cause=cause, evidence=evidence,
-                        first_difference=offset, excerpt=excerpt)
+    return FileAnalysis(
+        kind="text" if text else "data",
+        cause=cause,
+        evidence=evidence,
+        first_difference=offset,
+        excerpt=excerpt,
+    )
 
 
 def _as_text(data: bytes) -> str | None:

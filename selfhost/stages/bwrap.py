@@ -45,8 +45,10 @@ class BwrapEngine:
         """Fail with the fix if bubblewrap is not installed."""
         found = shutil.which("bwrap")
         if not found:
-            raise EngineError("bubblewrap (bwrap) is not installed",
-                              hint="apt-get install bubblewrap, or use --engine docker")
+            raise EngineError(
+                "bubblewrap (bwrap) is not installed",
+                hint="apt-get install bubblewrap, or use --engine docker",
+            )
         self._bwrap = found
 
     def prepare(self, stack: Stack, mount_points: Iterable[str] = ()) -> None:
@@ -59,10 +61,16 @@ class BwrapEngine:
 
     def command_line(self, sandbox: Sandbox) -> list[str]:
         """The full bwrap argv, one option per group, as run."""
-        argv = [self.bwrap,
-                "--ro-bind", str(sandbox.stack.rootfs), "/",
-                "--proc", "/proc",
-                "--dev", "/dev"]
+        argv = [
+            self.bwrap,
+            "--ro-bind",
+            str(sandbox.stack.rootfs),
+            "/",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+        ]
         for scratch in sandbox.scratch:
             argv += ["--tmpfs", scratch]
         for mount in sandbox.mounts:
@@ -72,12 +80,17 @@ class BwrapEngine:
             argv += ["--share-net"]
         if sandbox.uid:
             argv += ["--uid", str(sandbox.uid), "--gid", str(sandbox.uid)]
-        argv += ["--hostname", HOSTNAME,
-                 "--die-with-parent",
-                 "--new-session",
-                 "--clearenv",
-                 "--chdir", sandbox.workdir,
-                 "--", *sandbox.inner_argv()]
+        argv += [
+            "--hostname",
+            HOSTNAME,
+            "--die-with-parent",
+            "--new-session",
+            "--clearenv",
+            "--chdir",
+            sandbox.workdir,
+            "--",
+            *sandbox.inner_argv(),
+        ]
         return argv
 
     def start(self, sandbox: Sandbox, output: Output) -> BwrapProcess:
@@ -88,14 +101,18 @@ class BwrapEngine:
         limits = sandbox.limits
         cgroup = None
         if limits.memory_bytes or limits.cpus or limits.pids:
-            cgroup = Cgroup.create(sandbox.label or f"run-{os.getpid()}-{time.monotonic_ns()}",
-                                   memory_bytes=limits.memory_bytes, cpus=limits.cpus,
-                                   pids=limits.pids)
+            cgroup = Cgroup.create(
+                sandbox.label or f"run-{os.getpid()}-{time.monotonic_ns()}",
+                memory_bytes=limits.memory_bytes,
+                cpus=limits.cpus,
+                pids=limits.pids,
+            )
             argv = cgroup.wrap(argv)
         fd = output_fd(output)
         try:
             proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL,
+                argv,
+                stdin=subprocess.DEVNULL,
                 stdout=fd if fd is not None else subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # our own process group, killed as one
@@ -110,8 +127,7 @@ class BwrapEngine:
             pump.start()
         return BwrapProcess(proc, pump, cgroup)
 
-    def run(self, sandbox: Sandbox, output: Output, *, timeout: float | None = None
-            ) -> RunResult:
+    def run(self, sandbox: Sandbox, output: Output, *, timeout: float | None = None) -> RunResult:
         """Run to completion; on timeout or Ctrl-C the whole sandbox is killed."""
         return run_sandbox(self, sandbox, output, timeout=timeout)
 
@@ -119,8 +135,9 @@ class BwrapEngine:
 class BwrapProcess:
     """A running bwrap sandbox."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], pump: threading.Thread | None,
-                 cgroup: Cgroup | None):
+    def __init__(
+        self, proc: subprocess.Popen[bytes], pump: threading.Thread | None, cgroup: Cgroup | None
+    ):
         self.proc = proc
         self.pid = proc.pid
         self.pump = pump

@@ -51,25 +51,36 @@ class Cgroup:
     v: int
 
     @classmethod
-    def create(cls, name: str, *, memory_bytes: int | None, cpus: float | None,
-               pids: int | None, root: Path = ROOT) -> Cgroup:
+    def create(
+        cls,
+        name: str,
+        *,
+        memory_bytes: int | None,
+        cpus: float | None,
+        pids: int | None,
+        root: Path = ROOT,
+    ) -> Cgroup:
         """Create the cgroup and write its limits; raise EngineError if that fails."""
         v = version(root)
         if v == 0:
-            raise EngineError("cannot enforce dyno limits: no cgroup filesystem at "
-                              f"{root}", hint="mount cgroups, or use --engine docker")
+            raise EngineError(
+                f"cannot enforce dyno limits: no cgroup filesystem at {root}",
+                hint="mount cgroups, or use --engine docker",
+            )
         try:
             if v == 2:
                 return cls._create_v2(name, memory_bytes, cpus, pids, root)
             return cls._create_v1(name, memory_bytes, cpus, pids, root)
         except OSError as exc:
-            raise EngineError(f"cannot create cgroup selfhost/{name}: {exc}",
-                              hint="limits need root and a writable /sys/fs/cgroup; "
-                              "or use --engine docker") from None
+            raise EngineError(
+                f"cannot create cgroup selfhost/{name}: {exc}",
+                hint="limits need root and a writable /sys/fs/cgroup; or use --engine docker",
+            ) from None
 
     @classmethod
-    def _create_v2(cls, name: str, memory: int | None, cpus: float | None, pids: int | None,
-                   root: Path) -> Cgroup:
+    def _create_v2(
+        cls, name: str, memory: int | None, cpus: float | None, pids: int | None, root: Path
+    ) -> Cgroup:
         parent = root / "selfhost"
         parent.mkdir(exist_ok=True)
         available = set((root / "cgroup.controllers").read_text().split())
@@ -90,8 +101,9 @@ class Cgroup:
         return cls(name, {"unified": path}, 2)
 
     @classmethod
-    def _create_v1(cls, name: str, memory: int | None, cpus: float | None, pids: int | None,
-                   root: Path) -> Cgroup:
+    def _create_v1(
+        cls, name: str, memory: int | None, cpus: float | None, pids: int | None, root: Path
+    ) -> Cgroup:
         dirs: dict[str, Path] = {}
         if memory:
             path = root / "memory" / "selfhost" / name
@@ -116,8 +128,9 @@ class Cgroup:
 
     def wrap(self, argv: list[str]) -> list[str]:
         """``argv`` run by a shell that first moves itself into this cgroup."""
-        moves = " && ".join(f"echo $$ > {shlex.quote(str(d / 'cgroup.procs'))}"
-                            for d in self.dirs.values())
+        moves = " && ".join(
+            f"echo $$ > {shlex.quote(str(d / 'cgroup.procs'))}" for d in self.dirs.values()
+        )
         return ["/bin/sh", "-c", f'{moves} && exec "$@"', "selfhost-cgroup", *argv]
 
     def facts(self) -> dict[str, Any]:
@@ -179,7 +192,7 @@ def descendants(pid: int) -> list[int]:
         except OSError:
             continue
         # The command name is in parentheses and may contain spaces: parse after it.
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
         children.setdefault(ppid, []).append(int(entry))
     out, todo = [], [pid]
     while todo:

@@ -50,8 +50,9 @@ def exclusion_for(path: str, exclusions: tuple[Exclusion, ...]) -> Exclusion | N
     return next((e for e in exclusions if glob_match(e.path, path)), None)
 
 
-def compare_artifacts(left: dict[str, str], right: dict[str, str],
-                      exclusions: tuple[Exclusion, ...] = ()) -> ArtifactComparison:
+def compare_artifacts(
+    left: dict[str, str], right: dict[str, str], exclusions: tuple[Exclusion, ...] = ()
+) -> ArtifactComparison:
     """Compare ``{path: sha256}`` maps; differing excluded paths are listed, not hidden."""
     result = ArtifactComparison()
     for path in sorted(set(left) | set(right)):
@@ -92,8 +93,10 @@ class Side:
         """A stage's artifacts, relative to its prefix, straight from its manifest."""
         rel = prefix.strip("/")
         sizes = {e.path: e.size for e in manifest.files}
-        files = {path: (digest, sizes.get(f"{rel}/{path}", 0))
-                 for path, digest in manifest.artifacts.items()}
+        files = {
+            path: (digest, sizes.get(f"{rel}/{path}", 0))
+            for path, digest in manifest.artifacts.items()
+        }
         return cls(label, entry / "tree" / rel, files, manifest_backed=True)
 
     @classmethod
@@ -105,14 +108,17 @@ class Side:
             return cls.from_manifest(label, root, manifest, manifest.prefix)
         files: dict[str, tuple[str, int]] = {}
         if not root.is_dir():
-            raise UsageError(f"{root} is not a directory", hint="give two directories to "
-                             "compare with --left and --right")
+            raise UsageError(
+                f"{root} is not a directory",
+                hint="give two directories to compare with --left and --right",
+            )
         try:
             entries = scan_tree(root)
         except SpecialFile as exc:
-            raise UsageError(f"{exc.path} is {exc.kind}: only files, directories and "
-                             "symlinks can be compared", hint="remove it, or compare "
-                             "another directory") from None
+            raise UsageError(
+                f"{exc.path} is {exc.kind}: only files, directories and symlinks can be compared",
+                hint="remove it, or compare another directory",
+            ) from None
         for entry in entries:
             if entry.kind == "file":
                 files[entry.path] = (entry.sha256 or "", entry.size)
@@ -133,9 +139,15 @@ class FileResult:
     analysis: FileAnalysis | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"path": self.path, "status": self.status,
-                               "left_size": self.left_size, "right_size": self.right_size,
-                               "cause": None, "sections": [], "strings_diff_lines": None}
+        out: dict[str, Any] = {
+            "path": self.path,
+            "status": self.status,
+            "left_size": self.left_size,
+            "right_size": self.right_size,
+            "cause": None,
+            "sections": [],
+            "strings_diff_lines": None,
+        }
         if self.reason:
             out["reason"] = self.reason
         if self.analysis:
@@ -173,39 +185,48 @@ class DiffReport:
         n_same = sum(1 for f in self.files if f.status == "identical")
         if self.identical:
             what = "fixpoint reached" if fixpoint else "identical"
-            line = (f"{what}: {self.left.label} and {self.right.label} are byte-identical "
-                    f"({n_same} files, {self.identical_bytes} bytes)")
+            line = (
+                f"{what}: {self.left.label} and {self.right.label} are byte-identical "
+                f"({n_same} files, {self.identical_bytes} bytes)"
+            )
             if self.excluded:
                 line += f", {len(self.excluded)} excluded file(s) differ"
             return line
         what = "fixpoint not reached" if fixpoint else "different"
         causes = Counter(f.analysis.cause.value for f in self.differing if f.analysis)
         summary = ", ".join(f"{c}: {n}" for c, n in causes.most_common())
-        return (f"{what}: {self.left.label} and {self.right.label} differ in "
-                f"{len(self.differing)} of {len(self.files)} files"
-                + (f" ({summary})" if summary else ""))
+        return (
+            f"{what}: {self.left.label} and {self.right.label} differ in "
+            f"{len(self.differing)} of {len(self.files)} files"
+            + (f" ({summary})" if summary else "")
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
             "verdict": "identical" if self.identical else "different",
-            "left": str(self.left.root), "right": str(self.right.root),
-            "left_label": self.left.label, "right_label": self.right.label,
+            "left": str(self.left.root),
+            "right": str(self.right.root),
+            "left_label": self.left.label,
+            "right_label": self.right.label,
             "from_manifests": self.left.manifest_backed and self.right.manifest_backed,
             "summary": {
                 "files": len(self.files),
                 "identical": sum(1 for f in self.files if f.status == "identical"),
                 "identical_bytes": self.identical_bytes,
-                "different": len(self.differing), "excluded": len(self.excluded),
-                "causes": dict(Counter(f.analysis.cause.value for f in self.differing
-                                       if f.analysis)),
+                "different": len(self.differing),
+                "excluded": len(self.excluded),
+                "causes": dict(
+                    Counter(f.analysis.cause.value for f in self.differing if f.analysis)
+                ),
             },
             "seconds": round(self.seconds, 3),
             "files": [f.to_json() for f in self.files],
         }
 
 
-def compare_sides(left: Side, right: Side, exclusions: tuple[Exclusion, ...] = (), *,
-                  explain: bool = True) -> DiffReport:
+def compare_sides(
+    left: Side, right: Side, exclusions: tuple[Exclusion, ...] = (), *, explain: bool = True
+) -> DiffReport:
     """Compare two sides by hash; open and analyse only the files that differ."""
     started = time.perf_counter()
     results: list[FileResult] = []
@@ -225,8 +246,9 @@ def compare_sides(left: Side, right: Side, exclusions: tuple[Exclusion, ...] = (
         else:
             res.status = "different"
             if explain:
-                res.analysis = analyse(_read(left.root / path, a[0]),
-                                       _read(right.root / path, b[0]), path)
+                res.analysis = analyse(
+                    _read(left.root / path, a[0]), _read(right.root / path, b[0]), path
+                )
         results.append(res)
     return DiffReport(left, right, results, time.perf_counter() - started)
 
@@ -259,33 +281,41 @@ def stage_job(workspace: Workspace, recipe: Recipe, a: int | None, b: int | None
     directory = workspace.stages_of(recipe.name)
     run_file = directory / "run.json"
     if not run_file.is_file():
-        raise UsageError(f"no bootstrap of {recipe.name} in workspace {workspace.root}",
-                         hint=f"run `invoke bootstrap --compiler {recipe.name}` first, or "
-                         "compare two directories with --left/--right")
+        raise UsageError(
+            f"no bootstrap of {recipe.name} in workspace {workspace.root}",
+            hint=f"run `invoke bootstrap --compiler {recipe.name}` first, or "
+            "compare two directories with --left/--right",
+        )
     built = [s["stage"] for s in json.loads(run_file.read_text())["stages"]]
     if a is None and b is None:
         if len(built) < 2:
-            raise UsageError(f"the last bootstrap of {recipe.name} built only stage{built[0]}",
-                             hint="bootstrap at least two stages (--stages 2)")
+            raise UsageError(
+                f"the last bootstrap of {recipe.name} built only stage{built[0]}",
+                hint="bootstrap at least two stages (--stages 2)",
+            )
         a, b = built[-2], built[-1]
     elif a is None or b is None:
         raise UsageError("--from and --to go together", hint="e.g. --from 1 --to 2")
     for n in (a, b):
         if n not in built:
-            raise UsageError(f"stage{n} is not part of the last bootstrap of {recipe.name}",
-                             hint=f"built stages: {', '.join(str(x) for x in built)}")
+            raise UsageError(
+                f"stage{n} is not part of the last bootstrap of {recipe.name}",
+                hint=f"built stages: {', '.join(str(x) for x in built)}",
+            )
     sides = []
     for n in (a, b):
         entry = (directory / f"stage{n}").resolve()
         try:
             manifest = Manifest.load(entry / "manifest.json")
         except (OSError, ValueError, KeyError):
-            raise UsageError(f"stage{n} of {recipe.name} is no longer in the cache",
-                             hint=f"run `invoke bootstrap --compiler {recipe.name}` again"
-                             ) from None
+            raise UsageError(
+                f"stage{n} of {recipe.name} is no longer in the cache",
+                hint=f"run `invoke bootstrap --compiler {recipe.name}` again",
+            ) from None
         sides.append(Side.from_manifest(f"stage{n}", entry, manifest, manifest.prefix))
-    return DiffJob(sides[0], sides[1], recipe.exclude, f"stage{a} vs stage{b} of {recipe.name}",
-                   fixpoint=True)
+    return DiffJob(
+        sides[0], sides[1], recipe.exclude, f"stage{a} vs stage{b} of {recipe.name}", fixpoint=True
+    )
 
 
 def directory_job(left: Path, right: Path, exclusions: tuple[Exclusion, ...] = ()) -> DiffJob:
@@ -293,25 +323,43 @@ def directory_job(left: Path, right: Path, exclusions: tuple[Exclusion, ...] = (
     for flag, path in (("--left", left), ("--right", right)):
         if not path.is_dir():
             raise UsageError(f"{flag} {path} is not a directory")
-    return DiffJob(Side.from_directory(str(left), left), Side.from_directory(str(right), right),
-                   exclusions, f"{left} vs {right}", fixpoint=False)
+    return DiffJob(
+        Side.from_directory(str(left), left),
+        Side.from_directory(str(right), right),
+        exclusions,
+        f"{left} vs {right}",
+        fixpoint=False,
+    )
 
 
 def run_diffoscope(report: DiffReport, out_dir: Path) -> list[str]:
     """Hand every differing pair to diffoscope; return lines to show the user."""
     tool = shutil.which("diffoscope")
     if not tool:
-        return ["diffoscope is not installed, so only selfhost's own analysis is shown; "
-                "install it with `pip install diffoscope` or `apt-get install diffoscope`"]
+        return [
+            "diffoscope is not installed, so only selfhost's own analysis is shown; "
+            "install it with `pip install diffoscope` or `apt-get install diffoscope`"
+        ]
     lines = []
     out_dir.mkdir(parents=True, exist_ok=True)
     for f in report.differing:
         if f.status != "different":
             continue
         target = out_dir / (f.path.replace("/", "__") + ".diffoscope.txt")
-        proc = subprocess.run([tool, "--no-progress", "--text", str(target),
-                               str(report.left.root / f.path), str(report.right.root / f.path)],
-                              capture_output=True, text=True, timeout=1800, check=False)
+        proc = subprocess.run(
+            [
+                tool,
+                "--no-progress",
+                "--text",
+                str(target),
+                str(report.left.root / f.path),
+                str(report.right.root / f.path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+        )
         if proc.returncode not in (0, 1):  # 1 means "different", which we know
             lines.append(f"diffoscope failed on {f.path}: {proc.stderr.strip()[-200:]}")
         else:

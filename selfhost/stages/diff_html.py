@@ -51,7 +51,8 @@ def render(report: DiffReport, title: str) -> str:
         lines = "" if f["strings_diff_lines"] is None else str(f["strings_diff_lines"])
         parts.append(
             f"<tr><td><code>{e(f['path'])}</code></td><td>{e(f['status'])}</td>"
-            f"<td>{_cause(f)}</td><td>{lines}</td><td>{evidence}</td></tr>")
+            f"<td>{_cause(f)}</td><td>{lines}</td><td>{evidence}</td></tr>"
+        )
     if not interesting:
         parts.append("<tr><td colspan='5' class='muted'>every file is identical</td></tr>")
     parts.append("</table>")
@@ -75,7 +76,9 @@ def _bars(sections: list[dict[str, Any]]) -> list[str]:
     rows = []
     for s in sections[:30]:
         width = max(0.5, 100 * s["differing_bytes"] / top)
-        rows.append(f"<div class='row'><span class='label'>{html.escape(s['name'])}</span>"
-                    f"<span class='bar' style='width:{width:.1f}%'></span>"
-                    f"<span class='num'>{s['differing_bytes']}</span></div>")
+        rows.append(
+            f"<div class='row'><span class='label'>{html.escape(s['name'])}</span>"
+            f"<span class='bar' style='width:{width:.1f}%'></span>"
+            f"<span class='num'>{s['differing_bytes']}</span></div>"
+        )
     return rows

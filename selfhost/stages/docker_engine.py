@@ -20,8 +20,10 @@ from selfhost.stages.engine import HOSTNAME, Output, RunResult, Sandbox, run_san
 from selfhost.stages.stack import Stack
 
 LABEL = "selfhost.sandbox"
-NO_DAEMON_HINT = ("start the Docker engine: apt-get install docker.io, then run `dockerd &` "
-                  "(or `systemctl start docker`); or build with --engine bwrap")
+NO_DAEMON_HINT = (
+    "start the Docker engine: apt-get install docker.io, then run `dockerd &` "
+    "(or `systemctl start docker`); or build with --engine bwrap"
+)
 
 
 class DockerEngine:
@@ -29,8 +31,9 @@ class DockerEngine:
 
     name = "docker"
 
-    def __init__(self, *, base_url: str | None = None,
-                 echo: Callable[[Sequence[str]], None] | None = None):
+    def __init__(
+        self, *, base_url: str | None = None, echo: Callable[[Sequence[str]], None] | None = None
+    ):
         self._base_url = base_url
         self._echo = echo or (lambda argv: None)
         self._client: Any = None
@@ -46,13 +49,17 @@ class DockerEngine:
         import docker  # imported lazily: bwrap users never pay for it
 
         try:
-            client = (docker.DockerClient(base_url=self._base_url) if self._base_url
-                      else docker.from_env())
+            client = (
+                docker.DockerClient(base_url=self._base_url)
+                if self._base_url
+                else docker.from_env()
+            )
             client.ping()
         except docker.errors.DockerException as exc:
             where = self._base_url or "the default socket (DOCKER_HOST or /var/run/docker.sock)"
-            raise EngineError(f"no Docker daemon answers at {where}: {_short(exc)}",
-                              hint=NO_DAEMON_HINT) from None
+            raise EngineError(
+                f"no Docker daemon answers at {where}: {_short(exc)}", hint=NO_DAEMON_HINT
+            ) from None
         self._client = client
 
     def prepare(self, stack: Stack, mount_points: Iterable[str] = ()) -> None:
@@ -66,16 +73,19 @@ class DockerEngine:
             pass
         stack.ensure_mount_points(mount_points)
         repository, tag = stack.image.split(":")
-        tar = subprocess.Popen(["tar", "-C", str(stack.rootfs), "--numeric-owner", "-c", "."],
-                               stdout=subprocess.PIPE)
+        tar = subprocess.Popen(
+            ["tar", "-C", str(stack.rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE
+        )
         assert tar.stdout is not None
         chunks = iter(lambda: tar.stdout.read(1 << 20), b"")  # type: ignore[union-attr]
         try:
-            self.client.api.import_image(src=chunks, repository=repository, tag=tag,
-                                         stream_src=True)
+            self.client.api.import_image(
+                src=chunks, repository=repository, tag=tag, stream_src=True
+            )
         except docker.errors.DockerException as exc:
-            raise EngineError(f"docker import of stack {stack.spec.name} failed: {_short(exc)}"
-                              ) from None
+            raise EngineError(
+                f"docker import of stack {stack.spec.name} failed: {_short(exc)}"
+            ) from None
         finally:
             tar.stdout.close()
             tar.wait()
@@ -93,8 +103,10 @@ class DockerEngine:
             "network_mode": "bridge" if sandbox.network else "none",
             "tmpfs": {d: "rw,exec,mode=1777" for d in sandbox.scratch},
             "init": True,  # docker-init as pid 1: forwards SIGTERM and reaps zombies
-            "mounts": [DockerMount(m.target, str(m.source), type="bind",
-                                   read_only=not m.writable) for m in sandbox.mounts],
+            "mounts": [
+                DockerMount(m.target, str(m.source), type="bind", read_only=not m.writable)
+                for m in sandbox.mounts
+            ],
             "labels": {LABEL: sandbox.owner},
             **({"name": f"selfhost-{sandbox.label}"} if sandbox.label else {}),
             "detach": True,
@@ -111,17 +123,35 @@ class DockerEngine:
 
     def command_line(self, sandbox: Sandbox) -> list[str]:
         """The equivalent ``docker run`` command line."""
-        argv = ["docker", "run", "--rm", "--read-only",
-                "--network", "bridge" if sandbox.network else "none",
-                "--hostname", HOSTNAME, "--user", "0:0", "--init", "--workdir", sandbox.workdir]
+        argv = [
+            "docker",
+            "run",
+            "--rm",
+            "--read-only",
+            "--network",
+            "bridge" if sandbox.network else "none",
+            "--hostname",
+            HOSTNAME,
+            "--user",
+            "0:0",
+            "--init",
+            "--workdir",
+            sandbox.workdir,
+        ]
         for scratch in sandbox.scratch:
             argv += ["--tmpfs", f"{scratch}:rw,exec,mode=1777"]
         for m in sandbox.mounts:
-            argv += ["--mount", f"type=bind,src={m.source},dst={m.target}"
-                     + ("" if m.writable else ",readonly")]
+            argv += [
+                "--mount",
+                f"type=bind,src={m.source},dst={m.target}" + ("" if m.writable else ",readonly"),
+            ]
         if sandbox.limits.memory_bytes:
-            argv += ["--memory", str(sandbox.limits.memory_bytes),
-                     "--memory-swap", str(sandbox.limits.memory_bytes)]
+            argv += [
+                "--memory",
+                str(sandbox.limits.memory_bytes),
+                "--memory-swap",
+                str(sandbox.limits.memory_bytes),
+            ]
         if sandbox.limits.cpus:
             argv += ["--cpus", str(sandbox.limits.cpus)]
         return [*argv, sandbox.stack.image, *sandbox.inner_argv()]
@@ -141,8 +171,7 @@ class DockerEngine:
         pump.start()
         return DockerProcess(container, pump)
 
-    def run(self, sandbox: Sandbox, output: Output, *, timeout: float | None = None
-            ) -> RunResult:
+    def run(self, sandbox: Sandbox, output: Output, *, timeout: float | None = None) -> RunResult:
         """Run a container to completion, streaming its output; kill it on timeout."""
         return run_sandbox(self, sandbox, output, timeout=timeout)
 
@@ -155,7 +184,8 @@ class DockerEngine:
 
         removed = 0
         for container in self.client.containers.list(
-                all=True, filters={"label": f"{LABEL}={owner}"}):
+            all=True, filters={"label": f"{LABEL}={owner}"}
+        ):
             try:
                 container.remove(force=True)
                 removed += 1

@@ -66,8 +66,16 @@ class Sandbox:
 
     def inner_argv(self) -> list[str]:
         """The command both engines execute inside the sandbox (see module docstring)."""
-        return ["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in self.env),
-                "/bin/sh", "-c", 'umask 022 && exec "$@"', "sh", *self.argv]
+        return [
+            "/usr/bin/env",
+            "-i",
+            *(f"{k}={v}" for k, v in self.env),
+            "/bin/sh",
+            "-c",
+            'umask 022 && exec "$@"',
+            "sh",
+            *self.argv,
+        ]
 
     def mount_targets(self) -> list[str]:
         return [m.target for m in self.mounts]
@@ -123,8 +131,7 @@ class Engine(Protocol):
     def start(self, sandbox: Sandbox, output: Output) -> Process:
         """Start the sandbox, its stdout and stderr going to ``output``."""
 
-    def run(self, sandbox: Sandbox, output: Output, *, timeout: float | None = None
-            ) -> RunResult:
+    def run(self, sandbox: Sandbox, output: Output, *, timeout: float | None = None) -> RunResult:
         """Run the sandbox to completion (see :func:`run_sandbox`)."""
 
     def command_line(self, sandbox: Sandbox) -> list[str]:
@@ -144,12 +151,15 @@ def make_engine(name: str, *, docker_url: str | None = None, echo=None) -> Engin
         from selfhost.stages.docker_engine import DockerEngine
 
         return DockerEngine(base_url=docker_url, echo=echo)
-    raise UsageError(f"unknown engine {name!r}; expected bwrap or docker",
-                     hint="pass --engine bwrap or --engine docker")
+    raise UsageError(
+        f"unknown engine {name!r}; expected bwrap or docker",
+        hint="pass --engine bwrap or --engine docker",
+    )
 
 
-def run_sandbox(engine: Engine, sandbox: Sandbox, output: Output, *,
-                timeout: float | None = None) -> RunResult:
+def run_sandbox(
+    engine: Engine, sandbox: Sandbox, output: Output, *, timeout: float | None = None
+) -> RunResult:
     """Start, wait, and on timeout or Ctrl-C kill the whole sandbox; always clean up."""
     started = time.monotonic()
     process = engine.start(sandbox, output)
@@ -167,8 +177,9 @@ def run_sandbox(engine: Engine, sandbox: Sandbox, output: Output, *,
         raise
     facts = process.close()
     assert code is not None
-    return RunResult(code, time.monotonic() - started, timed_out,
-                     bool(facts.get("oom_killed")), facts)
+    return RunResult(
+        code, time.monotonic() - started, timed_out, bool(facts.get("oom_killed")), facts
+    )
 
 
 def shell_line(argv: Sequence[str]) -> str:

@@ -14,8 +14,9 @@ HOME_DIR = "/build/home"
 DESTDIR = "/out"
 
 
-def stage_environment(recipe: Recipe, builder: str, jobs: str,
-                      destdir: str = DESTDIR) -> dict[str, str]:
+def stage_environment(
+    recipe: Recipe, builder: str, jobs: str, destdir: str = DESTDIR
+) -> dict[str, str]:
     """Every variable a stage's steps see, and nothing else (see docs/recipes.md)."""
     env = {
         "PATH": DEFAULT_PATH,

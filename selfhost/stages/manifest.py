@@ -74,15 +74,14 @@ def glob_match(pattern: str, path: str) -> bool:
     return _glob_regex(pattern).match(path) is not None
 
 
-def select_artifacts(files: list[FileEntry], prefix: str, globs: tuple[str, ...]
-                     ) -> dict[str, str]:
+def select_artifacts(files: list[FileEntry], prefix: str, globs: tuple[str, ...]) -> dict[str, str]:
     """Map artifact paths (relative to the prefix) to their sha256 (or ``symlink:<target>``)."""
     root = prefix.strip("/") + "/"
     out: dict[str, str] = {}
     for entry in files:
         if entry.kind == "dir" or not entry.path.startswith(root):
             continue
-        rel = entry.path[len(root):]
+        rel = entry.path[len(root) :]
         if any(glob_match(g, rel) for g in globs):
             out[rel] = (entry.sha256 or "") if entry.kind == "file" else f"symlink:{entry.target}"
     return out
@@ -103,8 +102,13 @@ class TestResult:
         return self.exit_code == 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"command": self.command, "exit_code": self.exit_code, "passed": self.passed,
-                "seconds": round(self.seconds, 3), "summary": self.summary}
+        return {
+            "command": self.command,
+            "exit_code": self.exit_code,
+            "passed": self.passed,
+            "seconds": round(self.seconds, 3),
+            "summary": self.summary,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> TestResult | None:
@@ -156,13 +160,19 @@ class Manifest:
         if data.get("format") != FORMAT:
             raise ValueError(f"unsupported manifest format {data.get('format')!r}")
         return cls(
-            compiler=data["compiler"], version=data["version"], prefix=data["prefix"],
+            compiler=data["compiler"],
+            version=data["version"],
+            prefix=data["prefix"],
             stage=data["stage"],
-            input_hash=data["input_hash"], inputs=data["inputs"],
+            input_hash=data["input_hash"],
+            inputs=data["inputs"],
             tree_digest=data["tree_digest"],
             files=[FileEntry.from_json(p, e) for p, e in data["files"].items()],
-            artifacts=data["artifacts"], tests=TestResult.from_json(data.get("tests")),
-            timings=data["timings"], logs=data["logs"], created=data["created"],
+            artifacts=data["artifacts"],
+            tests=TestResult.from_json(data.get("tests")),
+            timings=data["timings"],
+            logs=data["logs"],
+            created=data["created"],
             selfhost_version=data["selfhost_version"],
         )
 

@@ -62,11 +62,15 @@ class StageResult:
 
     def to_json(self) -> dict[str, Any]:
         tests = self.manifest.tests
-        return {"stage": self.stage, "input_hash": self.input_hash, "cached": self.cached,
-                "tests_passed": tests.passed if tests else None,
-                "tree_digest": self.manifest.tree_digest,
-                "manifest": str(self.entry / "manifest.json"),
-                "artifacts": self.manifest.artifacts}
+        return {
+            "stage": self.stage,
+            "input_hash": self.input_hash,
+            "cached": self.cached,
+            "tests_passed": tests.passed if tests else None,
+            "tree_digest": self.manifest.tree_digest,
+            "manifest": str(self.entry / "manifest.json"),
+            "artifacts": self.manifest.artifacts,
+        }
 
 
 @dataclass
@@ -123,8 +127,9 @@ class Bootstrap:
     def ensure_stack(self, recipe: Recipe) -> Stack:
         return ensure_stack(self.settings, recipe, self.ui.info)
 
-    def run(self, recipe: Recipe, *, stages: int | None = None, force: bool = False
-            ) -> BootstrapResult:
+    def run(
+        self, recipe: Recipe, *, stages: int | None = None, force: bool = False
+    ) -> BootstrapResult:
         """Build (or reuse) every stage and compare the last two."""
         count = stages or recipe.stages
         with self.workspace.locked(self.settings.lock_wait, on_wait=self.ui.info), self.ui.live():
@@ -134,7 +139,8 @@ class Bootstrap:
                 step.note = stack.spec.name
             with self.ui.step("source") as step:
                 source = SourceStore(self.workspace.sources, self.mirror).fetch(
-                    recipe.sources, log=self.ui.info)
+                    recipe.sources, log=self.ui.info
+                )
                 step.note = source.origin
             with self.ui.step(f"engine {self.engine.name}"):
                 self.engine.prepare(stack, [recipe.prefix])
@@ -151,8 +157,9 @@ class Bootstrap:
                     step.note = f"{result.input_hash[:12]}" + (" (cached)" if result.cached else "")
                 results.append(result)
                 if n >= 2:
-                    comparison = compare_artifacts(results[-2].manifest.artifacts,
-                                                   result.manifest.artifacts, recipe.exclude)
+                    comparison = compare_artifacts(
+                        results[-2].manifest.artifacts, result.manifest.artifacts, recipe.exclude
+                    )
                 if not wants_another_stage(recipe, n, count, comparison):
                     break
             outcome = BootstrapResult(recipe, self.engine.name, stack, source, results, comparison)
@@ -164,8 +171,9 @@ class Bootstrap:
         """The complete environment of every step of a stage (nothing else leaks in)."""
         return stage_environment(recipe, builder, str(self.settings.parallel_jobs))
 
-    def stage_inputs(self, recipe: Recipe, stack: Stack, source: FetchedSource,
-                     previous: StageResult | None) -> tuple[str, dict[str, Any], dict[str, str]]:
+    def stage_inputs(
+        self, recipe: Recipe, stack: Stack, source: FetchedSource, previous: StageResult | None
+    ) -> tuple[str, dict[str, Any], dict[str, str]]:
         """A stage's key, its recorded inputs and its full environment."""
         builder = recipe.builder if previous else recipe.stage0_builder
         env = self.environment(recipe, builder)
@@ -175,21 +183,37 @@ class Bootstrap:
             "source": {"digest": source.digest, "origin": source.origin},
             "stack": stack.identity,
             "engine": self.engine.name,
-            "builder": ({"kind": "stage", "stage": previous.stage,
-                         "tree_digest": previous.manifest.tree_digest,
-                         "input_hash": previous.input_hash}
-                        if previous else {"kind": "stage0", "builder": env["BUILDER"]}),
+            "builder": (
+                {
+                    "kind": "stage",
+                    "stage": previous.stage,
+                    "tree_digest": previous.manifest.tree_digest,
+                    "input_hash": previous.input_hash,
+                }
+                if previous
+                else {"kind": "stage0", "builder": env["BUILDER"]}
+            ),
             "environment": hashed_env,
         }
         # The origin and the previous stage's number and key are recorded but not hashed:
         # only what can change the bytes is part of the key.
-        key_inputs = {**inputs, "source": source.digest,
-                      "builder": (previous.manifest.tree_digest if previous
-                                  else {"stage0": env["BUILDER"]})}
+        key_inputs = {
+            **inputs,
+            "source": source.digest,
+            "builder": (previous.manifest.tree_digest if previous else {"stage0": env["BUILDER"]}),
+        }
         return input_hash(key_inputs), inputs, env
 
-    def stage(self, recipe: Recipe, n: int, stack: Stack, source: FetchedSource,
-              previous: StageResult | None, *, force: bool = False) -> StageResult:
+    def stage(
+        self,
+        recipe: Recipe,
+        n: int,
+        stack: Stack,
+        source: FetchedSource,
+        previous: StageResult | None,
+        *,
+        force: bool = False,
+    ) -> StageResult:
         """Return stage ``n``: from the cache if its inputs are unchanged, else built."""
         key, inputs, env = self.stage_inputs(recipe, stack, source, previous)
         if not force:
@@ -221,20 +245,26 @@ class Bootstrap:
         write_json_atomic(directory / "run.json", outcome.to_json())
 
 
-def wants_another_stage(recipe: Recipe, built: int, count: int,
-                        comparison: ArtifactComparison | None) -> bool:
+def wants_another_stage(
+    recipe: Recipe, built: int, count: int, comparison: ArtifactComparison | None
+) -> bool:
     """True until ``count`` stages are built; past that, only while the 'iterate' policy
     has not seen two equal stages and ``max_stages`` allows another."""
     if built < count:
         return True
-    return (recipe.fixpoint is FixpointPolicy.ITERATE and comparison is not None
-            and not comparison.same and built < recipe.max_stages)
+    return (
+        recipe.fixpoint is FixpointPolicy.ITERATE
+        and comparison is not None
+        and not comparison.same
+        and built < recipe.max_stages
+    )
 
 
 def stack_spec(settings: Settings, recipe: Recipe) -> StackSpec:
     """The stack a recipe builds on: the configured suite, base packages + its own."""
-    return StackSpec.make(settings.suite, settings.variant,
-                          (*settings.base_packages, *recipe.packages))
+    return StackSpec.make(
+        settings.suite, settings.variant, (*settings.base_packages, *recipe.packages)
+    )
 
 
 def ensure_stack(settings: Settings, recipe: Recipe, log: Callable[[str], None]) -> Stack:
@@ -245,16 +275,18 @@ def ensure_stack(settings: Settings, recipe: Recipe, log: Callable[[str], None])
 
 def require_fixpoint(outcome: BootstrapResult) -> None:
     """Apply the recipe's policy: raise FixpointError when it is 'fail' or 'iterate'."""
-    if outcome.fixpoint or len(outcome.stages) < 2 or outcome.recipe.fixpoint is \
-            FixpointPolicy.WARN:
+    if (
+        outcome.fixpoint
+        or len(outcome.stages) < 2
+        or outcome.recipe.fixpoint is FixpointPolicy.WARN
+    ):
         return
     cmp = outcome.comparison
     assert cmp is not None
     a, b = outcome.stages[-2].stage, outcome.stages[-1].stage
     differing = cmp.different + cmp.only_left + cmp.only_right
     raise FixpointError(
-        f"fixpoint not reached: stage{a} and stage{b} differ in {len(differing)} "
-        f"artifact(s)",
+        f"fixpoint not reached: stage{a} and stage{b} differ in {len(differing)} artifact(s)",
         details="\n".join(f"  {p}" for p in differing[:20]),
         hint=f"run `invoke diff-stages --compiler {outcome.recipe.name}` to see why, or "
         "declare a [[compare.exclude]] with a reason in the recipe",
@@ -264,9 +296,17 @@ def require_fixpoint(outcome: BootstrapResult) -> None:
 class StageBuild:
     """Builds one stage in its work directory."""
 
-    def __init__(self, boot: Bootstrap, recipe: Recipe, n: int, stack: Stack,
-                 source: FetchedSource, previous: StageResult | None, env: dict[str, str],
-                 work: Path):
+    def __init__(
+        self,
+        boot: Bootstrap,
+        recipe: Recipe,
+        n: int,
+        stack: Stack,
+        source: FetchedSource,
+        previous: StageResult | None,
+        env: dict[str, str],
+        work: Path,
+    ):
         self.boot = boot
         self.recipe = recipe
         self.n = n
@@ -280,8 +320,10 @@ class StageBuild:
         self.log_path = work / "logs" / "stage.log"
 
     def mounts(self, *, out_writable: bool) -> tuple[Mount, ...]:
-        mounts = [Mount(self.build_dir, BUILD_DIR, writable=True),
-                  Mount(self.tree, DESTDIR, writable=out_writable)]
+        mounts = [
+            Mount(self.build_dir, BUILD_DIR, writable=True),
+            Mount(self.tree, DESTDIR, writable=out_writable),
+        ]
         if self.previous:
             prev_prefix = self.previous.entry / "tree" / self.recipe.prefix.lstrip("/")
             mounts.append(Mount(prev_prefix, self.recipe.prefix))
@@ -306,25 +348,33 @@ class StageBuild:
             (self.build_dir / "home").mkdir(parents=True)
             self.tree.mkdir()
             self.log_path.parent.mkdir()
-            if self.previous and not (self.previous.entry / "tree" /
-                                      self.recipe.prefix.lstrip("/")).is_dir():
-                raise BuildError(f"stage{self.previous.stage} has nothing at "
-                                 f"{self.recipe.prefix}; it cannot build stage{self.n}")
+            if (
+                self.previous
+                and not (self.previous.entry / "tree" / self.recipe.prefix.lstrip("/")).is_dir()
+            ):
+                raise BuildError(
+                    f"stage{self.previous.stage} has nothing at "
+                    f"{self.recipe.prefix}; it cannot build stage{self.n}"
+                )
             copy_tree(self.source.tree, self.build_dir / "src")
             timings["prepare"] = time.monotonic() - t
         with open(self.log_path, "ab") as log:
-            for name, script in (("build", self.recipe.steps.build),
-                                 ("install", self.recipe.steps.install)):
+            for name, script in (
+                ("build", self.recipe.steps.build),
+                ("install", self.recipe.steps.install),
+            ):
                 with ui.step(name):
                     timings[name] = self.run_step(name, script, log, BuildError)
             tests = None
             if self.recipe.steps.test.strip():
                 with ui.step("test") as step:
                     offset = log.tell()
-                    timings["test"] = self.run_step("test", self.recipe.steps.test, log,
-                                                    TestsFailed, out_writable=False)
-                    summary = [ln for ln in tail(self.log_path, 6, offset)
-                                   if not ln.startswith("==> ")]
+                    timings["test"] = self.run_step(
+                        "test", self.recipe.steps.test, log, TestsFailed, out_writable=False
+                    )
+                    summary = [
+                        ln for ln in tail(self.log_path, 6, offset) if not ln.startswith("==> ")
+                    ]
                     tests = TestResult(self.recipe.steps.test, 0, timings["test"], summary)
                     step.note = "passed"
         with ui.step("capture"):
@@ -334,43 +384,61 @@ class StageBuild:
                 files = scan_tree(self.tree)
             except SpecialFile as exc:
                 raise BuildError(
-                    f"stage{self.n}: the install step left {exc.kind} at "
-                    f"{DESTDIR}/{exc.relative}",
+                    f"stage{self.n}: the install step left {exc.kind} at {DESTDIR}/{exc.relative}",
                     details=f"on the host: {exc.path}",
                     hint="a stage tree may hold only files, directories and symlinks; "
-                    "remove it in the install step (or do not install it)") from None
+                    "remove it in the install step (or do not install it)",
+                ) from None
             if not (self.tree / self.recipe.prefix.lstrip("/")).is_dir():
                 raise BuildError(
                     f"stage{self.n}: the install step put nothing under $DESTDIR$PREFIX "
                     f"({DESTDIR}{self.recipe.prefix})",
-                    hint="install into $DESTDIR$PREFIX (for example make install "
-                    "DESTDIR=$DESTDIR)")
+                    hint="install into $DESTDIR$PREFIX (for example make install DESTDIR=$DESTDIR)",
+                )
             timings["capture"] = time.monotonic() - t
         timings["total"] = time.monotonic() - started
         return Manifest(
-            compiler=self.recipe.name, version=self.recipe.version, prefix=self.recipe.prefix,
+            compiler=self.recipe.name,
+            version=self.recipe.version,
+            prefix=self.recipe.prefix,
             stage=self.n,
-            input_hash=key, inputs=inputs, tree_digest=tree_digest(files), files=files,
+            input_hash=key,
+            inputs=inputs,
+            tree_digest=tree_digest(files),
+            files=files,
             artifacts=select_artifacts(files, self.recipe.prefix, self.recipe.artifacts),
-            tests=tests, timings=timings, logs={"stage": "logs/stage.log"},
+            tests=tests,
+            timings=timings,
+            logs={"stage": "logs/stage.log"},
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             selfhost_version=__version__,
         )
 
-    def run_step(self, name: str, script: str, log: Any,
-                 error: Callable[..., Exception], *, out_writable: bool = True) -> float:
+    def run_step(
+        self,
+        name: str,
+        script: str,
+        log: Any,
+        error: Callable[..., Exception],
+        *,
+        out_writable: bool = True,
+    ) -> float:
         """Run one step; raise ``error`` with the log tail and a reproduction command."""
         sandbox = self.sandbox(script, out_writable=out_writable)
         log.write(f"==> stage{self.n} {name}: {script.strip()}\n".encode())
         log.flush()
         offset = log.tell()
         result = self.boot.engine.run(sandbox, log, timeout=self.recipe.steps.timeout)
-        log.write(f"==> stage{self.n} {name}: exit {result.exit_code} "
-                  f"({result.seconds:.1f}s)\n".encode())
+        log.write(
+            f"==> stage{self.n} {name}: exit {result.exit_code} ({result.seconds:.1f}s)\n".encode()
+        )
         log.flush()
         if result.exit_code != 0:
-            what = f"timed out after {self.recipe.steps.timeout}s" if result.timed_out \
+            what = (
+                f"timed out after {self.recipe.steps.timeout}s"
+                if result.timed_out
                 else f"failed with exit code {result.exit_code}"
+            )
             lines = tail(self.log_path, TAIL_LINES + 1, offset)[:-1]
             raise error(
                 f"stage{self.n} {name} step {what}",

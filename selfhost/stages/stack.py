@@ -45,7 +45,8 @@ def debian_arch() -> str:
     """The Debian name of this machine's architecture."""
     machine = _platform.machine()
     return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armhf", "i686": "i386"}.get(
-        machine, machine)
+        machine, machine
+    )
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,13 @@ class StackSpec:
         return cls(suite, variant, tuple(sorted(set(packages))), arch or debian_arch())
 
     def definition(self) -> dict[str, Any]:
-        return {"format": FORMAT, "suite": self.suite, "variant": self.variant,
-                "arch": self.arch, "packages": list(self.packages)}
+        return {
+            "format": FORMAT,
+            "suite": self.suite,
+            "variant": self.variant,
+            "arch": self.arch,
+            "packages": list(self.packages),
+        }
 
     @property
     def digest(self) -> str:
@@ -98,9 +104,14 @@ class Stack:
     @property
     def identity(self) -> dict[str, Any]:
         """What manifests record about the stack, and what cache keys include."""
-        return {"name": self.spec.name, "digest": self.spec.digest, "suite": self.spec.suite,
-                "variant": self.spec.variant, "arch": self.spec.arch,
-                "packages_digest": self.packages_digest}
+        return {
+            "name": self.spec.name,
+            "digest": self.spec.digest,
+            "suite": self.spec.suite,
+            "variant": self.spec.variant,
+            "arch": self.spec.arch,
+            "packages_digest": self.packages_digest,
+        }
 
     def versions(self, packages: Iterable[str]) -> dict[str, str | None]:
         """Installed versions of the given packages (None if missing)."""
@@ -134,8 +145,13 @@ class StackStore:
         if not meta.is_file():
             return None
         data = json.loads(meta.read_text())
-        return Stack(spec, self.path(spec), data["installed"], data["packages_digest"],
-                     data.get("build_seconds", 0.0))
+        return Stack(
+            spec,
+            self.path(spec),
+            data["installed"],
+            data["packages_digest"],
+            data.get("build_seconds", 0.0),
+        )
 
     def load_digest(self, digest: str) -> Stack | None:
         """A built stack found by its digest (as recorded in manifests and slugs)."""
@@ -151,19 +167,28 @@ class StackStore:
         stack = self.load(spec)
         if stack:
             return stack
-        with file_lock(self.root / f"{spec.digest}.lock", wait=3600, what=f"stack {spec.name}",
-                       on_wait=log, setting="selfhost.stacks_dir"):
+        with file_lock(
+            self.root / f"{spec.digest}.lock",
+            wait=3600,
+            what=f"stack {spec.name}",
+            on_wait=log,
+            setting="selfhost.stacks_dir",
+        ):
             stack = self.load(spec)  # somebody else may have built it while we waited
             return stack or self._build(spec, log)
 
     def _build(self, spec: StackSpec, log: Callable[[str], None]) -> Stack:
         if os.geteuid() != 0:
-            raise StackError("building a stack needs root (debootstrap creates device "
-                             "nodes and chroots)", hint="run as root")
+            raise StackError(
+                "building a stack needs root (debootstrap creates device nodes and chroots)",
+                hint="run as root",
+            )
         debootstrap = shutil.which("debootstrap") or "/usr/sbin/debootstrap"
         if not Path(debootstrap).exists():
-            raise StackError("debootstrap is not installed",
-                             hint="apt-get install debootstrap (the README's setup does this)")
+            raise StackError(
+                "debootstrap is not installed",
+                hint="apt-get install debootstrap (the README's setup does this)",
+            )
         for stale in self.root.glob(f"tmp-{spec.digest}-*"):
             shutil.rmtree(stale, ignore_errors=True)
         staging = self.root / f"tmp-{spec.digest}-{os.getpid()}"
@@ -175,8 +200,10 @@ class StackStore:
             argv.append("--include=" + ",".join(spec.packages))
         argv += [spec.suite, str(rootfs), mirror]
         log_path = self.root / f"{spec.digest}.log"
-        log(f"stack: debootstrap {spec.suite} ({spec.variant}, {len(spec.packages)} packages) "
-            f"into {self.path(spec)}; log: {log_path}")
+        log(
+            f"stack: debootstrap {spec.suite} ({spec.variant}, {len(spec.packages)} packages) "
+            f"into {self.path(spec)}; log: {log_path}"
+        )
         started = time.monotonic()
         with open(log_path, "wb") as out:
             out.write(("+ " + " ".join(argv) + "\n").encode())
@@ -201,10 +228,15 @@ class StackStore:
         for deb in (rootfs / "var/cache/apt/archives").glob("*.deb"):
             deb.unlink()
         stack = Stack(spec, self.path(spec), installed, digest_json(installed), seconds)
-        stack_json = {**spec.definition(), "digest": spec.digest, "name": spec.name,
-                      "packages_digest": stack.packages_digest, "installed": installed,
-                      "build_seconds": round(seconds, 1),
-                      "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        stack_json = {
+            **spec.definition(),
+            "digest": spec.digest,
+            "name": spec.name,
+            "packages_digest": stack.packages_digest,
+            "installed": installed,
+            "build_seconds": round(seconds, 1),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         (staging / "stack.json").write_text(json.dumps(stack_json, indent=2) + "\n")
         Stack(spec, staging, installed, stack.packages_digest, seconds).ensure_mount_points(())
         target = self.path(spec)
@@ -218,9 +250,15 @@ class StackStore:
 def _installed_packages(rootfs: Path) -> dict[str, str]:
     """Read package versions from the rootfs' dpkg database, without chrooting."""
     proc = subprocess.run(
-        ["dpkg-query", f"--admindir={rootfs}/var/lib/dpkg", "-W",
-         "-f=${Package}\t${Version}\t${db:Status-Abbrev}\n"],
-        capture_output=True, text=True, check=False,
+        [
+            "dpkg-query",
+            f"--admindir={rootfs}/var/lib/dpkg",
+            "-W",
+            "-f=${Package}\t${Version}\t${db:Status-Abbrev}\n",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         raise StackError(f"cannot read the stack's package list: {proc.stderr.strip()}")

@@ -47,27 +47,44 @@ class Run:
 
 def invoke_env(workspace: Path, stacks: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INVOKE_")}
-    env.update({"INVOKE_SELFHOST_WORKSPACE": str(workspace),
-                "INVOKE_SELFHOST_STACKS_DIR": str(stacks), **extra})
+    env.update(
+        {
+            "INVOKE_SELFHOST_WORKSPACE": str(workspace),
+            "INVOKE_SELFHOST_STACKS_DIR": str(stacks),
+            **extra,
+        }
+    )
     return env
 
 
-def invoke(args: list[str], workspace: Path, stacks: Path, *, timeout: float = 1800,
-           **extra: str) -> Run:
+def invoke(
+    args: list[str], workspace: Path, stacks: Path, *, timeout: float = 1800, **extra: str
+) -> Run:
     """Run ``invoke ARGS`` from the repository root, as a user would."""
-    proc = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO,
-                          env=invoke_env(workspace, stacks, **extra), capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=REPO,
+        env=invoke_env(workspace, stacks, **extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return Run(proc.returncode, proc.stdout, proc.stderr)
 
 
-def start_invoke(args: list[str], workspace: Path, stacks: Path, **extra: str
-                 ) -> subprocess.Popen[str]:
+def start_invoke(
+    args: list[str], workspace: Path, stacks: Path, **extra: str
+) -> subprocess.Popen[str]:
     """Start ``invoke ARGS`` in its own process group (so it can be signalled)."""
-    return subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=REPO,
-                            env=invoke_env(workspace, stacks, **extra), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=REPO,
+        env=invoke_env(workspace, stacks, **extra),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 @pytest.fixture(scope="session")

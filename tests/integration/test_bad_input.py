@@ -36,8 +36,7 @@ def read_only_dir(path: Path) -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.skip("mounting a read-only file system needs root")
     path.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)],
-                   check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)], check=True)
     try:
         yield path
     finally:
@@ -88,8 +87,9 @@ install = "sh install.sh # $DESTDIR"
     assert run.code == 7, run.output
     no_traceback(run)
     assert "the install step left a FIFO (named pipe) at /out/opt/fifo/bin/pipe" in run.stderr
-    assert not (tmp_path / "ws" / "cache" / "stages").exists() or \
-        not any((tmp_path / "ws" / "cache" / "stages").iterdir()), "nothing was recorded"
+    assert not (tmp_path / "ws" / "cache" / "stages").exists() or not any(
+        (tmp_path / "ws" / "cache" / "stages").iterdir()
+    ), "nothing was recorded"
 
 
 def test_diff_of_a_tree_with_a_fifo_is_a_usage_error(tmp_path, stacks):
@@ -97,8 +97,9 @@ def test_diff_of_a_tree_with_a_fifo_is_a_usage_error(tmp_path, stacks):
     left.mkdir()
     right.mkdir()
     os.mkfifo(right / "pipe")
-    run = invoke(["diff-stages", "--left", str(left), "--right", str(right)], tmp_path / "ws",
-                 stacks)
+    run = invoke(
+        ["diff-stages", "--left", str(left), "--right", str(right)], tmp_path / "ws", stacks
+    )
     assert run.code == 2, run.output
     no_traceback(run)
     assert "pipe is a FIFO (named pipe)" in run.stderr

@@ -50,8 +50,9 @@ def test_second_run_is_a_cache_hit(tcc_run, stacks):
     run = invoke(["bootstrap", "--json"], workspace, stacks)
     assert run.code == 0, run.output
     assert all(s["cached"] for s in run.json["stages"])
-    assert [s["input_hash"] for s in run.json["stages"]] == \
-        [s["input_hash"] for s in first.json["stages"]]
+    assert [s["input_hash"] for s in run.json["stages"]] == [
+        s["input_hash"] for s in first.json["stages"]
+    ]
     after = {p: p.stat().st_mtime_ns for p in (workspace / "cache/stages").glob("*/manifest.json")}
     assert before == after, "a cached run rewrites nothing"
     assert "build" not in run.stderr.replace("bootstrap", ""), "no build step ran"
@@ -81,12 +82,13 @@ def test_docker_engine_gives_the_same_bytes(tcc_run, stacks):
 def test_corrupted_source_tarball_is_refused(tmp_path, stacks, http_dir):
     www, base = http_dir
     (www / "tcc.tar.bz2").write_bytes(b"BZh91AY&SY this is not the tcc snapshot")
-    recipe = tcc_variant(tmp_path, **{
-        '[[sources]]\nkind = "git"\nurl = "https://repo.or.cz/tinycc.git"\ncommit = "62c30a4a"\n':
-        "",
-        'kind = "debian"\npackage = "tcc"\nversion = "0.9.27+git20200814.62c30a4a-1"':
-        f'kind = "tarball"\nurl = "{base}/tcc.tar.bz2"',
-    })
+    recipe = tcc_variant(
+        tmp_path,
+        **{
+            '[[sources]]\nkind = "git"\nurl = "https://repo.or.cz/tinycc.git"\ncommit = "62c30a4a"\n': "",
+            'kind = "debian"\npackage = "tcc"\nversion = "0.9.27+git20200814.62c30a4a-1"': f'kind = "tarball"\nurl = "{base}/tcc.tar.bz2"',
+        },
+    )
     workspace = tmp_path / "ws"
     run = invoke(["bootstrap", "--compiler", str(recipe)], workspace, stacks)
     assert run.code == 4, run.output
@@ -97,8 +99,9 @@ def test_corrupted_source_tarball_is_refused(tmp_path, stacks, http_dir):
     assert not (workspace / "cache").exists(), "no stage was built from it"
 
 
-def wait_for_log(workspace: Path, needle: str, proc: subprocess.Popen, timeout: float = 300
-                 ) -> Path:
+def wait_for_log(
+    workspace: Path, needle: str, proc: subprocess.Popen, timeout: float = 300
+) -> Path:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for log in (workspace / "tmp").glob("*/logs/stage.log"):
@@ -140,9 +143,12 @@ def test_ctrl_c_stops_with_130_and_records_nothing(workspace, stacks):
 
 
 def test_failing_build_shows_the_tail_and_a_working_reproduction(tmp_path, workspace, stacks):
-    recipe = tcc_variant(tmp_path, **{
-        'build = "./configure --prefix=$PREFIX --cc=$BUILDER && make -j$JOBS"':
-        'build = "echo about to fail; echo builder=$BUILDER; exit 3"'})
+    recipe = tcc_variant(
+        tmp_path,
+        **{
+            'build = "./configure --prefix=$PREFIX --cc=$BUILDER && make -j$JOBS"': 'build = "echo about to fail; echo builder=$BUILDER; exit 3"'
+        },
+    )
     run = invoke(["bootstrap", "--compiler", str(recipe), "--verbose"], workspace, stacks)
     assert run.code == 7, run.output
     assert "+ /usr/bin/bwrap --ro-bind" in run.stdout, "--verbose echoes sandbox commands"
@@ -173,24 +179,41 @@ def test_sandbox_is_clean_offline_and_the_same_under_both_engines(tmp_path, work
         "cut -d: -f1 /proc/net/dev | tail -n +3 | tr -d ' ' | sort > $o/net; "
         "pwd > $o/pwd"
     )
-    recipe = tcc_variant(tmp_path, **{
-        'build = "./configure --prefix=$PREFIX --cc=$BUILDER && make -j$JOBS"':
-        f'build = "{probe}"',
-        'install = "make install DESTDIR=$DESTDIR"': 'install = "test -d $DESTDIR"',
-        'test = "make test"': 'test = ""',
-        'artifacts = ["bin/**", "lib/**", "include/**"]': 'artifacts = ["**"]',
-    })
+    recipe = tcc_variant(
+        tmp_path,
+        **{
+            'build = "./configure --prefix=$PREFIX --cc=$BUILDER && make -j$JOBS"': f'build = "{probe}"',
+            'install = "make install DESTDIR=$DESTDIR"': 'install = "test -d $DESTDIR"',
+            'test = "make test"': 'test = ""',
+            'artifacts = ["bin/**", "lib/**", "include/**"]': 'artifacts = ["**"]',
+        },
+    )
     out = {}
     for engine in ("bwrap", "docker"):
-        run = invoke(["bootstrap", "--compiler", str(recipe), "--stages", "1", "--engine", engine,
-                      "--json"], workspace, stacks, INVOKE_SELFHOST_JOBS="2")
+        run = invoke(
+            ["bootstrap", "--compiler", str(recipe), "--stages", "1", "--engine", engine, "--json"],
+            workspace,
+            stacks,
+            INVOKE_SELFHOST_JOBS="2",
+        )
         assert run.code == 0, run.output
         tree = Path(run.json["stages"][0]["manifest"]).parent / "tree/opt/tcc"
         out[engine] = {p.name: p.read_text() for p in tree.iterdir()}
     bw = out["bwrap"]
     env = dict(line.split("=", 1) for line in bw["env"].splitlines())
-    assert set(env) == {"PATH", "HOME", "LC_ALL", "TZ", "SOURCE_DATE_EPOCH", "PREFIX", "DESTDIR",
-                        "SRC", "BUILDER", "JOBS", "PWD"}, "nothing leaks in from the host"
+    assert set(env) == {
+        "PATH",
+        "HOME",
+        "LC_ALL",
+        "TZ",
+        "SOURCE_DATE_EPOCH",
+        "PREFIX",
+        "DESTDIR",
+        "SRC",
+        "BUILDER",
+        "JOBS",
+        "PWD",
+    }, "nothing leaks in from the host"
     assert env["TZ"] == "UTC" and env["LC_ALL"] == "C.UTF-8" and env["JOBS"] == "2"
     assert bw["umask"].strip() == "0022"
     assert bw["stack"].strip() == "read-only"
@@ -202,10 +225,17 @@ def test_sandbox_is_clean_offline_and_the_same_under_both_engines(tmp_path, work
 
 def test_another_run_holding_the_workspace_gets_exit_9(workspace, stacks):
     holder = subprocess.Popen(
-        ["python3", "-c", "import fcntl,os,sys,time;fd=os.open(sys.argv[1],os.O_RDWR|os.O_CREAT);"
-         "fcntl.flock(fd,fcntl.LOCK_EX);os.write(fd,b'{\"pid\": 1, \"command\": \"x\", "
-         "\"since\": 0}');print('ok',flush=True);time.sleep(60)", str(workspace / "lock")],
-        stdout=subprocess.PIPE, text=True)
+        [
+            "python3",
+            "-c",
+            "import fcntl,os,sys,time;fd=os.open(sys.argv[1],os.O_RDWR|os.O_CREAT);"
+            'fcntl.flock(fd,fcntl.LOCK_EX);os.write(fd,b\'{"pid": 1, "command": "x", '
+            "\"since\": 0}');print('ok',flush=True);time.sleep(60)",
+            str(workspace / "lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "ok"
         run = invoke(["bootstrap"], workspace, stacks)
@@ -222,15 +252,18 @@ def test_bad_input_gets_clear_errors_and_exit_codes(tmp_path, workspace, stacks)
     assert run.code == 3 and "field 'prefix'" in run.stderr and "Traceback" not in run.output
     run = invoke(["bootstrap", "--stages", "zero"], workspace, stacks)
     assert run.code == 2 and "--stages" in run.stderr
-    run = invoke(["bootstrap", "--engine", "docker"], workspace, stacks,
-                 INVOKE_SELFHOST_DOCKER_URL=f"unix://{tmp_path}/no.sock")
+    run = invoke(
+        ["bootstrap", "--engine", "docker"],
+        workspace,
+        stacks,
+        INVOKE_SELFHOST_DOCKER_URL=f"unix://{tmp_path}/no.sock",
+    )
     assert run.code == 6 and "dockerd" in run.stderr and "Traceback" not in run.output
 
 
 @pytest.mark.slow
 def test_go_reaches_its_fixpoint_at_stage2(stacks, tmp_path):
-    run = invoke(["bootstrap", "--compiler", "go", "--json"], tmp_path / "ws", stacks,
-                 timeout=3600)
+    run = invoke(["bootstrap", "--compiler", "go", "--json"], tmp_path / "ws", stacks, timeout=3600)
     assert run.code == 0, run.output[-3000:]
     result = run.json
     assert [s["stage"] for s in result["stages"]] == [1, 2]

@@ -37,13 +37,15 @@ def test_stage1_against_stage2_is_explained_as_code(tcc_run, stacks):
     human = invoke(["diff-stages", "--from", "1", "--to", "2"], tcc_run[0], stacks)
     assert human.code == 1
     assert human.stdout.splitlines()[0].startswith(
-        "fixpoint not reached: stage1 and stage2 differ in 2 of 15 files (code: 2)")
+        "fixpoint not reached: stage1 and stage2 differ in 2 of 15 files (code: 2)"
+    )
 
 
 def test_html_report_is_self_contained(tcc_run, stacks, tmp_path):
     page = tmp_path / "report.html"
-    run = invoke(["diff-stages", "--from", "1", "--to", "2", "--html", str(page)], tcc_run[0],
-                 stacks)
+    run = invoke(
+        ["diff-stages", "--from", "1", "--to", "2", "--html", str(page)], tcc_run[0], stacks
+    )
     assert run.code == 1
     text = page.read_text()
     assert "fixpoint not reached" in text and "bin/tcc" in text
@@ -61,13 +63,17 @@ def test_diffoscope_is_used_or_its_absence_is_explained(tcc_run, stacks):
 
 
 def test_excluded_differences_are_listed_with_their_reason(tcc_run, stacks, tmp_path):
-    recipe = tcc_variant(tmp_path, **{
-        'artifacts = ["bin/**", "lib/**", "include/**"]':
-        'artifacts = ["bin/**", "lib/**", "include/**"]\n\n[[compare.exclude]]\n'
-        'path = "bin/tcc"\nreason = "built by gcc at stage1"\n\n[[compare.exclude]]\n'
-        'path = "lib/libtcc.a"\nreason = "built by gcc at stage1 too"'})
-    run = invoke(["diff-stages", "--compiler", str(recipe), "--from", "1", "--to", "2"],
-                 tcc_run[0], stacks)
+    recipe = tcc_variant(
+        tmp_path,
+        **{
+            'artifacts = ["bin/**", "lib/**", "include/**"]': 'artifacts = ["bin/**", "lib/**", "include/**"]\n\n[[compare.exclude]]\n'
+            'path = "bin/tcc"\nreason = "built by gcc at stage1"\n\n[[compare.exclude]]\n'
+            'path = "lib/libtcc.a"\nreason = "built by gcc at stage1 too"'
+        },
+    )
+    run = invoke(
+        ["diff-stages", "--compiler", str(recipe), "--from", "1", "--to", "2"], tcc_run[0], stacks
+    )
     assert run.code == 0, run.output
     assert "2 excluded file(s) differ" in run.stdout
     assert "excluded, and different: bin/tcc (built by gcc at stage1)" in run.stdout
@@ -81,16 +87,26 @@ def test_any_two_trees(tcc_run, stacks, tmp_path):
     shutil.copytree(left, right, symlinks=True)
     header = right / "lib/tcc/include/stddef.h"
     header.write_text(header.read_text().replace("size_t", "SIZE_T", 1))
-    run = invoke(["diff-stages", "--left", str(left), "--right", str(right), "--json"],
-                 tcc_run[0], stacks)
+    run = invoke(
+        ["diff-stages", "--left", str(left), "--right", str(right), "--json"], tcc_run[0], stacks
+    )
     assert run.code == 1, run.output
     (changed,) = [f for f in run.json["files"] if f["status"] != "identical"]
     assert changed["path"] == "lib/tcc/include/stddef.h" and changed["kind"] == "text"
     assert changed["first_difference"] > 0 and any("SIZE_T" in x for x in changed["excerpt"])
     # A stage entry given as a directory uses its manifest (fast path).
-    same = invoke(["diff-stages", "--left", str(stage3), "--right",
-                   str((tcc_run[0] / "stages/tcc/stage2").resolve()), "--json"], tcc_run[0],
-                  stacks)
+    same = invoke(
+        [
+            "diff-stages",
+            "--left",
+            str(stage3),
+            "--right",
+            str((tcc_run[0] / "stages/tcc/stage2").resolve()),
+            "--json",
+        ],
+        tcc_run[0],
+        stacks,
+    )
     assert same.code == 0 and same.json["from_manifests"] is True
 
 

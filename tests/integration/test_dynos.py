@@ -21,8 +21,10 @@ GRACE = "2"
 def plat(tcc_slug, stacks, tmp_path_factory):
     """The tcc slug released as app 'dynos' on a platform of this module's own."""
     ws, _ = tcc_slug
-    env = {"INVOKE_SELFHOST_PLATFORM_DIR": str(tmp_path_factory.mktemp("plat") / "platform"),
-           "INVOKE_SELFHOST_DYNO_GRACE_SECONDS": GRACE}
+    env = {
+        "INVOKE_SELFHOST_PLATFORM_DIR": str(tmp_path_factory.mktemp("plat") / "platform"),
+        "INVOKE_SELFHOST_DYNO_GRACE_SECONDS": GRACE,
+    }
     released = invoke(["release", "--app", "dynos"], ws, stacks, **env)
     assert released.code == 0, released.output
 
@@ -41,9 +43,16 @@ def client_of(plat) -> PlatformClient:
     return PlatformClient(info["url"], (root / "token").read_text().strip())
 
 
-@pytest.mark.parametrize(("script", "code"), [
-    ("exit 0", 0), ("exit 1", 1), ("exit 42", 42), ("kill -9 $$", 137), ("kill -TERM $$", 143),
-])
+@pytest.mark.parametrize(
+    ("script", "code"),
+    [
+        ("exit 0", 0),
+        ("exit 1", 1),
+        ("exit 42", 42),
+        ("kill -9 $$", 137),
+        ("kill -TERM $$", 143),
+    ],
+)
 def test_exit_codes_are_faithful(plat, script, code):
     run = plat("run", "--app", "dynos", "--", "sh", "-c", script)
     assert run.code == code, run.output
@@ -51,9 +60,21 @@ def test_exit_codes_are_faithful(plat, script, code):
 
 def test_environment_config_and_quoting(plat):
     assert plat("config", "--app", "dynos", "GREETING=hello world", "MODE=x").code == 0
-    run = plat("run", "--app", "dynos", "--env", "EXTRA=1", "--", "sh", "-c",
-               'echo "$DYNO|$HOME|$GREETING|$MODE|$EXTRA|${PORT-none}|$SELFHOST_PREFIX"; '
-               'printf "%s|" "$@"', "x", "two words", "it's")
+    run = plat(
+        "run",
+        "--app",
+        "dynos",
+        "--env",
+        "EXTRA=1",
+        "--",
+        "sh",
+        "-c",
+        'echo "$DYNO|$HOME|$GREETING|$MODE|$EXTRA|${PORT-none}|$SELFHOST_PREFIX"; '
+        'printf "%s|" "$@"',
+        "x",
+        "two words",
+        "it's",
+    )
     assert run.code == 0, run.output
     first, second = run.stdout.splitlines()[:2]
     name, home, greeting, mode, extra, port, prefix = first.split("|")
@@ -72,8 +93,15 @@ def test_a_single_argument_is_a_shell_line(plat):
 
 
 def test_the_slug_is_fresh_and_writable_each_time(plat):
-    first = plat("run", "--app", "dynos", "--", "sh", "-c",
-                 "test ! -e /app/scratch && echo x > /app/scratch && cat /app/scratch")
+    first = plat(
+        "run",
+        "--app",
+        "dynos",
+        "--",
+        "sh",
+        "-c",
+        "test ! -e /app/scratch && echo x > /app/scratch && cat /app/scratch",
+    )
     second = plat("run", "--app", "dynos", "--", "sh", "-c", "test ! -e /app/scratch")
     assert first.code == 0 and first.stdout.strip() == "x" and second.code == 0
 
@@ -87,18 +115,45 @@ def test_ttl_stops_the_dyno(plat):
 
 
 def test_memory_limit_is_enforced(plat):
-    run = plat("run", "--app", "dynos", "--size", "basic", "--", "sh", "-c",
-               "head -c 900M /dev/zero | tail > /dev/null")
+    run = plat(
+        "run",
+        "--app",
+        "dynos",
+        "--size",
+        "basic",
+        "--",
+        "sh",
+        "-c",
+        "head -c 900M /dev/zero | tail > /dev/null",
+    )
     assert run.code == 137, run.output
     assert "memory quota exceeded: the basic size allows 512 MB (R15)" in run.stderr
-    fits = plat("run", "--app", "dynos", "--size", "standard-2x", "--", "sh", "-c",
-                "head -c 700M /dev/zero | tail > /dev/null")
+    fits = plat(
+        "run",
+        "--app",
+        "dynos",
+        "--size",
+        "standard-2x",
+        "--",
+        "sh",
+        "-c",
+        "head -c 700M /dev/zero | tail > /dev/null",
+    )
     assert fits.code == 0, "1 GB is enough for 700 MB"
 
 
 def test_cpu_limit_is_enforced(plat):
-    run = plat("run", "--app", "dynos", "--size", "basic", "--", "sh", "-c",
-               "end=$(($(date +%s) + 2)); while [ $(date +%s) -lt $end ]; do :; done")
+    run = plat(
+        "run",
+        "--app",
+        "dynos",
+        "--size",
+        "basic",
+        "--",
+        "sh",
+        "-c",
+        "end=$(($(date +%s) + 2)); while [ $(date +%s) -lt $end ]; do :; done",
+    )
     assert run.code == 0
     dynos = json.loads(plat("ps", "--app", "dynos", "--json").stdout)
     last = max((d for d in dynos if d["type"] == "run"), key=lambda d: d["created_at"])
@@ -106,8 +161,12 @@ def test_cpu_limit_is_enforced(plat):
 
 
 def test_ctrl_c_stops_the_dyno(plat, stacks):
-    proc = start_invoke(["run", "--app", "dynos", "--", "sh", "-c", "echo ready; sleep 60"],
-                        plat.ws, stacks, **plat.env)
+    proc = start_invoke(
+        ["run", "--app", "dynos", "--", "sh", "-c", "echo ready; sleep 60"],
+        plat.ws,
+        stacks,
+        **plat.env,
+    )
     assert proc.stdout.readline().strip() == "ready"
     os.killpg(proc.pid, signal.SIGINT)
     proc.wait(timeout=30)
@@ -124,8 +183,9 @@ def test_ctrl_c_stops_the_dyno(plat, stacks):
 
 def test_detached_output_goes_to_the_log(plat):
     started = time.monotonic()
-    run = plat("run", "--app", "dynos", "--detached", "--", "sh", "-c",
-               "sleep 1; echo detached-marker")
+    run = plat(
+        "run", "--app", "dynos", "--detached", "--", "sh", "-c", "sleep 1; echo detached-marker"
+    )
     assert run.code == 0 and time.monotonic() - started < 10
     name = run.stderr.split("up, ")[1].split()[0]
     deadline = time.monotonic() + 20
@@ -152,23 +212,46 @@ def test_bad_input(plat):
 
 @pytest.mark.docker
 def test_docker_engine_dyno(plat):
-    run = plat("run", "--app", "dynos", "--engine", "docker", "--", "sh", "-c",
-               'echo "$DYNO on docker"; exit 42')
+    run = plat(
+        "run",
+        "--app",
+        "dynos",
+        "--engine",
+        "docker",
+        "--",
+        "sh",
+        "-c",
+        'echo "$DYNO on docker"; exit 42',
+    )
     assert run.code == 42, run.output
     assert "on docker" in run.stdout
-    oom = plat("run", "--app", "dynos", "--engine", "docker", "--size", "basic", "--", "sh",
-               "-c", "head -c 900M /dev/zero | tail > /dev/null")
+    oom = plat(
+        "run",
+        "--app",
+        "dynos",
+        "--engine",
+        "docker",
+        "--size",
+        "basic",
+        "--",
+        "sh",
+        "-c",
+        "head -c 900M /dev/zero | tail > /dev/null",
+    )
     assert oom.code == 137, oom.output
     assert "memory quota exceeded" in oom.stderr, "the container's memory limit is enforced"
 
 
 def test_logs_tail_follows_new_output(plat, stacks):
-    follower = start_invoke(["logs", "--app", "dynos", "--tail", "--num", "0"], plat.ws, stacks,
-                            **plat.env)
+    follower = start_invoke(
+        ["logs", "--app", "dynos", "--tail", "--num", "0"], plat.ws, stacks, **plat.env
+    )
     try:
         time.sleep(1.0)
-        assert plat("run", "--app", "dynos", "--detached", "--", "sh", "-c",
-                    "echo tail-marker").code == 0
+        assert (
+            plat("run", "--app", "dynos", "--detached", "--", "sh", "-c", "echo tail-marker").code
+            == 0
+        )
         deadline = time.monotonic() + 20
         seen = ""
         while "tail-marker" not in seen and time.monotonic() < deadline:
@@ -183,18 +266,24 @@ def test_a_full_bootstrap_runs_in_a_one_off_dyno(plat):
     run = plat("run", "--app", "dynos", "--", "bin/rebuild", timeout=900)
     assert run.code == 0, run.output[-3000:]
     assert "==> stage3 build" in run.stdout
-    assert "identical: stage3 rebuilt in this dyno equals the slug's tcc, byte for byte" \
-        in run.stdout
+    assert (
+        "identical: stage3 rebuilt in this dyno equals the slug's tcc, byte for byte" in run.stdout
+    )
 
 
 # ------------------------------------------------------------------------- formation
 
-WORKER = ("""worker: sh -c 'trap "echo graceful $DYNO; exit 0" TERM; """
-          """echo started $DYNO; while true; do sleep 0.2; done'\n""")
-PROCFILE = WORKER + """\
+WORKER = (
+    """worker: sh -c 'trap "echo graceful $DYNO; exit 0" TERM; """
+    """echo started $DYNO; while true; do sleep 0.2; done'\n"""
+)
+PROCFILE = (
+    WORKER
+    + """\
 crasher: sh -c 'echo crashing $DYNO; exit 3'
 web: sh -c 'echo web $DYNO port=$PORT; while true; do sleep 0.2; done'
 """
+)
 
 
 def wait_for(fn, timeout: float = 30.0, interval: float = 0.2):
@@ -215,12 +304,21 @@ def test_formation_scale_crash_restart_and_web_port(plat, tmp_path):
     client.create_app("formation", "bookworm")
     contents = SlugContents()
     contents.add_file("Procfile", data=PROCFILE.encode())
-    info = pack(contents, tmp_path / "f.tgz", mtime=0,
-                process_types={"worker": "w", "crasher": "c", "web": "x"})
+    info = pack(
+        contents,
+        tmp_path / "f.tgz",
+        mtime=0,
+        process_types={"worker": "w", "crasher": "c", "web": "x"},
+    )
     from selfhost.platform.slug import parse_procfile
 
-    client.release_slug("formation", info.path, checksum=info.checksum, size=info.size,
-                        process_types=parse_procfile(PROCFILE))
+    client.release_slug(
+        "formation",
+        info.path,
+        checksum=info.checksum,
+        size=info.size,
+        process_types=parse_procfile(PROCFILE),
+    )
     # web starts at 1 (Heroku's default) and gets a PORT
     assert wait_for(lambda: live(client, "formation", "web"))
     scaled = plat("scale", "--app", "formation", "worker=3", "crasher=1")
@@ -242,18 +340,28 @@ def test_formation_scale_crash_restart_and_web_port(plat, tmp_path):
     port_line = next(line for line in text.splitlines() if "app[web.1]: web web.1 port=" in line)
     assert int(port_line.rsplit("=", 1)[1]) > 0
     # the crasher is restarted, with backoff
-    assert wait_for(lambda: any(d["restarts"] >= 2 for d in client.dynos("formation")
-                                if d["type"] == "crasher"), timeout=30)
+    assert wait_for(
+        lambda: any(
+            d["restarts"] >= 2 for d in client.dynos("formation") if d["type"] == "crasher"
+        ),
+        timeout=30,
+    )
     starts = [line for line in logs().splitlines() if "app[crasher.1]: crashing" in line]
     assert 3 <= len(starts) <= 8, f"backoff: {len(starts)} starts"
     ps = plat("ps", "--app", "formation")
     assert ps.code == 0 and "crasher.1" in ps.stdout and "worker.1" in ps.stdout
     # a new release replaces the running dynos
     before = live(client, "formation", "worker")[0]["release"]["version"]
-    client.release_slug("formation", info.path, checksum=info.checksum, size=info.size,
-                        process_types=parse_procfile(PROCFILE))
-    assert wait_for(lambda: any(d["release"]["version"] > before
-                                for d in live(client, "formation", "worker")))
+    client.release_slug(
+        "formation",
+        info.path,
+        checksum=info.checksum,
+        size=info.size,
+        process_types=parse_procfile(PROCFILE),
+    )
+    assert wait_for(
+        lambda: any(d["release"]["version"] > before for d in live(client, "formation", "worker"))
+    )
     plat("scale", "--app", "formation", "worker=0", "crasher=0", "web=0")
     assert wait_for(lambda: not any(d["state"] == "up" for d in client.dynos("formation")))
 
@@ -282,12 +390,14 @@ def test_kill_9_of_the_daemon_leaves_no_dyno_or_mount_behind(plat):
     dynos_dir = str(root / "dynos")
 
     def mounts() -> list[str]:
-        return [line for line in Path("/proc/self/mounts").read_text().splitlines()
-                if dynos_dir in line]
+        return [
+            line for line in Path("/proc/self/mounts").read_text().splitlines() if dynos_dir in line
+        ]
 
     assert wait_for(mounts), "the dyno's /app is an overlay mount"
     pid = json.loads((root / "daemon.json").read_text())["pid"]
     os.kill(pid, signal.SIGKILL)
+
     def sleeping() -> bool:
         for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
             try:

@@ -72,22 +72,25 @@ def test_fail_policy_exits_10_and_names_the_differences(toy, tmp_path, stacks):
 
 
 def test_warn_policy_exits_0_with_a_warning(toy, tmp_path, stacks):
-    run = invoke(["bootstrap", "--compiler", str(toy("warn", 2)), "--json"], tmp_path / "ws",
-                 stacks)
+    run = invoke(
+        ["bootstrap", "--compiler", str(toy("warn", 2)), "--json"], tmp_path / "ws", stacks
+    )
     assert run.code == 0, run.output
     assert run.json["fixpoint"] is False and run.json["differences"] == ["bin/gen"]
 
 
 def test_iterate_policy_builds_until_two_stages_agree(toy, tmp_path, stacks):
-    run = invoke(["bootstrap", "--compiler", str(toy("iterate", 2)), "--json"], tmp_path / "ws",
-                 stacks)
+    run = invoke(
+        ["bootstrap", "--compiler", str(toy("iterate", 2)), "--json"], tmp_path / "ws", stacks
+    )
     assert run.code == 0, run.output
     result = run.json
     assert [s["stage"] for s in result["stages"]] == [1, 2, 3, 4]
     assert result["fixpoint"] is True and result["compared"] == [3, 4]
     # A fifth stage would be built by a tree identical to stage4's builder: same key.
-    five = invoke(["bootstrap", "--compiler", str(toy("iterate", 5)), "--json"],
-                  tmp_path / "ws", stacks)
+    five = invoke(
+        ["bootstrap", "--compiler", str(toy("iterate", 5)), "--json"], tmp_path / "ws", stacks
+    )
     assert five.code == 0, five.output
     keys = [s["input_hash"] for s in five.json["stages"]]
     assert keys[4] == keys[3] and five.json["stages"][4]["cached"]

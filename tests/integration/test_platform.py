@@ -48,15 +48,20 @@ def test_slug_contents_and_json(tcc_slug):
     assert all(n == "./app" or n.startswith("./app/") for n in names)
     assert "./app/vendor/tcc/bin/tcc" in names and "./app/Procfile" in names
     # what the compile worker runs on the stack's Python, and the recipe it rebuilds with
-    for vendored in ("selfhost/platform/worker.py", "huey/consumer.py", "redis/client.py",
-                     "requests/api.py"):
+    for vendored in (
+        "selfhost/platform/worker.py",
+        "huey/consumer.py",
+        "redis/client.py",
+        "requests/api.py",
+    ):
         assert f"./app/vendor/python/{vendored}" in names, vendored
     assert not any(n.endswith((".so", ".pyc")) for n in names if "/vendor/python/" in n)
     assert "./app/vendor/recipes/tcc.toml" in names
     assert "./app/README.md" not in names, ".slugignore is honoured"
     assert meta["prefix"] == "/app/vendor/tcc" and meta["fixpoint"] is True
-    assert any(lint["kind"] == "build-path" and "bcheck.o" in lint["path"]
-               for lint in result["lints"]), "tcc's bcheck.o really embeds /build/src"
+    assert any(
+        lint["kind"] == "build-path" and "bcheck.o" in lint["path"] for lint in result["lints"]
+    ), "tcc's bcheck.o really embeds /build/src"
 
 
 def test_slug_is_reproducible_from_another_workspace(tcc_slug, workspace, stacks):
@@ -88,12 +93,19 @@ def test_the_slug_compiler_works_from_app_in_a_sandbox(tcc_slug, stacks, tmp_pat
     stack = StackStore(stacks, lambda: "").load_digest(digest)
     assert stack is not None
     (unpacked / "app" / "h.c").write_text(
-        '#include <stdio.h>\nint main(void) { printf("hello from %s\\n", "/app"); return 0; }\n')
-    script = ("/app/vendor/tcc/bin/tcc /app/h.c -o /tmp/h && /tmp/h && "
-              ". /app/.profile.d/selfhost.sh && bin/compile -run /app/h.c")
-    sandbox = Sandbox(stack=stack, argv=("/bin/sh", "-ec", script),
-                      env=(("PATH", "/usr/bin:/bin"), ("HOME", "/app")),
-                      mounts=(Mount(unpacked / "app", "/app", writable=True),), workdir="/app")
+        '#include <stdio.h>\nint main(void) { printf("hello from %s\\n", "/app"); return 0; }\n'
+    )
+    script = (
+        "/app/vendor/tcc/bin/tcc /app/h.c -o /tmp/h && /tmp/h && "
+        ". /app/.profile.d/selfhost.sh && bin/compile -run /app/h.c"
+    )
+    sandbox = Sandbox(
+        stack=stack,
+        argv=("/bin/sh", "-ec", script),
+        env=(("PATH", "/usr/bin:/bin"), ("HOME", "/app")),
+        mounts=(Mount(unpacked / "app", "/app", writable=True),),
+        workdir="/app",
+    )
     out = tmp_path / "out.log"
     with open(out, "wb") as log:
         res = BwrapEngine().run(sandbox, log)
@@ -129,12 +141,10 @@ def test_release_create_release_again_and_roll_back(tcc_slug, stacks, platform):
     invoke(["platform.down"], ws, stacks, **env)
 
 
-def test_release_to_a_remote_api_needs_the_app_and_its_token(tcc_slug, stacks, platform,
-                                                            tmp_path):
+def test_release_to_a_remote_api_needs_the_app_and_its_token(tcc_slug, stacks, platform, tmp_path):
     ws, _ = tcc_slug
     remote_dir = tmp_path / "remote"
-    up = invoke(["platform.up"], platform, stacks,
-                INVOKE_SELFHOST_PLATFORM_DIR=str(remote_dir))
+    up = invoke(["platform.up"], platform, stacks, INVOKE_SELFHOST_PLATFORM_DIR=str(remote_dir))
     assert up.code == 0, up.output
     url = json.loads((remote_dir / "daemon.json").read_text())["url"]
     token = (remote_dir / "token").read_text().strip()
@@ -154,11 +164,17 @@ def integrity(db_path: Path) -> None:
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert db.execute("PRAGMA foreign_key_check").fetchall() == []
     for (app_id,) in db.execute("SELECT id FROM apps"):
-        versions = [v for (v,) in db.execute(
-            "SELECT version FROM releases WHERE app_id = ? ORDER BY version", (app_id,))]
+        versions = [
+            v
+            for (v,) in db.execute(
+                "SELECT version FROM releases WHERE app_id = ? ORDER BY version", (app_id,)
+            )
+        ]
         assert versions == list(range(1, len(versions) + 1)), "versions stay contiguous"
-    orphans = db.execute("SELECT COUNT(*) FROM releases r JOIN slugs s ON s.id = r.slug_id "
-                         "WHERE s.blob_sha256 IS NULL").fetchone()[0]
+    orphans = db.execute(
+        "SELECT COUNT(*) FROM releases r JOIN slugs s ON s.id = r.slug_id "
+        "WHERE s.blob_sha256 IS NULL"
+    ).fetchone()[0]
     assert orphans == 0, "no release points at a slug without a verified blob"
 
 
@@ -172,8 +188,10 @@ def test_kill_9_during_an_upload_leaves_the_state_consistent(platform, stacks, t
     hostport, _, rest = url.partition("/")
     host, port = hostport.split(":")
     sock = socket.create_connection((host, int(port)))
-    sock.sendall(f"PUT /{rest} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: {size}\r\n\r\n"
-                 .encode() + path.read_bytes()[: size // 2])
+    sock.sendall(
+        f"PUT /{rest} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: {size}\r\n\r\n".encode()
+        + path.read_bytes()[: size // 2]
+    )
     tmp_dir = platform / "platform" / "blobs" / "tmp"
     deadline = time.monotonic() + 10
     while not list(tmp_dir.iterdir()) and time.monotonic() < deadline:
@@ -197,8 +215,9 @@ def test_kill_9_during_releases_leaves_the_state_consistent(platform, stacks, tm
     client = local_client(platform)
     client.create_app("burst")
     path, checksum, size = make_slug(tmp_path)
-    result = client.release_slug("burst", path, checksum=checksum, size=size,
-                                 process_types={"worker": "w"})
+    result = client.release_slug(
+        "burst", path, checksum=checksum, size=size, process_types={"worker": "w"}
+    )
     done = []
 
     def hammer() -> None:

@@ -57,8 +57,12 @@ install = "mkdir -p $DESTDIR$PREFIX/bin && cp prog $DESTDIR$PREFIX/bin/"
 """)
     ws = tmp_path / "ws"
     on_trixie = {"INVOKE_SELFHOST_SUITE": "trixie"}
-    cross = invoke(["slug", "--compiler", str(recipe), "--stack", "bookworm", "--json"], ws,
-                   stacks, **on_trixie)
+    cross = invoke(
+        ["slug", "--compiler", str(recipe), "--stack", "bookworm", "--json"],
+        ws,
+        stacks,
+        **on_trixie,
+    )
     assert cross.code == 0, cross.output
     glibc = [x for x in cross.json["lints"] if x["kind"] == "glibc"]
     assert glibc, cross.json["lints"]
@@ -68,6 +72,10 @@ install = "mkdir -p $DESTDIR$PREFIX/bin && cp prog $DESTDIR$PREFIX/bin/"
     same = invoke(["slug", "--compiler", str(recipe), "--json"], ws, stacks, **on_trixie)
     assert same.code == 0
     assert not [x for x in same.json["lints"] if x["kind"] == "glibc"], "fine on trixie itself"
-    strict = invoke(["slug", "--compiler", str(recipe), "--stack", "bookworm", "--strict"], ws,
-                    stacks, **on_trixie)
+    strict = invoke(
+        ["slug", "--compiler", str(recipe), "--stack", "bookworm", "--strict"],
+        ws,
+        stacks,
+        **on_trixie,
+    )
     assert strict.code == 12 and "GLIBC_2.38" in strict.stderr

@@ -37,9 +37,23 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
         pytest.fail("the worker tests need redis-server: run ./setup --dev")
     port = _free_port()
     data = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(data)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     import redis
 
     client = redis.Redis(port=port)
@@ -63,8 +77,10 @@ def plat(tcc_slug, stacks, tmp_path_factory, redis_url) -> Iterator[Callable[...
     """One platform; the tcc slug released as 'jobs-sqlite' (the embedded queue) and
     'jobs-redis' (SELFHOST_QUEUE_URL on the test's redis-server), 3 workers each."""
     ws, _ = tcc_slug
-    env = {"INVOKE_SELFHOST_PLATFORM_DIR": str(tmp_path_factory.mktemp("plat") / "platform"),
-           "INVOKE_SELFHOST_DYNO_GRACE_SECONDS": GRACE}
+    env = {
+        "INVOKE_SELFHOST_PLATFORM_DIR": str(tmp_path_factory.mktemp("plat") / "platform"),
+        "INVOKE_SELFHOST_DYNO_GRACE_SECONDS": GRACE,
+    }
 
     def cli(*args: str, timeout: float = 900) -> Run:
         return invoke(list(args), ws, stacks, timeout=timeout, **env)
@@ -79,8 +95,13 @@ def plat(tcc_slug, stacks, tmp_path_factory, redis_url) -> Iterator[Callable[...
     cli.ws = ws  # type: ignore[attr-defined]
     client = client_of(cli)
     for app in ("jobs-sqlite", "jobs-redis"):
-        wait_for(lambda app=app: sum(d["type"] == "worker" and d["state"] == "up"
-                                     for d in client.dynos(app)) == 3, 120, f"{app} workers")
+        wait_for(
+            lambda app=app: (
+                sum(d["type"] == "worker" and d["state"] == "up" for d in client.dynos(app)) == 3
+            ),
+            120,
+            f"{app} workers",
+        )
     yield cli
     cli("platform.down")
 
@@ -120,8 +141,10 @@ def app_dir(tmp_path: Path, make_body: str, name: str = "app") -> Path:
     """A C app with a Procfile whose Makefile runs ``make_body`` before compiling."""
     d = tmp_path / name
     d.mkdir()
-    (d / "hello.c").write_text('#include <stdio.h>\nint main(void) { puts("hello from a '
-                               'platform-compiled app"); return 0; }\n')
+    (d / "hello.c").write_text(
+        '#include <stdio.h>\nint main(void) { puts("hello from a '
+        'platform-compiled app"); return 0; }\n'
+    )
     (d / "Makefile").write_text(f"hello: hello.c\n\t{make_body}\n\t$(CC) -o hello hello.c\n")
     (d / "Procfile").write_text("hello: ./hello\n")
     return d
@@ -150,24 +173,35 @@ def worker_pid(dyno_id: str) -> int:
             environ = (entry / "environ").read_bytes()
         except OSError:
             continue
-        if b"selfhost.platform.worker" in cmdline and \
-                f"SELFHOST_DYNO_ID={dyno_id}".encode() in environ.split(b"\0"):
+        if (
+            b"selfhost.platform.worker" in cmdline
+            and f"SELFHOST_DYNO_ID={dyno_id}".encode() in environ.split(b"\0")
+        ):
             return int(entry.name)
     raise AssertionError(f"no worker process for dyno {dyno_id}")
 
 
-def finished(client: PlatformClient, app: str, job_id: int, timeout: float = 180,
-             log: int = 200) -> dict[str, Any]:
+def finished(
+    client: PlatformClient, app: str, job_id: int, timeout: float = 180, log: int = 200
+) -> dict[str, Any]:
     """The job once it has ended (any final state), with its last log lines."""
-    return wait_for(lambda: (lambda j: j if j["state"] in ("succeeded", "failed", "cancelled")
-                             else None)(client.job(app, job_id, log=log)),
-                    timeout, f"job {job_id} to end")
+    return wait_for(
+        lambda: (lambda j: j if j["state"] in ("succeeded", "failed", "cancelled") else None)(
+            client.job(app, job_id, log=log)
+        ),
+        timeout,
+        f"job {job_id} to end",
+    )
 
 
 def running_on(client: PlatformClient, app: str, job_id: int, progress: str) -> dict[str, Any]:
-    return wait_for(lambda: (lambda j: j if j["state"] == "running" and progress in
-                             (j["progress"] or "") else None)(client.job(app, job_id)),
-                    120, f"job {job_id} running {progress}")
+    return wait_for(
+        lambda: (
+            lambda j: j if j["state"] == "running" and progress in (j["progress"] or "") else None
+        )(client.job(app, job_id)),
+        120,
+        f"job {job_id} running {progress}",
+    )
 
 
 @pytest.mark.parametrize("app", ["jobs-redis", "jobs-sqlite"])
@@ -183,8 +217,16 @@ def test_self_rebuild_equals_stage3(plat, app):
 
 def test_bootstrap_fans_out_into_cached_stage_jobs(plat):
     client = client_of(plat)
-    run = plat("jobs.submit", "--app", "jobs-sqlite", "--kind", "bootstrap", "--no-test",
-               "--wait", "--json")
+    run = plat(
+        "jobs.submit",
+        "--app",
+        "jobs-sqlite",
+        "--kind",
+        "bootstrap",
+        "--no-test",
+        "--wait",
+        "--json",
+    )
     assert run.code == 0, run.output
     boot = run.json
     assert boot["result"]["fixpoint"] is True and boot["result"]["identical"] is True
@@ -195,8 +237,17 @@ def test_bootstrap_fans_out_into_cached_stage_jobs(plat):
     # A stage job with stage2's inputs (built by stage1) is a cache hit: content-addressed.
     listing = plat("jobs.list", "--app", "jobs-sqlite")
     assert f"← {boot['id']}" in listing.stdout and "→ " in listing.stdout, listing.output
-    again = submit(plat, "jobs-sqlite", "--kind", "stage", "--stage", "2", "--builder",
-                   children[0]["result"]["input_hash"], "--no-test")
+    again = submit(
+        plat,
+        "jobs-sqlite",
+        "--kind",
+        "stage",
+        "--stage",
+        "2",
+        "--builder",
+        children[0]["result"]["input_hash"],
+        "--no-test",
+    )
     done = finished(client, "jobs-sqlite", again["id"])
     assert done["state"] == "succeeded", done
     assert done["result"]["cache"] == "hit"
@@ -211,18 +262,17 @@ def test_duplicate_submissions_run_once(plat, tmp_path):
     second = submit(plat, "jobs-redis", *args)
     assert second["id"] == first["id"] and second["duplicate"] is True
     client = client_of(plat)
-    wait_for(lambda: client.job("jobs-redis", first["id"])["state"] == "succeeded", 120,
-             "the job")
+    wait_for(lambda: client.job("jobs-redis", first["id"])["state"] == "succeeded", 120, "the job")
     assert [r["version"] for r in client.releases("dup-target")] == [1]
 
 
-def compiling(plat: Any, app: str, tmp_path: Path, target: str
-              ) -> tuple[PlatformClient, dict[str, Any], dict[str, Any]]:
+def compiling(
+    plat: Any, app: str, tmp_path: Path, target: str
+) -> tuple[PlatformClient, dict[str, Any], dict[str, Any]]:
     """An app-compile job whose make takes 4 s, once a worker is running it."""
     client = client_of(plat)
     source = app_dir(tmp_path, "sleep 4")
-    job = submit(plat, app, "--kind", "app-compile", "--source", str(source),
-                 "--target", target)
+    job = submit(plat, app, "--kind", "app-compile", "--source", str(source), "--target", target)
     return client, job, running_on(client, app, job["id"], "make")
 
 
@@ -232,8 +282,9 @@ def test_worker_killed_mid_job_the_job_completes_once(plat, tmp_path):
     done = finished(client, "jobs-redis", job["id"])
     assert done["state"] == "succeeded", done
     assert done["attempt"] == 2
-    assert any("exited" in line and "queued again as attempt 2" in line
-               for line in done["log"]), done["log"]
+    assert any("exited" in line and "queued again as attempt 2" in line for line in done["log"]), (
+        done["log"]
+    )
     assert [r["version"] for r in client.releases("kill-target")] == [1]  # exactly once
     run = plat("run", "--app", "kill-target", "--", "./hello")
     assert "hello from a platform-compiled app" in run.stdout, run.output
@@ -255,53 +306,119 @@ def test_sigterm_hands_the_job_back(plat, tmp_path):
 def test_cancel_kills_the_process_group(plat, tmp_path):
     client = client_of(plat)
     source = app_dir(tmp_path, "sleep 3142 & sleep 3141")
-    job = submit(plat, "jobs-redis", "--kind", "app-compile", "--source", str(source),
-                 "--target", "cancel-target")
+    job = submit(
+        plat,
+        "jobs-redis",
+        "--kind",
+        "app-compile",
+        "--source",
+        str(source),
+        "--target",
+        "cancel-target",
+    )
     running_on(client, "jobs-redis", job["id"], "make")
     wait_for(lambda: sandbox_pids("sleep\x003142"), 30, "the background sleep")
     cancelled = plat("jobs.cancel", "--app", "jobs-redis", str(job["id"]))
     assert cancelled.code == 0, cancelled.output
-    done = wait_for(lambda: (lambda j: j if j["state"] != "running" else None)(
-        client.job("jobs-redis", job["id"])), 30, "the cancel")
+    done = wait_for(
+        lambda: (lambda j: j if j["state"] != "running" else None)(
+            client.job("jobs-redis", job["id"])
+        ),
+        30,
+        "the cancel",
+    )
     assert done["state"] == "cancelled"
-    wait_for(lambda: not sandbox_pids("sleep\x003141") and not sandbox_pids("sleep\x003142"),
-             10, "the job's processes to be gone")
-    failed = plat("jobs.submit", "--app", "jobs-redis", "--kind", "app-compile", "--source",
-                  str(source), "--target", "cancel-target", "--timeout", "1", "--wait")
+    wait_for(
+        lambda: not sandbox_pids("sleep\x003141") and not sandbox_pids("sleep\x003142"),
+        10,
+        "the job's processes to be gone",
+    )
+    failed = plat(
+        "jobs.submit",
+        "--app",
+        "jobs-redis",
+        "--kind",
+        "app-compile",
+        "--source",
+        str(source),
+        "--target",
+        "cancel-target",
+        "--timeout",
+        "1",
+        "--wait",
+    )
     assert failed.code == 13, failed.output  # --wait exits non-zero unless it succeeded
 
 
 def test_timeout_kills_the_process_group(plat, tmp_path):
     client = client_of(plat)
     source = app_dir(tmp_path, "sleep 3144 & sleep 3143")
-    run = plat("jobs.submit", "--app", "jobs-sqlite", "--kind", "app-compile", "--source",
-               str(source), "--target", "timeout-target", "--timeout", "3", "--wait", "--json")
+    run = plat(
+        "jobs.submit",
+        "--app",
+        "jobs-sqlite",
+        "--kind",
+        "app-compile",
+        "--source",
+        str(source),
+        "--target",
+        "timeout-target",
+        "--timeout",
+        "3",
+        "--wait",
+        "--json",
+    )
     assert run.code == 13, run.output
     assert run.json["state"] == "failed" and "timed out after 3s" in run.json["error"]
-    wait_for(lambda: not sandbox_pids("sleep\x003143") and not sandbox_pids("sleep\x003144"),
-             10, "the job's processes to be gone")
+    wait_for(
+        lambda: not sandbox_pids("sleep\x003143") and not sandbox_pids("sleep\x003144"),
+        10,
+        "the job's processes to be gone",
+    )
     assert client.job("jobs-sqlite", run.json["id"])["attempt"] == 1
 
 
 def test_distcc_stage_build_on_two_daemons(plat):
     client = client_of(plat)
-    assert plat("config", "--app", "jobs-sqlite",
-                "DISTCC_LISTEN_ADDRESSES=127.0.0.2,127.0.0.3").code == 0
+    assert (
+        plat("config", "--app", "jobs-sqlite", "DISTCC_LISTEN_ADDRESSES=127.0.0.2,127.0.0.3").code
+        == 0
+    )
     assert plat("scale", "--app", "jobs-sqlite", "distccd=2:standard-2x").code == 0
-    wait_for(lambda: sum(d["type"] == "distccd" and d["state"] == "up"
-                         for d in client.dynos("jobs-sqlite")) == 2, 60, "distccd dynos")
-    listening = {d["listen"] for d in client.dynos("jobs-sqlite")
-                 if d["type"] == "distccd" and d["state"] == "up"}
+    wait_for(
+        lambda: (
+            sum(d["type"] == "distccd" and d["state"] == "up" for d in client.dynos("jobs-sqlite"))
+            == 2
+        ),
+        60,
+        "distccd dynos",
+    )
+    listening = {
+        d["listen"]
+        for d in client.dynos("jobs-sqlite")
+        if d["type"] == "distccd" and d["state"] == "up"
+    }
     assert listening == {"127.0.0.2", "127.0.0.3"}
-    run = plat("jobs.submit", "--app", "jobs-sqlite", "--kind", "stage", "--stage", "1",
-               "--no-test", "--distcc", "--wait", "--json")
+    run = plat(
+        "jobs.submit",
+        "--app",
+        "jobs-sqlite",
+        "--kind",
+        "stage",
+        "--stage",
+        "1",
+        "--no-test",
+        "--distcc",
+        "--wait",
+        "--json",
+    )
     assert run.code == 0, run.output
     assert run.json["result"]["cache"] == "miss"
-    log = (Path(plat.env["INVOKE_SELFHOST_PLATFORM_DIR"]) / "logs" / "jobs-sqlite.log"
-           ).read_text()
+    log = (Path(plat.env["INVOKE_SELFHOST_PLATFORM_DIR"]) / "logs" / "jobs-sqlite.log").read_text()
     for dyno in ("distccd.1", "distccd.2"):
-        compiled = [line for line in log.splitlines()
-                    if f"app[{dyno}]" in line and "COMPILE_OK" in line]
+        compiled = [
+            line for line in log.splitlines() if f"app[{dyno}]" in line and "COMPILE_OK" in line
+        ]
         assert compiled, f"{dyno} served no compile"
     job_log = client.job("jobs-sqlite", run.json["id"], log=500)["log"]
     assert any("distcc: gcc compiles go to 127.0.0.2:" in line for line in job_log)
@@ -310,14 +427,33 @@ def test_distcc_stage_build_on_two_daemons(plat):
 def test_bad_job_input(plat):
     wrong = plat("jobs.submit", "--app", "jobs-sqlite", "--kind", "rebuild-everything")
     assert wrong.code == 2 and "expected one of" in wrong.stderr
-    misplaced = plat("jobs.submit", "--app", "jobs-sqlite", "--kind", "self-rebuild",
-                     "--stage", "2")
+    misplaced = plat(
+        "jobs.submit", "--app", "jobs-sqlite", "--kind", "self-rebuild", "--stage", "2"
+    )
     assert misplaced.code == 2 and "does not take --stage" in misplaced.stderr
-    builder = plat("jobs.submit", "--app", "jobs-sqlite", "--kind", "stage", "--stage", "2",
-                   "--builder", "nonsense")
+    builder = plat(
+        "jobs.submit",
+        "--app",
+        "jobs-sqlite",
+        "--kind",
+        "stage",
+        "--stage",
+        "2",
+        "--builder",
+        "nonsense",
+    )
     assert builder.code == 11 and "params.builder" in builder.stderr
-    missing = plat("jobs.submit", "--app", "jobs-sqlite", "--kind", "app-compile",
-                   "--source", "/nonexistent/app", "--target", "x-target")
+    missing = plat(
+        "jobs.submit",
+        "--app",
+        "jobs-sqlite",
+        "--kind",
+        "app-compile",
+        "--source",
+        "/nonexistent/app",
+        "--target",
+        "x-target",
+    )
     assert missing.code == 11 and "params.source" in missing.stderr
     assert "Traceback" not in wrong.output + builder.output + missing.output
     unknown = plat("jobs.show", "--app", "jobs-sqlite", "99999")
@@ -328,10 +464,24 @@ def test_redis_over_a_unix_socket(plat, tmp_path):
     """unix:// queue URLs: the socket's directory is mounted into the worker dynos."""
     sock_dir = tmp_path / "redis"
     sock_dir.mkdir()
-    proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", "0",
-                             "--unixsocket", str(sock_dir / "redis.sock"), "--unixsocketperm",
-                             "700", "--save", "", "--appendonly", "no", "--dir", str(sock_dir)],
-                            stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock_dir / "redis.sock"),
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(sock_dir),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     try:
         wait_for(lambda: (sock_dir / "redis.sock").exists(), 10, "the redis socket")
         assert plat("release", "--app", "jobs-unix").code == 0
@@ -339,8 +489,19 @@ def test_redis_over_a_unix_socket(plat, tmp_path):
         assert plat("config", "--app", "jobs-unix", f"SELFHOST_QUEUE_URL={url}").code == 0
         assert plat("scale", "--app", "jobs-unix", "worker=1").code == 0
         source = app_dir(tmp_path, "true")
-        run = plat("jobs.submit", "--app", "jobs-unix", "--kind", "app-compile", "--source",
-                   str(source), "--target", "unix-target", "--wait", "--json")
+        run = plat(
+            "jobs.submit",
+            "--app",
+            "jobs-unix",
+            "--kind",
+            "app-compile",
+            "--source",
+            str(source),
+            "--target",
+            "unix-target",
+            "--wait",
+            "--json",
+        )
         assert run.code == 0, run.output
         assert run.json["result"]["version"] == 1
         assert plat("scale", "--app", "jobs-unix", "worker=0").code == 0

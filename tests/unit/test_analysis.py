@@ -32,12 +32,17 @@ int main(int argc, char **argv) {
 """
 
 
-def build(directory: Path, *flags: str, stamp: str = '"x"', env: dict | None = None,
-          name: str = "prog") -> bytes:
+def build(
+    directory: Path, *flags: str, stamp: str = '"x"', env: dict | None = None, name: str = "prog"
+) -> bytes:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "prog.c").write_text(SOURCE)
-    subprocess.run(["gcc", *flags, f"-DSTAMP={stamp}", "prog.c", "-o", name], cwd=directory,
-                   check=True, env={**os.environ, **(env or {})})
+    subprocess.run(
+        ["gcc", *flags, f"-DSTAMP={stamp}", "prog.c", "-o", name],
+        cwd=directory,
+        check=True,
+        env={**os.environ, **(env or {})},
+    )
     return (directory / name).read_bytes()
 
 
@@ -53,10 +58,9 @@ def test_debug_info(tmp_path):
 
 
 def test_timestamp(tmp_path):
-    stamp = "__DATE__ \" \" __TIME__"
+    stamp = '__DATE__ " " __TIME__'
     a = build(tmp_path / "a", "-O2", stamp=stamp, env={"SOURCE_DATE_EPOCH": "0"})
-    b = build(tmp_path / "a", "-O2", stamp=stamp, env={"SOURCE_DATE_EPOCH": "1700000000"},
-              name="b")
+    b = build(tmp_path / "a", "-O2", stamp=stamp, env={"SOURCE_DATE_EPOCH": "1700000000"}, name="b")
     result = analyse(a, b)
     assert result.cause is Cause.TIMESTAMP, result.evidence
     assert any("Jan  1 1970" in e for e in result.evidence)

@@ -67,18 +67,30 @@ SLUG = {"subtree": "app", "absolute": AbsoluteLinks.ROOTED, "what": "slug"}
 
 ESCAPES = {
     # a symlink chain: each link looks harmless alone, the chain climbs out of /app
-    "symlink chain": [("app", "dir"), ("app/sub", "dir"), ("app/sub/deep", "dir"),
-                      ("app/sub/deep/a", "sym", "x/../../.."),
-                      ("app/sub/deep/x", "sym", "../.."),
-                      ("app/sub/deep/a/pwned", "file", b"owned")],
+    "symlink chain": [
+        ("app", "dir"),
+        ("app/sub", "dir"),
+        ("app/sub/deep", "dir"),
+        ("app/sub/deep/a", "sym", "x/../../.."),
+        ("app/sub/deep/x", "sym", "../.."),
+        ("app/sub/deep/a/pwned", "file", b"owned"),
+    ],
     # a link out, then a file written through it
-    "write through a link": [("app", "dir"), ("app/out", "sym", "../.."),
-                             ("app/out/pwned", "file", b"owned")],
+    "write through a link": [
+        ("app", "dir"),
+        ("app/out", "sym", "../.."),
+        ("app/out/pwned", "file", b"owned"),
+    ],
     # an absolute link target that is outside /app in the dyno
     "absolute link": [("app", "dir"), ("app/etc", "sym", "/etc")],
     # a later link turns an earlier, harmless one into an escape
-    "retargeted": [("app", "dir"), ("app/d1", "dir"), ("app/d1/d2", "dir"),
-                   ("app/d1/d2/a", "sym", "x/../.."), ("app/d1/d2/x", "sym", "..")],
+    "retargeted": [
+        ("app", "dir"),
+        ("app/d1", "dir"),
+        ("app/d1/d2", "dir"),
+        ("app/d1/d2/a", "sym", "x/../.."),
+        ("app/d1/d2/x", "sym", ".."),
+    ],
     "dotdot": [("app/../pwned", "file", b"owned")],
     "absolute": [("/tmp/pwned", "file", b"owned")],
     "hard link out": [("app", "dir"), ("app/h", "link", "etc/passwd")],
@@ -109,12 +121,20 @@ def test_naive_extraction_of_the_chain_writes_outside(tmp_path: Path) -> None:
 
 
 def test_good_slug_unpacks_with_links_inside(tmp_path: Path) -> None:
-    archive = make_tar(tmp_path / "ok.tgz", [
-        ("./app", "dir"), ("./app/bin", "dir"), ("./app/bin/run", "file", b"#!/bin/sh\n", 0o4755),
-        ("./app/lib", "sym", "bin"), ("./app/abs", "sym", "/app/bin/run"),
-        ("./app/hard", "link", "app/bin/run"), ("./ignored", "file", b"outside app"),
-        ("./app/implicit/dir/f", "file", b"x"), ("./app/dangling", "sym", "nothing/here"),
-    ])
+    archive = make_tar(
+        tmp_path / "ok.tgz",
+        [
+            ("./app", "dir"),
+            ("./app/bin", "dir"),
+            ("./app/bin/run", "file", b"#!/bin/sh\n", 0o4755),
+            ("./app/lib", "sym", "bin"),
+            ("./app/abs", "sym", "/app/bin/run"),
+            ("./app/hard", "link", "app/bin/run"),
+            ("./ignored", "file", b"outside app"),
+            ("./app/implicit/dir/f", "file", b"x"),
+            ("./app/dangling", "sym", "nothing/here"),
+        ],
+    )
     stats = check(archive, **SLUG)
     out = tmp_path / "slug"
     assert extract(archive, out, **SLUG) == stats
@@ -144,12 +164,14 @@ def test_limits_refuse_bombs_before_writing(tmp_path: Path) -> None:
 
 
 def test_source_trees_refuse_absolute_links(tmp_path: Path) -> None:
-    archive = make_tar(tmp_path / "src.tar.gz", [("pkg-1/", "dir"),
-                                                 ("pkg-1/l", "sym", "/usr/share/x")])
+    archive = make_tar(
+        tmp_path / "src.tar.gz", [("pkg-1/", "dir"), ("pkg-1/l", "sym", "/usr/share/x")]
+    )
     with pytest.raises(ArchiveError, match="outside"):
         check(archive)
-    ok = make_tar(tmp_path / "ok.tar", [("pkg-1/", "dir"), ("pkg-1/l", "sym", "../pkg-1")],
-                  gz=False)
+    ok = make_tar(
+        tmp_path / "ok.tar", [("pkg-1/", "dir"), ("pkg-1/l", "sym", "../pkg-1")], gz=False
+    )
     extract(ok, tmp_path / "tree")
     assert os.readlink(tmp_path / "tree/pkg-1/l") == "../pkg-1"
 
@@ -186,8 +208,13 @@ def test_same_verdicts_on_debians_own_python(tmp_path: Path) -> None:
         "    except ArchiveError:\n"
         "        print(p.stem, 'refused')\n"
     )
-    proc = subprocess.run([str(debian), "-c", script, str(tmp_path)], capture_output=True,
-                          text=True, env={"PYTHONPATH": str(REPO)}, check=True)
+    proc = subprocess.run(
+        [str(debian), "-c", script, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO)},
+        check=True,
+    )
     verdicts = dict(line.rsplit(" ", 1) for line in proc.stdout.splitlines())
     assert verdicts == {**{a: "refused" for a in ESCAPES}, "good": "ok"}, proc.stdout
     assert sys.version_info >= (3, 11)

@@ -101,8 +101,10 @@ def test_cancel(jobs):
 
 
 def test_params_are_checked_with_the_field_named():
-    assert check_params("stage", {"stage": 2, "builder": "a" * 64}) == \
-        {"stage": 2, "builder": "a" * 64}
+    assert check_params("stage", {"stage": 2, "builder": "a" * 64}) == {
+        "stage": 2,
+        "builder": "a" * 64,
+    }
     assert check_params("stage", {})["builder"] == "stage0"
     for kind, params, field in [
         ("stage", {"stage": 0}, "params.stage"),

@@ -68,8 +68,18 @@ def test_key_follows_the_builders_output_not_its_position(tmp_path):
 
 def test_clean_environment_is_exactly_the_documented_one(tmp_path):
     _, _, env = keys(tmp_path)
-    assert set(env) == {"PATH", "HOME", "LC_ALL", "TZ", "SOURCE_DATE_EPOCH", "PREFIX",
-                        "DESTDIR", "SRC", "BUILDER", "JOBS"}
+    assert set(env) == {
+        "PATH",
+        "HOME",
+        "LC_ALL",
+        "TZ",
+        "SOURCE_DATE_EPOCH",
+        "PREFIX",
+        "DESTDIR",
+        "SRC",
+        "BUILDER",
+        "JOBS",
+    }
     assert env["LC_ALL"] == "C.UTF-8" and env["TZ"] == "UTC"
     assert env["SOURCE_DATE_EPOCH"] == "1597363200"
 
@@ -91,10 +101,14 @@ def test_partial_entry_is_not_complete(tmp_path):
 
 
 def sandbox(tmp_path, **kw) -> Sandbox:
-    return Sandbox(stack=fake_stack(tmp_path), argv=("/bin/sh", "-ec", "make"),
-                   env=(("PATH", "/usr/bin"), ("TZ", "UTC")),
-                   mounts=(Mount(tmp_path / "b", "/build", True), Mount(tmp_path / "p", "/opt/x")),
-                   workdir="/build/src", **kw)
+    return Sandbox(
+        stack=fake_stack(tmp_path),
+        argv=("/bin/sh", "-ec", "make"),
+        env=(("PATH", "/usr/bin"), ("TZ", "UTC")),
+        mounts=(Mount(tmp_path / "b", "/build", True), Mount(tmp_path / "p", "/opt/x")),
+        workdir="/build/src",
+        **kw,
+    )
 
 
 def test_bwrap_command_line(tmp_path):
@@ -107,7 +121,7 @@ def test_bwrap_command_line(tmp_path):
     assert f"--ro-bind {tmp_path}/p /opt/x" in joined
     assert "--unshare-all" in argv and "--share-net" not in argv
     assert "--die-with-parent" in argv and "--clearenv" in argv
-    inner = argv[argv.index("--") + 1:]
+    inner = argv[argv.index("--") + 1 :]
     assert inner == sandbox(tmp_path).inner_argv()
     assert inner[:4] == ["/usr/bin/env", "-i", "PATH=/usr/bin", "TZ=UTC"]
     assert "umask 022" in inner[inner.index("-c") + 1]

@@ -22,8 +22,9 @@ with Workspace(Path(sys.argv[1])).locked():
 
 
 def hold(root, seconds):
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(root), str(seconds)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(root), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 

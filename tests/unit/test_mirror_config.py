@@ -45,8 +45,10 @@ def test_deb822_skips_security_and_strips_slash(tmp_path):
 
 
 def test_one_line_format(tmp_path):
-    apt = make_apt(tmp_path, main="# old style\ndeb [arch=amd64] http://m.example.invalid/debian "
-                   "bookworm main\n")
+    apt = make_apt(
+        tmp_path,
+        main="# old style\ndeb [arch=amd64] http://m.example.invalid/debian bookworm main\n",
+    )
     assert debian_mirror(apt_dir=apt) == "http://m.example.invalid/debian"
 
 

@@ -25,8 +25,12 @@ V3 = "application/vnd.heroku+json; version=3"
 
 @pytest.fixture
 def server(tmp_path):
-    srv = PlatformServer(("127.0.0.1", 0), PlatformPaths(tmp_path / "platform"),
-                         stack="bookworm", max_blob_bytes=200_000)
+    srv = PlatformServer(
+        ("127.0.0.1", 0),
+        PlatformPaths(tmp_path / "platform"),
+        stack="bookworm",
+        max_blob_bytes=200_000,
+    )
     serve_in_thread(srv)
     yield srv
     srv.shutdown()
@@ -54,8 +58,10 @@ def test_token_file_is_private_and_required(server):
     mode = stat.S_IMODE(os.stat(server.paths.token).st_mode)
     assert mode == 0o600
     r = requests.get(f"{server.url}/apps", headers={"Accept": V3})
-    assert r.status_code == 401 and r.json() == {"id": "unauthorized",
-                                                 "message": "Invalid credentials provided."}
+    assert r.status_code == 401 and r.json() == {
+        "id": "unauthorized",
+        "message": "Invalid credentials provided.",
+    }
     r = requests.get(f"{server.url}/apps", headers={"Authorization": "Bearer nope"})
     assert r.status_code == 401
     r = requests.get(f"{server.url}/apps", auth=("", server.token), headers={"Accept": V3})
@@ -68,8 +74,7 @@ def test_release_flow_rollback_and_config(client, tmp_path):
     assert app["name"] == "demo-app" and app["stack"]["name"] == "bookworm"
     path, checksum, size = make_slug(tmp_path)
     types = {"worker": "bin/worker", "web": "bin/web"}
-    r1 = client.release_slug("demo-app", path, checksum=checksum, size=size,
-                             process_types=types)
+    r1 = client.release_slug("demo-app", path, checksum=checksum, size=size, process_types=types)
     assert r1.version == 1 and not r1.app_created
     slug = client.slug("demo-app", r1.slug_id)
     assert slug["checksum"] == checksum and slug["size"] == size
@@ -77,8 +82,7 @@ def test_release_flow_rollback_and_config(client, tmp_path):
     assert client.config("demo-app") == {}
     client.update_config("demo-app", {"A": "1", "B": "two words"})
     path2, checksum2, size2 = make_slug(tmp_path, "second")
-    r2 = client.release_slug("demo-app", path2, checksum=checksum2, size=size2,
-                             process_types=types)
+    r2 = client.release_slug("demo-app", path2, checksum=checksum2, size=size2, process_types=types)
     assert r2.version == 3, "v2 was the config change"
     rb = client.rollback("demo-app", "v1")
     assert rb["version"] == 4 and rb["description"] == "Rollback to v1"
@@ -88,8 +92,9 @@ def test_release_flow_rollback_and_config(client, tmp_path):
     assert versions == [(1, False), (2, False), (3, False), (4, True)]
     client.update_config("demo-app", {"A": "x"})
     assert client.update_config("demo-app", {"A": None}) == {}
-    assert client.request("GET", "/apps/demo-app/releases/v2")["description"] == \
-        "Set A, B config vars"
+    assert (
+        client.request("GET", "/apps/demo-app/releases/v2")["description"] == "Set A, B config vars"
+    )
     formation = {f["type"]: f for f in client.formation("demo-app")}
     assert formation["web"]["quantity"] == 1 and formation["worker"]["quantity"] == 0
     updated = client.update_formation("demo-app", [{"type": "worker", "quantity": 3}])
@@ -104,24 +109,36 @@ def error_of(fn) -> ApiRequestError:
 
 def test_errors_have_herokus_shape(client, server, tmp_path):
     err = error_of(lambda: client.app("missing"))
-    assert err.status == 404 and err.ident == "not_found" and "Couldn't find that app" in \
-        err.message
+    assert (
+        err.status == 404 and err.ident == "not_found" and "Couldn't find that app" in err.message
+    )
     assert error_of(lambda: client.create_app("Bad_Name")).status == 422
     client.create_app("errs")
     assert "already taken" in error_of(lambda: client.create_app("errs")).message
-    r = requests.post(f"{server.url}/apps/errs/slugs", data="{not json",
-                      headers={"Authorization": f"Bearer {server.token}", "Accept": V3})
+    r = requests.post(
+        f"{server.url}/apps/errs/slugs",
+        data="{not json",
+        headers={"Authorization": f"Bearer {server.token}", "Accept": V3},
+    )
     assert r.status_code == 400 and r.json()["id"] == "bad_request"
     assert "Malformed JSON" in r.json()["message"]
-    r = requests.get(f"{server.url}/apps", headers={"Authorization": f"Bearer {server.token}",
-                                                   "Accept": "application/vnd.heroku+json; "
-                                                             "version=2"})
+    r = requests.get(
+        f"{server.url}/apps",
+        headers={
+            "Authorization": f"Bearer {server.token}",
+            "Accept": "application/vnd.heroku+json; version=2",
+        },
+    )
     assert r.status_code == 400 and "version=3" in r.json()["message"]
     bad_types = error_of(lambda: client.create_slug("errs", {"process_types": {"a b": "x"}}))
     assert bad_types.status == 422
     assert error_of(lambda: client.update_formation("errs", [{"type": "nope"}])).status == 404
-    assert requests.delete(f"{server.url}/apps", headers={
-        "Authorization": f"Bearer {server.token}"}).status_code == 405
+    assert (
+        requests.delete(
+            f"{server.url}/apps", headers={"Authorization": f"Bearer {server.token}"}
+        ).status_code
+        == 405
+    )
 
 
 def test_wrong_checksum_is_rejected_and_never_released(client, server, tmp_path):
@@ -164,8 +181,19 @@ def test_release_without_checksum_records_the_computed_one(client, tmp_path):
 def test_database_schema_is_as_documented(server):
     db = sqlite3.connect(server.paths.db)
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert tables == {"meta", "apps", "slugs", "releases", "config_vars", "formation", "jobs",
-                      "stages", "sqlite_sequence"}
+    assert tables == {
+        "meta",
+        "apps",
+        "slugs",
+        "releases",
+        "config_vars",
+        "formation",
+        "jobs",
+        "stages",
+        "sqlite_sequence",
+    }
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert json.loads(db.execute("SELECT value FROM meta WHERE key='schema_version'")
-                      .fetchone()[0]) == 2
+    assert (
+        json.loads(db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+        == 2
+    )

@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 def quickstart_commands() -> list[str]:
     """The commands of the README's Quickstart section, in order."""
     text = (REPO / "README.md").read_text()
-    section = text[text.index("## Quickstart"):]
-    section = section[:section.index("\n## ", 5)]
+    section = text[text.index("## Quickstart") :]
+    section = section[: section.index("\n## ", 5)]
     blocks = re.findall(r"```(?:sh|bash)?\n(.*?)\n```", section, re.S)
     return [line for block in blocks for line in block.splitlines() if line.strip()]
 
@@ -28,8 +28,10 @@ def ci_lines() -> list[str]:
 
 
 def test_the_quickstart_has_the_two_commands() -> None:
-    assert quickstart_commands() == ["./setup && .venv/bin/invoke bootstrap",
-                                     "./setup --dev && .venv/bin/python -m pytest"]
+    assert quickstart_commands() == [
+        "./setup && .venv/bin/invoke bootstrap",
+        "./setup --dev && .venv/bin/python -m pytest",
+    ]
 
 
 def test_ci_runs_the_quickstart_verbatim_and_in_order() -> None:
@@ -45,8 +47,7 @@ def test_ci_runs_the_quickstart_verbatim_and_in_order() -> None:
 
 def test_ci_gates_lint_format_and_types() -> None:
     lines = ci_lines()
-    for gate in (".venv/bin/ruff check .", ".venv/bin/ruff format --check .",
-                 ".venv/bin/mypy"):
+    for gate in (".venv/bin/ruff check .", ".venv/bin/ruff format --check .", ".venv/bin/mypy"):
         assert gate in lines, gate
     assert "set -euo pipefail" in lines, "a failing command fails CI"
 
@@ -84,8 +85,7 @@ def declared() -> set[str]:
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     names = [*project["dependencies"]]
-    return {re.split(r"[<>=!~\[; ]", n, maxsplit=1)[0].lower().replace("_", "-")
-            for n in names}
+    return {re.split(r"[<>=!~\[; ]", n, maxsplit=1)[0].lower().replace("_", "-") for n in names}
 
 
 def test_every_imported_package_is_declared() -> None:
@@ -104,7 +104,7 @@ def test_every_imported_package_is_declared() -> None:
 
 def test_the_readme_map_lists_every_module() -> None:
     text = (REPO / "README.md").read_text()
-    section = text[text.index("## How it is built"):]
+    section = text[text.index("## How it is built") :]
     block = re.search(r"```\n(.*?)\n```", section, re.S)
     assert block, "the README has a code block mapping the package"
     listed = set(re.findall(r"[\w*]+(?:\.py|/)", block.group(1)))

@@ -26,11 +26,17 @@ needs_gcc = pytest.mark.skipif(not shutil.which("gcc"), reason="needs gcc")
 
 def test_procfile_is_parsed_strictly():
     text = "# comment\n\nweb: bin/web --port $PORT\nworker:  bin/worker: with colon \n"
-    assert parse_procfile(text) == {"web": "bin/web --port $PORT",
-                                    "worker": "bin/worker: with colon"}
-    for bad, words in (("web bin/web", "expected 'name: command'"),
-                       ("we b: x", "not valid"), ("web:", "has no command"),
-                       ("web: a\nweb: b", "defined twice"), ("x" * 129 + ": y", "not valid")):
+    assert parse_procfile(text) == {
+        "web": "bin/web --port $PORT",
+        "worker": "bin/worker: with colon",
+    }
+    for bad, words in (
+        ("web bin/web", "expected 'name: command'"),
+        ("we b: x", "not valid"),
+        ("web:", "has no command"),
+        ("web: a\nweb: b", "defined twice"),
+        ("x" * 129 + ": y", "not valid"),
+    ):
         with pytest.raises(SlugError, match=words) as info:
             parse_procfile(bad, "app/Procfile")
         assert "app/Procfile:" in info.value.message
@@ -75,8 +81,14 @@ def test_pack_is_byte_reproducible_across_paths_times_and_umasks(tmp_path):
         os.umask(old)
     assert first == second
     assert names[0] == "./app" and all(n.startswith("./app/") for n in names[1:])
-    assert names == ["./app", "./app/.slugignore", "./app/Procfile", "./app/bin",
-                     "./app/bin/run", "./app/start"], "sorted, no .git, .slugignore honoured"
+    assert names == [
+        "./app",
+        "./app/.slugignore",
+        "./app/Procfile",
+        "./app/bin",
+        "./app/bin/run",
+        "./app/start",
+    ], "sorted, no .git, .slugignore honoured"
     assert first[:10] == bytes.fromhex("1f8b08000000000000ff"), "gzip: no name, no time"
     with tarfile.open(tmp_path / "a.tgz") as tar:
         for m in tar.getmembers():
@@ -126,18 +138,29 @@ def fake_rootfs(tmp_path: Path, glibc_max: str = "2.31") -> Path:
     (root / "bin" / "sh").write_text("")
     (root / "usr" / "bin").mkdir(parents=True)
     (root / "usr" / "bin" / "env").write_text("")
-    os.symlink("../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
-               root / "lib64" / "ld-linux-x86-64.so.2")
+    os.symlink(
+        "../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", root / "lib64" / "ld-linux-x86-64.so.2"
+    )
     (lib / "ld-linux-x86-64.so.2").write_text("")
     minor = int(glibc_max.split(".")[1])
     nodes = ["GLIBC_2.2.5"] + [f"GLIBC_2.{n}" for n in range(3, minor + 1)]
-    script = "".join(f"{n} {{ {'global: fake;' if i == 0 else ''} }};\n"
-                     for i, n in enumerate(nodes))
+    script = "".join(
+        f"{n} {{ {'global: fake;' if i == 0 else ''} }};\n" for i, n in enumerate(nodes)
+    )
     (tmp_path / "v.map").write_text(script)
     (tmp_path / "fake.c").write_text("int fake(void) { return 0; }\n")
-    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib / "libc.so.6"),
-                    f"-Wl,--version-script={tmp_path / 'v.map'}", str(tmp_path / "fake.c")],
-                   check=True)
+    subprocess.run(
+        [
+            "gcc",
+            "-shared",
+            "-fPIC",
+            "-o",
+            str(lib / "libc.so.6"),
+            f"-Wl,--version-script={tmp_path / 'v.map'}",
+            str(tmp_path / "fake.c"),
+        ],
+        check=True,
+    )
     return root
 
 
@@ -161,10 +184,14 @@ def test_lints_fire_on_crafted_files(tmp_path):
     contents = SlugContents()
     ok = compile_c(tmp_path, "ok", "-Wl,-rpath,$ORIGIN/../lib")
     contents.add_file("bin/ok", source=ok, executable=True)
-    contents.add_file("bin/rpath", source=compile_c(tmp_path, "rp", "-Wl,-rpath,/home/me/lib"),
-                      executable=True)
-    contents.add_file("bin/interp", source=compile_c(
-        tmp_path, "in", "-Wl,--dynamic-linker=/opt/weird/ld.so"), executable=True)
+    contents.add_file(
+        "bin/rpath", source=compile_c(tmp_path, "rp", "-Wl,-rpath,/home/me/lib"), executable=True
+    )
+    contents.add_file(
+        "bin/interp",
+        source=compile_c(tmp_path, "in", "-Wl,--dynamic-linker=/opt/weird/ld.so"),
+        executable=True,
+    )
     contents.add_file("share/paths.txt", data=b"built in /work/ws/tmp/abc\n")
     contents.add_file("bin/py", data=b"#!/usr/bin/python9\nprint(1)\n", executable=True)
     contents.add_file("bin/envy", data=b"#!/usr/bin/env nosuchtool\n", executable=True)
@@ -192,12 +219,14 @@ def test_lints_fire_on_crafted_files(tmp_path):
 def evil_slug(tmp_path: Path, make: str) -> Path:
     path = tmp_path / f"{make}.tgz"
     with tarfile.open(path, "w:gz") as tar:
+
         def add(name: str, kind: bytes = tarfile.REGTYPE, link: str = "", data: bytes = b"x"):
             info = tarfile.TarInfo(name)
             info.type = kind
             info.linkname = link
             info.size = len(data) if kind == tarfile.REGTYPE else 0
             tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
         add("./app/ok.txt")
         match make:
             case "dotdot":
@@ -220,12 +249,17 @@ def evil_slug(tmp_path: Path, make: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("make", "words"), [
-    ("dotdot", "contains '..'"), ("absolute", "absolute path"),
-    ("symlink", "symlink to '../../../etc', outside /app"),
-    ("abs-symlink", "symlink to '/etc/shadow'"), ("hardlink", "hard link"),
-    ("device", "device file"),
-])
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        ("dotdot", "contains '..'"),
+        ("absolute", "absolute path"),
+        ("symlink", "symlink to '../../../etc', outside /app"),
+        ("abs-symlink", "symlink to '/etc/shadow'"),
+        ("hardlink", "hard link"),
+        ("device", "device file"),
+    ],
+)
 def test_escaping_entries_are_refused_before_unpacking(tmp_path, make, words):
     from selfhost.platform.slug import check_slug, unpack
 

@@ -124,8 +124,15 @@ def test_orig_from_dsc_ignores_signatures():
 def test_git_source_pinned_by_abbreviated_commit(tmp_path):
     repo = tmp_path / "upstream"
     repo.mkdir()
-    run = lambda *a: subprocess.run(["git", "-C", str(repo), *a], check=True,  # noqa: E731
-                                    capture_output=True, text=True).stdout.strip()
+
+    def run(*a: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(repo), *a],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+
     run("init", "-q")
     (repo / "tcc.c").write_text("int main(){return 0;}\n")
     run("add", ".")
