@@ -21,7 +21,8 @@ What is refused (the error names the entry):
 How it writes: links are resolved by a model of the tree kept in memory (as the kernel
 would resolve them), every write goes to a path without links in it, files are
 created with ``O_NOFOLLOW | O_EXCL``, setuid/setgid/sticky bits and group/other write
-bits are cleared, and owners are never taken from the archive. Extraction goes to a
+bits are cleared (other mode bits are kept), and owners are never taken from the
+archive. Extraction goes to a
 staging directory that is renamed into place only when the whole archive passed, so an
 archive refused half way leaves nothing behind.
 """
@@ -157,16 +158,13 @@ def _normal(name: str) -> list[str]:
 
 
 def _file_mode(mode: int) -> int:
-    """Owner can read and write; no setuid/setgid/sticky; no group/other write; no
-    group/other execute unless the owner has it."""
-    mode = (mode | 0o600) & 0o755
-    if not mode & 0o100:
-        mode &= ~0o011
-    return mode
+    """The archive's mode without setuid, setgid, sticky and group/other write bits
+    (the rest is kept as it was: stage trees are verified by digest, modes included)."""
+    return mode & 0o755
 
 
 def _dir_mode(mode: int) -> int:
-    return (mode | 0o700) & 0o755
+    return mode & 0o755
 
 
 def walk(

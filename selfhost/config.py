@@ -12,9 +12,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from selfhost.errors import UsageError
+
+if TYPE_CHECKING:
+    from selfhost.stages.security import SandboxIds
 
 ENGINES = ("bwrap", "docker")
 SUITES = ("bullseye", "bookworm", "trixie")
@@ -40,6 +43,12 @@ DEFAULTS: dict[str, Any] = {
     "api_token": None,
     "dyno_grace_seconds": 30,
     "queue_url": None,
+    "queues": [],
+    "slug_max_unpacked_bytes": 2_000_000_000,
+    "slug_max_files": 200_000,
+    "dyno_disk_bytes": 1 << 30,
+    "sandbox_uid_base": 1_700_000_000,
+    "sandbox_uid_count": 65536,
 }
 
 
@@ -67,6 +76,12 @@ class Settings:
     api_token: str | None = None
     dyno_grace_seconds: float = 30
     queue_url: str | None = None
+    queues: tuple[str, ...] = ()
+    slug_max_unpacked_bytes: int = 2_000_000_000
+    slug_max_files: int = 200_000
+    dyno_disk_bytes: int = 1 << 30
+    sandbox_uid_base: int = 1_700_000_000
+    sandbox_uid_count: int = 65536
 
     @property
     def platform(self) -> Path:
@@ -77,6 +92,13 @@ class Settings:
     def stacks(self) -> Path:
         """Where stacks live; shared between workspaces when ``stacks_dir`` is set."""
         return self.stacks_dir if self.stacks_dir else self.workspace / "stacks"
+
+    @property
+    def sandbox_ids(self) -> SandboxIds:
+        """The unprivileged host ids sandboxes run as (see selfhost.stages.security)."""
+        from selfhost.stages.security import SandboxIds
+
+        return SandboxIds(self.sandbox_uid_base, self.sandbox_uid_count)
 
     @property
     def parallel_jobs(self) -> int:
@@ -123,6 +145,12 @@ class Settings:
                 api_token=raw["api_token"] or None,
                 dyno_grace_seconds=float(raw["dyno_grace_seconds"]),
                 queue_url=raw["queue_url"] or None,
+                queues=tuple(str(q) for q in raw["queues"] or ()),
+                slug_max_unpacked_bytes=int(raw["slug_max_unpacked_bytes"]),
+                slug_max_files=int(raw["slug_max_files"]),
+                dyno_disk_bytes=int(raw["dyno_disk_bytes"]),
+                sandbox_uid_base=int(raw["sandbox_uid_base"]),
+                sandbox_uid_count=int(raw["sandbox_uid_count"]),
             )
         except (TypeError, ValueError) as exc:
             raise UsageError(
@@ -157,18 +185,20 @@ def validate(settings: Settings) -> Settings:
         )
     if not 0 <= settings.platform_port <= 65535:
         raise UsageError(f"selfhost.platform_port is {settings.platform_port}; expected 0-65535")
-    if settings.queue_url:
+    for url in filter(None, (settings.queue_url, *settings.queues)):
         from selfhost.platform.taskqueue import QueueUrlError, check_url
 
         try:
-            check_url(settings.queue_url)
+            check_url(url)
         except QueueUrlError as exc:
             raise UsageError(
                 f"selfhost.queue_url: {exc}",
                 hint="set it in invoke.yaml, or null for the embedded SQLite queue",
             ) from None
-    if settings.slug_max_bytes <= 0:
-        raise UsageError("selfhost.slug_max_bytes must be positive")
+    for key in ("slug_max_bytes", "slug_max_unpacked_bytes", "slug_max_files",
+                "dyno_disk_bytes", "sandbox_uid_count"):
+        if getattr(settings, key) <= 0:
+            raise UsageError(f"selfhost.{key} must be positive")
     if settings.jobs < 0 or settings.lock_wait < 0:
         raise UsageError("selfhost.jobs and selfhost.lock_wait must not be negative")
     return settings

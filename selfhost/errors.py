@@ -24,6 +24,7 @@ code  class                  meaning
 11    PlatformError          the platform API answered with an error, or is unreachable
 12    SlugError              the slug cannot be built (Procfile, --strict lints, size)
 13    JobError               a compile job failed or was cancelled (jobs.submit --wait)
+14    CacheError             a cached or stored stage does not match its recorded digest
 130   Interrupted            interrupted by the user (Ctrl-C)
 ====  =====================  ===================================================
 """
@@ -156,6 +157,13 @@ class JobError(SelfhostError):
     """A compile job ended in failure or was cancelled."""
 
     exit_code = 13
+
+
+class CacheError(SelfhostError):
+    """A stage in the cache (or the platform's stage store) was modified after it was
+    recorded: its tree no longer has the digest of its manifest. It is never used."""
+
+    exit_code = 14
 
 
 class Interrupted(SelfhostError):

@@ -14,6 +14,7 @@ from selfhost.config import Settings
 from selfhost.errors import Interrupted, SelfhostError, UsageError
 
 if TYPE_CHECKING:
+    from selfhost.stages.engine import Engine
     from selfhost.ui import UI
 
 
@@ -118,6 +119,15 @@ def accept_assignments(tasks: dict[str, Any]) -> None:
             current = word if word in tasks else None
             out.append(word)
     unparsed[:] = out
+
+
+def make_engine(s: Settings, ui: UI, name: str | None = None) -> Engine:
+    """The sandbox engine of a task, locked down (its seccomp filter cached in the
+    workspace)."""
+    from selfhost.stages import engine, security
+
+    locked = security.load(s.workspace / "security", s.sandbox_ids, log=ui.warn)
+    return engine.make_engine(name or s.engine, locked, docker_url=s.docker_url, echo=ui.echo)
 
 
 def make_ui(s: Settings, *, json: bool = False) -> UI:

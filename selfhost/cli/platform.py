@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from invoke import Context
 
-from selfhost.cli.base import argv_after_dashdash, make_ui, settings, task
+from selfhost.cli.base import argv_after_dashdash, make_engine, make_ui, settings, task
 from selfhost.compilers import find_recipe
 from selfhost.config import SUITES, Settings
 from selfhost.errors import SelfhostError, UsageError
@@ -60,10 +60,9 @@ def slug(
 def _build_slug(s: Settings, ui: UI, compiler: str | None, **options: Any) -> CompilerSlug:
     """Bootstrap the compiler at its slug prefix and pack it, with the live view."""
     from selfhost.platform.packaging import build_compiler_slug
-    from selfhost.stages.engine import make_engine
 
     recipe = find_recipe(compiler or s.default_compiler, s.recipe_dirs)
-    engine = make_engine(s.engine, docker_url=s.docker_url, echo=ui.echo)
+    engine = make_engine(s, ui)
     with ui.live():
         return build_compiler_slug(s, recipe, engine, ui, **options)
 
@@ -95,16 +94,7 @@ def start_daemon(s: Settings) -> tuple[Any, bool]:
     from selfhost.platform.dynos import DynoSettings
     from selfhost.platform.store import PlatformPaths
 
-    dynos = DynoSettings(
-        stacks=str(s.stacks),
-        suite=s.suite,
-        variant=s.variant,
-        base_packages=s.base_packages,
-        mirror=s.mirror,
-        engine=s.engine,
-        docker_url=s.docker_url,
-        grace_seconds=s.dyno_grace_seconds,
-    )
+    dynos = DynoSettings.from_settings(s)
     return daemon.start(
         PlatformPaths(s.platform),
         port=s.platform_port,

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from invoke import Context, Exit
 
-from selfhost.cli.base import make_ui, settings, task
+from selfhost.cli.base import make_engine, make_ui, settings, task
 from selfhost.compilers import find_recipe
 from selfhost.errors import UsageError
 
@@ -41,14 +41,13 @@ def bootstrap(
     verbose: bool = False,
 ) -> None:
     """Build a compiler in stages on its stack and check the fixpoint."""
-    from selfhost.stages.engine import make_engine
     from selfhost.stages.pipeline import Bootstrap, require_fixpoint
 
     s = settings(c, engine=engine, verbose=verbose or None)
     ui = make_ui(s, json=json)
     recipe = find_recipe(compiler or s.default_compiler, s.recipe_dirs)
     count = parse_stages(stages)
-    eng = make_engine(s.engine, docker_url=s.docker_url, echo=ui.echo)
+    eng = make_engine(s, ui)
     outcome = Bootstrap(s, eng, ui).run(recipe, stages=count, force=force)
     if json:
         ui.emit_json(outcome.to_json())

@@ -20,19 +20,18 @@ GET         /health                                     liveness (no token neede
 ==========  ==========================================  ===================================
 
 Every request but ``/health`` and the blob URL needs ``Authorization: Bearer <token>``
-(HTTP Basic with the token as password also works, as Heroku's CLI sends it); the
-token is compared in constant time. The blob URL carries its own per-slug secret, like
-Heroku's pre-signed URLs. An uploaded blob is hashed while it streams to disk; if its
-sha256 differs from the slug's declared checksum it is discarded and the slug stays
-unreleasable.
+(HTTP Basic with the token as password also works, as Heroku's CLI sends it): the
+platform's token, or a dyno's token scoped to its own app (see
+:mod:`selfhost.platform.auth`: anything else it asks for is 403). The blob URL
+carries its own per-slug secret, like Heroku's pre-signed URLs. An uploaded blob is
+hashed while it streams to disk; if its sha256 differs from the slug's declared
+checksum it is discarded and the slug stays unreleasable.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
-import hmac
 import json
 import os
 import re
@@ -46,8 +45,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from selfhost.archive import Limits
 from selfhost.errors import SlugError
-from selfhost.platform.slug import check_slug
+from selfhost.platform.auth import Principal, authenticate, authorize
+from selfhost.platform.slug import UNPACK_LIMITS, check_slug
 from selfhost.platform.store import ApiError, PlatformPaths, Store
 
 ACCEPT_V3 = "application/vnd.heroku+json; version=3"
@@ -71,6 +72,7 @@ class PlatformServer(ThreadingHTTPServer):
         routes: dict[str, Handler] | None = None,
         on_change: Callable[[str], None] | None = None,
         log: Callable[[str], None] | None = None,
+        unpack_limits: Limits = UNPACK_LIMITS,
     ):
         super().__init__(address, RequestHandler)
         self.paths = paths
@@ -78,6 +80,7 @@ class PlatformServer(ThreadingHTTPServer):
         self.token = paths.ensure_token()
         self.default_stack = stack
         self.max_blob_bytes = max_blob_bytes
+        self.unpack_limits = unpack_limits  # what an uploaded slug may unpack to
         self.routes = routes or {}  # handlers of routes served by other parts (dynos)
         self.on_change = on_change  # called with the app after a release or a scale
         self.log = log
@@ -125,6 +128,8 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         ("POST", r"^/jobs/(?P<job>[^/]+)/heartbeat$", "jobs_heartbeat"),
         ("POST", r"^/jobs/(?P<job>[^/]+)/finish$", "jobs_finish"),
         ("POST", r"^/jobs/(?P<job>[^/]+)/requeue$", "jobs_requeue"),
+        ("POST", r"^/jobs/(?P<job>[^/]+)/sandbox$", "jobs_sandbox"),
+        ("PUT", r"^/jobs/(?P<job>[^/]+)/artifact$", "jobs_artifact"),
         ("GET", r"^/jobs/(?P<job>[^/]+)/source$", "jobs_source"),
         ("GET", r"^/stages/(?P<key>[0-9a-f]{64})$", "stages_info"),
         ("GET", r"^/stages/(?P<key>[0-9a-f]{64})/blob$", "stages_blob"),
@@ -176,8 +181,11 @@ class RequestHandler(BaseHTTPRequestHandler):
                     )
                 raise ApiError(404, "not_found", f"No such resource: {parsed.path}.")
             name, params = route
+            self.principal = Principal()
             if name not in UNAUTHENTICATED:
-                self._authenticate()
+                self.principal = authenticate(self.server.store, self.server.token,
+                                              self.headers.get("Authorization", ""))
+                authorize(self.principal, name, params, self.server.store)
                 self._check_accept()
             method = getattr(self, f"do_{name}", None)
             if method is not None:
@@ -206,20 +214,6 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.server.log(line)
 
     # ------------------------------------------------------------------ plumbing
-    def _authenticate(self) -> None:
-        header = self.headers.get("Authorization", "")
-        scheme, _, value = header.partition(" ")
-        token = ""
-        if scheme.lower() == "bearer":
-            token = value.strip()
-        elif scheme.lower() == "basic":
-            try:
-                token = base64.b64decode(value.strip()).decode().partition(":")[2]
-            except (ValueError, UnicodeDecodeError):
-                token = ""
-        if not token or not hmac.compare_digest(token.encode(), self.server.token.encode()):
-            raise ApiError(401, "unauthorized", "Invalid credentials provided.")
-
     def _check_accept(self) -> None:
         accept = self.headers.get("Accept", "")
         m = re.search(r"version=(\d+)", accept)
@@ -377,7 +371,8 @@ class RequestHandler(BaseHTTPRequestHandler):
                     f"declares {declared}; the blob was discarded.",
                 )
             try:
-                check_slug(tmp)  # refuse escaping entries before anything could unpack them
+                # refuse escaping entries and bombs before anything could unpack them
+                check_slug(tmp, self.server.unpack_limits)
             except SlugError as exc:
                 raise ApiError(422, "invalid_slug", exc.message) from None
             os.chmod(tmp, 0o644)

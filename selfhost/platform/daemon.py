@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from selfhost.errors import PlatformError
 from selfhost.platform.dynos import DynoSettings
@@ -164,11 +165,13 @@ def stop(paths: PlatformPaths) -> DaemonInfo | None:
 
 def main(argv: list[str] | None = None) -> int:
     """The daemon's entry point (``python -m selfhost.platform.daemon``)."""
+    from selfhost.archive import Limits as ArchiveLimits
     from selfhost.platform.api import PlatformServer
     from selfhost.platform.dyno_api import routes
     from selfhost.platform.dynos import DynoManager, Supervisor
     from selfhost.platform.job_api import routes as job_routes
     from selfhost.platform.jobs import JobService
+    from selfhost.platform.slug import UNPACK_LIMITS
 
     parser = argparse.ArgumentParser(prog="selfhost.platform.daemon")
     parser.add_argument("--dir", required=True, type=Path)
@@ -183,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         "default: queue/jobs.db in the platform directory",
     )
     args = parser.parse_args(argv)
+    os.umask(0o077)  # the platform's state is private (docs/security.md)
     paths = PlatformPaths(args.dir)
+    paths.ensure_private()
     lock = threading.Lock()
 
     def log(line: str) -> None:
@@ -198,22 +203,24 @@ def main(argv: list[str] | None = None) -> int:
     if port == 0:
         with contextlib.suppress(OSError, ValueError):
             port = int(port_file.read_text())
+    settings = DynoSettings.read(args.settings) if args.settings else None
+    limits = ArchiveLimits(settings.slug_max_unpacked_bytes, settings.slug_max_files) \
+        if settings else UNPACK_LIMITS
+    options: dict[str, Any] = {"stack": args.stack, "max_blob_bytes": args.max_blob_bytes,
+                               "log": log, "unpack_limits": limits}
     try:
-        server = PlatformServer(
-            (args.host, port), paths, stack=args.stack, max_blob_bytes=args.max_blob_bytes, log=log
-        )
+        server = PlatformServer((args.host, port), paths, **options)
     except OSError:
         if args.port != 0 or port == 0:
             raise
-        server = PlatformServer(
-            (args.host, 0), paths, stack=args.stack, max_blob_bytes=args.max_blob_bytes, log=log
-        )
+        server = PlatformServer((args.host, 0), paths, **options)
     port_file.write_text(f"{server.server_address[1]}\n")
     supervisor = None
     manager = None
     jobs = None
-    if args.settings:
-        manager = DynoManager(server.store, paths, DynoSettings.read(args.settings), log=log)
+    if settings:
+        manager = DynoManager(server.store, paths, settings,
+                              api_port=lambda: int(server.server_address[1]), log=log)
         supervisor = Supervisor(manager)
         server.routes.update(routes(manager, supervisor))
         server.on_change = supervisor.poke
@@ -223,9 +230,11 @@ def main(argv: list[str] | None = None) -> int:
             manager,
             api_url=lambda: server.url,
             default_queue=args.queue,
+            queues=manager.settings.queues,
             log=log,
         )
         manager.extras = jobs.dyno_environment
+        jobs.on_release = supervisor.poke
         manager.on_exit = jobs.dyno_exited
         server.routes.update(job_routes(jobs))
         supervisor.start()

@@ -2,21 +2,31 @@
 
 The platform daemon owns every dyno. A dyno is:
 
-- the release's slug, unpacked once per slug into ``slugs/<sha256>/app`` (entries that
-  would escape ``/app`` refuse the slug), under an overlay mount ``dynos/<id>/app``
-  (a copy where overlays are not possible) that is writable at ``/app`` and thrown
+- the release's slug, unpacked once per slug and app into ``slugs/<sha256>-<id>/app``
+  (checked entry by entry and bounded, see :mod:`selfhost.archive`), owned by the
+  app's sandbox host id, under an overlay mount that is writable at ``/app`` and thrown
   away when the dyno ends;
+- a per-dyno tmpfs (``dynos/<id>``, ``selfhost.dyno_disk_bytes``, ``nosuid,nodev``)
+  that holds the overlay's upper layer, ``/tmp`` and ``/build``: what a dyno writes is
+  bounded, counts against its memory, never carries a setuid bit to the host and is
+  gone when it ends;
 - a sandbox of the app's stack (the stack the slug was built on when the slug says so,
-  else the base stack of the app's suite), by the daemon's engine (bwrap by default,
-  Docker on request), with the host network, tmpfs ``/tmp`` and ``/build`` scratch
-  space, and the size's memory/CPU/process limits really enforced;
+  else the base stack of the app's suite), by the daemon's engine, as the app's own
+  unprivileged host id (:mod:`selfhost.stages.security`), with the size's memory, CPU
+  and process limits set from outside;
+- a network namespace of its own (:mod:`selfhost.platform.network`): ``$PORT`` in,
+  the platform API, the app's peers and queue out, nothing else by default;
 - the environment of a Heroku dyno: ``HOME=/app``, ``DYNO=<type>.<n>``, the release's
-  config vars, ``PORT`` for web dynos only, and ``.profile.d/*.sh`` sourced first.
+  config vars, ``PORT`` for web (and distccd) dynos, ``.profile.d/*.sh`` sourced first,
+  and ``SELFHOST_API_URL`` with ``SELFHOST_API_TOKEN``, a token scoped to the app and
+  revoked when the dyno ends (the platform's own token never enters a dyno).
 
 Output goes to the app's log (``logs/<app>.log``, Heroku's line format) and, for an
 attached one-off dyno, to the client as it is produced. The exit code is kept
 (128+N for a signal N). Stopping is graceful: SIGTERM to the command, SIGKILL after the
-grace period. ``time_to_live`` stops a one-off dyno when it expires.
+grace period. ``time_to_live`` stops a one-off dyno when it expires. Whatever fails
+while a dyno starts or runs, the dyno ends ``crashed`` with the reason, and everything
+it held (mounts, namespace, token) is released.
 
 The :class:`Supervisor` keeps each app's formation running from the current release:
 it starts missing dynos, stops extra ones, replaces dynos of older releases or sizes,
@@ -37,13 +47,20 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from selfhost.errors import SelfhostError
+from selfhost.archive import Limits as ArchiveLimits
+from selfhost.errors import EngineError, SelfhostError
+from selfhost.platform.network import Namespace, Networks, Policy
 from selfhost.platform.slug import unpack
 from selfhost.platform.store import ApiError, PlatformPaths, Store, invalid, not_found, now
+from selfhost.stages import security
 from selfhost.stages.engine import Engine, Limits, Mount, Process, Sandbox, make_engine
+from selfhost.stages.security import SandboxIds, hand_over
 from selfhost.stages.stack import Stack, StackSpec, StackStore
+
+if TYPE_CHECKING:
+    from selfhost.config import Settings
 
 MiB = 1 << 20
 #: Heroku's dyno sizes, mapped to limits the engine enforces.
@@ -59,17 +76,24 @@ PATH = "/app/bin:/usr/local/bin:/usr/bin:/bin"
 #: Source .profile.d, then run the command line with bash, as Heroku does. bash execs a
 #: single command in place (dash would stay as its parent), so the command is the main
 #: process: SIGTERM reaches it first and its exit status is the dyno's.
+#: A Docker dyno's network is attached once the container runs: it waits (at most 5 s)
+#: for the daemon's mark in /run/selfhost before anything else.
 PROFILE = (
+    'if [ -n "${SELFHOST_WAIT_NETWORK:-}" ]; then i=0; while [ ! -e /run/selfhost/network ] '
+    '&& [ $i -lt 500 ]; do sleep 0.01; i=$((i + 1)); done; unset SELFHOST_WAIT_NETWORK; fi; '
     'for f in /app/.profile.d/*.sh; do [ -r "$f" ] && . "$f"; done; '
     '[ -x /bin/bash ] && exec /bin/bash -c "$1"; exec /bin/sh -c "$1"'
 )
 MAX_TTL = 86_400
 #: Process types that get a PORT: web (as on Heroku) and distccd (the compile hosts).
 LISTENING = ("web", "distccd")
-#: Process types run as an unprivileged user: distccd refuses to run as root and cannot
-#: drop privileges inside a user namespace (setgroups is denied there), so it starts as
-#: nobody.
+#: The uid a process type has inside its sandbox (default 0, which is the app's
+#: unprivileged host id): distccd refuses to run as root, so it is nobody inside.
 RUN_AS = {"distccd": 65534}
+#: Listening dynos of an app get host ports from a block of this many (web.N and
+#: distccd.N each from half of it).
+PORT_BLOCK = 32
+NETWORK_VAR = "SELFHOST_NETWORK"  # "internet": the app's dynos may connect outside
 KEEP_FINISHED = 50  # finished dynos kept per app (for `ps` and exit codes)
 BACKOFF_MAX = 60.0
 STABLE_SECONDS = 10.0  # a dyno up this long resets its crash count
@@ -87,6 +111,27 @@ class DynoSettings:
     engine: str = "bwrap"
     docker_url: str | None = None
     grace_seconds: float = 30.0
+    sandbox_uid_base: int = 1_700_000_000
+    sandbox_uid_count: int = 65536
+    disk_bytes: int = 1 << 30
+    slug_max_unpacked_bytes: int = 2_000_000_000
+    slug_max_files: int = 200_000
+    port_base: int = 20000  # app n's listening dynos use ports port_base + 32 (n - 1) ...
+    queues: tuple[str, ...] = ()
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> DynoSettings:
+        return cls(stacks=str(s.stacks), suite=s.suite, variant=s.variant,
+                   base_packages=s.base_packages, mirror=s.mirror, engine=s.engine,
+                   docker_url=s.docker_url, grace_seconds=s.dyno_grace_seconds,
+                   sandbox_uid_base=s.sandbox_uid_base, sandbox_uid_count=s.sandbox_uid_count,
+                   disk_bytes=s.dyno_disk_bytes,
+                   slug_max_unpacked_bytes=s.slug_max_unpacked_bytes,
+                   slug_max_files=s.slug_max_files, queues=s.queues)
+
+    @property
+    def ids(self) -> SandboxIds:
+        return SandboxIds(self.sandbox_uid_base, self.sandbox_uid_count)
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -95,7 +140,17 @@ class DynoSettings:
     def read(cls, path: Path) -> DynoSettings:
         data = json.loads(path.read_text())
         data["base_packages"] = tuple(data["base_packages"])
+        data["queues"] = tuple(data.get("queues", ()))
         return cls(**data)
+
+
+@dataclass
+class Extras:
+    """What the platform's other parts add to a dyno (compile workers: the queue)."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    mounts: list[tuple[Path, str]] = field(default_factory=list)  # writable binds
+    host_ports: tuple[int, ...] = ()  # host loopback ports the dyno may reach
 
 
 @dataclass(eq=False)
@@ -128,6 +183,9 @@ class Dyno:
     ended: float | None = None
     attach_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     process: Process | None = None
+    fs: DynoFs | None = None  # its writable storage (the job service mounts parts of it)
+    stack: Stack | None = None
+    host_id: int = 0
     stats: dict[str, Any] = field(default_factory=dict)  # the sandbox's facts at exit
     stopping: bool = False
     _buffer: bytearray = field(default_factory=bytearray)
@@ -244,16 +302,12 @@ class DynoOutput:
 class DynoManager:
     """Starts, tracks and stops the dynos of every app of one platform."""
 
-    def __init__(
-        self,
-        store: Store,
-        paths: PlatformPaths,
-        settings: DynoSettings,
-        log: Callable[[str], None] = lambda _: None,
-    ):
+    def __init__(self, store: Store, paths: PlatformPaths, settings: DynoSettings, *,
+                 api_port: Callable[[], int], log: Callable[[str], None] = lambda _: None):
         self.store = store
         self.paths = paths
         self.settings = settings
+        self.api_port = api_port
         self.log = log
         self.lock = threading.RLock()
         self.dynos: dict[str, Dyno] = {}
@@ -261,14 +315,15 @@ class DynoManager:
         self.engines: dict[str, Engine] = {}
         self.logs: dict[str, AppLog] = {}
         self.stacks = StackStore(Path(settings.stacks), self._mirror)
-        #: Extra (environment, [(host dir, sandbox path)]) for a dyno, given its config
-        #: vars: the compile workers' API credentials and queue (set by the job service).
-        self.extras: (
-            Callable[[Dyno, dict[str, str]], tuple[dict[str, str], list[tuple[Path, str]]]] | None
-        ) = None
+        self.security = security.load(paths.root / "security", settings.ids, log=log)
+        self.networks = Networks(paths.root / "net") if self.security.hardened else None
+        #: Extra environment, mounts and reachable ports for a dyno, given its config
+        #: vars: the compile workers' queue (set by the job service).
+        self.extras: Callable[[Dyno, dict[str, str]], Extras] | None = None
         #: Called when a dyno has ended (the job service takes its jobs back).
         self.on_exit: Callable[[Dyno], None] | None = None
-        release_stale_apps(paths.root / "dynos")  # left by a killed daemon
+        release_stale_dynos(paths.root / "dynos")  # left by a killed daemon
+        store.revoke_tokens()  # their dynos are gone too
 
     def _mirror(self) -> str:
         from selfhost.mirror import debian_mirror
@@ -280,7 +335,7 @@ class DynoManager:
         name = name or self.settings.engine
         with self.lock:
             if name not in self.engines:
-                engine = make_engine(name, docker_url=self.settings.docker_url)
+                engine = make_engine(name, self.security, docker_url=self.settings.docker_url)
                 engine.check()
                 self.engines[name] = engine
             return self.engines[name]
@@ -291,25 +346,37 @@ class DynoManager:
                 self.logs[app] = AppLog(self.paths.root / "logs" / f"{app}.log")
             return self.logs[app]
 
-    def slug_dir(self, sha: str) -> Path:
-        """The release's slug, unpacked once (checked against escapes first)."""
-        target = self.paths.root / "slugs" / sha
+    @property
+    def unpack_limits(self) -> ArchiveLimits:
+        """What one slug may unpack to."""
+        return ArchiveLimits(max_bytes=self.settings.slug_max_unpacked_bytes,
+                             max_members=self.settings.slug_max_files)
+
+    def host_id(self, app: str) -> int:
+        """The unprivileged host id the app's dynos run as."""
+        return self.security.host_id(self.settings.ids.app(self.store.app_number(app)))
+
+    def slug_dir(self, sha: str, host_id: int = 0) -> Path:
+        """The release's slug, unpacked once per host id (checked and bounded as it is
+        unpacked) and owned by that id, so that its dynos may change their /app."""
+        target = self.paths.root / "slugs" / f"{sha}-{host_id}"
         with self.lock:
             if not (target / "app").is_dir():
-                unpack(self.paths.blob(sha), target)
+                shutil.rmtree(target, ignore_errors=True)
+                unpack(self.paths.blob(sha), target, self.unpack_limits)
+                hand_over(self.security, host_id, target / "app")
         return target / "app"
 
     def stack_for(self, app_stack: str, slug_app: Path) -> Stack:
         """The stack the slug was built on if it says so and it is here, else the base
         stack of the app's suite (built with debootstrap if needed)."""
-        with contextlib.suppress(OSError, ValueError, KeyError):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             meta = json.loads((slug_app / "selfhost.json").read_text())
-            stack = self.stacks.load_digest(meta["built_on"]["digest"])
+            stack = self.stacks.load_digest(str(meta["built_on"]["digest"]))
             if stack:
                 return stack
-        suite = (
-            app_stack if app_stack in ("bullseye", "bookworm", "trixie") else self.settings.suite
-        )
+        suite = app_stack if app_stack in ("bullseye", "bookworm", "trixie") else \
+            self.settings.suite
         spec = StackSpec.make(suite, self.settings.variant, self.settings.base_packages)
         return self.stacks.ensure(spec, log=self.log)
 
@@ -319,8 +386,23 @@ class DynoManager:
         if release is None or release["slug"] is None:
             raise not_found("release")
         slug = self.store.slug(app, release["slug"]["id"])
-        slug_app = self.slug_dir((slug["checksum"] or ":").split(":", 1)[1])
-        return self.stack_for(self.store.app(app)["stack"]["name"], slug_app).identity
+        sha = (slug["checksum"] or ":").split(":", 1)[1]
+        return self.stack_for(self.store.app(app)["stack"]["name"],
+                              self.slug_dir(sha, self.host_id(app))).identity
+
+    def port_of(self, app: str, kind: str, index: int) -> int:
+        """The host port of a listening dyno (web.N, distccd.N): fixed by the app's
+        number, so the app's other dynos can be allowed to reach it."""
+        half = PORT_BLOCK // 2
+        if not 1 <= index <= half:
+            raise invalid(f"only {half} {kind} dynos can listen per app")
+        base = self.settings.port_base + PORT_BLOCK * (self.store.app_number(app) - 1)
+        return base + (half if kind != "web" else 0) + index - 1
+
+    def app_ports(self, app: str) -> tuple[int, ...]:
+        """Every host port the app's listening dynos may use (its peers)."""
+        base = self.settings.port_base + PORT_BLOCK * (self.store.app_number(app) - 1)
+        return tuple(range(base, base + PORT_BLOCK))
 
     def _next_name(self, app: str, kind: str) -> str:
         with self.lock:
@@ -350,130 +432,151 @@ class DynoManager:
         kind = body.get("type") or "run"
         if kind != "run":
             raise invalid(
-                "only one-off dynos (type: run) can be created; scale the formation for the others"
+                "only one-off dynos (type: run) can be created; scale the "
+                "formation for the others"
             )
         engine = body.get("engine") or self.settings.engine
         if engine not in ("bwrap", "docker"):
             raise invalid("engine must be bwrap or docker")
-        return self.start(
-            app,
-            kind,
-            command,
-            size=size,
-            env=env,
-            ttl=ttl,
-            attach=bool(body.get("attach")),
-            engine=engine,
-            parent=body.get("parent"),
-        )
+        return self.start(app, kind, command, size=size, env=env, ttl=ttl,
+                          attach=bool(body.get("attach")), engine=engine,
+                          parent=body.get("parent"))
 
-    def start(
-        self,
-        app: str,
-        kind: str,
-        command: str,
-        *,
-        size: str,
-        env: dict[str, str],
-        ttl: float | None = None,
-        attach: bool = False,
-        engine: str | None = None,
-        name: str | None = None,
-        parent: str | None = None,
-    ) -> Dyno:
+    def start(self, app: str, kind: str, command: str, *, size: str, env: dict[str, str],
+              ttl: float | None = None, attach: bool = False, engine: str | None = None,
+              name: str | None = None, parent: str | None = None) -> Dyno:
         """Start a dyno of the app's current release; return at once."""
         release = self.store.current_release(app)
         if release is None or release["slug"] is None:
-            raise ApiError(
-                422,
-                "invalid_params",
-                f"{app} has no release with a slug yet: release one first (invoke release)",
-            )
+            raise ApiError(422, "invalid_params", f"{app} has no release with a slug yet: "
+                           "release one first (invoke release)")
         slug = self.store.slug(app, release["slug"]["id"])
         sha = (slug["checksum"] or ":").split(":", 1)[1]
-        dyno = Dyno(
-            id=str(uuid.uuid4()),
-            app=release["app"]["name"],
-            app_id=release["app"]["id"],
-            name=name or self._next_name(app, kind),
-            type=kind,
-            command=command,
-            size=size,
-            release_id=release["id"],
-            release_version=release["version"],
-            slug_sha=sha,
-            engine=engine or self.settings.engine,
-            attach=attach,
-            ttl=ttl,
-            parent=parent,
-        )
+        dyno = Dyno(id=str(uuid.uuid4()), app=release["app"]["name"],
+                    app_id=release["app"]["id"], name=name or self._next_name(app, kind),
+                    type=kind, command=command, size=size, release_id=release["id"],
+                    release_version=release["version"], slug_sha=sha,
+                    engine=engine or self.settings.engine, attach=attach, ttl=ttl,
+                    parent=parent)
         config = self.store.config(app)
         with self.lock:
             self.dynos[dyno.id] = dyno
-        threading.Thread(
-            target=self._lifecycle, args=(dyno, config, env), daemon=True, name=f"dyno-{dyno.name}"
-        ).start()
+        threading.Thread(target=self._lifecycle, args=(dyno, config, env), daemon=True,
+                         name=f"dyno-{dyno.name}").start()
         return dyno
 
     def _lifecycle(self, dyno: Dyno, config: dict[str, str], extra_env: dict[str, str]) -> None:
+        """Start, wait, stop; whatever fails, the dyno ends with a reason and everything
+        it held is released."""
         log = self.app_log(dyno.app)
-        work = self.paths.root / "dynos" / dyno.id
-        mounted = False
         output = DynoOutput(dyno, log)
+        held = Held()
         log.write("heroku", dyno.name, f"Starting process with command `{dyno.command}`")
         try:
-            slug_app = self.slug_dir(dyno.slug_sha)
-            app_info = self.store.app(dyno.app)
-            stack = self.stack_for(app_info["stack"]["name"], slug_app)
-            app_dir, mounted = mount_app(slug_app, work)
-            env = {
-                "PATH": PATH,
-                "HOME": "/app",
-                "LANG": "C.UTF-8",
-                "DYNO": dyno.name,
-                "DYNO_SIZE": dyno.size,
-                **config,
-                **extra_env,
-            }
-            mounts = [Mount(app_dir, "/app", writable=True)]
-            if self.extras:
-                more_env, more_mounts = self.extras(dyno, config)
-                env.update(more_env)
-                mounts += [Mount(src, dst, writable=True) for src, dst in more_mounts]
-            if dyno.type in LISTENING:
-                dyno.listen = env.get("DISTCC_LISTEN", "127.0.0.1")
-                dyno.port = _free_port(dyno.listen)
-                env["PORT"] = str(dyno.port)
+            try:
+                process = self._start_sandbox(dyno, config, extra_env, output, held)
+            except Exception as exc:  # anything: a bad slug, a missing stack, a bug
+                message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+                dyno.exit_code, dyno.reason = 127, f"failed to start: {message}"
+                dyno.set_state("crashed" if dyno.type != "run" else "down")
+                log.write("heroku", dyno.name, f"Error starting dyno: {message}")
+                dyno.append(f"selfhost: the dyno could not start: {message}\n".encode())
+                if not isinstance(exc, SelfhostError | ApiError | OSError):
+                    self.log(f"dynos: {dyno.name} of {dyno.app}: {exc!r}")
+                return
+            dyno.process = process
+            if dyno.stopping:  # stopped (ps.stop, scale, ttl) while it was starting
+                self._stop_process(dyno, grace=0)
             else:
-                env.pop("PORT", None)
-            sandbox = Sandbox(
-                stack=stack,
-                argv=("/bin/sh", "-c", PROFILE, "dyno", dyno.command),
-                env=tuple(env.items()),
-                mounts=tuple(mounts),
-                workdir="/app",
-                network=True,
-                limits=SIZES[dyno.size],
-                scratch=("/tmp", "/build"),
-                owner=str(self.paths.root),
-                label=f"dyno-{dyno.id}",
-                uid=RUN_AS.get(dyno.type, 0),
-            )
-            engine = self.engine(dyno.engine)
-            dyno.process = engine.start(sandbox, output)
-        except (SelfhostError, ApiError, OSError, subprocess.CalledProcessError) as exc:
-            message = getattr(exc, "message", None) or str(exc)
-            dyno.exit_code, dyno.reason = 127, f"failed to start: {message}"
-            dyno.set_state("crashed" if dyno.type != "run" else "down")
-            log.write("heroku", dyno.name, f"Error starting dyno: {message}")
-            dyno.append(f"selfhost: the dyno could not start: {message}\n".encode())
+                dyno.set_state("up")
+                log.write("heroku", dyno.name, "State changed from starting to up")
+            self._wait(dyno, output)
+        except Exception as exc:  # a bug while it ran: it still ends, with the reason
+            self.log(f"dynos: {dyno.name} of {dyno.app}: {exc!r}")
+            if dyno.process is not None:
+                with contextlib.suppress(Exception):
+                    dyno.process.kill()
+            dyno.reason = dyno.reason or f"platform error: {type(exc).__name__}: {exc}"
+            dyno.exit_code = dyno.exit_code if dyno.exit_code is not None else 137
+            dyno.set_state("crashed")
+        finally:
+            with contextlib.suppress(Exception):
+                output.close()
+            self._release(dyno, held)
             dyno.finish()
-            release_app(work, mounted)
             self._exited(dyno)
-            return
-        if not dyno.stopping:
-            dyno.set_state("up")
-            log.write("heroku", dyno.name, "State changed from starting to up")
+            self._forget_old(dyno.app)
+
+    def _start_sandbox(self, dyno: Dyno, config: dict[str, str], extra_env: dict[str, str],
+                       output: DynoOutput, held: Held) -> Process:
+        """Everything a dyno needs, then its sandbox; what was acquired goes in ``held``."""
+        host_id = self.host_id(dyno.app)
+        slug_app = self.slug_dir(dyno.slug_sha, host_id)
+        app_info = self.store.app(dyno.app)
+        stack = self.stack_for(app_info["stack"]["name"], slug_app)
+        held.fs = DynoFs.create(self.paths.root / "dynos" / dyno.id, slug_app, host_id,
+                                self.settings.disk_bytes, self.security)
+        dyno.fs, dyno.stack, dyno.host_id = held.fs, stack, host_id
+        env = {"PATH": PATH, "HOME": "/app", "LANG": "C.UTF-8", **config, **extra_env}
+        env.pop("PORT", None)
+        extras = self.extras(dyno, config) if self.extras else Extras()
+        env.update(extras.env)
+        held.token = self.store.issue_token(dyno.app_id, dyno.id)
+        env.update({"DYNO": dyno.name, "DYNO_SIZE": dyno.size, "SELFHOST_APP": dyno.app,
+                    "SELFHOST_DYNO_ID": dyno.id, "SELFHOST_API_TOKEN": held.token,
+                    "SELFHOST_API_URL": f"http://127.0.0.1:{self.api_port()}"})
+        inbound = None
+        if dyno.type in LISTENING:
+            if self.networks is None:  # the weakened sandbox shares the host network
+                dyno.port = _free_port()
+            else:
+                dyno.port = self.port_of(dyno.app, dyno.type, dyno.index)
+            dyno.listen = "127.0.0.1"
+            env["PORT"] = str(dyno.port)
+            inbound = ("127.0.0.1", dyno.port)
+        engine = self.engine(dyno.engine)
+        mounts = [Mount(held.fs.app, "/app", writable=True),
+                  *(Mount(src, dst, writable=True) for src, dst in extras.mounts)]
+        scratch: tuple[str, ...] = ("/tmp", "/build")
+        if held.fs.tmpfs:  # the bounded tmpfs holds them
+            mounts += [Mount(held.fs.tmp, "/tmp", writable=True),
+                       Mount(held.fs.build, "/build", writable=True),
+                       Mount(held.fs.ctl, "/run/selfhost")]
+            scratch = ()
+        netns = None
+        if self.networks is not None:
+            policy = Policy(host_ports=(self.api_port(), *self.app_ports(dyno.app),
+                                        *extras.host_ports),
+                            inbound=inbound, outbound=config.get(NETWORK_VAR) == "internet")
+            if engine.name == "bwrap":
+                held.namespace = self.networks.take(policy)
+                netns = held.namespace.fd
+                (held.fs.ctl / "network").touch()
+            else:
+                env["SELFHOST_WAIT_NETWORK"] = "1"
+        sandbox = Sandbox(
+            stack=stack, argv=("/bin/sh", "-c", PROFILE, "dyno", dyno.command),
+            env=tuple(env.items()), mounts=tuple(mounts), workdir="/app",
+            network=True, netns=netns, limits=SIZES[dyno.size], scratch=scratch,
+            owner=str(self.paths.root), label=f"dyno-{dyno.id}",
+            uid=RUN_AS.get(dyno.type, 0), host_id=host_id)
+        process = engine.start(sandbox, output)
+        if self.networks is not None and netns is None:  # Docker: attach to the container
+            try:
+                held.namespace = self.networks.attach(process.namespace_pid(), policy)
+            except Exception:
+                process.kill()
+                process.wait()
+                process.close()
+                raise
+            (held.fs.ctl / "network").touch()
+        return process
+
+    def _wait(self, dyno: Dyno, output: DynoOutput) -> None:
+        """Wait for the command (its time to live, then a graceful stop) and record how
+        it ended."""
+        log = self.app_log(dyno.app)
+        assert dyno.process is not None
         code = dyno.process.wait(dyno.ttl)
         if code is None:  # time to live expired
             dyno.reason = f"time to live of {dyno.ttl:g}s expired"
@@ -484,10 +587,8 @@ class DynoManager:
         dyno.stats = facts
         output.close()
         if facts.get("oom_killed"):
-            dyno.reason = (
-                f"memory quota exceeded: the {dyno.size} size allows "
-                f"{(SIZES[dyno.size].memory_bytes or 0) // MiB} MB (R15)"
-            )
+            dyno.reason = (f"memory quota exceeded: the {dyno.size} size allows "
+                           f"{(SIZES[dyno.size].memory_bytes or 0) // MiB} MB (R15)")
             log.write("heroku", dyno.name, f"Error R15 ({dyno.reason})")
         dyno.exit_code = code
         if dyno.stopping or dyno.type == "run":
@@ -497,10 +598,20 @@ class DynoManager:
             dyno.reason = dyno.reason or f"exited with status {code}"
         log.write("heroku", dyno.name, f"Process exited with status {code}")
         log.write("heroku", dyno.name, f"State changed from up to {dyno.state}")
-        release_app(work, mounted)
-        dyno.finish()
-        self._exited(dyno)
-        self._forget_old(dyno.app)
+
+    def _release(self, dyno: Dyno, held: Held) -> None:
+        """Give back what a dyno held, each part on its own (one failing stops none)."""
+        if held.token:
+            with contextlib.suppress(Exception):
+                self.store.revoke_tokens(dyno.id)
+        if held.namespace is not None and self.networks is not None:
+            with contextlib.suppress(Exception):
+                self.networks.release(held.namespace)
+        if held.fs is not None:
+            with contextlib.suppress(Exception):
+                held.fs.remove()
+        else:
+            shutil.rmtree(self.paths.root / "dynos" / dyno.id, ignore_errors=True)
 
     def _exited(self, dyno: Dyno) -> None:
         if self.on_exit:
@@ -513,7 +624,7 @@ class DynoManager:
         """SIGTERM to the command; SIGKILL after the grace period."""
         process = dyno.process
         if process is None:
-            return
+            return  # still starting: the lifecycle stops it as soon as it runs
         process.terminate()
         deadline = time.monotonic() + (self.settings.grace_seconds if grace is None else grace)
         while time.monotonic() < deadline:
@@ -522,9 +633,8 @@ class DynoManager:
         self.app_log(dyno.app).write("heroku", dyno.name, "Stopping process with SIGKILL")
         process.kill()
 
-    def stop(
-        self, dyno: Dyno, reason: str = "stopped", wait: bool = False, grace: float | None = None
-    ) -> None:
+    def stop(self, dyno: Dyno, reason: str = "stopped", wait: bool = False,
+             grace: float | None = None) -> None:
         """Stop a dyno gracefully, in the background unless ``wait``."""
         if not dyno.live or dyno.stopping:
             return
@@ -535,6 +645,9 @@ class DynoManager:
         thread.start()
         if wait:
             thread.join()
+            deadline = time.monotonic() + 60  # a dyno still starting ends once it runs
+            while dyno.ended is None and time.monotonic() < deadline:
+                time.sleep(0.05)
 
     def _forget_old(self, app: str) -> None:
         with self.lock:
@@ -546,7 +659,7 @@ class DynoManager:
         """Live dynos first, then the most recently finished ones."""
         self.store.app(app)  # 404 for an unknown app
         with self.lock:
-            dynos = [d for d in self.dynos.values() if d.app == app]
+            dynos = [d for d in self.dynos.values() if d.app == app or d.app_id == app]
         return sorted(dynos, key=lambda d: (not d.live, d.type, d.index, d.started))
 
     def get(self, app: str, ident: str) -> Dyno:
@@ -566,14 +679,24 @@ class DynoManager:
         with self.lock:
             live = [d for d in self.dynos.values() if d.live]
         grace = min(grace, self.settings.grace_seconds)
-        threads = [
-            threading.Thread(target=self.stop, args=(d, "platform shutting down", True, grace))
-            for d in live
-        ]
+        threads = [threading.Thread(target=self.stop,
+                                    args=(d, "platform shutting down", True, grace))
+                   for d in live]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        if self.networks is not None:
+            self.networks.shutdown()
+
+
+@dataclass
+class Held:
+    """What a starting dyno has acquired (released whatever happens)."""
+
+    fs: DynoFs | None = None
+    namespace: Namespace | None = None
+    token: str | None = None
 
 
 class Supervisor:
@@ -683,44 +806,85 @@ def _syscalls() -> Any:
 
 
 MNT_DETACH = 2
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
 
 
-def mount_app(lower: Path, work: Path) -> tuple[Path, bool]:
-    """A fresh, writable ``/app`` for one dyno over the unpacked slug ``lower``.
-
-    An overlay mount (the slug read-only below, a per-dyno upper layer) costs about a
-    millisecond whatever the slug's size; where overlays cannot be mounted (no root, no
-    overlayfs) the slug is copied instead. Returns the directory and whether it is a mount.
-    """
+def _mount(source: str, target: Path, fstype: str, flags: int, options: str) -> bool:
     import ctypes
 
-    upper, scratch, merged = work / "upper", work / "work", work / "app"
-    for d in (upper, scratch, merged):
-        d.mkdir(parents=True)
-    options = f"lowerdir={lower},upperdir={upper},workdir={scratch}".encode()
     libc = _syscalls()
-    if libc.mount(b"overlay", str(merged).encode(), b"overlay", 0, ctypes.c_char_p(options)) == 0:
-        return merged, True
-    merged.rmdir()
-    subprocess.run(["cp", "-a", "--", str(lower), str(merged)], check=True)
-    return merged, False
+    return libc.mount(source.encode(), str(target).encode(), fstype.encode(), flags,
+                      ctypes.c_char_p(options.encode())) == 0
 
 
-def release_app(work: Path, mounted: bool) -> None:
-    """Throw a dyno's ``/app`` away (unmounting it first)."""
-    if mounted:
-        _syscalls().umount2(str(work / "app").encode(), MNT_DETACH)
-    shutil.rmtree(work, ignore_errors=True)
+@dataclass
+class DynoFs:
+    """A dyno's writable storage: ``/app`` (an overlay over the slug), ``/tmp``,
+    ``/build`` and ``/run/selfhost``, all on one bounded ``nosuid,nodev`` tmpfs (the
+    weakened sandbox of the attack suite keeps the old plain directories)."""
+
+    root: Path
+    tmpfs: bool
+    overlay: bool
+
+    @property
+    def app(self) -> Path:
+        return self.root / "app"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def build(self) -> Path:
+        return self.root / "build"
+
+    @property
+    def ctl(self) -> Path:
+        return self.root / "ctl"
+
+    @classmethod
+    def create(cls, root: Path, lower: Path, host_id: int, size: int,
+               locked: security.Security) -> DynoFs:
+        root.mkdir(parents=True, mode=0o700)
+        tmpfs = locked.hardened and _mount(
+            "selfhost-dyno", root, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=0700")
+        if locked.hardened and not tmpfs:
+            shutil.rmtree(root, ignore_errors=True)
+            raise EngineError(f"cannot mount the dyno's tmpfs at {root}",
+                              hint="the platform daemon must run as root")
+        fs = cls(root, tmpfs, overlay=False)
+        upper, work = root / "upper", root / "work"
+        for d in (upper, work, fs.app, fs.tmp, fs.build, fs.ctl):
+            d.mkdir()
+        hand_over(locked, host_id, upper, fs.tmp, fs.build)
+        flags = MS_NOSUID | MS_NODEV if locked.hardened else 0
+        options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+        # An overlay costs about a millisecond whatever the slug's size; where overlays
+        # cannot be mounted (no root, no overlayfs) the slug is copied instead.
+        fs.overlay = _mount("overlay", fs.app, "overlay", flags, options)
+        if not fs.overlay:
+            fs.app.rmdir()
+            subprocess.run(["cp", "-a", "--", str(lower), str(fs.app)], check=True)
+        return fs
+
+    def remove(self) -> None:
+        """Unmount and delete (everything the dyno wrote goes with the tmpfs)."""
+        if self.overlay:
+            _syscalls().umount2(str(self.app).encode(), MNT_DETACH)
+        if self.tmpfs:
+            _syscalls().umount2(str(self.root).encode(), MNT_DETACH)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
-def release_stale_apps(dynos_dir: Path) -> None:
+def release_stale_dynos(dynos_dir: Path) -> None:
     """Unmount and delete what a killed daemon left in ``dynos/``."""
     prefix = str(dynos_dir) + "/"
     with contextlib.suppress(OSError), open("/proc/self/mounts") as f:
-        for line in f:
-            target = line.split()[1].replace("\\040", " ")
-            if target.startswith(prefix):
-                _syscalls().umount2(target.encode(), MNT_DETACH)
+        targets = [line.split()[1].replace("\\040", " ") for line in f]
+    for target in sorted((t for t in targets if t.startswith(prefix)), reverse=True):
+        _syscalls().umount2(target.encode(), MNT_DETACH)
     shutil.rmtree(dynos_dir, ignore_errors=True)
 
 

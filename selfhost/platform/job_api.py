@@ -19,12 +19,20 @@ POST        /jobs/{id}/finish                              worker: ``{lease, sta
 POST        /jobs/{id}/requeue                             worker: ``{lease, reason}`` (it is
                                                            stopping)
 GET         /jobs/{id}/source                              worker: an app-compile job's app
+POST        /jobs/{id}/sandbox                             worker: ``{lease, command, dir,
+                                                           env}`` runs an app's build in a
+                                                           fresh sandbox (no network, no
+                                                           token) → ``{exit_code}``
+PUT         /jobs/{id}/artifact?lease=                     worker: the compiled app's slug
+                                                           (released by the platform)
 GET         /stages/{input_hash}                           a stored stage (404 if none)
 GET         /stages/{input_hash}/blob                      its tarball
-PUT         /stages/{input_hash}?job=&tree_digest=&files=  store a stage's tarball
+PUT         /stages/{input_hash}?job=&tree_digest=&files=  store a stage's tarball (its
+                                                           tree must have that digest)
 ==========  =============================================  ================================
 
-Workers use the platform's token (their dynos get it in ``SELFHOST_API_TOKEN``).
+Workers use their dyno's token (``SELFHOST_API_TOKEN``), scoped to their own app: they
+see and touch only that app's jobs and stages (:mod:`selfhost.platform.auth`).
 """
 
 from __future__ import annotations
@@ -81,11 +89,20 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
         in_app(app, job)
         return 202, service.cancel(job)
 
+    def own(h: Any, job: str) -> dict[str, Any]:
+        """The job, if the caller may act for its app (a dyno: only its own app's)."""
+        found = jobs.get(job)
+        h.principal.require_app(found["app"]["id"], f"act on job {found['id']}")
+        return found
+
     def jobs_claim(h: Any, job: str) -> tuple[int, Any]:
         body = h._json_body()
+        own(h, job)
         attempt, worker, dyno = body.get("attempt"), body.get("worker"), body.get("dyno")
         if not isinstance(attempt, int) or not isinstance(worker, str) or not isinstance(dyno, str):
             raise invalid("attempt (a number), worker and dyno (strings) are required")
+        if h.principal.dyno_id:  # a dyno claims for itself, whatever it says
+            dyno = h.principal.dyno_id
         claimed, lease = jobs.claim(job, attempt, worker, dyno)
         jobs.log(claimed["id"], [f"attempt {attempt} started on {worker}"])
         extra: dict[str, Any] = {}
@@ -96,6 +113,7 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
 
     def jobs_heartbeat(h: Any, job: str) -> tuple[int, Any]:
         body = h._json_body()
+        own(h, job)
         progress = body.get("progress")
         lines = body.get("log") or []
         if not isinstance(lines, list) or len(lines) > MAX_LOG_LINES * 50:
@@ -107,14 +125,25 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
 
     def jobs_finish(h: Any, job: str) -> tuple[int, Any]:
         body = h._json_body()
-        state = body.get("state")
-        done = jobs.finish(job, _lease(body), str(state), body.get("result"), body.get("error"))
+        found = own(h, job)
+        state, result, error = str(body.get("state")), body.get("result"), body.get("error")
+        lease = _lease(body)
+        if state == "succeeded" and found["kind"] == "app-compile":
+            # the platform releases the compiled app itself: a worker's token cannot
+            try:
+                result = service.release_artifact(found, lease, result)
+            except ApiError as exc:
+                if exc.status == 409:
+                    raise
+                state, error = "failed", f"the compiled app was not released: {exc.message}"
+        done = jobs.finish(job, lease, state, result, error)
         jobs.log(done["id"], [f"{done['state']}" + (f": {done['error']}" if done["error"] else "")])
         service.on_finished(done)
         return 200, done
 
     def jobs_requeue(h: Any, job: str) -> tuple[int, Any]:
         body = h._json_body()
+        own(h, job)
         again = jobs.requeue(job, _lease(body))
         if again is None:
             raise ApiError(409, "conflict", "the job is not running")
@@ -129,23 +158,42 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
         return 200, again
 
     def jobs_source(h: Any, job: str) -> tuple[int, Any]:
-        found = jobs.get(job)
+        found = own(h, job)
         sha = found["params"].get("source_blob")
         path = service.source_path(sha) if sha else None
         if path is None or not path.is_file():
             raise not_found("job source")
         return 200, Stream(_file_chunks(path), "application/gzip")
 
-    def stages_info(h: Any, key: str) -> tuple[int, Any]:
+    def jobs_sandbox(h: Any, job: str) -> tuple[int, Any]:
+        body = h._json_body()
+        found = own(h, job)
+        lease = _lease(body)
+        command, directory, env = body.get("command"), body.get("dir"), body.get("env") or {}
+        if not isinstance(command, str) or not command.strip() or \
+                not isinstance(directory, str) or not isinstance(env, dict):
+            raise invalid("command (a shell line), dir (a directory under /build) and env "
+                          "(an object) are required")
+        return 200, service.run_sandbox(found, lease, command, directory,
+                                        {str(k): str(v) for k, v in env.items()})
+
+    def jobs_artifact(h: Any, job: str) -> tuple[int, Any]:
+        found = own(h, job)
+        lease = (h.query.get("lease") or [""])[0]
+        with h.receive_body("artifact") as (sha, size, upload):
+            return 201, service.store_artifact(found, lease, upload, sha, size)
+
+    def own_stage(h: Any, key: str) -> dict[str, Any]:
         stage = jobs.stage(key)
-        if stage is None:
-            raise not_found("stage")
-        return 200, stage
+        if stage is None or not (h.principal.platform or stage["app_id"] == h.principal.app_id):
+            raise not_found("stage")  # another app's stages do not exist for a dyno
+        return stage
+
+    def stages_info(h: Any, key: str) -> tuple[int, Any]:
+        return 200, own_stage(h, key)
 
     def stages_blob(h: Any, key: str) -> tuple[int, Any]:
-        stage = jobs.stage(key)
-        if stage is None:
-            raise not_found("stage")
+        stage = own_stage(h, key)
         return 200, Stream(
             _file_chunks(service.stage_blob(stage["blob_sha256"])), "application/gzip"
         )
@@ -155,13 +203,14 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
         digest, files = q.get("tree_digest", ""), q.get("files", "")
         if not re.fullmatch(r"[0-9a-f]{64}", digest) or not files.isdigit():
             raise invalid("tree_digest (64 hex) and files (a count) are required")
-        job = jobs.get(q["job"]) if q.get("job") else None
-        if job is not None and job["state"] in FINAL:
+        if not q.get("job"):
+            raise invalid("job (the stage job that built it) is required")
+        job = own(h, q["job"])
+        if job["state"] in FINAL:
             raise ApiError(409, "conflict", f"job {job['id']} is already {job['state']}")
-        app = job["app"]["name"] if job else q.get("app", "")
         with h.receive_body("stage") as (sha, size, upload):
             stage = service.store_stage(
-                app, key, job["id"] if job else None, digest, int(files), upload, sha, size
+                job["app"]["name"], key, job["id"], digest, int(files), upload, sha, size
             )
         return 201, stage
 
@@ -175,6 +224,8 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
         "jobs_finish": jobs_finish,
         "jobs_requeue": jobs_requeue,
         "jobs_source": jobs_source,
+        "jobs_sandbox": jobs_sandbox,
+        "jobs_artifact": jobs_artifact,
         "stages_info": stages_info,
         "stages_blob": stages_blob,
         "stages_put": stages_put,

@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import sqlite3
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -40,9 +42,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from selfhost.hashing import digest_json
+from selfhost import archive
+from selfhost.archive import ArchiveError
+from selfhost.errors import SlugError
+from selfhost.hashing import digest_json, scan_tree, tree_digest
+from selfhost.platform.dynos import SIZES, Extras
+from selfhost.platform.slug import check_slug
 from selfhost.platform.store import ApiError, PlatformPaths, Store, invalid, not_found, now
 from selfhost.platform.taskqueue import DYNO_QUEUE_DIR, QUEUE_FILE, Queue, QueueUrlError
+from selfhost.stages.engine import Mount, Process, Sandbox
+from selfhost.stages.security import hand_over
 
 KINDS = ("self-rebuild", "stage", "app-compile", "bootstrap")
 ACTIVE = ("queued", "running")
@@ -52,7 +61,6 @@ DEFAULT_TIMEOUT = 1800.0
 MAX_TIMEOUT = 86_400.0
 QUEUE_CONFIG_VAR = "SELFHOST_QUEUE_URL"
 DISTCC_CONFIG_VAR = "SELFHOST_DISTCC"
-DISTCC_ADDRESSES_VAR = "DISTCC_LISTEN_ADDRESSES"
 MAX_LOG_LINES = 200  # lines accepted per heartbeat
 
 
@@ -224,6 +232,11 @@ class JobStore:
                 f"{row['state']}, attempt {row['attempt']})"
             )
         return row
+
+    def check_lease(self, job_id: int | str, lease: str) -> sqlite3.Row:
+        """The job's row if ``lease`` holds it (409 otherwise)."""
+        with self.store.read() as db:
+            return self._leased(db, job_id, lease)
 
     def heartbeat(self, job_id: int | str, lease: str, progress: str | None) -> dict[str, Any]:
         with self.store.tx() as db:
@@ -437,6 +450,7 @@ class JobService:
         *,
         api_url: Callable[[], str],
         default_queue: str | None = None,
+        queues: tuple[str, ...] = (),
         log: Callable[[str], None] = lambda _: None,
         lease_seconds: float = LEASE_SECONDS,
     ):
@@ -447,7 +461,10 @@ class JobService:
         self.api_url = api_url
         self.queue_dir = paths.root / "queue"
         self.queue_dir.mkdir(parents=True, exist_ok=True)
-        self.default_queue = default_queue or f"sqlite://{self.queue_dir / QUEUE_FILE}"
+        #: The platform's queue for every app (selfhost.queue_url); None: each app has an
+        #: SQLite queue of its own, queue/<app id>/jobs.db, owned by its sandbox id.
+        self.default_queue = default_queue
+        self.queues = tuple(q for q in queues if q)
         self.queue = Queue()
         self.log = log
         self.lease_seconds = lease_seconds
@@ -456,15 +473,45 @@ class JobService:
         self.stopped = threading.Event()
         self.lock = threading.Lock()
         self.unsent: set[int] = set()  # queued jobs the queue could not take yet
+        self.sandboxes: dict[int, Process] = {}  # running job sandboxes, by job id
+        self.on_release: Callable[[str], None] | None = None  # the supervisor's poke
 
     # ------------------------------------------------------------------ queue
     def queue_url(self, app: str) -> str:
-        """The app's queue: its SELFHOST_QUEUE_URL config var, else the platform's."""
-        url = self.store.config(app).get(QUEUE_CONFIG_VAR) or self.default_queue
-        return url
+        """The app's queue, always one the platform owns: the app's ``SELFHOST_QUEUE_URL``
+        config var may name one of the platform's queues (``selfhost.queue_url`` and
+        ``selfhost.queues``) or ``sqlite`` (its own SQLite queue); unset, the platform's
+        default. Anything else is refused: no config var reaches another queue, and none
+        makes the platform mount a host path."""
+        chosen = self.store.config(app).get(QUEUE_CONFIG_VAR, "").strip()
+        owned = [q for q in (self.default_queue, *self.queues) if q]
+        if chosen in owned:
+            return chosen
+        if chosen and chosen != "sqlite":
+            raise invalid(
+                f"the {QUEUE_CONFIG_VAR} config var of {app} is {chosen!r}, which is not one "
+                "of the platform's queues: set it to 'sqlite' (the app's own queue)"
+                + (f" or one of {', '.join(owned)}" if owned else "")
+                + ", or unset it (apps can only use queues the platform owns)")
+        if self.default_queue and not chosen:
+            return self.default_queue
+        return f"sqlite://{self.app_queue_dir(app) / QUEUE_FILE}"
+
+    def app_queue_dir(self, app: str) -> Path:
+        """The directory of an app's own SQLite queue, owned by its sandbox id (SQLite,
+        running as root in the daemon, gives its journal files the database's owner)."""
+        app_id = self.store.app(app)["id"]
+        directory = self.queue_dir / app_id
+        db = directory / QUEUE_FILE
+        if not db.exists():
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            db.touch(mode=0o600)
+            hand_over(self.manager.security, self.manager.host_id(app), directory)
+        return directory
 
     def dyno_queue_url(self, app: str) -> tuple[str, Path | None]:
-        """The queue URL as a worker dyno sees it, and the directory to mount for it."""
+        """The queue URL as a worker dyno sees it, and the directory to mount for it
+        (only the platform's own: the app's SQLite directory, a Redis socket's)."""
         url = self.queue_url(app)
         parts = urllib.parse.urlsplit(url)
         if parts.scheme == "unix":  # the socket's directory, at the same path
@@ -642,6 +689,7 @@ class JobService:
     def cancel(self, job_id: int | str) -> dict[str, Any]:
         job = self.jobs.request_cancel(job_id)
         self.jobs.log(job["id"], ["cancel requested"])
+        self.kill_sandbox(job["id"])
         for child in job["children"]:
             self.jobs.request_cancel(child)
         if job["kind"] == "bootstrap" and job["state"] == "running":
@@ -655,6 +703,7 @@ class JobService:
     # ------------------------------------------------------------------ lost workers
     def take_back(self, job: dict[str, Any], why: str) -> None:
         """A running job's worker is gone: queue the job again (or mark it cancelled)."""
+        self.kill_sandbox(job["id"])
         again = self.jobs.requeue(job["id"], None)
         if again is None:
             return
@@ -721,56 +770,164 @@ class JobService:
         self.stopped.set()
 
     # ------------------------------------------------------------------ dynos
-    def dyno_environment(
-        self, dyno: Any, config: dict[str, str]
-    ) -> tuple[dict[str, str], list[tuple[Path, str]]]:
-        """Extra environment and mounts for the platform's own process types."""
-        if dyno.type == "worker":
-            url, mount = self.dyno_queue_url(dyno.app)
-            env = {
-                "SELFHOST_API_URL": self.api_url(),
-                "SELFHOST_API_TOKEN": self.store.paths.ensure_token(),
-                "SELFHOST_QUEUE_URL": url,
-                "SELFHOST_APP": dyno.app,
-                "SELFHOST_DYNO_ID": dyno.id,
-            }
-            if mount is None:
-                return env, []
-            return env, [(mount, DYNO_QUEUE_DIR if url.startswith("sqlite:") else str(mount))]
-        if dyno.type == "distccd":
-            addresses = [
-                a.strip()
-                for a in config.get(DISTCC_ADDRESSES_VAR, "").replace(",", " ").split()
-                if a.strip()
-            ]
-            address = addresses[(dyno.index - 1) % len(addresses)] if addresses else "127.0.0.1"
-            return {"DISTCC_LISTEN": address}, []
-        return {}, []
+    def dyno_environment(self, dyno: Any, config: dict[str, str]) -> Extras:
+        """What a worker dyno needs besides what every dyno gets: its app's queue (and
+        the port of a Redis queue on this machine's loopback)."""
+        if dyno.type != "worker":
+            return Extras()
+        url, mount = self.dyno_queue_url(dyno.app)
+        ports: tuple[int, ...] = ()
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme in ("redis", "rediss") and parts.hostname in ("127.0.0.1",
+                                                                      "localhost"):
+            ports = (parts.port or 6379,)
+        mounts = [] if mount is None else \
+            [(mount, DYNO_QUEUE_DIR if url.startswith("sqlite:") else str(mount))]
+        return Extras(env={"SELFHOST_QUEUE_URL": url}, mounts=mounts, host_ports=ports)
 
     def distcc_hosts(self, app: str) -> list[str]:
-        """``ADDRESS:PORT/LIMIT`` of the app's running distccd dynos."""
+        """``127.0.0.1:PORT/LIMIT`` of the app's running distccd dynos (each forwarded
+        from its own host port; every dyno of the app may reach the app's ports)."""
         hosts = []
         for d in self.manager.list(app):
             if d.type == "distccd" and d.state == "up" and d.port and not d.stopping:
-                hosts.append(f"{d.listen or '127.0.0.1'}:{d.port}/2")
+                hosts.append(f"127.0.0.1:{d.port}/2")
         return hosts
+
+    # ------------------------------------------------------------------ sandboxes
+    def run_sandbox(self, job: dict[str, Any], lease: str, command: str, directory: str,
+                    env: dict[str, str]) -> dict[str, Any]:
+        """Run a job's untrusted build commands (an app's ``make``) in a fresh sandbox,
+        for the worker dyno that holds the job: ``directory`` of that dyno's ``/build``
+        read-write at the same path, its ``/app`` (the compiler slug) read-only, no
+        network, no token, the dyno's limits and host id. The output goes to the job's
+        log; cancel, timeout and a lost lease kill it."""
+        row = self.jobs.check_lease(job["id"], lease)
+        dyno = self.manager.by_id(row["worker_dyno"] or "")
+        if dyno is None or not dyno.live or dyno.fs is None or dyno.stack is None:
+            raise conflict(f"job {job['id']}: its worker dyno is not running")
+        relative = Path(directory.removeprefix("/build/").strip("/"))
+        if not directory.startswith("/build/") or ".." in relative.parts or \
+                not (dyno.fs.build / relative).is_dir():
+            raise invalid(f"dir must be an existing directory under /build, not {directory!r}")
+        target = f"/build/{relative}"
+        safe_env = {k: v for k, v in env.items() if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)
+                    and not k.startswith("SELFHOST_")}
+        sandbox = Sandbox(
+            stack=dyno.stack, argv=("/bin/sh", "-ec", command),
+            env=tuple({"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": target,
+                       "LC_ALL": "C.UTF-8", "TZ": "UTC", **safe_env}.items()),
+            mounts=(Mount(dyno.fs.app, "/app"), Mount(dyno.fs.build / relative, target,
+                                                      writable=True)),
+            workdir=target, network=False, limits=SIZES[dyno.size], scratch=("/tmp",),
+            owner=str(self.paths.root), label=f"job-{job['id']}-{secrets.token_hex(4)}",
+            host_id=dyno.host_id)
+        self.jobs.log(job["id"], [f"sandbox: {command}"])
+        output = LogLines(lambda lines: self.jobs.log(job["id"], lines, source="sandbox"))
+        started = time.monotonic()
+        process = self.manager.engine(dyno.engine).start(sandbox, output)
+        with self.lock:
+            self.sandboxes[job["id"]] = process
+        try:
+            remaining = max(1.0, float(job["timeout"]) - (time.time() - (job["started"] or 0)))
+            code = process.wait(remaining)
+            if code is None:
+                process.kill()
+                code = process.wait()
+        finally:
+            with self.lock:
+                self.sandboxes.pop(job["id"], None)
+            process.close()
+            output.flush()
+        seconds = round(time.monotonic() - started, 2)
+        self.jobs.log(job["id"], [f"sandbox: exit {code} ({seconds}s)"])
+        return {"exit_code": code, "seconds": seconds}
+
+    def kill_sandbox(self, job_id: int) -> None:
+        with self.lock:
+            process = self.sandboxes.get(job_id)
+        if process is not None:
+            process.kill()
+
+    # ------------------------------------------------------------------ artifacts
+    def store_artifact(self, job: dict[str, Any], lease: str, upload: Path, sha: str,
+                       size: int) -> dict[str, Any]:
+        """An app-compile job's slug, checked like an upload, kept until the job ends."""
+        self.jobs.check_lease(job["id"], lease)
+        try:
+            check_slug(upload, self.manager.unpack_limits)
+        except SlugError as exc:
+            raise ApiError(422, "invalid_slug", exc.message) from None
+        os.chmod(upload, 0o600)
+        os.replace(upload, self.paths.blob(sha))
+        return {"checksum": f"SHA256:{sha}", "size": size}
+
+    def release_artifact(self, job: dict[str, Any], lease: str, result: Any
+                         ) -> dict[str, Any]:
+        """Release an app-compile job's slug to its target app (created if needed): the
+        platform does it, with the process types the worker read from the app."""
+        self.jobs.check_lease(job["id"], lease)
+        if not isinstance(result, dict) or not isinstance(result.get("checksum"), str):
+            raise invalid("result.checksum (the uploaded artifact's) is required")
+        sha = result["checksum"].removeprefix("SHA256:")
+        if not re.fullmatch(r"[0-9a-f]{64}", sha) or not self.paths.blob(sha).is_file():
+            raise invalid("the artifact was not uploaded (PUT /jobs/{id}/artifact)")
+        target = job["params"]["target"]
+        try:
+            self.store.app(target)
+        except ApiError:
+            self.store.create_app(target, self.store.app(job["app"]["id"])["stack"]["name"])
+        slug, _ = self.store.create_slug(target, {
+            "process_types": result.get("process_types") or {}, "checksum": result["checksum"],
+            "buildpack_provided_description": f"app-compile job {job['id']}"})
+        self.store.attach_blob(slug["id"], sha, self.paths.blob(sha).stat().st_size)
+        release = self.store.create_release(target, slug["id"],
+                                            f"app-compile job {job['id']}")
+        if self.on_release:
+            self.on_release(target)
+        return {**result, "target": target, "version": release["version"],
+                "release": release["id"]}
 
     # ------------------------------------------------------------------ stages
     def stage_blob(self, sha: str) -> Path:
         return self.stage_blobs / f"{sha}.tar.gz"
 
-    def store_stage(
-        self,
-        app: str,
-        input_hash: str,
-        job_id: int | None,
-        tree_digest: str,
-        files: int,
-        upload: Path,
-        sha: str,
-        size: int,
-    ) -> dict[str, Any]:
-        """Move a received stage tarball into place, content-addressed, then record it."""
+    def store_stage(self, app: str, input_hash: str, job_id: int | None, digest: str,
+                    files: int, upload: Path, sha: str, size: int) -> dict[str, Any]:
+        """Verify a received stage tarball (its tree must have the digest it claims),
+        then keep it, content-addressed; an input hash already stored stays as it is."""
         self.stage_blobs.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.stage_blobs) as tmp:
+            try:
+                archive.extract(upload, Path(tmp) / "tree", what="stage")
+                actual = tree_digest(scan_tree(Path(tmp) / "tree"))
+            except ArchiveError as exc:
+                raise ApiError(422, "invalid_stage", f"the stage was refused: {exc}") from None
+        if actual != digest:
+            raise ApiError(422, "digest_mismatch",
+                           f"the uploaded stage's tree has digest {actual}, not {digest}; "
+                           "it was not stored")
+        existing = self.jobs.stage(input_hash)
+        if existing is not None:
+            return existing
         os.replace(upload, self.stage_blob(sha))
-        return self.jobs.add_stage(app, input_hash, tree_digest, files, size, sha, job_id)
+        return self.jobs.add_stage(app, input_hash, digest, files, size, sha, job_id)
+
+
+class LogLines:
+    """An engine output that hands complete lines to a function (the job's log)."""
+
+    def __init__(self, sink: Callable[[list[str]], None]):
+        self.sink = sink
+        self.partial = b""
+
+    def write(self, data: bytes) -> int:
+        complete, _, self.partial = (self.partial + data).rpartition(b"\n")
+        if complete:
+            self.sink(complete.decode("utf-8", "replace").splitlines())
+        return len(data)
+
+    def flush(self) -> None:
+        if self.partial:
+            self.sink([self.partial.decode("utf-8", "replace")])
+            self.partial = b""

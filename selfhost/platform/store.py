@@ -28,6 +28,13 @@ Schema (version 1)::
     formation(id PK, app_id → apps, type, quantity, size, command,
               created_at, updated_at, UNIQUE(app_id, type))
 
+Added in version 3 (the sandbox security model, docs/security.md)::
+
+    app_numbers(app_id PK → apps, number UNIQUE)      each app's sandbox host id offset
+    tokens(token_sha256 PK, app_id → apps, dyno_id, created_at)
+                                                      app-scoped tokens of live dynos
+                                                      (only their sha256 is kept)
+
 Added in version 2 (compile jobs, see selfhost/platform/jobs.py)::
 
     jobs(id INTEGER PK, app_id → apps, kind, params JSON, key, parent_id → jobs,
@@ -50,6 +57,7 @@ Consistency rules, so that a ``kill -9`` at any moment leaves a usable state:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import json
 import os
@@ -63,7 +71,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 APP_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,28}[a-z0-9]$")
 CONFIG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_SIZES = ("basic", "standard-1x", "standard-2x", "performance-m", "performance-l")
@@ -147,6 +155,17 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_key ON jobs (app_id, key, state);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
+CREATE TABLE IF NOT EXISTS app_numbers (
+    app_id TEXT PRIMARY KEY REFERENCES apps(id),
+    number INTEGER NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    token_sha256 TEXT PRIMARY KEY,
+    app_id TEXT NOT NULL REFERENCES apps(id),
+    dyno_id TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tokens_by_dyno ON tokens (dyno_id);
 CREATE TABLE IF NOT EXISTS stages (
     input_hash TEXT PRIMARY KEY,
     app_id TEXT NOT NULL REFERENCES apps(id),
@@ -226,6 +245,16 @@ class PlatformPaths:
     def blob(self, sha256: str) -> Path:
         return self.blobs / sha256
 
+    def ensure_private(self) -> None:
+        """The platform's state is private: the directory 0700, the database and the
+        token 0600 (they hold every app's config vars and the master token)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        for path in (self.db, self.db.with_name("platform.db-wal"),
+                     self.db.with_name("platform.db-shm"), self.token):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(path, 0o600)
+
     def ensure_token(self) -> str:
         """The API token, created (0600) on first use."""
         self.root.mkdir(parents=True, exist_ok=True)
@@ -244,7 +273,7 @@ class Store:
 
     def __init__(self, paths: PlatformPaths):
         self.paths = paths
-        paths.root.mkdir(parents=True, exist_ok=True)
+        paths.ensure_private()
         db = self.connect()
         try:
             # executescript runs in its own transaction (it commits first), and every
@@ -252,6 +281,7 @@ class Store:
             db.executescript(SCHEMA)
         finally:
             db.close()
+        paths.ensure_private()  # the database files exist now
         with self.tx() as db:
             # Versions only add tables (CREATE ... IF NOT EXISTS above), so an older
             # database is upgraded in place.
@@ -318,6 +348,46 @@ class Store:
     def app(self, ident: str) -> dict[str, Any]:
         with self.read() as db:
             return self._app_json(db, self._app(db, ident))
+
+    # ------------------------------------------------------------------ security
+    def app_number(self, ident: str) -> int:
+        """The app's number (1, 2, ...): its dynos run as the sandbox host id base + it.
+        Given once, at the first dyno, and never reused."""
+        with self.tx() as db:
+            app_id = self._app(db, ident)["id"]
+            row = db.execute("SELECT number FROM app_numbers WHERE app_id = ?",
+                             (app_id,)).fetchone()
+            if row:
+                return int(row[0])
+            number = db.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM app_numbers"
+                                ).fetchone()[0]
+            db.execute("INSERT INTO app_numbers VALUES (?, ?)", (app_id, number))
+            return int(number)
+
+    def issue_token(self, app_id: str, dyno_id: str) -> str:
+        """A new token scoped to one app, for one dyno (revoked when the dyno ends)."""
+        token = "dyno-" + secrets.token_urlsafe(32)
+        with self.tx() as db:
+            db.execute("INSERT INTO tokens VALUES (?, ?, ?, ?)",
+                       (hashlib.sha256(token.encode()).hexdigest(), app_id, dyno_id, now()))
+        return token
+
+    def revoke_tokens(self, dyno_id: str | None = None) -> None:
+        """Revoke the tokens of a dyno (or of every dyno, at daemon start)."""
+        with self.tx() as db:
+            if dyno_id is None:
+                db.execute("DELETE FROM tokens")
+            else:
+                db.execute("DELETE FROM tokens WHERE dyno_id = ?", (dyno_id,))
+
+    def token_scope(self, token: str) -> tuple[str, str, str] | None:
+        """``(app id, app name, dyno id)`` of an app-scoped token, or None."""
+        with self.read() as db:
+            row = db.execute(
+                "SELECT tokens.app_id, apps.name, tokens.dyno_id FROM tokens JOIN apps ON "
+                "apps.id = tokens.app_id WHERE token_sha256 = ?",
+                (hashlib.sha256(token.encode()).hexdigest(),)).fetchone()
+        return (row[0], row[1], row[2]) if row else None
 
     def apps(self) -> list[dict[str, Any]]:
         with self.read() as db:

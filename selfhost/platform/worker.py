@@ -77,8 +77,9 @@ class Api:
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {token}"
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        return self.client.request(method, path, body)
+    def call(self, method: str, path: str, body: Any = None, timeout: float | None = None
+             ) -> Any:
+        return self.client.request(method, path, body, timeout=timeout)
 
     def download(self, path: str, target: Path) -> bool:
         """GET a blob to ``target``; False on 404."""
@@ -195,6 +196,20 @@ class Job:
             log.warning("job %s: the outcome was not recorded: %s", self.id, exc)
 
     # ------------------------------------------------------------------ commands
+    def sandbox(self, script: str, env: dict[str, str], cwd: Path, what: str) -> None:
+        """Run untrusted commands (an app's build) in a sandbox the platform starts for
+        this job: ``cwd`` (under /build) writable, /app read-only, no network and no
+        token. Its output goes to the job's log on the platform's side."""
+        if self.ended:
+            raise self.ended
+        answer = self.api.call("POST", f"/jobs/{self.id}/sandbox", {
+            "lease": self.lease, "command": script, "dir": str(cwd), "env": env},
+            timeout=float(self.data["timeout"]) + 60)
+        if self.ended:  # cancelled or timed out meanwhile: the platform killed it
+            raise self.ended
+        if answer["exit_code"] != 0:
+            raise JobFailed(f"{what} failed with exit code {answer['exit_code']}")
+
     def run(self, script: str, env: dict[str, str], cwd: Path, what: str) -> None:
         """Run a shell script in its own process group; its output goes to the job log."""
         if self.ended:
@@ -511,15 +526,20 @@ def stage(job: Job) -> dict[str, Any]:
         info = job.api.call("GET", f"/stages/{builder}")
         builder_id = info["tree_digest"]
         job.progress(f"stage{k}: fetch the builder (stage {builder[:12]})")
-        builder_tree = BUILD / "builder"
-        shutil.rmtree(builder_tree, ignore_errors=True)
+        fetched = BUILD / "builder"
+        shutil.rmtree(fetched, ignore_errors=True)
         archive = BUILD / "builder.tar.gz"
         job.api.download(f"/stages/{builder}/blob", archive)
         try:
-            safe_extract(archive, builder_tree, what=f"stage {builder[:12]}")
+            safe_extract(archive, fetched, what=f"stage {builder[:12]}")
         except ArchiveError as exc:
             raise JobFailed(f"the stored builder stage is unusable: {exc}") from None
         archive.unlink()
+        actual = tree_digest(scan_tree(fetched))  # the whole DESTDIR, as recorded
+        if actual != builder_id:
+            raise JobFailed(f"the stored builder stage {builder[:12]} has tree digest "
+                            f"{actual[:16]}, not the recorded {builder_id[:16]}: refused")
+        builder_tree = fetched / recipe.prefix.lstrip("/")
     key = stage_key(
         recipe, meta, job.claim.get("stack"), builder_id, bool(job.params.get("distcc"))
     )
@@ -554,7 +574,7 @@ def stage(job: Job) -> dict[str, Any]:
     digest = destdir_digest()
     job.progress(f"stage{k}: store {key[:12]}")
     archive = BUILD / "stage.tar.gz"
-    _tar(tree, archive)
+    _tar(BUILD / "out", archive)  # the whole DESTDIR: the platform checks its digest
     job.api.upload(
         f"/stages/{key}", archive, {"job": job.id, "tree_digest": digest, "files": len(entries)}
     )
@@ -591,18 +611,17 @@ def app_compile(job: Job) -> dict[str, Any]:
     compiler = f"{meta['prefix']}/bin/{meta['compiler']}"
     env = {
         "PATH": f"{meta['prefix']}/bin:/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(work),
-        "LC_ALL": "C.UTF-8",
-        "TZ": "UTC",
         "CC": compiler,
         "SOURCE_DATE_EPOCH": "0",
+        "JOBS": _jobs(),
     }
     if job.params.get("distcc"):
-        env = _distcc(job, env, "CC")
+        raise JobFailed("app-compile builds run without network (the app's build is "
+                        "untrusted), so they cannot use distcc; distcc serves stage builds")
     for name in ("Makefile", "makefile", "GNUmakefile"):
         if (app_dir / name).is_file():
-            job.progress(f"make CC={meta['compiler']}")
-            job.run('make -j"$JOBS" CC="$CC"', {**env, "JOBS": _jobs()}, app_dir, "make")
+            job.progress(f"make CC={meta['compiler']} (in a sandbox of its own)")
+            job.sandbox('make -j"$JOBS" CC="$CC"', env, app_dir, "make")
             break
     else:
         job.say("no Makefile: nothing to compile, the app is packed as it is")
@@ -611,22 +630,9 @@ def app_compile(job: Job) -> dict[str, Any]:
     contents.add_tree(app_dir, ignore=[*read_slugignore(app_dir), ".slugignore"])
     slug_path = work / "slug.tgz"
     info = pack(contents, slug_path, mtime=0, process_types=process_types)
-    target = job.params["target"]
-    job.progress(f"release to {target}")
-    released = job.api.client.release_slug(
-        target,
-        slug_path,
-        checksum=info.checksum,
-        size=info.size,
-        process_types=process_types,
-        create_app=True,
-        description=f"app-compile job {job.id} with {meta['compiler']} {meta['version']}",
-    )
-    job.say(f"released {target} v{released.version} ({info.size} bytes)")
+    job.progress(f"upload the slug ({info.size} bytes); the platform releases it")
+    job.api.upload(f"/jobs/{job.id}/artifact", slug_path, {"lease": job.lease})
     return {
-        "target": target,
-        "version": released.version,
-        "release": released.release_id,
         "checksum": info.checksum,
         "size": info.size,
         "compiler": compiler,

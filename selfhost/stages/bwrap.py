@@ -2,27 +2,44 @@
 
 The stack's rootfs is bound read-only at ``/``; each :class:`Mount` is bound on top
 (read-only unless writable); ``/proc``, ``/dev`` and a tmpfs ``/tmp`` are fresh; every
-namespace is unshared (so there is no network unless the sandbox asks for it); and
+namespace is unshared (so there is no network unless the sandbox is given one); and
 the sandbox dies with its parent, so a killed selfhost leaves no build behind.
-Resource limits are enforced with a cgroup per sandbox (:mod:`selfhost.stages.cgroups`).
+
+bubblewrap is started as the sandbox's unprivileged host id, as Flatpak starts it::
+
+    [sh: join the cgroup] → [nsenter --net: the dyno's network] → setpriv --reuid=ID
+        --regid=ID --clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs
+        → bwrap --unshare-all --unshare-user --uid 0 --disable-userns --cap-drop ALL
+              --seccomp FD ...
+
+so the sandbox's uid 0 is that host id, with no capability in any namespace that
+matters, no way to create user namespaces, and the seccomp filter of
+:mod:`selfhost.stages.security`. Resource limits are a cgroup per sandbox, created
+and joined from outside (:mod:`selfhost.stages.cgroups`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import IO, Any
 
 from selfhost.errors import EngineError
 from selfhost.stages.cgroups import Cgroup, command_name, descendants
 from selfhost.stages.engine import HOSTNAME, Output, RunResult, Sandbox, output_fd, run_sandbox
+from selfhost.stages.security import Security
 from selfhost.stages.stack import Stack
+
+SETPRIV = "/usr/bin/setpriv"
+NSENTER = "/usr/bin/nsenter"
 
 
 class BwrapEngine:
@@ -30,7 +47,9 @@ class BwrapEngine:
 
     name = "bwrap"
 
-    def __init__(self, *, echo: Callable[[Sequence[str]], None] | None = None):
+    def __init__(self, security: Security, *,
+                 echo: Callable[[Sequence[str]], None] | None = None):
+        self.security = security
         self._echo = echo or (lambda argv: None)
         self._bwrap: str | None = None
 
@@ -42,13 +61,14 @@ class BwrapEngine:
         return self._bwrap
 
     def check(self) -> None:
-        """Fail with the fix if bubblewrap is not installed."""
+        """Fail with the fix if bubblewrap (or setpriv, to drop privileges) is missing."""
         found = shutil.which("bwrap")
         if not found:
-            raise EngineError(
-                "bubblewrap (bwrap) is not installed",
-                hint="apt-get install bubblewrap, or use --engine docker",
-            )
+            raise EngineError("bubblewrap (bwrap) is not installed",
+                              hint="apt-get install bubblewrap, or use --engine docker")
+        if self.security.drops_privileges and not os.path.exists(SETPRIV):
+            raise EngineError(f"{SETPRIV} is missing: sandboxes cannot drop root",
+                              hint="apt-get install util-linux")
         self._bwrap = found
 
     def prepare(self, stack: Stack, mount_points: Iterable[str] = ()) -> None:
@@ -59,75 +79,125 @@ class BwrapEngine:
         """Nothing to do: ``--die-with-parent`` takes sandboxes down with their run."""
         return 0
 
-    def command_line(self, sandbox: Sandbox) -> list[str]:
-        """The full bwrap argv, one option per group, as run."""
-        argv = [
-            self.bwrap,
-            "--ro-bind",
-            str(sandbox.stack.rootfs),
-            "/",
-            "--proc",
-            "/proc",
-            "--dev",
-            "/dev",
-        ]
+    def bwrap_argv(self, sandbox: Sandbox, seccomp_fd: int | None,
+                   sources: dict[Path, int] | None = None) -> list[str]:
+        """The bwrap part of the command, one option per group. With ``sources`` (open
+        descriptors by path), mounts are bound from the descriptors, which root opened:
+        the unprivileged host id need not be able to reach the paths themselves (the
+        platform's directory is private to root)."""
+
+        def bind(source: Path, target: str, writable: bool) -> list[str]:
+            option = "--bind" if writable else "--ro-bind"
+            if sources is None:
+                return [option, str(source), target]
+            return [f"{option}-fd", str(sources[source]), target]
+
+        argv = [self.bwrap,
+                *bind(sandbox.stack.rootfs, "/", False),
+                "--proc", "/proc",
+                "--dev", "/dev"]
         for scratch in sandbox.scratch:
             argv += ["--tmpfs", scratch]
         for mount in sandbox.mounts:
-            argv += ["--bind" if mount.writable else "--ro-bind", str(mount.source), mount.target]
+            argv += bind(mount.source, mount.target, mount.writable)
         argv += ["--unshare-all"]
-        if sandbox.network:
-            argv += ["--share-net"]
-        if sandbox.uid:
+        if sandbox.netns is not None or (sandbox.network and not self.security.hardened):
+            argv += ["--share-net"]  # the prepared namespace, or the host's (weakened)
+        if self.security.hardened:
+            argv += ["--unshare-user", "--uid", str(sandbox.uid), "--gid", str(sandbox.uid),
+                     "--disable-userns", "--cap-drop", "ALL"]
+            if seccomp_fd is not None:
+                argv += ["--seccomp", str(seccomp_fd)]
+        elif sandbox.uid:
             argv += ["--uid", str(sandbox.uid), "--gid", str(sandbox.uid)]
-        argv += [
-            "--hostname",
-            HOSTNAME,
-            "--die-with-parent",
-            "--new-session",
-            "--clearenv",
-            "--chdir",
-            sandbox.workdir,
-            "--",
-            *sandbox.inner_argv(),
-        ]
+        argv += ["--hostname", HOSTNAME,
+                 "--die-with-parent",
+                 "--new-session",
+                 "--clearenv",
+                 "--chdir", sandbox.workdir,
+                 "--", *sandbox.inner_argv()]
         return argv
+
+    def launch_argv(self, sandbox: Sandbox, seccomp_fd: int | None,
+                    sources: dict[Path, int] | None = None) -> list[str]:
+        """What runs bwrap: into the network namespace, then down to the host id."""
+        argv: list[str] = []
+        if sandbox.netns is not None:
+            argv += [NSENTER, f"--net=/proc/self/fd/{sandbox.netns}", "--"]
+        if self.security.drops_privileges:
+            host = self.security.host_id(sandbox.host_id)
+            argv += [SETPRIV, f"--reuid={host}", f"--regid={host}", "--clear-groups",
+                     "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+        return [*argv, *self.bwrap_argv(sandbox, seccomp_fd, sources)]
+
+    def command_line(self, sandbox: Sandbox) -> list[str]:
+        """A command that reproduces the sandbox by hand (as root), as it is run."""
+        seccomp = self.security.seccomp if self.security.hardened else None
+        if seccomp is None:
+            return self.launch_argv(sandbox, None)
+        fd = 9
+        return ["bash", "-c", f'exec {fd}<{shlex.quote(str(seccomp))} && exec "$@"', "sh",
+                *self.launch_argv(sandbox, fd)]
 
     def start(self, sandbox: Sandbox, output: Output) -> BwrapProcess:
         """Start bwrap in its own process group (and cgroup, when limits are set)."""
         self.prepare(sandbox.stack, [*sandbox.mount_targets(), *sandbox.scratch])
-        argv = self.command_line(sandbox)
-        self._echo(argv)
         limits = sandbox.limits
         cgroup = None
         if limits.memory_bytes or limits.cpus or limits.pids:
-            cgroup = Cgroup.create(
-                sandbox.label or f"run-{os.getpid()}-{time.monotonic_ns()}",
-                memory_bytes=limits.memory_bytes,
-                cpus=limits.cpus,
-                pids=limits.pids,
-            )
+            cgroup = Cgroup.create(sandbox.label or f"run-{os.getpid()}-{time.monotonic_ns()}",
+                                   memory_bytes=limits.memory_bytes, cpus=limits.cpus,
+                                   pids=limits.pids)
+        fds: list[int] = [] if sandbox.netns is None else [sandbox.netns]
+        opened: list[int] = []
+        seccomp_fd = None
+        sources = None
+        try:
+            if self.security.hardened and self.security.seccomp is not None:
+                seccomp_fd = os.open(self.security.seccomp, os.O_RDONLY)
+                opened.append(seccomp_fd)
+            if self.security.drops_privileges:
+                sources = {}
+                for path in (sandbox.stack.rootfs, *(m.source for m in sandbox.mounts)):
+                    if path not in sources:
+                        sources[path] = os.open(path, os.O_PATH)
+                        opened.append(sources[path])
+        except OSError as exc:
+            for fd_ in opened:
+                os.close(fd_)
+            if cgroup:
+                cgroup.remove()
+            raise EngineError(f"cannot open {exc.filename} for the sandbox: {exc.strerror}"
+                              ) from None
+        fds += opened
+        argv = self.launch_argv(sandbox, seccomp_fd, sources)
+        self._echo(argv)
+        if cgroup:
             argv = cgroup.wrap(argv)
         fd = output_fd(output)
         try:
             proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
+                argv, stdin=subprocess.DEVNULL,
                 stdout=fd if fd is not None else subprocess.PIPE,
                 stderr=subprocess.STDOUT,
+                pass_fds=fds,
                 start_new_session=True,  # our own process group, killed as one
             )
         except OSError as exc:
             if cgroup:
                 cgroup.remove()
             raise EngineError(f"cannot start bwrap: {exc}") from None
+        finally:
+            for fd_ in opened:
+                os.close(fd_)
         pump = None
         if fd is None:
             pump = threading.Thread(target=_copy, args=(proc.stdout, output), daemon=True)
             pump.start()
         return BwrapProcess(proc, pump, cgroup)
 
-    def run(self, sandbox: Sandbox, output: Output, *, timeout: float | None = None) -> RunResult:
+    def run(self, sandbox: Sandbox, output: Output, *, timeout: float | None = None
+            ) -> RunResult:
         """Run to completion; on timeout or Ctrl-C the whole sandbox is killed."""
         return run_sandbox(self, sandbox, output, timeout=timeout)
 
@@ -164,6 +234,13 @@ class BwrapProcess:
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def namespace_pid(self) -> int:
+        """The sandboxed command (the first process below bwrap's own)."""
+        for pid in descendants(self.proc.pid):
+            if command_name(pid) != "bwrap":
+                return pid
+        return self.proc.pid
 
     def close(self) -> dict[str, Any]:
         if self.cgroup is None:

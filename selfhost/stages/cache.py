@@ -18,7 +18,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from selfhost.hashing import digest_json
+from selfhost.errors import CacheError
+from selfhost.hashing import SpecialFile, digest_json, scan_tree, tree_digest
 from selfhost.stages.manifest import Manifest
 
 #: Bump when the meaning of an input changes, to invalidate every cached stage.
@@ -28,6 +29,30 @@ KEY_FORMAT = 1
 def input_hash(inputs: dict[str, Any]) -> str:
     """The cache key of a stage."""
     return digest_json({"key_format": KEY_FORMAT, **inputs})
+
+
+def verify(entry: Path, manifest: Manifest) -> None:
+    """Raise CacheError unless the stage tree at ``entry`` has its recorded digest."""
+    try:
+        actual = tree_digest(scan_tree(entry / "tree"))
+    except (OSError, SpecialFile) as exc:
+        actual = f"unreadable ({exc})"
+    if actual == manifest.tree_digest:
+        return
+    recorded = {e.path: e.to_json() for e in manifest.files}
+    try:
+        now = {e.path: e.to_json() for e in scan_tree(entry / "tree")}
+    except (OSError, SpecialFile):
+        now = {}
+    changed = sorted(p for p in set(recorded) | set(now) if recorded.get(p) != now.get(p))
+    raise CacheError(
+        f"the cached stage {manifest.stage} of {manifest.compiler} ({entry.name[:16]}) was "
+        "modified after it was recorded; it was not used",
+        details=f"  recorded tree digest: {manifest.tree_digest}\n  actual:               "
+        f"{actual}\n" + "\n".join(f"  changed: {p}" for p in changed[:20]),
+        hint=f"something wrote into {entry}; remove that entry (it is rebuilt on the next "
+        "run) and find out what changed it",
+    )
 
 
 class StageCache:
@@ -41,12 +66,18 @@ class StageCache:
         return self.root / key
 
     def lookup(self, key: str) -> Manifest | None:
-        """The manifest of a complete stage, or None (a missing or unreadable manifest)."""
+        """The manifest of a complete stage, or None (a missing or unreadable manifest).
+
+        The stage's tree is verified first: a tree whose digest is not its manifest's
+        was changed after it was recorded, and is refused (CacheError), never used.
+        """
         path = self.entry(key) / "manifest.json"
         try:
-            return Manifest.load(path)
+            manifest = Manifest.load(path)
         except (OSError, ValueError, KeyError):
             return None
+        verify(self.entry(key), manifest)
+        return manifest
 
     def begin(self, key: str) -> Path:
         """A fresh work directory for building ``key`` (any earlier attempt is wiped)."""

@@ -2,8 +2,10 @@
 
 There is no registry: the stack's rootfs is streamed through ``tar`` into
 ``docker import`` once and tagged ``selfhost/stack:<stack digest>``. Containers run
-with the root filesystem read-only, ``network_mode=none``, a tmpfs ``/tmp``, the same
-hostname and the same inner command as bubblewrap, and carry the label
+as the sandbox's unprivileged host id with every capability dropped,
+``no-new-privileges``, Docker's default seccomp profile, the root filesystem
+read-only, ``network_mode=none``, a tmpfs ``/tmp``, the same hostname and the same
+inner command as bubblewrap, and carry the label
 ``selfhost.sandbox`` so that containers orphaned by a killed run can be removed.
 """
 
@@ -17,6 +19,7 @@ from typing import Any
 
 from selfhost.errors import EngineError
 from selfhost.stages.engine import HOSTNAME, Output, RunResult, Sandbox, run_sandbox
+from selfhost.stages.security import Security
 from selfhost.stages.stack import Stack
 
 LABEL = "selfhost.sandbox"
@@ -31,9 +34,9 @@ class DockerEngine:
 
     name = "docker"
 
-    def __init__(
-        self, *, base_url: str | None = None, echo: Callable[[Sequence[str]], None] | None = None
-    ):
+    def __init__(self, security: Security, *, base_url: str | None = None,
+                 echo: Callable[[Sequence[str]], None] | None = None):
+        self.security = security
         self._base_url = base_url
         self._echo = echo or (lambda argv: None)
         self._client: Any = None
@@ -90,6 +93,17 @@ class DockerEngine:
             tar.stdout.close()
             tar.wait()
 
+    def user(self, sandbox: Sandbox) -> int:
+        """The uid (and gid) the container runs as: the sandbox's unprivileged host id
+        (Docker maps no user namespace, so container root would be host root)."""
+        return self.security.host_id(sandbox.host_id) if self.security.hardened else \
+            sandbox.uid
+
+    def network_mode(self, sandbox: Sandbox) -> str:
+        """``none``: a dyno's network is attached from outside (pasta), after start; the
+        weakened sandbox of the attack suite gets Docker's bridge."""
+        return "bridge" if sandbox.network and not self.security.hardened else "none"
+
     def _create_args(self, sandbox: Sandbox) -> dict[str, Any]:
         from docker.types import Mount as DockerMount
 
@@ -98,9 +112,9 @@ class DockerEngine:
             "command": sandbox.inner_argv(),
             "working_dir": sandbox.workdir,
             "hostname": HOSTNAME,
-            "user": f"{sandbox.uid}:{sandbox.uid}",
+            "user": f"{self.user(sandbox)}:{self.user(sandbox)}",
             "read_only": True,
-            "network_mode": "bridge" if sandbox.network else "none",
+            "network_mode": self.network_mode(sandbox),
             "tmpfs": {d: "rw,exec,mode=1777" for d in sandbox.scratch},
             "init": True,  # docker-init as pid 1: forwards SIGTERM and reaps zombies
             "mounts": [
@@ -111,6 +125,9 @@ class DockerEngine:
             **({"name": f"selfhost-{sandbox.label}"} if sandbox.label else {}),
             "detach": True,
         }
+        if self.security.hardened:
+            kwargs["cap_drop"] = ["ALL"]
+            kwargs["security_opt"] = ["no-new-privileges"]
         limits = sandbox.limits
         if limits.memory_bytes:
             kwargs["mem_limit"] = limits.memory_bytes
@@ -129,15 +146,17 @@ class DockerEngine:
             "--rm",
             "--read-only",
             "--network",
-            "bridge" if sandbox.network else "none",
+            self.network_mode(sandbox),
             "--hostname",
             HOSTNAME,
             "--user",
-            "0:0",
+            f"{self.user(sandbox)}:{self.user(sandbox)}",
             "--init",
             "--workdir",
             sandbox.workdir,
         ]
+        if self.security.hardened:
+            argv += ["--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
         for scratch in sandbox.scratch:
             argv += ["--tmpfs", f"{scratch}:rw,exec,mode=1777"]
         for m in sandbox.mounts:
@@ -211,6 +230,11 @@ class DockerProcess:
             return None
         self.pump.join(timeout=10)
         return int(result.get("StatusCode", 1))
+
+    def namespace_pid(self) -> int:
+        """The container's init process, as the host sees it."""
+        self.container.reload()
+        return int(self.container.attrs["State"]["Pid"])
 
     def terminate(self) -> None:
         """SIGTERM to the command (docker-init forwards it; a bare pid 1 would ignore it)."""

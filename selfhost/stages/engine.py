@@ -13,18 +13,21 @@ Both engines run exactly the same command inside the sandbox::
 so the environment (nothing but the declared variables), the umask and the argv are
 identical whichever engine runs them; the stack is read-only, the network is
 unshared unless asked for, ``/tmp`` is a fresh tmpfs and the hostname is fixed.
+Both run it as an unprivileged host id with no capabilities, no_new_privs and a
+seccomp filter (:mod:`selfhost.stages.security`).
 """
 
 from __future__ import annotations
 
 import shlex
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from selfhost.errors import UsageError
+from selfhost.stages.security import Security
 from selfhost.stages.stack import Stack
 
 HOSTNAME = "selfhost"
@@ -58,11 +61,18 @@ class Sandbox:
     mounts: tuple[Mount, ...] = ()
     workdir: str = "/"
     network: bool = False
+    #: bwrap: an open file descriptor of the network namespace to run in (a dyno's,
+    #: prepared with pasta); None with ``network`` means a namespace of its own
+    #: without interfaces (hardened) or the host's network (the weakened sandbox).
+    netns: int | None = None
     limits: Limits = field(default_factory=Limits)
     scratch: tuple[str, ...] = ("/tmp",)  # fresh tmpfs directories
     owner: str = "selfhost"  # who started it (a workspace); labels containers
     label: str = ""  # a unique name for this run (cgroup, container), if any
-    uid: int = 0  # the user (and group) the command runs as inside the sandbox
+    uid: int = 0  # the user (and group) the command runs as inside the sandbox (bwrap)
+    #: The unprivileged host id the sandbox runs as (see selfhost.stages.security);
+    #: files it writes on the host are owned by it.
+    host_id: int = 0
 
     def inner_argv(self) -> list[str]:
         """The command both engines execute inside the sandbox (see module docstring)."""
@@ -116,11 +126,15 @@ class Process(Protocol):
     def close(self) -> dict[str, Any]:
         """Release the sandbox's resources; return what is known (e.g. oom_killed)."""
 
+    def namespace_pid(self) -> int:
+        """A host pid inside the sandbox (to reach its namespaces from outside)."""
+
 
 class Engine(Protocol):
     """What every sandbox backend provides."""
 
     name: str
+    security: Security
 
     def check(self) -> None:
         """Raise EngineError (naming the fix) if the engine cannot run sandboxes."""
@@ -141,20 +155,20 @@ class Engine(Protocol):
         """Remove sandboxes of ``owner`` left behind by a killed run; return how many."""
 
 
-def make_engine(name: str, *, docker_url: str | None = None, echo=None) -> Engine:
-    """Create the engine called ``name`` (``bwrap`` or ``docker``)."""
+def make_engine(name: str, security: Security, *, docker_url: str | None = None,
+                echo: Callable[[Sequence[str]], None] | None = None) -> Engine:
+    """Create the engine called ``name`` (``bwrap`` or ``docker``), locked down as
+    ``security`` says."""
     if name == "bwrap":
         from selfhost.stages.bwrap import BwrapEngine
 
-        return BwrapEngine(echo=echo)
+        return BwrapEngine(security, echo=echo)
     if name == "docker":
         from selfhost.stages.docker_engine import DockerEngine
 
-        return DockerEngine(base_url=docker_url, echo=echo)
-    raise UsageError(
-        f"unknown engine {name!r}; expected bwrap or docker",
-        hint="pass --engine bwrap or --engine docker",
-    )
+        return DockerEngine(security, base_url=docker_url, echo=echo)
+    raise UsageError(f"unknown engine {name!r}; expected bwrap or docker",
+                     hint="pass --engine bwrap or --engine docker")
 
 
 def run_sandbox(

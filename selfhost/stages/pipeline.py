@@ -43,6 +43,7 @@ from selfhost.stages.diff import ArtifactComparison, compare_artifacts
 from selfhost.stages.engine import Engine, Mount, Sandbox, shell_line
 from selfhost.stages.environment import BUILD_DIR, DESTDIR, SRC_DIR, stage_environment
 from selfhost.stages.manifest import Manifest, TestResult, select_artifacts, write_json_atomic
+from selfhost.stages.security import hand_over, take_back
 from selfhost.stages.stack import Stack, StackSpec, StackStore
 from selfhost.ui import UI
 from selfhost.workspace import Workspace
@@ -315,6 +316,7 @@ class StageBuild:
         self.previous = previous
         self.env = env
         self.work = work
+        self.security = boot.engine.security
         self.build_dir = work / "build"
         self.tree = work / "tree"
         self.log_path = work / "logs" / "stage.log"
@@ -337,6 +339,7 @@ class StageBuild:
             mounts=self.mounts(out_writable=out_writable),
             workdir=SRC_DIR,
             owner=self.boot.owner,
+            host_id=self.security.ids.build,
         )
 
     def build(self, key: str, inputs: dict[str, Any]) -> Manifest:
@@ -357,6 +360,9 @@ class StageBuild:
                     f"{self.recipe.prefix}; it cannot build stage{self.n}"
                 )
             copy_tree(self.source.tree, self.build_dir / "src")
+            # the build runs as an unprivileged host id: it may write its work
+            # directory and DESTDIR, nothing else
+            hand_over(self.security, self.security.ids.build, self.build_dir, self.tree)
             timings["prepare"] = time.monotonic() - t
         with open(self.log_path, "ab") as log:
             for name, script in (
@@ -380,6 +386,7 @@ class StageBuild:
         with ui.step("capture"):
             t = time.monotonic()
             shutil.rmtree(self.build_dir)
+            take_back(self.security, self.tree)  # root's again, and no setuid bits
             try:
                 files = scan_tree(self.tree)
             except SpecialFile as exc:

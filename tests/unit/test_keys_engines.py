@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from selfhost.stages.cache import StageCache
 from selfhost.stages.docker_engine import DockerEngine
 from selfhost.stages.engine import Limits, Mount, Sandbox, make_engine
 from selfhost.stages.manifest import Manifest
+from selfhost.stages.security import SandboxIds, Security
 from selfhost.stages.pipeline import Bootstrap, StageResult
 from selfhost.stages.stack import Stack, StackSpec
 from selfhost.ui import UI
@@ -111,8 +113,12 @@ def sandbox(tmp_path, **kw) -> Sandbox:
     )
 
 
+SECURE = Security(ids=SandboxIds(1_700_000_000, 65536), seccomp=Path("/x/filter.bpf"))
+WEAK = Security(ids=SandboxIds(1_700_000_000, 65536), seccomp=None, hardened=False)
+
+
 def test_bwrap_command_line(tmp_path):
-    engine = BwrapEngine()
+    engine = BwrapEngine(WEAK)
     engine._bwrap = "/usr/bin/bwrap"
     argv = engine.command_line(sandbox(tmp_path))
     joined = " ".join(argv)
@@ -126,11 +132,36 @@ def test_bwrap_command_line(tmp_path):
     assert inner[:4] == ["/usr/bin/env", "-i", "PATH=/usr/bin", "TZ=UTC"]
     assert "umask 022" in inner[inner.index("-c") + 1]
     net = engine.command_line(sandbox(tmp_path, network=True))
-    assert "--share-net" in net
+    assert "--share-net" in net, "the weakened sandbox shares the host network"
 
 
-def test_docker_arguments_match_the_sandbox(tmp_path):
-    engine = DockerEngine()
+def test_hardened_bwrap_drops_to_the_host_id(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    engine = BwrapEngine(SECURE)
+    engine._bwrap = "/usr/bin/bwrap"
+    argv = engine.command_line(sandbox(tmp_path, host_id=1_700_000_007, network=True))
+    assert argv[:2] == ["bash", "-c"] and "exec 9</x/filter.bpf" in argv[2]
+    setpriv = argv.index("/usr/bin/setpriv")
+    assert argv[setpriv + 1 : setpriv + 3] == ["--reuid=1700000007", "--regid=1700000007"]
+    assert "--no-new-privs" in argv and "--bounding-set=-all" in argv
+    for option in ("--unshare-user", "--disable-userns", "--seccomp"):
+        assert option in argv, option
+    assert argv[argv.index("--cap-drop") + 1] == "ALL"
+    assert argv[argv.index("--seccomp") + 1] == "9"
+    assert "--share-net" not in argv, "no network namespace given: a private, empty one"
+    with_ns = engine.launch_argv(sandbox(tmp_path, network=True, netns=5), None)
+    assert with_ns[:2] == ["/usr/bin/nsenter", "--net=/proc/self/fd/5"]
+    assert "--share-net" in with_ns
+    fds = engine.launch_argv(sandbox(tmp_path), None, {tmp_path / "stack/rootfs": 11,
+                                                       tmp_path / "b": 12, tmp_path / "p": 13})
+    joined = " ".join(fds)
+    assert "--ro-bind-fd 11 /" in joined and "--bind-fd 12 /build" in joined
+    assert "--ro-bind-fd 13 /opt/x" in joined
+
+
+def test_docker_arguments_match_the_sandbox(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    engine = DockerEngine(SECURE)
     sb = sandbox(tmp_path, limits=Limits(memory_bytes=256 << 20, cpus=0.5))
     kwargs = engine._create_args(sb)
     assert kwargs["read_only"] is True and kwargs["network_mode"] == "none"
@@ -139,13 +170,16 @@ def test_docker_arguments_match_the_sandbox(tmp_path):
     mounts = {m["Target"]: m for m in kwargs["mounts"]}
     assert mounts["/build"]["ReadOnly"] is False and mounts["/opt/x"]["ReadOnly"] is True
     assert kwargs["mem_limit"] == 256 << 20 and kwargs["nano_cpus"] == 500_000_000
+    assert kwargs["cap_drop"] == ["ALL"] and kwargs["security_opt"] == ["no-new-privileges"]
+    assert kwargs["user"] == "1700000000:1700000000", "never root: no user namespace in Docker"
     cli = engine.command_line(sb)
     assert "--read-only" in cli and cli[cli.index("--network") + 1] == "none"
+    assert cli[cli.index("--user") + 1] == "1700000000:1700000000"
 
 
 def test_unknown_engine_is_a_usage_error():
     with pytest.raises(UsageError, match="bwrap or docker"):
-        make_engine("podman")
+        make_engine("podman", WEAK)
 
 
 def test_stack_digest_is_order_insensitive():

@@ -190,10 +190,16 @@ def test_database_schema_is_as_documented(server):
         "formation",
         "jobs",
         "stages",
+        "app_numbers",
+        "tokens",
         "sqlite_sequence",
     }
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert (
         json.loads(db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
-        == 2
+        == 3
     )
+    mode = server.paths.root.stat().st_mode & 0o777
+    assert mode == 0o700, "the platform's state is private"
+    assert server.paths.db.stat().st_mode & 0o777 == 0o600
+    assert server.paths.token.stat().st_mode & 0o777 == 0o600

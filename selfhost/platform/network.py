@@ -1,0 +1,221 @@
+"""Dyno networking: a network namespace per dyno, connected by pasta, with a policy.
+
+Each dyno gets a network namespace of its own, created by the daemon (owned by the
+host's user namespace, so nothing inside can reconfigure it) and connected with
+``pasta`` (Debian's ``passt``: user-mode networking, as rootless Podman uses it):
+
+- **inbound**: only the dyno's ``$PORT`` (web and distccd dynos), forwarded from a host
+  loopback port (``-t 127.0.0.1/P:P``); nothing else on the host reaches the dyno;
+- **to the host**: only the listed host loopback ports are spliced into the dyno's own
+  loopback (``-T``): the platform API (for its app-scoped token), the app's listening
+  dynos (distccd peers, web) and the app's Redis queue. ``--no-map-gw`` keeps the
+  gateway address from reaching any other host port;
+- **outbound**: by default nothing (pasta binds outbound sockets to 127.0.0.1, so no
+  connection leaves the machine); an app whose ``SELFHOST_NETWORK`` config var is
+  ``internet`` may reach the outside (still only the listed host loopback ports).
+
+Creating a namespace and starting pasta for it takes 20-30 ms, so namespaces for
+one-off dynos are prepared ahead, a few per policy (:class:`NetworkPool`): a one-off
+dyno starts in an already connected namespace. pasta processes are recorded in
+``net/<pid>.pasta`` under the platform directory and killed when their dyno ends, and
+at daemon start if a killed daemon left them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from selfhost.errors import EngineError
+
+PASTA = "/usr/bin/pasta"
+CLONE_NEWNET = 0x40000000
+POOL_SIZE = 2
+POOL_IDLE_SECONDS = 300.0  # an unused policy's prepared namespaces are dropped after this
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a dyno's network namespace may reach (see the module docstring)."""
+
+    host_ports: tuple[int, ...] = ()  # host loopback ports spliced into the dyno
+    inbound: tuple[str, int] | None = None  # (host address, port) forwarded to $PORT
+    outbound: bool = False  # may connect beyond the machine
+
+    def pasta_args(self) -> list[str]:
+        args = ["--no-map-gw"]
+        if not self.outbound:
+            args += ["-o", "127.0.0.1"]
+        args += ["-t", f"{self.inbound[0]}/{self.inbound[1]}:{self.inbound[1]}"
+                 if self.inbound else "none"]
+        args += ["-T", ",".join(map(str, sorted(set(self.host_ports)))) or "none"]
+        return [*args, "-u", "none", "-U", "none"]
+
+
+@dataclass
+class Namespace:
+    """A connected network namespace: an open descriptor and its pasta process."""
+
+    fd: int
+    pasta: int
+    policy: Policy
+    created: float = field(default_factory=time.monotonic)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def new_namespace() -> int:
+    """A fresh network namespace, as an open descriptor (made on a throwaway thread:
+    unshare moves only the calling thread, and the thread ends right after)."""
+    result: list[int | BaseException] = []
+
+    def make() -> None:
+        try:
+            if _libc.unshare(CLONE_NEWNET) != 0:
+                errno = ctypes.get_errno()
+                raise OSError(errno, os.strerror(errno))
+            result.append(os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net",
+                                  os.O_RDONLY | os.O_CLOEXEC))
+        except BaseException as exc:  # handed to the caller
+            result.append(exc)
+
+    thread = threading.Thread(target=make)
+    thread.start()
+    thread.join()
+    if isinstance(result[0], BaseException):
+        raise EngineError(f"cannot create a network namespace: {result[0]}",
+                          hint="dyno networking needs root (the platform daemon runs as root)")
+    return result[0]
+
+
+class Networks:
+    """Creates, pools and removes the network namespaces of one platform's dynos."""
+
+    def __init__(self, state: Path):
+        self.state = state  # <platform>/net: pid files of the pasta processes
+        self.lock = threading.Lock()
+        self.pool: dict[Policy, list[Namespace]] = {}
+        self.used: dict[Policy, float] = {}
+        self.filling: set[Policy] = set()
+        state.mkdir(parents=True, exist_ok=True)
+        self.clean_stale()
+
+    def check(self) -> None:
+        if not os.path.exists(PASTA):
+            raise EngineError("pasta is not installed: dynos get no network",
+                              hint="apt-get install passt (./setup installs it)")
+
+    def create(self, policy: Policy) -> Namespace:
+        """A new namespace with pasta attached and configured (20-30 ms)."""
+        self.check()
+        return self._connect(new_namespace(), policy)
+
+    def attach(self, pid: int, policy: Policy) -> Namespace:
+        """Connect the network namespace a running process is in (a Docker container
+        started with ``network_mode=none``)."""
+        self.check()
+        try:
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise EngineError(f"cannot open the network namespace of process {pid}: "
+                              f"{exc.strerror}") from None
+        return self._connect(fd, policy)
+
+    def _connect(self, fd: int, policy: Policy) -> Namespace:
+        """Start pasta for the namespace open at ``fd`` (which the result then owns)."""
+        pidfile = self.state / f"tmp-{os.getpid()}-{time.monotonic_ns()}"
+        argv = [PASTA, "--runas", "0", "--quiet", "-4", "--config-net", "--no-dhcp",
+                "--no-ndp", "--no-dhcpv6", "--no-ra", *policy.pasta_args(), "-P",
+                str(pidfile), "--netns", f"/proc/self/fd/{fd}", "--netns-only"]
+        proc = subprocess.run(argv, pass_fds=(fd,), capture_output=True, text=True,
+                              check=False)
+        try:
+            pid = int(pidfile.read_text())
+        except (OSError, ValueError):
+            os.close(fd)
+            pidfile.unlink(missing_ok=True)
+            lines = [ln for ln in proc.stderr.splitlines() if "syslog" not in ln]
+            raise EngineError(f"pasta could not connect the dyno's network (exit "
+                              f"{proc.returncode})", details="\n".join(lines[-5:])) from None
+        os.replace(pidfile, self.state / f"{pid}.pasta")
+        return Namespace(fd, pid, policy)
+
+    def take(self, policy: Policy) -> Namespace:
+        """A connected namespace for ``policy``: a prepared one if there is, else new.
+        The pool is topped up in the background."""
+        with self.lock:
+            ready = self.pool.get(policy) or []
+            namespace = ready.pop(0) if ready else None
+            self.used[policy] = time.monotonic()
+        if namespace is None:
+            namespace = self.create(policy)
+        self._refill(policy)
+        return namespace
+
+    def _refill(self, policy: Policy) -> None:
+        with self.lock:
+            if policy in self.filling:
+                return
+            self.filling.add(policy)
+
+        def fill() -> None:
+            try:
+                while True:
+                    with self.lock:
+                        if len(self.pool.get(policy, [])) >= POOL_SIZE:
+                            return
+                    namespace = self.create(policy)
+                    with self.lock:
+                        self.pool.setdefault(policy, []).append(namespace)
+            except EngineError:
+                pass  # the next take creates one itself, and reports the error
+            finally:
+                with self.lock:
+                    self.filling.discard(policy)
+
+        threading.Thread(target=fill, daemon=True, name="netns-pool").start()
+
+    def release(self, namespace: Namespace) -> None:
+        """The dyno ended: stop its pasta and let the namespace go."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(namespace.pasta, signal.SIGTERM)
+        (self.state / f"{namespace.pasta}.pasta").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.close(namespace.fd)
+
+    def expire(self) -> None:
+        """Drop prepared namespaces of policies nobody used for a while."""
+        now = time.monotonic()
+        with self.lock:
+            stale = [p for p, t in self.used.items() if now - t > POOL_IDLE_SECONDS]
+            dropped = [ns for p in stale for ns in self.pool.pop(p, [])]
+            for p in stale:
+                self.used.pop(p, None)
+        for namespace in dropped:
+            self.release(namespace)
+
+    def shutdown(self) -> None:
+        with self.lock:
+            dropped = [ns for ready in self.pool.values() for ns in ready]
+            self.pool.clear()
+        for namespace in dropped:
+            self.release(namespace)
+
+    def clean_stale(self) -> None:
+        """Kill the pasta processes a killed daemon left behind (by their pid files)."""
+        for path in self.state.glob("*.pasta"):
+            with contextlib.suppress(ValueError, OSError):
+                pid = int(path.stem)
+                if Path(f"/proc/{pid}/exe").resolve().name.startswith(("pasta", "passt")):
+                    os.kill(pid, signal.SIGKILL)
+            path.unlink(missing_ok=True)
+        for path in self.state.glob("tmp-*"):
+            path.unlink(missing_ok=True)
