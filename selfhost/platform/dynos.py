@@ -322,7 +322,8 @@ class DynoManager:
         self.extras: Callable[[Dyno, dict[str, str]], Extras] | None = None
         #: Called when a dyno has ended (the job service takes its jobs back).
         self.on_exit: Callable[[Dyno], None] | None = None
-        release_stale_dynos(paths.root / "dynos")  # left by a killed daemon
+        self.dynos_dir = paths.root / "dynos"
+        release_stale_dynos(self.dynos_dir)  # left by a killed daemon
         store.revoke_tokens()  # their dynos are gone too
 
     def _mirror(self) -> str:
@@ -514,7 +515,7 @@ class DynoManager:
         slug_app = self.slug_dir(dyno.slug_sha, host_id)
         app_info = self.store.app(dyno.app)
         stack = self.stack_for(app_info["stack"]["name"], slug_app)
-        held.fs = DynoFs.create(self.paths.root / "dynos" / dyno.id, slug_app, host_id,
+        held.fs = DynoFs.create(self.dynos_dir / dyno.id, slug_app, host_id,
                                 self.settings.disk_bytes, self.security)
         dyno.fs, dyno.stack, dyno.host_id = held.fs, stack, host_id
         env = {"PATH": PATH, "HOME": "/app", "LANG": "C.UTF-8", **config, **extra_env}
@@ -611,7 +612,7 @@ class DynoManager:
             with contextlib.suppress(Exception):
                 held.fs.remove()
         else:
-            shutil.rmtree(self.paths.root / "dynos" / dyno.id, ignore_errors=True)
+            shutil.rmtree(self.dynos_dir / dyno.id, ignore_errors=True)
 
     def _exited(self, dyno: Dyno) -> None:
         if self.on_exit:
@@ -858,6 +859,7 @@ class DynoFs:
         upper, work = root / "upper", root / "work"
         for d in (upper, work, fs.app, fs.tmp, fs.build, fs.ctl):
             d.mkdir()
+        fs.ctl.chmod(0o755)  # read-only for the dyno: the platform's marks
         hand_over(locked, host_id, upper, fs.tmp, fs.build)
         flags = MS_NOSUID | MS_NODEV if locked.hardened else 0
         options = f"lowerdir={lower},upperdir={upper},workdir={work}"

@@ -459,8 +459,7 @@ class JobService:
         self.jobs = JobStore(store)
         self.manager = manager
         self.api_url = api_url
-        self.queue_dir = paths.root / "queue"
-        self.queue_dir.mkdir(parents=True, exist_ok=True)
+        self.queue_dir = paths.root / "queues"
         #: The platform's queue for every app (selfhost.queue_url); None: each app has an
         #: SQLite queue of its own, queue/<app id>/jobs.db, owned by its sandbox id.
         self.default_queue = default_queue

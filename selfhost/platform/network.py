@@ -10,9 +10,17 @@ host's user namespace, so nothing inside can reconfigure it) and connected with
   loopback (``-T``): the platform API (for its app-scoped token), the app's listening
   dynos (distccd peers, web) and the app's Redis queue. ``--no-map-gw`` keeps the
   gateway address from reaching any other host port;
-- **outbound**: by default nothing (pasta binds outbound sockets to 127.0.0.1, so no
-  connection leaves the machine); an app whose ``SELFHOST_NETWORK`` config var is
-  ``internet`` may reach the outside (still only the listed host loopback ports).
+- **outbound**: by default nothing; an app whose ``SELFHOST_NETWORK`` config var is
+  ``internet`` may reach the outside, but never an address of this machine (its other
+  interfaces: pasta would connect to them from the host) nor a loopback port it was not
+  given.
+
+pasta alone cannot stop a connection to one of the host's own non-loopback addresses
+(``docker0``'s, say): it makes that connection from the host. So each namespace also
+gets an nftables ruleset of its own, installed by the daemon (``nft`` in the namespace,
+which belongs to the host's user namespace: nothing in the dyno can change it):
+output to loopback is accepted (the spliced ports), replies are accepted, and the rest
+is rejected, or, for ``internet`` apps, accepted unless it goes to a host address.
 
 Creating a namespace and starting pasta for it takes 20-30 ms, so namespaces for
 one-off dynos are prepared ahead, a few per policy (:class:`NetworkPool`): a one-off
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -36,6 +45,8 @@ from pathlib import Path
 from selfhost.errors import EngineError
 
 PASTA = "/usr/bin/pasta"
+NFT = "/usr/sbin/nft"
+NSENTER = "/usr/bin/nsenter"
 CLONE_NEWNET = 0x40000000
 POOL_SIZE = 2
 POOL_IDLE_SECONDS = 300.0  # an unused policy's prepared namespaces are dropped after this
@@ -49,10 +60,23 @@ class Policy:
     inbound: tuple[str, int] | None = None  # (host address, port) forwarded to $PORT
     outbound: bool = False  # may connect beyond the machine
 
+    def nft_rules(self, host_addresses: list[str]) -> str:
+        """The namespace's own firewall (see the module docstring)."""
+        rules = ['oifname "lo" accept', "ct state established,related accept"]
+        if self.outbound:
+            if host_addresses:
+                rules.append(f"ip daddr {{ {', '.join(host_addresses)} }} reject")
+            rules += ["meta nfproto ipv4 accept"]
+        rules.append("reject")
+        body = "".join(f"    {rule}\n" for rule in rules)
+        return ("table inet selfhost {\n  chain output {\n"
+                "    type filter hook output priority 0; policy drop;\n"
+                f"{body}  }}\n}}\n")
+
     def pasta_args(self) -> list[str]:
         args = ["--no-map-gw"]
         if not self.outbound:
-            args += ["-o", "127.0.0.1"]
+            args += ["-o", "127.0.0.1"]  # besides the firewall: nothing leaves anyway
         args += ["-t", f"{self.inbound[0]}/{self.inbound[1]}:{self.inbound[1]}"
                  if self.inbound else "none"]
         args += ["-T", ",".join(map(str, sorted(set(self.host_ports)))) or "none"]
@@ -96,6 +120,18 @@ def new_namespace() -> int:
     return result[0]
 
 
+def host_addresses() -> list[str]:
+    """This machine's own IPv4 addresses, loopback aside (``ip -j addr``)."""
+    proc = subprocess.run(["ip", "-j", "-4", "addr", "show"], capture_output=True, text=True,
+                          check=False)
+    try:
+        interfaces = json.loads(proc.stdout or "[]")
+    except ValueError:
+        return []
+    return sorted({a["local"] for i in interfaces for a in i.get("addr_info", [])
+                   if a.get("local") and not a["local"].startswith("127.")})
+
+
 class Networks:
     """Creates, pools and removes the network namespaces of one platform's dynos."""
 
@@ -109,9 +145,10 @@ class Networks:
         self.clean_stale()
 
     def check(self) -> None:
-        if not os.path.exists(PASTA):
-            raise EngineError("pasta is not installed: dynos get no network",
-                              hint="apt-get install passt (./setup installs it)")
+        for tool, package in ((PASTA, "passt"), (NFT, "nftables")):
+            if not os.path.exists(tool):
+                raise EngineError(f"{tool} is missing: dynos cannot get their network",
+                                  hint=f"apt-get install {package} (./setup installs it)")
 
     def create(self, policy: Policy) -> Namespace:
         """A new namespace with pasta attached and configured (20-30 ms)."""
@@ -146,7 +183,23 @@ class Networks:
             raise EngineError(f"pasta could not connect the dyno's network (exit "
                               f"{proc.returncode})", details="\n".join(lines[-5:])) from None
         os.replace(pidfile, self.state / f"{pid}.pasta")
-        return Namespace(fd, pid, policy)
+        namespace = Namespace(fd, pid, policy)
+        try:
+            self._firewall(namespace)
+        except BaseException:
+            self.release(namespace)
+            raise
+        return namespace
+
+    def _firewall(self, namespace: Namespace) -> None:
+        rules = namespace.policy.nft_rules(host_addresses())
+        proc = subprocess.run([NSENTER, f"--net=/proc/self/fd/{namespace.fd}", "--", NFT,
+                               "-f", "-"], input=rules, text=True, capture_output=True,
+                              pass_fds=(namespace.fd,), check=False)
+        if proc.returncode != 0:
+            raise EngineError("cannot install the dyno's network rules with nft",
+                              details=proc.stderr.strip()[-400:],
+                              hint="apt-get install nftables (./setup installs it)")
 
     def take(self, policy: Policy) -> Namespace:
         """A connected namespace for ``policy``: a prepared one if there is, else new.

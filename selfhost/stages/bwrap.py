@@ -14,8 +14,10 @@ bubblewrap is started as the sandbox's unprivileged host id, as Flatpak starts i
 
 so the sandbox's uid 0 is that host id, with no capability in any namespace that
 matters, no way to create user namespaces, and the seccomp filter of
-:mod:`selfhost.stages.security`. Resource limits are a cgroup per sandbox, created
-and joined from outside (:mod:`selfhost.stages.cgroups`).
+:mod:`selfhost.stages.security`. bwrap resolves mount sources as that id, so root
+stages them first where only it may reach them (:mod:`selfhost.stages.staging`).
+Resource limits are a cgroup per sandbox, created and joined from outside
+(:mod:`selfhost.stages.cgroups`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from selfhost.stages.cgroups import Cgroup, command_name, descendants
 from selfhost.stages.engine import HOSTNAME, Output, RunResult, Sandbox, output_fd, run_sandbox
 from selfhost.stages.security import Security
 from selfhost.stages.stack import Stack
+from selfhost.stages.staging import Staging
 
 SETPRIV = "/usr/bin/setpriv"
 NSENTER = "/usr/bin/nsenter"
@@ -80,26 +83,22 @@ class BwrapEngine:
         return 0
 
     def bwrap_argv(self, sandbox: Sandbox, seccomp_fd: int | None,
-                   sources: dict[Path, int] | None = None) -> list[str]:
-        """The bwrap part of the command, one option per group. With ``sources`` (open
-        descriptors by path), mounts are bound from the descriptors, which root opened:
-        the unprivileged host id need not be able to reach the paths themselves (the
-        platform's directory is private to root)."""
+                   staged: Staging | None = None) -> list[str]:
+        """The bwrap part of the command, one option per group. bwrap runs as the host
+        id, so it binds each source from where root staged it (:mod:`.staging`)."""
 
-        def bind(source: Path, target: str, writable: bool) -> list[str]:
-            option = "--bind" if writable else "--ro-bind"
-            if sources is None:
-                return [option, str(source), target]
-            return [f"{option}-fd", str(sources[source]), target]
+        def source(path: Path) -> str:
+            return str(staged[path] if staged else path)
 
         argv = [self.bwrap,
-                *bind(sandbox.stack.rootfs, "/", False),
+                "--ro-bind", source(sandbox.stack.rootfs), "/",
                 "--proc", "/proc",
                 "--dev", "/dev"]
         for scratch in sandbox.scratch:
             argv += ["--tmpfs", scratch]
         for mount in sandbox.mounts:
-            argv += bind(mount.source, mount.target, mount.writable)
+            argv += ["--bind" if mount.writable else "--ro-bind", source(mount.source),
+                     mount.target]
         argv += ["--unshare-all"]
         if sandbox.netns is not None or (sandbox.network and not self.security.hardened):
             argv += ["--share-net"]  # the prepared namespace, or the host's (weakened)
@@ -119,7 +118,7 @@ class BwrapEngine:
         return argv
 
     def launch_argv(self, sandbox: Sandbox, seccomp_fd: int | None,
-                    sources: dict[Path, int] | None = None) -> list[str]:
+                    staged: Staging | None = None) -> list[str]:
         """What runs bwrap: into the network namespace, then down to the host id."""
         argv: list[str] = []
         if sandbox.netns is not None:
@@ -128,7 +127,7 @@ class BwrapEngine:
             host = self.security.host_id(sandbox.host_id)
             argv += [SETPRIV, f"--reuid={host}", f"--regid={host}", "--clear-groups",
                      "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
-        return [*argv, *self.bwrap_argv(sandbox, seccomp_fd, sources)]
+        return [*argv, *self.bwrap_argv(sandbox, seccomp_fd, staged)]
 
     def command_line(self, sandbox: Sandbox) -> list[str]:
         """A command that reproduces the sandbox by hand (as root), as it is run."""
@@ -149,28 +148,21 @@ class BwrapEngine:
                                    memory_bytes=limits.memory_bytes, cpus=limits.cpus,
                                    pids=limits.pids)
         fds: list[int] = [] if sandbox.netns is None else [sandbox.netns]
-        opened: list[int] = []
+        staged = None
+        if self.security.drops_privileges:
+            try:
+                staged = Staging.create([sandbox.stack.rootfs,
+                                         *(m.source for m in sandbox.mounts)],
+                                        self.security.host_id(sandbox.host_id))
+            except BaseException:
+                if cgroup:
+                    cgroup.remove()
+                raise
         seccomp_fd = None
-        sources = None
-        try:
-            if self.security.hardened and self.security.seccomp is not None:
-                seccomp_fd = os.open(self.security.seccomp, os.O_RDONLY)
-                opened.append(seccomp_fd)
-            if self.security.drops_privileges:
-                sources = {}
-                for path in (sandbox.stack.rootfs, *(m.source for m in sandbox.mounts)):
-                    if path not in sources:
-                        sources[path] = os.open(path, os.O_PATH)
-                        opened.append(sources[path])
-        except OSError as exc:
-            for fd_ in opened:
-                os.close(fd_)
-            if cgroup:
-                cgroup.remove()
-            raise EngineError(f"cannot open {exc.filename} for the sandbox: {exc.strerror}"
-                              ) from None
-        fds += opened
-        argv = self.launch_argv(sandbox, seccomp_fd, sources)
+        if self.security.hardened and self.security.seccomp is not None:
+            seccomp_fd = os.open(self.security.seccomp, os.O_RDONLY)
+            fds.append(seccomp_fd)
+        argv = self.launch_argv(sandbox, seccomp_fd, staged)
         self._echo(argv)
         if cgroup:
             argv = cgroup.wrap(argv)
@@ -186,15 +178,17 @@ class BwrapEngine:
         except OSError as exc:
             if cgroup:
                 cgroup.remove()
+            if staged:
+                staged.remove()
             raise EngineError(f"cannot start bwrap: {exc}") from None
         finally:
-            for fd_ in opened:
-                os.close(fd_)
+            if seccomp_fd is not None:
+                os.close(seccomp_fd)
         pump = None
         if fd is None:
             pump = threading.Thread(target=_copy, args=(proc.stdout, output), daemon=True)
             pump.start()
-        return BwrapProcess(proc, pump, cgroup)
+        return BwrapProcess(proc, pump, cgroup, staged)
 
     def run(self, sandbox: Sandbox, output: Output, *, timeout: float | None = None
             ) -> RunResult:
@@ -205,13 +199,13 @@ class BwrapEngine:
 class BwrapProcess:
     """A running bwrap sandbox."""
 
-    def __init__(
-        self, proc: subprocess.Popen[bytes], pump: threading.Thread | None, cgroup: Cgroup | None
-    ):
+    def __init__(self, proc: subprocess.Popen[bytes], pump: threading.Thread | None,
+                 cgroup: Cgroup | None, staged: Staging | None = None):
         self.proc = proc
         self.pid = proc.pid
         self.pump = pump
         self.cgroup = cgroup
+        self.staged = staged
 
     def wait(self, timeout: float | None = None) -> int | None:
         try:
@@ -243,6 +237,9 @@ class BwrapProcess:
         return self.proc.pid
 
     def close(self) -> dict[str, Any]:
+        if self.staged is not None:
+            self.staged.remove()
+            self.staged = None
         if self.cgroup is None:
             return {}
         facts = self.cgroup.facts()

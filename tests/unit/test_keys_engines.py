@@ -152,11 +152,6 @@ def test_hardened_bwrap_drops_to_the_host_id(tmp_path, monkeypatch):
     with_ns = engine.launch_argv(sandbox(tmp_path, network=True, netns=5), None)
     assert with_ns[:2] == ["/usr/bin/nsenter", "--net=/proc/self/fd/5"]
     assert "--share-net" in with_ns
-    fds = engine.launch_argv(sandbox(tmp_path), None, {tmp_path / "stack/rootfs": 11,
-                                                       tmp_path / "b": 12, tmp_path / "p": 13})
-    joined = " ".join(fds)
-    assert "--ro-bind-fd 11 /" in joined and "--bind-fd 12 /build" in joined
-    assert "--ro-bind-fd 13 /opt/x" in joined
 
 
 def test_docker_arguments_match_the_sandbox(tmp_path, monkeypatch):

@@ -1,0 +1,113 @@
+"""Where an unprivileged bubblewrap finds what it binds: per-sandbox staging mounts.
+
+bubblewrap runs as the sandbox's unprivileged host id, and resolves every mount source
+with that id's permissions: a stack, a workspace or the platform's private directory
+under a ``0700`` directory (a pytest temporary directory, ``/root``...) would be out of
+its reach. So root first binds each source at ``/run/selfhost-sandboxes/<pid>-<n>/<k>``,
+in a directory that only the sandbox's host id may enter (``0700``, owned by it), and
+bubblewrap binds from there; the staging mounts go when the sandbox ends. Nothing
+becomes reachable to anyone else: the staging directory is the host id's own, and
+``/run/selfhost-sandboxes`` (a private tmpfs, ``0711``) cannot be listed.
+
+Staging directories of processes that died (kill -9) are unmounted and removed the
+next time a sandbox is staged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import os
+import shutil
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+from selfhost.errors import EngineError
+
+ROOT = Path("/run/selfhost-sandboxes")
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_counter = itertools.count(1)
+_lock = threading.Lock()
+_ready = False
+
+
+def _mount(source: str | None, target: Path, fstype: str | None, flags: int,
+           data: str | None = None) -> None:
+    if _libc.mount(None if source is None else source.encode(), str(target).encode(),
+                   None if fstype is None else fstype.encode(), flags,
+                   None if data is None else data.encode()) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno), str(target))
+
+
+def _mounted(path: Path) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == str(path) for line in f)
+
+
+def _prepare() -> None:
+    """``/run/selfhost-sandboxes``: a private tmpfs (mounts made there do not propagate
+    to other mount namespaces), and no staging left by dead processes."""
+    global _ready
+    with _lock:
+        if _ready:
+            return
+        ROOT.mkdir(parents=True, exist_ok=True)
+        if not _mounted(ROOT):
+            _mount("selfhost-sandboxes", ROOT, "tmpfs", 0, "mode=0711,size=1m")
+            _mount(None, ROOT, None, MS_PRIVATE)
+        for entry in ROOT.iterdir():
+            pid = entry.name.partition("-")[0]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                _remove(entry)
+        _ready = True
+
+
+def _remove(directory: Path) -> None:
+    for child in sorted(directory.iterdir(), reverse=True) if directory.is_dir() else []:
+        with contextlib.suppress(OSError):
+            _libc.umount2(str(child).encode(), MNT_DETACH)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+class Staging:
+    """The staged sources of one sandbox."""
+
+    def __init__(self, directory: Path, paths: dict[Path, Path]):
+        self.directory = directory
+        self.paths = paths
+
+    @classmethod
+    def create(cls, sources: Iterable[Path], host_id: int) -> Staging:
+        """Bind each source (a directory) where ``host_id`` can reach it."""
+        _prepare()
+        directory = ROOT / f"{os.getpid()}-{next(_counter)}"
+        directory.mkdir(mode=0o700)
+        staging = cls(directory, {})
+        try:
+            for k, source in enumerate(dict.fromkeys(sources)):
+                target = directory / str(k)
+                target.mkdir()
+                _mount(str(source), target, None, MS_BIND | MS_REC)
+                staging.paths[source] = target
+            os.chown(directory, host_id, host_id)
+        except OSError as exc:
+            staging.remove()
+            raise EngineError(f"cannot stage {exc.filename or 'a mount'} for the sandbox: "
+                              f"{exc.strerror}",
+                              hint="sandboxes drop root, so root stages what they bind; "
+                              "this needs root and mount support") from None
+        return staging
+
+    def __getitem__(self, source: Path) -> Path:
+        return self.paths[source]
+
+    def remove(self) -> None:
+        _remove(self.directory)
