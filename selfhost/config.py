@@ -43,7 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "api_token": None,
     "dyno_grace_seconds": 30,
     "queue_url": None,
-    "queues": [],
+    "queues": None,
     "slug_max_unpacked_bytes": 2_000_000_000,
     "slug_max_files": 200_000,
     "dyno_disk_bytes": 1 << 30,
@@ -145,7 +145,7 @@ class Settings:
                 api_token=raw["api_token"] or None,
                 dyno_grace_seconds=float(raw["dyno_grace_seconds"]),
                 queue_url=raw["queue_url"] or None,
-                queues=tuple(str(q) for q in raw["queues"] or ()),
+                queues=_words(raw["queues"]),
                 slug_max_unpacked_bytes=int(raw["slug_max_unpacked_bytes"]),
                 slug_max_files=int(raw["slug_max_files"]),
                 dyno_disk_bytes=int(raw["dyno_disk_bytes"]),
@@ -163,6 +163,16 @@ class Settings:
 def _abs(value: Any) -> Path:
     """Paths are made absolute once, here: sandboxes and daemons need absolute paths."""
     return Path(str(value)).expanduser().absolute()
+
+
+def _words(value: Any) -> tuple[str, ...]:
+    """A list, or a string of words separated by spaces or commas (from the environment:
+    Invoke cannot read a list there)."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(w for w in value.replace(",", " ").split() if w)
+    return tuple(str(v) for v in value)
 
 
 def _as_bool(value: Any) -> bool:

@@ -54,7 +54,7 @@ from selfhost.errors import EngineError, SelfhostError
 from selfhost.platform.network import Namespace, Networks, Policy
 from selfhost.platform.slug import unpack
 from selfhost.platform.store import ApiError, PlatformPaths, Store, invalid, not_found, now
-from selfhost.stages import security
+from selfhost.stages import security, staging
 from selfhost.stages.engine import Engine, Limits, Mount, Process, Sandbox, make_engine
 from selfhost.stages.security import SandboxIds, hand_over
 from selfhost.stages.stack import Stack, StackSpec, StackStore
@@ -323,7 +323,8 @@ class DynoManager:
         #: Called when a dyno has ended (the job service takes its jobs back).
         self.on_exit: Callable[[Dyno], None] | None = None
         self.dynos_dir = paths.root / "dynos"
-        release_stale_dynos(self.dynos_dir)  # left by a killed daemon
+        staging.clean_stale()  # left by a killed daemon, before what they bind
+        release_stale_dynos(self.dynos_dir)
         store.revoke_tokens()  # their dynos are gone too
 
     def _mirror(self) -> str:

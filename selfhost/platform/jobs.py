@@ -530,8 +530,10 @@ class JobService:
         try:
             self._send(job)
         except Exception as exc:
-            url = self.queue_url(job["app"]["name"])
             self.jobs.finish(job["id"], None, "failed", error=f"not queued: {exc}")
+            if isinstance(exc, ApiError):
+                raise
+            url = self.queue_url(job["app"]["name"])
             if isinstance(exc, QueueUrlError):
                 raise invalid(f"{exc}; fix the {QUEUE_CONFIG_VAR} config var") from None
             raise ApiError(
@@ -558,6 +560,7 @@ class JobService:
         kind = body.get("kind")
         params = check_params(str(kind), body.get("params") or {})
         timeout = _timeout(body)
+        self.queue_url(app)  # the app's queue must be the platform's before any job exists
         release = self.store.current_release(app)
         if release is None or release["slug"] is None:
             raise invalid(

@@ -121,12 +121,16 @@ class Stack:
         """Create empty directories the sandboxes mount over (a read-only root can't).
 
         They are the only change ever made to a built rootfs, are empty, and are not
-        part of the stack's identity.
+        part of the stack's identity. They are 0755 whatever the umask: an unprivileged
+        bubblewrap must be able to pass through them.
         """
         for path in (*MOUNT_POINTS, *paths):
-            target = self.rootfs / path.lstrip("/")
-            if not target.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
+            current = self.rootfs
+            for part in Path(path.lstrip("/")).parts:
+                current = current / part
+                if not current.is_dir():
+                    current.mkdir(exist_ok=True)
+                    os.chmod(current, 0o755)
 
 
 class StackStore:

@@ -63,11 +63,28 @@ def _prepare() -> None:
         if not _mounted(ROOT):
             _mount("selfhost-sandboxes", ROOT, "tmpfs", 0, "mode=0711,size=1m")
             _mount(None, ROOT, None, MS_PRIVATE)
-        for entry in ROOT.iterdir():
-            pid = entry.name.partition("-")[0]
-            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-                _remove(entry)
+        clean_stale()
         _ready = True
+
+
+def clean_stale() -> None:
+    """Unmount and remove the staging of processes that died (a daemon killed -9)."""
+    if not ROOT.is_dir():
+        return
+    for entry in ROOT.iterdir():
+        pid = entry.name.partition("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            _remove(entry)
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (a killed daemon whose parent has not
+    reaped it yet is dead for our purpose)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] not in ("Z", "X")
 
 
 def _remove(directory: Path) -> None:

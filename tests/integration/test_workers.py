@@ -1,5 +1,5 @@
 """Compile workers on real parts: worker dynos (bwrap) running Huey consumers on SQLite
-and on a real redis-server, jobs through the real API, distccd dynos on 127.0.0.2/.3."""
+and on a real redis-server, jobs through the real API, two distccd dynos."""
 
 from __future__ import annotations
 
@@ -80,10 +80,12 @@ def plat(tcc_slug, stacks, tmp_path_factory, redis_url) -> Iterator[Callable[...
     env = {
         "INVOKE_SELFHOST_PLATFORM_DIR": str(tmp_path_factory.mktemp("plat") / "platform"),
         "INVOKE_SELFHOST_DYNO_GRACE_SECONDS": GRACE,
+        # the platform owns this Redis: its apps may choose it as their queue
+        "INVOKE_SELFHOST_QUEUES": redis_url,
     }
 
-    def cli(*args: str, timeout: float = 900) -> Run:
-        return invoke(list(args), ws, stacks, timeout=timeout, **env)
+    def cli(*args: str, timeout: float = 900, **extra: str) -> Run:
+        return invoke(list(args), ws, stacks, timeout=timeout, **{**env, **extra})
 
     for app in ("jobs-sqlite", "jobs-redis"):
         released = cli("release", "--app", app)
@@ -380,10 +382,6 @@ def test_timeout_kills_the_process_group(plat, tmp_path):
 
 def test_distcc_stage_build_on_two_daemons(plat):
     client = client_of(plat)
-    assert (
-        plat("config", "--app", "jobs-sqlite", "DISTCC_LISTEN_ADDRESSES=127.0.0.2,127.0.0.3").code
-        == 0
-    )
     assert plat("scale", "--app", "jobs-sqlite", "distccd=2:standard-2x").code == 0
     wait_for(
         lambda: (
@@ -393,12 +391,12 @@ def test_distcc_stage_build_on_two_daemons(plat):
         60,
         "distccd dynos",
     )
-    listening = {
-        d["listen"]
+    ports = {
+        d["port"]
         for d in client.dynos("jobs-sqlite")
         if d["type"] == "distccd" and d["state"] == "up"
     }
-    assert listening == {"127.0.0.2", "127.0.0.3"}
+    assert len(ports) == 2, "two hosts, each on its own port of the app's block"
     run = plat(
         "jobs.submit",
         "--app",
@@ -421,7 +419,8 @@ def test_distcc_stage_build_on_two_daemons(plat):
         ]
         assert compiled, f"{dyno} served no compile"
     job_log = client.job("jobs-sqlite", run.json["id"], log=500)["log"]
-    assert any("distcc: gcc compiles go to 127.0.0.2:" in line for line in job_log)
+    hosts = " ".join(f"127.0.0.1:{p}/2" for p in sorted(ports))
+    assert any(f"distcc: gcc compiles go to {hosts}" in line for line in job_log)
 
 
 def test_bad_job_input(plat):
@@ -464,6 +463,7 @@ def test_redis_over_a_unix_socket(plat, tmp_path):
     """unix:// queue URLs: the socket's directory is mounted into the worker dynos."""
     sock_dir = tmp_path / "redis"
     sock_dir.mkdir()
+    sock_dir.chmod(0o755)  # the workers run as the app's unprivileged id
     proc = subprocess.Popen(
         [
             shutil.which("redis-server") or "redis-server",
@@ -472,7 +472,7 @@ def test_redis_over_a_unix_socket(plat, tmp_path):
             "--unixsocket",
             str(sock_dir / "redis.sock"),
             "--unixsocketperm",
-            "700",
+            "777",
             "--save",
             "",
             "--appendonly",
@@ -484,8 +484,12 @@ def test_redis_over_a_unix_socket(plat, tmp_path):
     )
     try:
         wait_for(lambda: (sock_dir / "redis.sock").exists(), 10, "the redis socket")
-        assert plat("release", "--app", "jobs-unix").code == 0
         url = f"unix://{sock_dir}/redis.sock?db=3"
+        # a queue the platform owns: restart it with the socket among its queues
+        assert plat("platform.down").code == 0
+        owned = f"{plat.env['INVOKE_SELFHOST_QUEUES']} {url}"
+        assert plat("platform.up", INVOKE_SELFHOST_QUEUES=owned).code == 0
+        assert plat("release", "--app", "jobs-unix").code == 0
         assert plat("config", "--app", "jobs-unix", f"SELFHOST_QUEUE_URL={url}").code == 0
         assert plat("scale", "--app", "jobs-unix", "worker=1").code == 0
         source = app_dir(tmp_path, "true")

@@ -17,8 +17,8 @@ from selfhost.stages.cache import StageCache
 from selfhost.stages.docker_engine import DockerEngine
 from selfhost.stages.engine import Limits, Mount, Sandbox, make_engine
 from selfhost.stages.manifest import Manifest
-from selfhost.stages.security import SandboxIds, Security
 from selfhost.stages.pipeline import Bootstrap, StageResult
+from selfhost.stages.security import SandboxIds, Security
 from selfhost.stages.stack import Stack, StackSpec
 from selfhost.ui import UI
 
