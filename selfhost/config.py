@@ -205,8 +205,13 @@ def validate(settings: Settings) -> Settings:
                 f"selfhost.queue_url: {exc}",
                 hint="set it in invoke.yaml, or null for the embedded SQLite queue",
             ) from None
-    for key in ("slug_max_bytes", "slug_max_unpacked_bytes", "slug_max_files",
-                "dyno_disk_bytes", "sandbox_uid_count"):
+    for key in (
+        "slug_max_bytes",
+        "slug_max_unpacked_bytes",
+        "slug_max_files",
+        "dyno_disk_bytes",
+        "sandbox_uid_count",
+    ):
         if getattr(settings, key) <= 0:
             raise UsageError(f"selfhost.{key} must be positive")
     if settings.jobs < 0 or settings.lock_wait < 0:

@@ -183,8 +183,9 @@ class RequestHandler(BaseHTTPRequestHandler):
             name, params = route
             self.principal = Principal()
             if name not in UNAUTHENTICATED:
-                self.principal = authenticate(self.server.store, self.server.token,
-                                              self.headers.get("Authorization", ""))
+                self.principal = authenticate(
+                    self.server.store, self.server.token, self.headers.get("Authorization", "")
+                )
                 authorize(self.principal, name, params, self.server.store)
                 self._check_accept()
             method = getattr(self, f"do_{name}", None)

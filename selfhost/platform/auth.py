@@ -27,15 +27,29 @@ from typing import Any
 from selfhost.platform.store import ApiError, Store
 
 #: The routes an app-scoped (dyno) token may call, for its own app only.
-DYNO_ROUTES = frozenset({
-    "apps_info", "config_info",
-    "dynos_create", "dynos_list", "dynos_info", "dynos_stop",
-    "log_sessions_create",
-    "jobs_list", "jobs_info",
-    "jobs_claim", "jobs_heartbeat", "jobs_finish", "jobs_requeue", "jobs_source",
-    "jobs_sandbox", "jobs_artifact",
-    "stages_info", "stages_blob", "stages_put",
-})
+DYNO_ROUTES = frozenset(
+    {
+        "apps_info",
+        "config_info",
+        "dynos_create",
+        "dynos_list",
+        "dynos_info",
+        "dynos_stop",
+        "log_sessions_create",
+        "jobs_list",
+        "jobs_info",
+        "jobs_claim",
+        "jobs_heartbeat",
+        "jobs_finish",
+        "jobs_requeue",
+        "jobs_source",
+        "jobs_sandbox",
+        "jobs_artifact",
+        "stages_info",
+        "stages_blob",
+        "stages_put",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -57,9 +71,12 @@ class Principal:
 
 
 def forbidden(principal: Principal, what: str) -> ApiError:
-    return ApiError(403, "forbidden",
-                    f"This token belongs to a dyno of {principal.app_name}: it may not "
-                    f"{what} (a dyno's token acts only for its own app).")
+    return ApiError(
+        403,
+        "forbidden",
+        f"This token belongs to a dyno of {principal.app_name}: it may not "
+        f"{what} (a dyno's token acts only for its own app).",
+    )
 
 
 def token_of(authorization: str) -> str:

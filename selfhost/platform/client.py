@@ -66,15 +66,15 @@ class PlatformClient:
             {"Accept": ACCEPT, "Authorization": f"Bearer {token}", "User-Agent": "selfhost"}
         )
 
-    def request(self, method: str, path: str, body: Any = None,
-                timeout: float | None = None) -> Any:
+    def request(
+        self, method: str, path: str, body: Any = None, timeout: float | None = None
+    ) -> Any:
         """Call the API; a Heroku-style error becomes a PlatformError with its message."""
         import requests
 
         url = f"{self.base_url}{path}"
         try:
-            resp = self.session.request(method, url, json=body,
-                                        timeout=timeout or self.timeout)
+            resp = self.session.request(method, url, json=body, timeout=timeout or self.timeout)
         except requests.RequestException as exc:
             raise PlatformError(
                 f"cannot reach the platform API at {self.base_url}: {exc}",

@@ -204,10 +204,17 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError, ValueError):
             port = int(port_file.read_text())
     settings = DynoSettings.read(args.settings) if args.settings else None
-    limits = ArchiveLimits(settings.slug_max_unpacked_bytes, settings.slug_max_files) \
-        if settings else UNPACK_LIMITS
-    options: dict[str, Any] = {"stack": args.stack, "max_blob_bytes": args.max_blob_bytes,
-                               "log": log, "unpack_limits": limits}
+    limits = (
+        ArchiveLimits(settings.slug_max_unpacked_bytes, settings.slug_max_files)
+        if settings
+        else UNPACK_LIMITS
+    )
+    options: dict[str, Any] = {
+        "stack": args.stack,
+        "max_blob_bytes": args.max_blob_bytes,
+        "log": log,
+        "unpack_limits": limits,
+    }
     try:
         server = PlatformServer((args.host, port), paths, **options)
     except OSError:
@@ -219,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     manager = None
     jobs = None
     if settings:
-        manager = DynoManager(server.store, paths, settings,
-                              api_port=lambda: int(server.server_address[1]), log=log)
+        manager = DynoManager(
+            server.store, paths, settings, api_port=lambda: int(server.server_address[1]), log=log
+        )
         supervisor = Supervisor(manager)
         server.routes.update(routes(manager, supervisor))
         server.on_change = supervisor.poke

@@ -80,7 +80,7 @@ PATH = "/app/bin:/usr/local/bin:/usr/bin:/bin"
 #: for the daemon's mark in /run/selfhost before anything else.
 PROFILE = (
     'if [ -n "${SELFHOST_WAIT_NETWORK:-}" ]; then i=0; while [ ! -e /run/selfhost/network ] '
-    '&& [ $i -lt 500 ]; do sleep 0.01; i=$((i + 1)); done; unset SELFHOST_WAIT_NETWORK; fi; '
+    "&& [ $i -lt 500 ]; do sleep 0.01; i=$((i + 1)); done; unset SELFHOST_WAIT_NETWORK; fi; "
     'for f in /app/.profile.d/*.sh; do [ -r "$f" ] && . "$f"; done; '
     '[ -x /bin/bash ] && exec /bin/bash -c "$1"; exec /bin/sh -c "$1"'
 )
@@ -121,13 +121,22 @@ class DynoSettings:
 
     @classmethod
     def from_settings(cls, s: Settings) -> DynoSettings:
-        return cls(stacks=str(s.stacks), suite=s.suite, variant=s.variant,
-                   base_packages=s.base_packages, mirror=s.mirror, engine=s.engine,
-                   docker_url=s.docker_url, grace_seconds=s.dyno_grace_seconds,
-                   sandbox_uid_base=s.sandbox_uid_base, sandbox_uid_count=s.sandbox_uid_count,
-                   disk_bytes=s.dyno_disk_bytes,
-                   slug_max_unpacked_bytes=s.slug_max_unpacked_bytes,
-                   slug_max_files=s.slug_max_files, queues=s.queues)
+        return cls(
+            stacks=str(s.stacks),
+            suite=s.suite,
+            variant=s.variant,
+            base_packages=s.base_packages,
+            mirror=s.mirror,
+            engine=s.engine,
+            docker_url=s.docker_url,
+            grace_seconds=s.dyno_grace_seconds,
+            sandbox_uid_base=s.sandbox_uid_base,
+            sandbox_uid_count=s.sandbox_uid_count,
+            disk_bytes=s.dyno_disk_bytes,
+            slug_max_unpacked_bytes=s.slug_max_unpacked_bytes,
+            slug_max_files=s.slug_max_files,
+            queues=s.queues,
+        )
 
     @property
     def ids(self) -> SandboxIds:
@@ -302,8 +311,15 @@ class DynoOutput:
 class DynoManager:
     """Starts, tracks and stops the dynos of every app of one platform."""
 
-    def __init__(self, store: Store, paths: PlatformPaths, settings: DynoSettings, *,
-                 api_port: Callable[[], int], log: Callable[[str], None] = lambda _: None):
+    def __init__(
+        self,
+        store: Store,
+        paths: PlatformPaths,
+        settings: DynoSettings,
+        *,
+        api_port: Callable[[], int],
+        log: Callable[[str], None] = lambda _: None,
+    ):
         self.store = store
         self.paths = paths
         self.settings = settings
@@ -351,8 +367,10 @@ class DynoManager:
     @property
     def unpack_limits(self) -> ArchiveLimits:
         """What one slug may unpack to."""
-        return ArchiveLimits(max_bytes=self.settings.slug_max_unpacked_bytes,
-                             max_members=self.settings.slug_max_files)
+        return ArchiveLimits(
+            max_bytes=self.settings.slug_max_unpacked_bytes,
+            max_members=self.settings.slug_max_files,
+        )
 
     def host_id(self, app: str) -> int:
         """The unprivileged host id the app's dynos run as."""
@@ -377,8 +395,9 @@ class DynoManager:
             stack = self.stacks.load_digest(str(meta["built_on"]["digest"]))
             if stack:
                 return stack
-        suite = app_stack if app_stack in ("bullseye", "bookworm", "trixie") else \
-            self.settings.suite
+        suite = (
+            app_stack if app_stack in ("bullseye", "bookworm", "trixie") else self.settings.suite
+        )
         spec = StackSpec.make(suite, self.settings.variant, self.settings.base_packages)
         return self.stacks.ensure(spec, log=self.log)
 
@@ -389,8 +408,9 @@ class DynoManager:
             raise not_found("release")
         slug = self.store.slug(app, release["slug"]["id"])
         sha = (slug["checksum"] or ":").split(":", 1)[1]
-        return self.stack_for(self.store.app(app)["stack"]["name"],
-                              self.slug_dir(sha, self.host_id(app))).identity
+        return self.stack_for(
+            self.store.app(app)["stack"]["name"], self.slug_dir(sha, self.host_id(app))
+        ).identity
 
     def port_of(self, app: str, kind: str, index: int) -> int:
         """The host port of a listening dyno (web.N, distccd.N): fixed by the app's
@@ -434,37 +454,69 @@ class DynoManager:
         kind = body.get("type") or "run"
         if kind != "run":
             raise invalid(
-                "only one-off dynos (type: run) can be created; scale the "
-                "formation for the others"
+                "only one-off dynos (type: run) can be created; scale the formation for the others"
             )
         engine = body.get("engine") or self.settings.engine
         if engine not in ("bwrap", "docker"):
             raise invalid("engine must be bwrap or docker")
-        return self.start(app, kind, command, size=size, env=env, ttl=ttl,
-                          attach=bool(body.get("attach")), engine=engine,
-                          parent=body.get("parent"))
+        return self.start(
+            app,
+            kind,
+            command,
+            size=size,
+            env=env,
+            ttl=ttl,
+            attach=bool(body.get("attach")),
+            engine=engine,
+            parent=body.get("parent"),
+        )
 
-    def start(self, app: str, kind: str, command: str, *, size: str, env: dict[str, str],
-              ttl: float | None = None, attach: bool = False, engine: str | None = None,
-              name: str | None = None, parent: str | None = None) -> Dyno:
+    def start(
+        self,
+        app: str,
+        kind: str,
+        command: str,
+        *,
+        size: str,
+        env: dict[str, str],
+        ttl: float | None = None,
+        attach: bool = False,
+        engine: str | None = None,
+        name: str | None = None,
+        parent: str | None = None,
+    ) -> Dyno:
         """Start a dyno of the app's current release; return at once."""
         release = self.store.current_release(app)
         if release is None or release["slug"] is None:
-            raise ApiError(422, "invalid_params", f"{app} has no release with a slug yet: "
-                           "release one first (invoke release)")
+            raise ApiError(
+                422,
+                "invalid_params",
+                f"{app} has no release with a slug yet: release one first (invoke release)",
+            )
         slug = self.store.slug(app, release["slug"]["id"])
         sha = (slug["checksum"] or ":").split(":", 1)[1]
-        dyno = Dyno(id=str(uuid.uuid4()), app=release["app"]["name"],
-                    app_id=release["app"]["id"], name=name or self._next_name(app, kind),
-                    type=kind, command=command, size=size, release_id=release["id"],
-                    release_version=release["version"], slug_sha=sha,
-                    engine=engine or self.settings.engine, attach=attach, ttl=ttl,
-                    parent=parent)
+        dyno = Dyno(
+            id=str(uuid.uuid4()),
+            app=release["app"]["name"],
+            app_id=release["app"]["id"],
+            name=name or self._next_name(app, kind),
+            type=kind,
+            command=command,
+            size=size,
+            release_id=release["id"],
+            release_version=release["version"],
+            slug_sha=sha,
+            engine=engine or self.settings.engine,
+            attach=attach,
+            ttl=ttl,
+            parent=parent,
+        )
         config = self.store.config(app)
         with self.lock:
             self.dynos[dyno.id] = dyno
-        threading.Thread(target=self._lifecycle, args=(dyno, config, env), daemon=True,
-                         name=f"dyno-{dyno.name}").start()
+        threading.Thread(
+            target=self._lifecycle, args=(dyno, config, env), daemon=True, name=f"dyno-{dyno.name}"
+        ).start()
         return dyno
 
     def _lifecycle(self, dyno: Dyno, config: dict[str, str], extra_env: dict[str, str]) -> None:
@@ -509,24 +561,38 @@ class DynoManager:
             self._exited(dyno)
             self._forget_old(dyno.app)
 
-    def _start_sandbox(self, dyno: Dyno, config: dict[str, str], extra_env: dict[str, str],
-                       output: DynoOutput, held: Held) -> Process:
+    def _start_sandbox(
+        self,
+        dyno: Dyno,
+        config: dict[str, str],
+        extra_env: dict[str, str],
+        output: DynoOutput,
+        held: Held,
+    ) -> Process:
         """Everything a dyno needs, then its sandbox; what was acquired goes in ``held``."""
         host_id = self.host_id(dyno.app)
         slug_app = self.slug_dir(dyno.slug_sha, host_id)
         app_info = self.store.app(dyno.app)
         stack = self.stack_for(app_info["stack"]["name"], slug_app)
-        held.fs = DynoFs.create(self.dynos_dir / dyno.id, slug_app, host_id,
-                                self.settings.disk_bytes, self.security)
+        held.fs = DynoFs.create(
+            self.dynos_dir / dyno.id, slug_app, host_id, self.settings.disk_bytes, self.security
+        )
         dyno.fs, dyno.stack, dyno.host_id = held.fs, stack, host_id
         env = {"PATH": PATH, "HOME": "/app", "LANG": "C.UTF-8", **config, **extra_env}
         env.pop("PORT", None)
         extras = self.extras(dyno, config) if self.extras else Extras()
         env.update(extras.env)
         held.token = self.store.issue_token(dyno.app_id, dyno.id)
-        env.update({"DYNO": dyno.name, "DYNO_SIZE": dyno.size, "SELFHOST_APP": dyno.app,
-                    "SELFHOST_DYNO_ID": dyno.id, "SELFHOST_API_TOKEN": held.token,
-                    "SELFHOST_API_URL": f"http://127.0.0.1:{self.api_port()}"})
+        env.update(
+            {
+                "DYNO": dyno.name,
+                "DYNO_SIZE": dyno.size,
+                "SELFHOST_APP": dyno.app,
+                "SELFHOST_DYNO_ID": dyno.id,
+                "SELFHOST_API_TOKEN": held.token,
+                "SELFHOST_API_URL": f"http://127.0.0.1:{self.api_port()}",
+            }
+        )
         inbound = None
         if dyno.type in LISTENING:
             if self.networks is None:  # the weakened sandbox shares the host network
@@ -537,19 +603,25 @@ class DynoManager:
             env["PORT"] = str(dyno.port)
             inbound = ("127.0.0.1", dyno.port)
         engine = self.engine(dyno.engine)
-        mounts = [Mount(held.fs.app, "/app", writable=True),
-                  *(Mount(src, dst, writable=True) for src, dst in extras.mounts)]
+        mounts = [
+            Mount(held.fs.app, "/app", writable=True),
+            *(Mount(src, dst, writable=True) for src, dst in extras.mounts),
+        ]
         scratch: tuple[str, ...] = ("/tmp", "/build")
         if held.fs.tmpfs:  # the bounded tmpfs holds them
-            mounts += [Mount(held.fs.tmp, "/tmp", writable=True),
-                       Mount(held.fs.build, "/build", writable=True),
-                       Mount(held.fs.ctl, "/run/selfhost")]
+            mounts += [
+                Mount(held.fs.tmp, "/tmp", writable=True),
+                Mount(held.fs.build, "/build", writable=True),
+                Mount(held.fs.ctl, "/run/selfhost"),
+            ]
             scratch = ()
         netns = None
         if self.networks is not None:
-            policy = Policy(host_ports=(self.api_port(), *self.app_ports(dyno.app),
-                                        *extras.host_ports),
-                            inbound=inbound, outbound=config.get(NETWORK_VAR) == "internet")
+            policy = Policy(
+                host_ports=(self.api_port(), *self.app_ports(dyno.app), *extras.host_ports),
+                inbound=inbound,
+                outbound=config.get(NETWORK_VAR) == "internet",
+            )
             if engine.name == "bwrap":
                 held.namespace = self.networks.take(policy)
                 netns = held.namespace.fd
@@ -557,11 +629,20 @@ class DynoManager:
             else:
                 env["SELFHOST_WAIT_NETWORK"] = "1"
         sandbox = Sandbox(
-            stack=stack, argv=("/bin/sh", "-c", PROFILE, "dyno", dyno.command),
-            env=tuple(env.items()), mounts=tuple(mounts), workdir="/app",
-            network=True, netns=netns, limits=SIZES[dyno.size], scratch=scratch,
-            owner=str(self.paths.root), label=f"dyno-{dyno.id}",
-            uid=RUN_AS.get(dyno.type, 0), host_id=host_id)
+            stack=stack,
+            argv=("/bin/sh", "-c", PROFILE, "dyno", dyno.command),
+            env=tuple(env.items()),
+            mounts=tuple(mounts),
+            workdir="/app",
+            network=True,
+            netns=netns,
+            limits=SIZES[dyno.size],
+            scratch=scratch,
+            owner=str(self.paths.root),
+            label=f"dyno-{dyno.id}",
+            uid=RUN_AS.get(dyno.type, 0),
+            host_id=host_id,
+        )
         process = engine.start(sandbox, output)
         if self.networks is not None and netns is None:  # Docker: attach to the container
             try:
@@ -589,8 +670,10 @@ class DynoManager:
         dyno.stats = facts
         output.close()
         if facts.get("oom_killed"):
-            dyno.reason = (f"memory quota exceeded: the {dyno.size} size allows "
-                           f"{(SIZES[dyno.size].memory_bytes or 0) // MiB} MB (R15)")
+            dyno.reason = (
+                f"memory quota exceeded: the {dyno.size} size allows "
+                f"{(SIZES[dyno.size].memory_bytes or 0) // MiB} MB (R15)"
+            )
             log.write("heroku", dyno.name, f"Error R15 ({dyno.reason})")
         dyno.exit_code = code
         if dyno.stopping or dyno.type == "run":
@@ -635,8 +718,9 @@ class DynoManager:
         self.app_log(dyno.app).write("heroku", dyno.name, "Stopping process with SIGKILL")
         process.kill()
 
-    def stop(self, dyno: Dyno, reason: str = "stopped", wait: bool = False,
-             grace: float | None = None) -> None:
+    def stop(
+        self, dyno: Dyno, reason: str = "stopped", wait: bool = False, grace: float | None = None
+    ) -> None:
         """Stop a dyno gracefully, in the background unless ``wait``."""
         if not dyno.live or dyno.stopping:
             return
@@ -681,9 +765,10 @@ class DynoManager:
         with self.lock:
             live = [d for d in self.dynos.values() if d.live]
         grace = min(grace, self.settings.grace_seconds)
-        threads = [threading.Thread(target=self.stop,
-                                    args=(d, "platform shutting down", True, grace))
-                   for d in live]
+        threads = [
+            threading.Thread(target=self.stop, args=(d, "platform shutting down", True, grace))
+            for d in live
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -816,8 +901,16 @@ def _mount(source: str, target: Path, fstype: str, flags: int, options: str) -> 
     import ctypes
 
     libc = _syscalls()
-    return libc.mount(source.encode(), str(target).encode(), fstype.encode(), flags,
-                      ctypes.c_char_p(options.encode())) == 0
+    return (
+        libc.mount(
+            source.encode(),
+            str(target).encode(),
+            fstype.encode(),
+            flags,
+            ctypes.c_char_p(options.encode()),
+        )
+        == 0
+    )
 
 
 @dataclass
@@ -847,15 +940,19 @@ class DynoFs:
         return self.root / "ctl"
 
     @classmethod
-    def create(cls, root: Path, lower: Path, host_id: int, size: int,
-               locked: security.Security) -> DynoFs:
+    def create(
+        cls, root: Path, lower: Path, host_id: int, size: int, locked: security.Security
+    ) -> DynoFs:
         root.mkdir(parents=True, mode=0o700)
         tmpfs = locked.hardened and _mount(
-            "selfhost-dyno", root, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=0700")
+            "selfhost-dyno", root, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=0700"
+        )
         if locked.hardened and not tmpfs:
             shutil.rmtree(root, ignore_errors=True)
-            raise EngineError(f"cannot mount the dyno's tmpfs at {root}",
-                              hint="the platform daemon must run as root")
+            raise EngineError(
+                f"cannot mount the dyno's tmpfs at {root}",
+                hint="the platform daemon must run as root",
+            )
         fs = cls(root, tmpfs, overlay=False)
         upper, work = root / "upper", root / "work"
         for d in (upper, work, fs.app, fs.tmp, fs.build, fs.ctl):

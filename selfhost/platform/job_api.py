@@ -170,12 +170,19 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
         found = own(h, job)
         lease = _lease(body)
         command, directory, env = body.get("command"), body.get("dir"), body.get("env") or {}
-        if not isinstance(command, str) or not command.strip() or \
-                not isinstance(directory, str) or not isinstance(env, dict):
-            raise invalid("command (a shell line), dir (a directory under /build) and env "
-                          "(an object) are required")
-        return 200, service.run_sandbox(found, lease, command, directory,
-                                        {str(k): str(v) for k, v in env.items()})
+        if (
+            not isinstance(command, str)
+            or not command.strip()
+            or not isinstance(directory, str)
+            or not isinstance(env, dict)
+        ):
+            raise invalid(
+                "command (a shell line), dir (a directory under /build) and env "
+                "(an object) are required"
+            )
+        return 200, service.run_sandbox(
+            found, lease, command, directory, {str(k): str(v) for k, v in env.items()}
+        )
 
     def jobs_artifact(h: Any, job: str) -> tuple[int, Any]:
         found = own(h, job)

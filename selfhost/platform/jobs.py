@@ -491,7 +491,8 @@ class JobService:
                 f"the {QUEUE_CONFIG_VAR} config var of {app} is {chosen!r}, which is not one "
                 "of the platform's queues: set it to 'sqlite' (the app's own queue)"
                 + (f" or one of {', '.join(owned)}" if owned else "")
-                + ", or unset it (apps can only use queues the platform owns)")
+                + ", or unset it (apps can only use queues the platform owns)"
+            )
         if self.default_queue and not chosen:
             return self.default_queue
         return f"sqlite://{self.app_queue_dir(app) / QUEUE_FILE}"
@@ -780,11 +781,13 @@ class JobService:
         url, mount = self.dyno_queue_url(dyno.app)
         ports: tuple[int, ...] = ()
         parts = urllib.parse.urlsplit(url)
-        if parts.scheme in ("redis", "rediss") and parts.hostname in ("127.0.0.1",
-                                                                      "localhost"):
+        if parts.scheme in ("redis", "rediss") and parts.hostname in ("127.0.0.1", "localhost"):
             ports = (parts.port or 6379,)
-        mounts = [] if mount is None else \
-            [(mount, DYNO_QUEUE_DIR if url.startswith("sqlite:") else str(mount))]
+        mounts = (
+            []
+            if mount is None
+            else [(mount, DYNO_QUEUE_DIR if url.startswith("sqlite:") else str(mount))]
+        )
         return Extras(env={"SELFHOST_QUEUE_URL": url}, mounts=mounts, host_ports=ports)
 
     def distcc_hosts(self, app: str) -> list[str]:
@@ -797,8 +800,9 @@ class JobService:
         return hosts
 
     # ------------------------------------------------------------------ sandboxes
-    def run_sandbox(self, job: dict[str, Any], lease: str, command: str, directory: str,
-                    env: dict[str, str]) -> dict[str, Any]:
+    def run_sandbox(
+        self, job: dict[str, Any], lease: str, command: str, directory: str, env: dict[str, str]
+    ) -> dict[str, Any]:
         """Run a job's untrusted build commands (an app's ``make``) in a fresh sandbox,
         for the worker dyno that holds the job: ``directory`` of that dyno's ``/build``
         read-write at the same path, its ``/app`` (the compiler slug) read-only, no
@@ -809,21 +813,42 @@ class JobService:
         if dyno is None or not dyno.live or dyno.fs is None or dyno.stack is None:
             raise conflict(f"job {job['id']}: its worker dyno is not running")
         relative = Path(directory.removeprefix("/build/").strip("/"))
-        if not directory.startswith("/build/") or ".." in relative.parts or \
-                not (dyno.fs.build / relative).is_dir():
+        if (
+            not directory.startswith("/build/")
+            or ".." in relative.parts
+            or not (dyno.fs.build / relative).is_dir()
+        ):
             raise invalid(f"dir must be an existing directory under /build, not {directory!r}")
         target = f"/build/{relative}"
-        safe_env = {k: v for k, v in env.items() if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)
-                    and not k.startswith("SELFHOST_")}
+        safe_env = {
+            k: v
+            for k, v in env.items()
+            if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k) and not k.startswith("SELFHOST_")
+        }
         sandbox = Sandbox(
-            stack=dyno.stack, argv=("/bin/sh", "-ec", command),
-            env=tuple({"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": target,
-                       "LC_ALL": "C.UTF-8", "TZ": "UTC", **safe_env}.items()),
-            mounts=(Mount(dyno.fs.app, "/app"), Mount(dyno.fs.build / relative, target,
-                                                      writable=True)),
-            workdir=target, network=False, limits=SIZES[dyno.size], scratch=("/tmp",),
-            owner=str(self.paths.root), label=f"job-{job['id']}-{secrets.token_hex(4)}",
-            host_id=dyno.host_id)
+            stack=dyno.stack,
+            argv=("/bin/sh", "-ec", command),
+            env=tuple(
+                {
+                    "PATH": "/usr/local/bin:/usr/bin:/bin",
+                    "HOME": target,
+                    "LC_ALL": "C.UTF-8",
+                    "TZ": "UTC",
+                    **safe_env,
+                }.items()
+            ),
+            mounts=(
+                Mount(dyno.fs.app, "/app"),
+                Mount(dyno.fs.build / relative, target, writable=True),
+            ),
+            workdir=target,
+            network=False,
+            limits=SIZES[dyno.size],
+            scratch=("/tmp",),
+            owner=str(self.paths.root),
+            label=f"job-{job['id']}-{secrets.token_hex(4)}",
+            host_id=dyno.host_id,
+        )
         self.jobs.log(job["id"], [f"sandbox: {command}"])
         output = LogLines(lambda lines: self.jobs.log(job["id"], lines, source="sandbox"))
         started = time.monotonic()
@@ -852,8 +877,9 @@ class JobService:
             process.kill()
 
     # ------------------------------------------------------------------ artifacts
-    def store_artifact(self, job: dict[str, Any], lease: str, upload: Path, sha: str,
-                       size: int) -> dict[str, Any]:
+    def store_artifact(
+        self, job: dict[str, Any], lease: str, upload: Path, sha: str, size: int
+    ) -> dict[str, Any]:
         """An app-compile job's slug, checked like an upload, kept until the job ends."""
         self.jobs.check_lease(job["id"], lease)
         try:
@@ -864,8 +890,7 @@ class JobService:
         os.replace(upload, self.paths.blob(sha))
         return {"checksum": f"SHA256:{sha}", "size": size}
 
-    def release_artifact(self, job: dict[str, Any], lease: str, result: Any
-                         ) -> dict[str, Any]:
+    def release_artifact(self, job: dict[str, Any], lease: str, result: Any) -> dict[str, Any]:
         """Release an app-compile job's slug to its target app (created if needed): the
         platform does it, with the process types the worker read from the app."""
         self.jobs.check_lease(job["id"], lease)
@@ -879,23 +904,35 @@ class JobService:
             self.store.app(target)
         except ApiError:
             self.store.create_app(target, self.store.app(job["app"]["id"])["stack"]["name"])
-        slug, _ = self.store.create_slug(target, {
-            "process_types": result.get("process_types") or {}, "checksum": result["checksum"],
-            "buildpack_provided_description": f"app-compile job {job['id']}"})
+        slug, _ = self.store.create_slug(
+            target,
+            {
+                "process_types": result.get("process_types") or {},
+                "checksum": result["checksum"],
+                "buildpack_provided_description": f"app-compile job {job['id']}",
+            },
+        )
         self.store.attach_blob(slug["id"], sha, self.paths.blob(sha).stat().st_size)
-        release = self.store.create_release(target, slug["id"],
-                                            f"app-compile job {job['id']}")
+        release = self.store.create_release(target, slug["id"], f"app-compile job {job['id']}")
         if self.on_release:
             self.on_release(target)
-        return {**result, "target": target, "version": release["version"],
-                "release": release["id"]}
+        return {**result, "target": target, "version": release["version"], "release": release["id"]}
 
     # ------------------------------------------------------------------ stages
     def stage_blob(self, sha: str) -> Path:
         return self.stage_blobs / f"{sha}.tar.gz"
 
-    def store_stage(self, app: str, input_hash: str, job_id: int | None, digest: str,
-                    files: int, upload: Path, sha: str, size: int) -> dict[str, Any]:
+    def store_stage(
+        self,
+        app: str,
+        input_hash: str,
+        job_id: int | None,
+        digest: str,
+        files: int,
+        upload: Path,
+        sha: str,
+        size: int,
+    ) -> dict[str, Any]:
         """Verify a received stage tarball (its tree must have the digest it claims),
         then keep it, content-addressed; an input hash already stored stays as it is."""
         self.stage_blobs.mkdir(parents=True, exist_ok=True)
@@ -906,9 +943,11 @@ class JobService:
             except ArchiveError as exc:
                 raise ApiError(422, "invalid_stage", f"the stage was refused: {exc}") from None
         if actual != digest:
-            raise ApiError(422, "digest_mismatch",
-                           f"the uploaded stage's tree has digest {actual}, not {digest}; "
-                           "it was not stored")
+            raise ApiError(
+                422,
+                "digest_mismatch",
+                f"the uploaded stage's tree has digest {actual}, not {digest}; it was not stored",
+            )
         existing = self.jobs.stage(input_hash)
         if existing is not None:
             return existing

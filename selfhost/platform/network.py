@@ -69,16 +69,20 @@ class Policy:
             rules += ["meta nfproto ipv4 accept"]
         rules.append("reject")
         body = "".join(f"    {rule}\n" for rule in rules)
-        return ("table inet selfhost {\n  chain output {\n"
-                "    type filter hook output priority 0; policy drop;\n"
-                f"{body}  }}\n}}\n")
+        return (
+            "table inet selfhost {\n  chain output {\n"
+            "    type filter hook output priority 0; policy drop;\n"
+            f"{body}  }}\n}}\n"
+        )
 
     def pasta_args(self) -> list[str]:
         args = ["--no-map-gw"]
         if not self.outbound:
             args += ["-o", "127.0.0.1"]  # besides the firewall: nothing leaves anyway
-        args += ["-t", f"{self.inbound[0]}/{self.inbound[1]}:{self.inbound[1]}"
-                 if self.inbound else "none"]
+        args += [
+            "-t",
+            f"{self.inbound[0]}/{self.inbound[1]}:{self.inbound[1]}" if self.inbound else "none",
+        ]
         args += ["-T", ",".join(map(str, sorted(set(self.host_ports)))) or "none"]
         return [*args, "-u", "none", "-U", "none"]
 
@@ -106,8 +110,12 @@ def new_namespace() -> int:
             if _libc.unshare(CLONE_NEWNET) != 0:
                 errno = ctypes.get_errno()
                 raise OSError(errno, os.strerror(errno))
-            result.append(os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net",
-                                  os.O_RDONLY | os.O_CLOEXEC))
+            result.append(
+                os.open(
+                    f"/proc/self/task/{threading.get_native_id()}/ns/net",
+                    os.O_RDONLY | os.O_CLOEXEC,
+                )
+            )
         except BaseException as exc:  # handed to the caller
             result.append(exc)
 
@@ -115,21 +123,30 @@ def new_namespace() -> int:
     thread.start()
     thread.join()
     if isinstance(result[0], BaseException):
-        raise EngineError(f"cannot create a network namespace: {result[0]}",
-                          hint="dyno networking needs root (the platform daemon runs as root)")
+        raise EngineError(
+            f"cannot create a network namespace: {result[0]}",
+            hint="dyno networking needs root (the platform daemon runs as root)",
+        )
     return result[0]
 
 
 def host_addresses() -> list[str]:
     """This machine's own IPv4 addresses, loopback aside (``ip -j addr``)."""
-    proc = subprocess.run(["ip", "-j", "-4", "addr", "show"], capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run(
+        ["ip", "-j", "-4", "addr", "show"], capture_output=True, text=True, check=False
+    )
     try:
         interfaces = json.loads(proc.stdout or "[]")
     except ValueError:
         return []
-    return sorted({a["local"] for i in interfaces for a in i.get("addr_info", [])
-                   if a.get("local") and not a["local"].startswith("127.")})
+    return sorted(
+        {
+            a["local"]
+            for i in interfaces
+            for a in i.get("addr_info", [])
+            if a.get("local") and not a["local"].startswith("127.")
+        }
+    )
 
 
 class Networks:
@@ -147,8 +164,10 @@ class Networks:
     def check(self) -> None:
         for tool, package in ((PASTA, "passt"), (NFT, "nftables")):
             if not os.path.exists(tool):
-                raise EngineError(f"{tool} is missing: dynos cannot get their network",
-                                  hint=f"apt-get install {package} (./setup installs it)")
+                raise EngineError(
+                    f"{tool} is missing: dynos cannot get their network",
+                    hint=f"apt-get install {package} (./setup installs it)",
+                )
 
     def create(self, policy: Policy) -> Namespace:
         """A new namespace with pasta attached and configured (20-30 ms)."""
@@ -162,26 +181,43 @@ class Networks:
         try:
             fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
-            raise EngineError(f"cannot open the network namespace of process {pid}: "
-                              f"{exc.strerror}") from None
+            raise EngineError(
+                f"cannot open the network namespace of process {pid}: {exc.strerror}"
+            ) from None
         return self._connect(fd, policy)
 
     def _connect(self, fd: int, policy: Policy) -> Namespace:
         """Start pasta for the namespace open at ``fd`` (which the result then owns)."""
         pidfile = self.state / f"tmp-{os.getpid()}-{time.monotonic_ns()}"
-        argv = [PASTA, "--runas", "0", "--quiet", "-4", "--config-net", "--no-dhcp",
-                "--no-ndp", "--no-dhcpv6", "--no-ra", *policy.pasta_args(), "-P",
-                str(pidfile), "--netns", f"/proc/self/fd/{fd}", "--netns-only"]
-        proc = subprocess.run(argv, pass_fds=(fd,), capture_output=True, text=True,
-                              check=False)
+        argv = [
+            PASTA,
+            "--runas",
+            "0",
+            "--quiet",
+            "-4",
+            "--config-net",
+            "--no-dhcp",
+            "--no-ndp",
+            "--no-dhcpv6",
+            "--no-ra",
+            *policy.pasta_args(),
+            "-P",
+            str(pidfile),
+            "--netns",
+            f"/proc/self/fd/{fd}",
+            "--netns-only",
+        ]
+        proc = subprocess.run(argv, pass_fds=(fd,), capture_output=True, text=True, check=False)
         try:
             pid = int(pidfile.read_text())
         except (OSError, ValueError):
             os.close(fd)
             pidfile.unlink(missing_ok=True)
             lines = [ln for ln in proc.stderr.splitlines() if "syslog" not in ln]
-            raise EngineError(f"pasta could not connect the dyno's network (exit "
-                              f"{proc.returncode})", details="\n".join(lines[-5:])) from None
+            raise EngineError(
+                f"pasta could not connect the dyno's network (exit {proc.returncode})",
+                details="\n".join(lines[-5:]),
+            ) from None
         os.replace(pidfile, self.state / f"{pid}.pasta")
         namespace = Namespace(fd, pid, policy)
         try:
@@ -193,13 +229,20 @@ class Networks:
 
     def _firewall(self, namespace: Namespace) -> None:
         rules = namespace.policy.nft_rules(host_addresses())
-        proc = subprocess.run([NSENTER, f"--net=/proc/self/fd/{namespace.fd}", "--", NFT,
-                               "-f", "-"], input=rules, text=True, capture_output=True,
-                              pass_fds=(namespace.fd,), check=False)
+        proc = subprocess.run(
+            [NSENTER, f"--net=/proc/self/fd/{namespace.fd}", "--", NFT, "-f", "-"],
+            input=rules,
+            text=True,
+            capture_output=True,
+            pass_fds=(namespace.fd,),
+            check=False,
+        )
         if proc.returncode != 0:
-            raise EngineError("cannot install the dyno's network rules with nft",
-                              details=proc.stderr.strip()[-400:],
-                              hint="apt-get install nftables (./setup installs it)")
+            raise EngineError(
+                "cannot install the dyno's network rules with nft",
+                details=proc.stderr.strip()[-400:],
+                hint="apt-get install nftables (./setup installs it)",
+            )
 
     def take(self, policy: Policy) -> Namespace:
         """A connected namespace for ``policy``: a prepared one if there is, else new.

@@ -250,8 +250,12 @@ class PlatformPaths:
         token 0600 (they hold every app's config vars and the master token)."""
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
-        for path in (self.db, self.db.with_name("platform.db-wal"),
-                     self.db.with_name("platform.db-shm"), self.token):
+        for path in (
+            self.db,
+            self.db.with_name("platform.db-wal"),
+            self.db.with_name("platform.db-shm"),
+            self.token,
+        ):
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(path, 0o600)
 
@@ -355,12 +359,14 @@ class Store:
         Given once, at the first dyno, and never reused."""
         with self.tx() as db:
             app_id = self._app(db, ident)["id"]
-            row = db.execute("SELECT number FROM app_numbers WHERE app_id = ?",
-                             (app_id,)).fetchone()
+            row = db.execute(
+                "SELECT number FROM app_numbers WHERE app_id = ?", (app_id,)
+            ).fetchone()
             if row:
                 return int(row[0])
-            number = db.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM app_numbers"
-                                ).fetchone()[0]
+            number = db.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM app_numbers").fetchone()[
+                0
+            ]
             db.execute("INSERT INTO app_numbers VALUES (?, ?)", (app_id, number))
             return int(number)
 
@@ -368,8 +374,10 @@ class Store:
         """A new token scoped to one app, for one dyno (revoked when the dyno ends)."""
         token = "dyno-" + secrets.token_urlsafe(32)
         with self.tx() as db:
-            db.execute("INSERT INTO tokens VALUES (?, ?, ?, ?)",
-                       (hashlib.sha256(token.encode()).hexdigest(), app_id, dyno_id, now()))
+            db.execute(
+                "INSERT INTO tokens VALUES (?, ?, ?, ?)",
+                (hashlib.sha256(token.encode()).hexdigest(), app_id, dyno_id, now()),
+            )
         return token
 
     def revoke_tokens(self, dyno_id: str | None = None) -> None:
@@ -386,7 +394,8 @@ class Store:
             row = db.execute(
                 "SELECT tokens.app_id, apps.name, tokens.dyno_id FROM tokens JOIN apps ON "
                 "apps.id = tokens.app_id WHERE token_sha256 = ?",
-                (hashlib.sha256(token.encode()).hexdigest(),)).fetchone()
+                (hashlib.sha256(token.encode()).hexdigest(),),
+            ).fetchone()
         return (row[0], row[1], row[2]) if row else None
 
     def apps(self) -> list[dict[str, Any]]:

@@ -77,8 +77,7 @@ class Api:
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {token}"
 
-    def call(self, method: str, path: str, body: Any = None, timeout: float | None = None
-             ) -> Any:
+    def call(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> Any:
         return self.client.request(method, path, body, timeout=timeout)
 
     def download(self, path: str, target: Path) -> bool:
@@ -202,9 +201,12 @@ class Job:
         token. Its output goes to the job's log on the platform's side."""
         if self.ended:
             raise self.ended
-        answer = self.api.call("POST", f"/jobs/{self.id}/sandbox", {
-            "lease": self.lease, "command": script, "dir": str(cwd), "env": env},
-            timeout=float(self.data["timeout"]) + 60)
+        answer = self.api.call(
+            "POST",
+            f"/jobs/{self.id}/sandbox",
+            {"lease": self.lease, "command": script, "dir": str(cwd), "env": env},
+            timeout=float(self.data["timeout"]) + 60,
+        )
         if self.ended:  # cancelled or timed out meanwhile: the platform killed it
             raise self.ended
         if answer["exit_code"] != 0:
@@ -537,8 +539,10 @@ def stage(job: Job) -> dict[str, Any]:
         archive.unlink()
         actual = tree_digest(scan_tree(fetched))  # the whole DESTDIR, as recorded
         if actual != builder_id:
-            raise JobFailed(f"the stored builder stage {builder[:12]} has tree digest "
-                            f"{actual[:16]}, not the recorded {builder_id[:16]}: refused")
+            raise JobFailed(
+                f"the stored builder stage {builder[:12]} has tree digest "
+                f"{actual[:16]}, not the recorded {builder_id[:16]}: refused"
+            )
         builder_tree = fetched / recipe.prefix.lstrip("/")
     key = stage_key(
         recipe, meta, job.claim.get("stack"), builder_id, bool(job.params.get("distcc"))
@@ -616,8 +620,10 @@ def app_compile(job: Job) -> dict[str, Any]:
         "JOBS": _jobs(),
     }
     if job.params.get("distcc"):
-        raise JobFailed("app-compile builds run without network (the app's build is "
-                        "untrusted), so they cannot use distcc; distcc serves stage builds")
+        raise JobFailed(
+            "app-compile builds run without network (the app's build is "
+            "untrusted), so they cannot use distcc; distcc serves stage builds"
+        )
     for name in ("Makefile", "makefile", "GNUmakefile"):
         if (app_dir / name).is_file():
             job.progress(f"make CC={meta['compiler']} (in a sandbox of its own)")

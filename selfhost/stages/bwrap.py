@@ -50,8 +50,7 @@ class BwrapEngine:
 
     name = "bwrap"
 
-    def __init__(self, security: Security, *,
-                 echo: Callable[[Sequence[str]], None] | None = None):
+    def __init__(self, security: Security, *, echo: Callable[[Sequence[str]], None] | None = None):
         self.security = security
         self._echo = echo or (lambda argv: None)
         self._bwrap: str | None = None
@@ -67,11 +66,15 @@ class BwrapEngine:
         """Fail with the fix if bubblewrap (or setpriv, to drop privileges) is missing."""
         found = shutil.which("bwrap")
         if not found:
-            raise EngineError("bubblewrap (bwrap) is not installed",
-                              hint="apt-get install bubblewrap, or use --engine docker")
+            raise EngineError(
+                "bubblewrap (bwrap) is not installed",
+                hint="apt-get install bubblewrap, or use --engine docker",
+            )
         if self.security.drops_privileges and not os.path.exists(SETPRIV):
-            raise EngineError(f"{SETPRIV} is missing: sandboxes cannot drop root",
-                              hint="apt-get install util-linux")
+            raise EngineError(
+                f"{SETPRIV} is missing: sandboxes cannot drop root",
+                hint="apt-get install util-linux",
+            )
         self._bwrap = found
 
     def prepare(self, stack: Stack, mount_points: Iterable[str] = ()) -> None:
@@ -82,51 +85,83 @@ class BwrapEngine:
         """Nothing to do: ``--die-with-parent`` takes sandboxes down with their run."""
         return 0
 
-    def bwrap_argv(self, sandbox: Sandbox, seccomp_fd: int | None,
-                   staged: Staging | None = None) -> list[str]:
+    def bwrap_argv(
+        self, sandbox: Sandbox, seccomp_fd: int | None, staged: Staging | None = None
+    ) -> list[str]:
         """The bwrap part of the command, one option per group. bwrap runs as the host
         id, so it binds each source from where root staged it (:mod:`.staging`)."""
 
         def source(path: Path) -> str:
             return str(staged[path] if staged else path)
 
-        argv = [self.bwrap,
-                "--ro-bind", source(sandbox.stack.rootfs), "/",
-                "--proc", "/proc",
-                "--dev", "/dev"]
+        argv = [
+            self.bwrap,
+            "--ro-bind",
+            source(sandbox.stack.rootfs),
+            "/",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+        ]
         for scratch in sandbox.scratch:
             argv += ["--tmpfs", scratch]
         for mount in sandbox.mounts:
-            argv += ["--bind" if mount.writable else "--ro-bind", source(mount.source),
-                     mount.target]
+            argv += [
+                "--bind" if mount.writable else "--ro-bind",
+                source(mount.source),
+                mount.target,
+            ]
         argv += ["--unshare-all"]
         if sandbox.netns is not None or (sandbox.network and not self.security.hardened):
             argv += ["--share-net"]  # the prepared namespace, or the host's (weakened)
         if self.security.hardened:
-            argv += ["--unshare-user", "--uid", str(sandbox.uid), "--gid", str(sandbox.uid),
-                     "--disable-userns", "--cap-drop", "ALL"]
+            argv += [
+                "--unshare-user",
+                "--uid",
+                str(sandbox.uid),
+                "--gid",
+                str(sandbox.uid),
+                "--disable-userns",
+                "--cap-drop",
+                "ALL",
+            ]
             if seccomp_fd is not None:
                 argv += ["--seccomp", str(seccomp_fd)]
         elif sandbox.uid:
             argv += ["--uid", str(sandbox.uid), "--gid", str(sandbox.uid)]
-        argv += ["--hostname", HOSTNAME,
-                 "--die-with-parent",
-                 "--new-session",
-                 "--clearenv",
-                 "--chdir", sandbox.workdir,
-                 "--", *sandbox.inner_argv()]
+        argv += [
+            "--hostname",
+            HOSTNAME,
+            "--die-with-parent",
+            "--new-session",
+            "--clearenv",
+            "--chdir",
+            sandbox.workdir,
+            "--",
+            *sandbox.inner_argv(),
+        ]
         return argv
 
-    def launch_argv(self, sandbox: Sandbox, seccomp_fd: int | None,
-                    staged: Staging | None = None) -> list[str]:
+    def launch_argv(
+        self, sandbox: Sandbox, seccomp_fd: int | None, staged: Staging | None = None
+    ) -> list[str]:
         """What runs bwrap: into the network namespace, then down to the host id."""
         argv: list[str] = []
         if sandbox.netns is not None:
             argv += [NSENTER, f"--net=/proc/self/fd/{sandbox.netns}", "--"]
         if self.security.drops_privileges:
             host = self.security.host_id(sandbox.host_id)
-            argv += [SETPRIV, f"--reuid={host}", f"--regid={host}", "--clear-groups",
-                     "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+            argv += [
+                SETPRIV,
+                f"--reuid={host}",
+                f"--regid={host}",
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+                "--no-new-privs",
+                "--",
+            ]
         return [*argv, *self.bwrap_argv(sandbox, seccomp_fd, staged)]
 
     def command_line(self, sandbox: Sandbox) -> list[str]:
@@ -135,8 +170,13 @@ class BwrapEngine:
         if seccomp is None:
             return self.launch_argv(sandbox, None)
         fd = 9
-        return ["bash", "-c", f'exec {fd}<{shlex.quote(str(seccomp))} && exec "$@"', "sh",
-                *self.launch_argv(sandbox, fd)]
+        return [
+            "bash",
+            "-c",
+            f'exec {fd}<{shlex.quote(str(seccomp))} && exec "$@"',
+            "sh",
+            *self.launch_argv(sandbox, fd),
+        ]
 
     def start(self, sandbox: Sandbox, output: Output) -> BwrapProcess:
         """Start bwrap in its own process group (and cgroup, when limits are set)."""
@@ -144,16 +184,20 @@ class BwrapEngine:
         limits = sandbox.limits
         cgroup = None
         if limits.memory_bytes or limits.cpus or limits.pids:
-            cgroup = Cgroup.create(sandbox.label or f"run-{os.getpid()}-{time.monotonic_ns()}",
-                                   memory_bytes=limits.memory_bytes, cpus=limits.cpus,
-                                   pids=limits.pids)
+            cgroup = Cgroup.create(
+                sandbox.label or f"run-{os.getpid()}-{time.monotonic_ns()}",
+                memory_bytes=limits.memory_bytes,
+                cpus=limits.cpus,
+                pids=limits.pids,
+            )
         fds: list[int] = [] if sandbox.netns is None else [sandbox.netns]
         staged = None
         if self.security.drops_privileges:
             try:
-                staged = Staging.create([sandbox.stack.rootfs,
-                                         *(m.source for m in sandbox.mounts)],
-                                        self.security.host_id(sandbox.host_id))
+                staged = Staging.create(
+                    [sandbox.stack.rootfs, *(m.source for m in sandbox.mounts)],
+                    self.security.host_id(sandbox.host_id),
+                )
             except BaseException:
                 if cgroup:
                     cgroup.remove()
@@ -169,7 +213,8 @@ class BwrapEngine:
         fd = output_fd(output)
         try:
             proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL,
+                argv,
+                stdin=subprocess.DEVNULL,
                 stdout=fd if fd is not None else subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 pass_fds=fds,
@@ -190,8 +235,7 @@ class BwrapEngine:
             pump.start()
         return BwrapProcess(proc, pump, cgroup, staged)
 
-    def run(self, sandbox: Sandbox, output: Output, *, timeout: float | None = None
-            ) -> RunResult:
+    def run(self, sandbox: Sandbox, output: Output, *, timeout: float | None = None) -> RunResult:
         """Run to completion; on timeout or Ctrl-C the whole sandbox is killed."""
         return run_sandbox(self, sandbox, output, timeout=timeout)
 
@@ -199,8 +243,13 @@ class BwrapEngine:
 class BwrapProcess:
     """A running bwrap sandbox."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], pump: threading.Thread | None,
-                 cgroup: Cgroup | None, staged: Staging | None = None):
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        pump: threading.Thread | None,
+        cgroup: Cgroup | None,
+        staged: Staging | None = None,
+    ):
         self.proc = proc
         self.pid = proc.pid
         self.pump = pump

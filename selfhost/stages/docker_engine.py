@@ -34,8 +34,13 @@ class DockerEngine:
 
     name = "docker"
 
-    def __init__(self, security: Security, *, base_url: str | None = None,
-                 echo: Callable[[Sequence[str]], None] | None = None):
+    def __init__(
+        self,
+        security: Security,
+        *,
+        base_url: str | None = None,
+        echo: Callable[[Sequence[str]], None] | None = None,
+    ):
         self.security = security
         self._base_url = base_url
         self._echo = echo or (lambda argv: None)
@@ -96,8 +101,7 @@ class DockerEngine:
     def user(self, sandbox: Sandbox) -> int:
         """The uid (and gid) the container runs as: the sandbox's unprivileged host id
         (Docker maps no user namespace, so container root would be host root)."""
-        return self.security.host_id(sandbox.host_id) if self.security.hardened else \
-            sandbox.uid
+        return self.security.host_id(sandbox.host_id) if self.security.hardened else sandbox.uid
 
     def network_mode(self, sandbox: Sandbox) -> str:
         """``none``: a dyno's network is attached from outside (pasta), after start; the

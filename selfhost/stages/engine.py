@@ -155,8 +155,13 @@ class Engine(Protocol):
         """Remove sandboxes of ``owner`` left behind by a killed run; return how many."""
 
 
-def make_engine(name: str, security: Security, *, docker_url: str | None = None,
-                echo: Callable[[Sequence[str]], None] | None = None) -> Engine:
+def make_engine(
+    name: str,
+    security: Security,
+    *,
+    docker_url: str | None = None,
+    echo: Callable[[Sequence[str]], None] | None = None,
+) -> Engine:
     """Create the engine called ``name`` (``bwrap`` or ``docker``), locked down as
     ``security`` says."""
     if name == "bwrap":
@@ -167,8 +172,10 @@ def make_engine(name: str, security: Security, *, docker_url: str | None = None,
         from selfhost.stages.docker_engine import DockerEngine
 
         return DockerEngine(security, base_url=docker_url, echo=echo)
-    raise UsageError(f"unknown engine {name!r}; expected bwrap or docker",
-                     hint="pass --engine bwrap or --engine docker")
+    raise UsageError(
+        f"unknown engine {name!r}; expected bwrap or docker",
+        hint="pass --engine bwrap or --engine docker",
+    )
 
 
 def run_sandbox(

@@ -43,29 +43,75 @@ SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, where python3-seccomp installs
 #: no_new_privs already forbid: Docker's default profile denies the same families.
 DENIED = (
     # mounts and the root: a sandbox's view of the file system is fixed from outside
-    "mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree", "fsopen",
-    "fsconfig", "fsmount", "fspick", "mount_setattr",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "move_mount",
+    "open_tree",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "mount_setattr",
     # new namespaces or joining others (clone with CLONE_NEW* is filtered below)
-    "unshare", "setns",
+    "unshare",
+    "setns",
     # the kernel keyring, BPF programs, performance counters, userfaultfd
-    "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
     # kernel modules, kexec, reboot, swap, accounting, quotas
-    "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load",
-    "reboot", "swapon", "swapoff", "acct", "quotactl", "quotactl_fd",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "kexec_load",
+    "kexec_file_load",
+    "reboot",
+    "swapon",
+    "swapoff",
+    "acct",
+    "quotactl",
+    "quotactl_fd",
     # the system clock, the kernel log, raw I/O ports, the controlling terminal
-    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "syslog", "iopl",
-    "ioperm", "vhangup",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "syslog",
+    "iopl",
+    "ioperm",
+    "vhangup",
     # file handles (a way around mount boundaries), obsolete and risky interfaces
-    "open_by_handle_at", "name_to_handle_at", "lookup_dcookie", "nfsservctl", "uselib",
-    "_sysctl", "sysfs", "ustat", "kcmp",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "lookup_dcookie",
+    "nfsservctl",
+    "uselib",
+    "_sysctl",
+    "sysfs",
+    "ustat",
+    "kcmp",
     # io_uring: its own path to many of the above, off in Docker too
-    "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
 )
 #: clone() flags that create namespaces (CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER,
 #: NEWPID, NEWNET); clone3 answers ENOSYS so that libc falls back to clone, whose flags
 #: the filter can read (clone3 passes them in memory).
-CLONE_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000,
-                         0x20000000, 0x40000000)
+CLONE_NAMESPACE_FLAGS = (
+    0x00020000,
+    0x02000000,
+    0x04000000,
+    0x08000000,
+    0x10000000,
+    0x20000000,
+    0x40000000,
+)
 
 _BUILD_FILTER = r"""
 import errno, json, sys
@@ -107,25 +153,32 @@ class SandboxIds:
     def app(self, number: int) -> int:
         """The host id of the dynos of the app with this number (1, 2, ...)."""
         if not 1 <= number < self.count:
-            raise UsageError(f"app number {number} is outside the sandbox id range "
-                             f"({self.count - 1} apps at most)",
-                             hint="raise selfhost.sandbox_uid_count")
+            raise UsageError(
+                f"app number {number} is outside the sandbox id range "
+                f"({self.count - 1} apps at most)",
+                hint="raise selfhost.sandbox_uid_count",
+            )
         return self.base + number
 
     def check(self) -> None:
         """Refuse a range that a host user or group owns: a sandbox would be that user."""
         last = self.base + self.count - 1
         if self.base < 65536 or last > 0xFFFFFFFE:
-            raise UsageError(f"sandbox id range {self.base}..{last} is not usable",
-                             hint="use ids between 65536 and 4294967294 that no host user "
-                             "owns (selfhost.sandbox_uid_base, selfhost.sandbox_uid_count)")
-        owners = [f"{u.pw_name} ({u.pw_uid})" for u in pwd.getpwall()
-                  if self.base <= u.pw_uid <= last]
+            raise UsageError(
+                f"sandbox id range {self.base}..{last} is not usable",
+                hint="use ids between 65536 and 4294967294 that no host user "
+                "owns (selfhost.sandbox_uid_base, selfhost.sandbox_uid_count)",
+            )
+        owners = [
+            f"{u.pw_name} ({u.pw_uid})" for u in pwd.getpwall() if self.base <= u.pw_uid <= last
+        ]
         if owners:
-            raise UsageError(f"host users own ids in the sandbox range {self.base}..{last}: "
-                             f"{', '.join(owners[:5])}",
-                             hint="choose another selfhost.sandbox_uid_base: sandboxed code "
-                             "must not run as an existing user")
+            raise UsageError(
+                f"host users own ids in the sandbox range {self.base}..{last}: "
+                f"{', '.join(owners[:5])}",
+                hint="choose another selfhost.sandbox_uid_base: sandboxed code "
+                "must not run as an existing user",
+            )
 
 
 @dataclass(frozen=True)
@@ -178,11 +231,17 @@ def take_back(security: Security, path: Path) -> None:
 
 def _chown(owner: str, paths: Iterable[Path]) -> None:
     # -h -P: links themselves, never what they point to; never traverse them
-    proc = subprocess.run(["chown", "-R", "-h", "-P", owner, "--", *map(str, paths)],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        ["chown", "-R", "-h", "-P", owner, "--", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
-        raise EngineError(f"cannot change the owner of sandbox files to {owner}",
-                          details=proc.stderr.strip()[-400:])
+        raise EngineError(
+            f"cannot change the owner of sandbox files to {owner}",
+            details=proc.stderr.strip()[-400:],
+        )
 
 
 def insecure_requested() -> bool:
@@ -203,8 +262,12 @@ def seccomp_filter(cache: Path) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     python = SYSTEM_PYTHON if Path(SYSTEM_PYTHON).exists() else sys.executable
-    proc = subprocess.run([python, "-c", _BUILD_FILTER, json.dumps({**policy(), "out": str(tmp)})],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [python, "-c", _BUILD_FILTER, json.dumps({**policy(), "out": str(tmp)})],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
         missing = "No module named 'seccomp'" in proc.stderr
@@ -212,7 +275,8 @@ def seccomp_filter(cache: Path) -> Path:
             "cannot build the sandbox's seccomp filter"
             + (f": {python} has no libseccomp bindings" if missing else ""),
             details=proc.stderr.strip()[-600:],
-            hint="apt-get install python3-seccomp (./setup installs it)")
+            hint="apt-get install python3-seccomp (./setup installs it)",
+        )
     os.replace(tmp, path)
     return path
 
@@ -222,8 +286,10 @@ def load(cache: Path, ids: SandboxIds, *, log: object = None) -> Security:
     ``cache``; the weakened sandbox when the attack suite asked for it."""
     if insecure_requested():
         if callable(log):
-            log(f"WARNING: {INSECURE_ENV}=1: sandboxes run as root with every capability, "
-                "no seccomp filter and the host network (the attack suite's weakened mode)")
+            log(
+                f"WARNING: {INSECURE_ENV}=1: sandboxes run as root with every capability, "
+                "no seccomp filter and the host network (the attack suite's weakened mode)"
+            )
         return Security(ids=ids, seccomp=None, hardened=False)
     ids.check()
     return Security(ids=ids, seccomp=seccomp_filter(cache))

@@ -38,11 +38,19 @@ _lock = threading.Lock()
 _ready = False
 
 
-def _mount(source: str | None, target: Path, fstype: str | None, flags: int,
-           data: str | None = None) -> None:
-    if _libc.mount(None if source is None else source.encode(), str(target).encode(),
-                   None if fstype is None else fstype.encode(), flags,
-                   None if data is None else data.encode()) != 0:
+def _mount(
+    source: str | None, target: Path, fstype: str | None, flags: int, data: str | None = None
+) -> None:
+    if (
+        _libc.mount(
+            None if source is None else source.encode(),
+            str(target).encode(),
+            None if fstype is None else fstype.encode(),
+            flags,
+            None if data is None else data.encode(),
+        )
+        != 0
+    ):
         errno = ctypes.get_errno()
         raise OSError(errno, os.strerror(errno), str(target))
 
@@ -84,7 +92,7 @@ def _alive(pid: int) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    return stat[stat.rindex(")") + 2:].split()[0] not in ("Z", "X")
+    return stat[stat.rindex(")") + 2 :].split()[0] not in ("Z", "X")
 
 
 def _remove(directory: Path) -> None:
@@ -117,10 +125,11 @@ class Staging:
             os.chown(directory, host_id, host_id)
         except OSError as exc:
             staging.remove()
-            raise EngineError(f"cannot stage {exc.filename or 'a mount'} for the sandbox: "
-                              f"{exc.strerror}",
-                              hint="sandboxes drop root, so root stages what they bind; "
-                              "this needs root and mount support") from None
+            raise EngineError(
+                f"cannot stage {exc.filename or 'a mount'} for the sandbox: {exc.strerror}",
+                hint="sandboxes drop root, so root stages what they bind; "
+                "this needs root and mount support",
+            ) from None
         return staging
 
     def __getitem__(self, source: Path) -> Path:
