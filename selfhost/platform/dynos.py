@@ -603,10 +603,7 @@ class DynoManager:
             env["PORT"] = str(dyno.port)
             inbound = ("127.0.0.1", dyno.port)
         engine = self.engine(dyno.engine)
-        mounts = [
-            Mount(held.fs.app, "/app", writable=True),
-            *(Mount(src, dst, writable=True) for src, dst in extras.mounts),
-        ]
+        mounts = [Mount(held.fs.app, "/app", writable=True)]
         scratch: tuple[str, ...] = ("/tmp", "/build")
         if held.fs.tmpfs:  # the bounded tmpfs holds them
             mounts += [
@@ -615,10 +612,14 @@ class DynoManager:
                 Mount(held.fs.ctl, "/run/selfhost"),
             ]
             scratch = ()
+        # after /tmp and /build: a queue socket's directory may lie below them
+        mounts += [Mount(src, dst, writable=True) for src, dst in extras.mounts]
         netns = None
         if self.networks is not None:
+            reachable = (self.api_port(), *self.app_ports(dyno.app), *extras.host_ports)
             policy = Policy(
-                host_ports=(self.api_port(), *self.app_ports(dyno.app), *extras.host_ports),
+                # its own PORT is its own: pasta must not listen on it inside
+                host_ports=tuple(p for p in reachable if p != dyno.port),
                 inbound=inbound,
                 outbound=config.get(NETWORK_VAR) == "internet",
             )

@@ -473,6 +473,7 @@ class JobService:
         self.lock = threading.Lock()
         self.unsent: set[int] = set()  # queued jobs the queue could not take yet
         self.sandboxes: dict[int, Process] = {}  # running job sandboxes, by job id
+        self.stopped_sandboxes: dict[int, str] = {}  # why the platform killed one
         self.on_release: Callable[[str], None] | None = None  # the supervisor's poke
 
     # ------------------------------------------------------------------ queue
@@ -692,7 +693,7 @@ class JobService:
     def cancel(self, job_id: int | str) -> dict[str, Any]:
         job = self.jobs.request_cancel(job_id)
         self.jobs.log(job["id"], ["cancel requested"])
-        self.kill_sandbox(job["id"])
+        self.kill_sandbox(job["id"], "cancelled")
         for child in job["children"]:
             self.jobs.request_cancel(child)
         if job["kind"] == "bootstrap" and job["state"] == "running":
@@ -706,7 +707,7 @@ class JobService:
     # ------------------------------------------------------------------ lost workers
     def take_back(self, job: dict[str, Any], why: str) -> None:
         """A running job's worker is gone: queue the job again (or mark it cancelled)."""
-        self.kill_sandbox(job["id"])
+        self.kill_sandbox(job["id"], "lost")
         again = self.jobs.requeue(job["id"], None)
         if again is None:
             return
@@ -859,20 +860,28 @@ class JobService:
             remaining = max(1.0, float(job["timeout"]) - (time.time() - (job["started"] or 0)))
             code = process.wait(remaining)
             if code is None:
+                self.stopped_sandboxes[job["id"]] = "timeout"
                 process.kill()
                 code = process.wait()
         finally:
             with self.lock:
                 self.sandboxes.pop(job["id"], None)
+                stopped = self.stopped_sandboxes.pop(job["id"], None)
             process.close()
             output.flush()
         seconds = round(time.monotonic() - started, 2)
-        self.jobs.log(job["id"], [f"sandbox: exit {code} ({seconds}s)"])
-        return {"exit_code": code, "seconds": seconds}
+        self.jobs.log(
+            job["id"],
+            [f"sandbox: exit {code} ({seconds}s)" + (f", stopped: {stopped}" if stopped else "")],
+        )
+        return {"exit_code": code, "seconds": seconds, "stopped": stopped}
 
-    def kill_sandbox(self, job_id: int) -> None:
+    def kill_sandbox(self, job_id: int, why: str) -> None:
+        """Kill a job's running sandbox; the worker is told ``why`` (cancelled, lost)."""
         with self.lock:
             process = self.sandboxes.get(job_id)
+            if process is not None:
+                self.stopped_sandboxes[job_id] = why
         if process is not None:
             process.kill()
 

@@ -209,6 +209,17 @@ class Job:
         )
         if self.ended:  # cancelled or timed out meanwhile: the platform killed it
             raise self.ended
+        stopped = answer.get("stopped")
+        if stopped:  # the platform stopped it (a cancel, a timeout, a lost lease)
+            self.end(
+                stopped,
+                {
+                    "cancelled": "cancelled",
+                    "timeout": f"timed out after {self.data['timeout']:g}s",
+                }.get(stopped, "the platform took the job back"),
+            )
+            assert self.ended is not None
+            raise self.ended
         if answer["exit_code"] != 0:
             raise JobFailed(f"{what} failed with exit code {answer['exit_code']}")
 

@@ -106,6 +106,30 @@ def test_the_slug_is_fresh_and_writable_each_time(plat):
     assert first.code == 0 and first.stdout.strip() == "x" and second.code == 0
 
 
+def test_a_dyno_that_cannot_start_ends_with_the_reason(plat, tmp_path):
+    """A slug that breaks while it is unpacked (here: its stored blob cut short, which
+    tarfile reports with an EOFError) ends the dyno; it never stays 'starting'."""
+    client = client_of(plat)
+    client.create_app("broken", "bookworm")
+    contents = SlugContents()
+    contents.add_file("Procfile", data=b"web: true\n")
+    contents.add_file("big", data=os.urandom(200_000))
+    info = pack(contents, tmp_path / "b.tgz", mtime=0, process_types={"web": "true"})
+    client.release_slug(
+        "broken", info.path, checksum=info.checksum, size=info.size, process_types={"web": "true"}
+    )
+    assert plat("scale", "--app", "broken", "web=0").code == 0
+    blob = Path(plat.env["INVOKE_SELFHOST_PLATFORM_DIR"]) / "blobs/sha256" / info.sha256
+    blob.write_bytes(blob.read_bytes()[:5000])
+    started = time.monotonic()
+    run = plat("run", "--app", "broken", "--ttl", "30", "--", "true")
+    assert run.code == 127, run.output
+    assert time.monotonic() - started < 20
+    assert "failed to start" in run.stderr and "slug" in run.stderr
+    last = client.dynos("broken")[0]
+    assert last["state"] == "down" and "failed to start" in last["reason"]
+
+
 def test_ttl_stops_the_dyno(plat):
     started = time.monotonic()
     run = plat("run", "--app", "dynos", "--ttl", "1", "--", "sleep", "30")

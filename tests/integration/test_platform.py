@@ -107,8 +107,12 @@ def test_the_slug_compiler_works_from_app_in_a_sandbox(tcc_slug, stacks, tmp_pat
         workdir="/app",
     )
     out = tmp_path / "out.log"
+    from selfhost.config import Settings
+    from selfhost.stages import security
+
+    locked = security.load(tmp_path / "security", Settings().sandbox_ids)
     with open(out, "wb") as log:
-        res = BwrapEngine().run(sandbox, log)
+        res = BwrapEngine(locked).run(sandbox, log)
     text = out.read_text()
     assert res.exit_code == 0, text
     assert text.count("hello from /app") == 2, text
