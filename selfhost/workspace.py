@@ -87,14 +87,7 @@ def file_lock(
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        env = f"INVOKE_{setting.replace('.', '_').upper()}" if setting else ""
-        raise UsageError(
-            f"cannot write {exc.filename or path}: {exc.strerror}",
-            hint=f"{setting} must name a writable directory: set it in invoke.yaml or with "
-            f"{env}=/some/writable/dir"
-            if setting
-            else "the directory must be writable",
-        ) from None
+        raise unwritable(exc, path, setting) from None
     try:
         deadline = time.monotonic() + wait
         told = False
@@ -120,6 +113,18 @@ def file_lock(
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the flock
+
+
+def unwritable(exc: OSError, path: Path, setting: str | None) -> UsageError:
+    """The error for a state directory that cannot be written, naming its setting."""
+    env = f"INVOKE_{setting.replace('.', '_').upper()}" if setting else ""
+    return UsageError(
+        f"cannot write {exc.filename or path}: {exc.strerror}",
+        hint=f"{setting} must name a writable directory: set it in invoke.yaml or with "
+        f"{env}=/some/writable/dir"
+        if setting
+        else "the directory must be writable",
+    )
 
 
 def _holder(path: Path) -> str:

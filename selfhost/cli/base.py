@@ -125,8 +125,12 @@ def make_engine(s: Settings, ui: UI, name: str | None = None) -> Engine:
     """The sandbox engine of a task, locked down (its seccomp filter cached in the
     workspace)."""
     from selfhost.stages import engine, security
+    from selfhost.workspace import unwritable
 
-    locked = security.load(s.workspace / "security", s.sandbox_ids, log=ui.warn)
+    try:
+        locked = security.load(s.workspace / "security", s.sandbox_ids, log=ui.warn)
+    except OSError as exc:
+        raise unwritable(exc, s.workspace, "selfhost.workspace") from None
     return engine.make_engine(name or s.engine, locked, docker_url=s.docker_url, echo=ui.echo)
 
 

@@ -30,11 +30,12 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from selfhost.errors import EngineError
+from selfhost.stages import staging
 from selfhost.stages.cgroups import Cgroup, command_name, descendants
 from selfhost.stages.engine import HOSTNAME, Output, RunResult, Sandbox, output_fd, run_sandbox
 from selfhost.stages.security import Security
@@ -86,7 +87,7 @@ class BwrapEngine:
         return 0
 
     def bwrap_argv(
-        self, sandbox: Sandbox, seccomp_fd: int | None, staged: Staging | None = None
+        self, sandbox: Sandbox, seccomp_fd: int | None, staged: Mapping[Path, Path] | None = None
     ) -> list[str]:
         """The bwrap part of the command, one option per group. bwrap runs as the host
         id, so it binds each source from where root staged it (:mod:`.staging`)."""
@@ -144,7 +145,7 @@ class BwrapEngine:
         return argv
 
     def launch_argv(
-        self, sandbox: Sandbox, seccomp_fd: int | None, staged: Staging | None = None
+        self, sandbox: Sandbox, seccomp_fd: int | None, staged: Mapping[Path, Path] | None = None
     ) -> list[str]:
         """What runs bwrap: into the network namespace, then down to the host id."""
         argv: list[str] = []
@@ -165,17 +166,47 @@ class BwrapEngine:
         return [*argv, *self.bwrap_argv(sandbox, seccomp_fd, staged)]
 
     def command_line(self, sandbox: Sandbox) -> list[str]:
-        """A command that reproduces the sandbox by hand (as root), as it is run."""
+        """A command that reproduces the sandbox by hand (as root), as it is run: the
+        seccomp filter opened, the mount sources staged in a private mount namespace
+        (gone when the command ends), then the same setpriv and bwrap."""
         seccomp = self.security.seccomp if self.security.hardened else None
         if seccomp is None:
             return self.launch_argv(sandbox, None)
         fd = 9
+        prelude = [f"exec {fd}<{shlex.quote(str(seccomp))}"]
+        staged: dict[Path, Path] | None = None
+        if self.security.drops_privileges:
+            root = staging.ROOT / "repro"
+            staged = {}
+            prelude += [
+                f"mount -t tmpfs -o mode=0711 repro {staging.ROOT}",
+                f"mkdir -m 0700 {root}",
+            ]
+            for k, source in enumerate(
+                dict.fromkeys([sandbox.stack.rootfs, *(m.source for m in sandbox.mounts)])
+            ):
+                staged[source] = root / str(k)
+                prelude += [
+                    f"mkdir {staged[source]}",
+                    f"mount --rbind {shlex.quote(str(source))} {staged[source]}",
+                ]
+            host = self.security.host_id(sandbox.host_id)
+            prelude.append(f"chown {host}:{host} {root}")
+        launch = self.launch_argv(sandbox, fd, staged)
+        script = " && ".join([*prelude, 'exec "$@"'])
+        if staged is None:
+            return ["bash", "-c", script, "sh", *launch]
         return [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
             "bash",
             "-c",
-            f'exec {fd}<{shlex.quote(str(seccomp))} && exec "$@"',
+            f"mkdir -p {staging.ROOT} && {script}",
             "sh",
-            *self.launch_argv(sandbox, fd),
+            *launch,
         ]
 
     def start(self, sandbox: Sandbox, output: Output) -> BwrapProcess:
@@ -206,8 +237,8 @@ class BwrapEngine:
         if self.security.hardened and self.security.seccomp is not None:
             seccomp_fd = os.open(self.security.seccomp, os.O_RDONLY)
             fds.append(seccomp_fd)
-        argv = self.launch_argv(sandbox, seccomp_fd, staged)
-        self._echo(argv)
+        argv = self.launch_argv(sandbox, seccomp_fd, staged.paths if staged else None)
+        self._echo(self.command_line(sandbox))  # what a human can run again
         if cgroup:
             argv = cgroup.wrap(argv)
         fd = output_fd(output)

@@ -140,7 +140,10 @@ def test_hardened_bwrap_drops_to_the_host_id(tmp_path, monkeypatch):
     engine = BwrapEngine(SECURE)
     engine._bwrap = "/usr/bin/bwrap"
     argv = engine.command_line(sandbox(tmp_path, host_id=1_700_000_007, network=True))
-    assert argv[:2] == ["bash", "-c"] and "exec 9</x/filter.bpf" in argv[2]
+    assert argv[:5] == ["unshare", "--mount", "--propagation", "private", "--"]
+    assert "exec 9</x/filter.bpf" in argv[7], "the filter is opened for bwrap"
+    assert f"mount --rbind {tmp_path}/b /run/selfhost-sandboxes/repro/1" in argv[7]
+    assert "chown 1700000007:1700000007 /run/selfhost-sandboxes/repro" in argv[7]
     setpriv = argv.index("/usr/bin/setpriv")
     assert argv[setpriv + 1 : setpriv + 3] == ["--reuid=1700000007", "--regid=1700000007"]
     assert "--no-new-privs" in argv and "--bounding-set=-all" in argv
