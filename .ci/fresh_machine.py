@@ -10,8 +10,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from selfhost.config import Settings
 from selfhost.mirror import debian_mirror
 from selfhost.stages.docker_engine import DockerEngine
+from selfhost.stages.security import Security
 from selfhost.stages.stack import StackSpec, StackStore
 
 PACKAGES = ("python3", "python3-venv", "python3-pip", "git", "ca-certificates")
@@ -23,7 +25,8 @@ def main() -> int:
         StackSpec.make("bookworm", "minbase", PACKAGES),
         log=lambda line: print(line, file=sys.stderr),
     )
-    DockerEngine().prepare(stack)
+    # only the image is made here: no sandbox runs, so no seccomp filter is needed
+    DockerEngine(Security(ids=Settings().sandbox_ids, seccomp=None)).prepare(stack)
     print(stack.image)
     return 0
 
