@@ -6,7 +6,7 @@
 # usage: plain_bootstrap.sh ROOTFS SOURCE_TREE WORKDIR
 set -euo pipefail
 rootfs=$1 src=$2 work=$3
-prefix=/opt/tcc
+prefix=/app/vendor/tcc
 rm -rf "$work"; mkdir -p "$work"
 prev=""
 for n in 1 2 3; do
@@ -17,13 +17,13 @@ for n in 1 2 3; do
   run() {
     local out_mode=$1; shift
     args=(--ro-bind "$rootfs" / --proc /proc --dev /dev --tmpfs /tmp
-          --bind "$w/build" /build "$out_mode" "$w/tree" /out)
+          --bind "$w/build" /build "$out_mode" "$w/tree" /build/out)
     [ -n "$prev" ] && args+=(--ro-bind "$prev$prefix" "$prefix")
     bwrap "${args[@]}" --unshare-all --hostname selfhost --die-with-parent --new-session \
       --clearenv --chdir /build/src -- /usr/bin/env -i \
       PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/build/home \
-      LC_ALL=C.UTF-8 TZ=UTC SOURCE_DATE_EPOCH=1597363200 PREFIX=$prefix DESTDIR=/out \
-      SRC=/build/src BUILDER=$builder JOBS=$(nproc) \
+      LC_ALL=C.UTF-8 TZ=UTC SOURCE_DATE_EPOCH=1597363200 PREFIX=$prefix DESTDIR=/build/out \
+      SRC=/build/src BUILDER=$builder JOBS=$(nproc) STAGE=$n \
       /bin/sh -c 'umask 022 && exec "$@"' sh /bin/sh -ec "$1" >>"$w/log" 2>&1
   }
   run --bind './configure --prefix=$PREFIX --cc=$BUILDER && make -j$JOBS'

@@ -26,6 +26,8 @@ def _params(
     ref: str | None,
     no_test: bool,
     distcc: bool,
+    force: bool = False,
+    jobs: int | None = None,
 ) -> dict[str, Any]:
     """The job's parameters from the options, refusing those its kind does not take."""
     given = {
@@ -58,6 +60,15 @@ def _params(
         params["test"] = False
     if distcc:
         params["distcc"] = True
+    if force:
+        if kind not in ("stage", "bootstrap"):
+            raise UsageError(
+                f"--kind {kind} does not take --force",
+                hint="--force rebuilds stages the platform has stored: stage and bootstrap jobs",
+            )
+        params["force"] = True
+    if jobs is not None:
+        params["jobs"] = jobs
     return params
 
 
@@ -93,6 +104,8 @@ def describe(job: dict[str, Any]) -> str:
         "ref": "app-compile: a git branch, tag or commit",
         "no_test": "skip the recipe's test step",
         "distcc": "send compiles to the app's distccd dynos (plain mode, no fallback)",
+        "force": "stage/bootstrap: build again even if the platform has the stage stored",
+        "jobs": "make -j for the build (default: every slot of the worker and its distcc hosts)",
         "timeout": "seconds before the job's processes are killed (default 1800)",
         "wait": "follow the job's progress; exit 0 only if it succeeds",
         "json": "print the job as JSON (with --wait: when it has ended)",
@@ -111,6 +124,8 @@ def submit(
     ref: str | None = None,
     no_test: bool = False,
     distcc: bool = False,
+    force: bool = False,
+    jobs: int | None = None,
     timeout: float | None = None,
     wait: bool = False,
     json: bool = False,
@@ -122,6 +137,7 @@ def submit(
     s = settings(c)
     ui = make_ui(s, json=json)
     stage, stages = _number("--stage", stage), _number("--stages", stages)
+    jobs = _number("--jobs", jobs)
     timeout = None if timeout is None else float(_number("--timeout", timeout) or 0)
     if kind not in KINDS:
         raise UsageError(f"--kind is {kind!r}; expected one of {', '.join(KINDS)}")
@@ -135,6 +151,8 @@ def submit(
         ref=ref,
         no_test=no_test,
         distcc=distcc,
+        force=force,
+        jobs=jobs,
     )
     if source and os.path.isdir(source):
         params["source"] = os.path.abspath(source)

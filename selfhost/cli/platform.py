@@ -19,32 +19,46 @@ if TYPE_CHECKING:
     from selfhost.ui import UI
 
 
+SLUG_HELP = {
+    "compiler": "the recipe whose final stage the slug ships (default: selfhost.default_compiler)",
+    "app_dir": "your app (a directory with its Procfile, .slugignore, .profile.d); default: "
+    "the platform's own compile-worker app",
+    "strict": "make every lint an error (no slug is written if one fires)",
+    "engine": "sandbox engine, if a stage must be built: bwrap (default) or docker",
+}
+
+
 @task(
     help={
-        "compiler": "the recipe to package (default: selfhost.default_compiler)",
+        **SLUG_HELP,
         "out": "where to write the slug (default: <workspace>/slugs/NAME-VERSION.tgz)",
-        "strict": "make every lint an error (no slug is written if one fires)",
-        "stack": "lint against this suite's stack instead of the one it was built on",
-        "engine": "sandbox engine for the bootstrap: bwrap (default) or docker",
-        "json": "print {path, checksum, size, process_types, warnings} as JSON",
+        "stack": "lint against this suite's stack instead of the one it runs on",
+        "json": "print {path, checksum, size, process_types, warnings, ...} as JSON",
     }
 )
 def slug(
     c: Context,
     compiler: str | None = None,
+    app_dir: str | None = None,
     out: str | None = None,
     strict: bool = False,
     stack: str | None = None,
     engine: str | None = None,
     json: bool = False,
 ) -> None:
-    """Package the final stage and the platform app into a reproducible slug."""
+    """Package the proven final stage with an app into a reproducible slug."""
     s = settings(c, engine=engine)
     ui = make_ui(s, json=json)
     if stack and stack not in SUITES:
         raise UsageError(f"--stack is {stack!r}; expected one of {', '.join(SUITES)}")
     result = _build_slug(
-        s, ui, compiler, out=Path(out) if out else None, strict=strict, target_suite=stack
+        s,
+        ui,
+        compiler,
+        app_dir=Path(app_dir) if app_dir else None,
+        out=Path(out) if out else None,
+        strict=strict,
+        target_suite=stack,
     )
     if json:
         ui.emit_json(result.to_json())
@@ -54,17 +68,19 @@ def slug(
         f"slug {info.path}\n  checksum: {info.checksum}\n  size: {info.size} bytes\n"
         f"  process types: {', '.join(f'{k}: {v}' for k, v in info.process_types.items())}"
         f"\n  stack: {result.target_stack.spec.name}\n  lints: {len(result.lints)}"
+        f"\n  {result.bootstrap.recipe.name} stage{result.bootstrap.stages[-1].stage}, tree "
+        f"digest {result.bootstrap.stages[-1].manifest.tree_digest[:16]}"
     )
 
 
 def _build_slug(s: Settings, ui: UI, compiler: str | None, **options: Any) -> CompilerSlug:
-    """Bootstrap the compiler at its slug prefix and pack it, with the live view."""
-    from selfhost.platform.packaging import build_compiler_slug
+    """The proven final stage (built first if it is not cached), packed with the live view."""
+    from selfhost.platform.packaging import build_slug
 
     recipe = find_recipe(compiler or s.default_compiler, s.recipe_dirs)
     engine = make_engine(s, ui)
     with ui.live():
-        return build_compiler_slug(s, recipe, engine, ui, **options)
+        return build_slug(s, recipe, engine, ui, **options)
 
 
 # --------------------------------------------------------------------------- the API
@@ -110,10 +126,10 @@ API_HELP = "a Heroku-compatible API URL instead of the local platform (token: HE
 
 @task(
     help={
+        **SLUG_HELP,
         "app": "the app to release to (created on the local platform if it does not exist)",
         "api": API_HELP,
-        "compiler": "the recipe to package (default: selfhost.default_compiler)",
-        "strict": "refuse to release if a slug lint fires",
+        "slug": "release this slug file (built elsewhere) instead of building one",
         "json": "print the release as JSON",
     }
 )
@@ -122,38 +138,97 @@ def release(
     app: str,
     api: str | None = None,
     compiler: str | None = None,
+    app_dir: str | None = None,
+    slug: str | None = None,
     strict: bool = False,
+    engine: str | None = None,
     json: bool = False,
 ) -> None:
-    """Build the slug, upload it, verify it and release it as the app's next version."""
-    s = settings(c)
+    """Build the slug (or take --slug), upload it, verify it and release it."""
+    from selfhost.platform.slug import slug_facts
+
+    s = settings(c, engine=engine)
     ui = make_ui(s, json=json)
-    built = _build_slug(s, ui, compiler, strict=strict)
-    recipe = built.bootstrap.recipe
+    built = None
+    if slug:
+        if app_dir or compiler:
+            raise UsageError(
+                "--slug releases a slug as it is: it takes no --app-dir or --compiler",
+                hint="build it with invoke slug, or leave --slug out",
+            )
+        path = Path(slug)
+        checksum, size, process_types = slug_facts(path)
+        commit, description = None, f"slug {path.name}"
+    else:
+        built = _build_slug(
+            s, ui, compiler, strict=strict, app_dir=Path(app_dir) if app_dir else None
+        )
+        final = built.bootstrap.stages[-1]
+        recipe = built.bootstrap.recipe
+        path, checksum, size = built.info.path, built.info.checksum, built.info.size
+        process_types = built.info.process_types
+        commit, description = (
+            final.input_hash[:40],
+            f"{recipe.name} {recipe.version} stage{final.stage}",
+        )
     client, local = client_for(s, ui, api)
-    info = built.info
     with ui.step(f"release {app}") as step:
         result = client.release_slug(
             app,
-            info.path,
-            checksum=info.checksum,
-            size=info.size,
-            process_types=info.process_types,
-            stack=s.suite if local else None,
-            commit=built.bootstrap.stages[-1].input_hash[:40],
-            description=f"{recipe.name} {recipe.version} stage{built.bootstrap.stages[-1].stage}",
+            path,
+            checksum=checksum,
+            size=size,
+            process_types=process_types,
+            stack=(built.bootstrap.recipe.suite if built else None) or s.suite if local else None,
+            commit=commit,
+            description=description,
             create_app=local,
         )
         step.note = f"v{result.version}"
+    if built is not None and local:
+        with ui.step("stages to the platform's store") as step:
+            pushed = push_stages(client, app, built.bootstrap)
+            step.note = f"{pushed} stored"
     if json:
         ui.emit_json(result.to_json())
         return
     if result.app_created:
         ui.info(f"created app {app} (first release)")
     ui.info(
-        f"released v{result.version} of {app}: slug {result.slug_id} ({info.checksum}, "
-        f"{info.size} bytes)"
+        f"released v{result.version} of {app}: slug {result.slug_id} ({checksum}, {size} bytes)"
     )
+
+
+def push_stages(client: PlatformClient, app: str, outcome: Any) -> int:
+    """Store the bootstrap's stages in the platform's stage store (for the app), so that
+    its compile workers' stage jobs with the same inputs are cache hits."""
+    import tempfile
+
+    from selfhost.platform.client import ApiRequestError
+    from selfhost.platform.slug import tar_tree
+
+    pushed = 0
+    for stage in outcome.stages:
+        try:
+            client.request("GET", f"/stages/{stage.input_hash}")
+            continue  # stored already
+        except ApiRequestError as exc:
+            if exc.status != 404:
+                raise
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = Path(tmp) / "stage.tar.gz"
+            tar_tree(stage.entry / "tree", archive)
+            client.put_file(
+                f"/stages/{stage.input_hash}",
+                archive,
+                {
+                    "app": app,
+                    "tree_digest": stage.manifest.tree_digest,
+                    "files": len(stage.manifest.files),
+                },
+            )
+        pushed += 1
+    return pushed
 
 
 @task(help={"app": "the app", "api": API_HELP, "json": "print the releases as JSON"})

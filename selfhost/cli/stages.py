@@ -29,6 +29,9 @@ if TYPE_CHECKING:
         "force": "rebuild every stage even if it is cached",
         "json": "print the result as JSON on stdout (progress goes to stderr)",
         "verbose": "echo every sandbox command before it runs",
+        "from_platform": "take stages the platform's compile workers built (same input "
+        "hash) from its stage store instead of building them",
+        "api": "with --from-platform: a platform API URL instead of the local platform",
     }
 )
 def bootstrap(
@@ -39,6 +42,8 @@ def bootstrap(
     force: bool = False,
     json: bool = False,
     verbose: bool = False,
+    from_platform: bool = False,
+    api: str | None = None,
 ) -> None:
     """Build a compiler in stages on its stack and check the fixpoint."""
     from selfhost.stages.pipeline import Bootstrap, require_fixpoint
@@ -48,7 +53,14 @@ def bootstrap(
     recipe = find_recipe(compiler or s.default_compiler, s.recipe_dirs)
     count = parse_stages(stages)
     eng = make_engine(s, ui)
-    outcome = Bootstrap(s, eng, ui).run(recipe, stages=count, force=force)
+    remote = None
+    if from_platform:
+        from selfhost.cli.platform import client_for
+
+        remote = client_for(s, ui, api)[0].fetch_stage
+    elif api:
+        raise UsageError("--api is for --from-platform", hint="add --from-platform")
+    outcome = Bootstrap(s, eng, ui, remote=remote).run(recipe, stages=count, force=force)
     if json:
         ui.emit_json(outcome.to_json())
     else:

@@ -27,6 +27,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from selfhost.config import SUITES
 from selfhost.errors import RecipeError
 from selfhost.hashing import digest_json
 
@@ -36,7 +37,6 @@ COMMIT_RE = re.compile(r"^[0-9a-f]{7,40}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_ENV = frozenset(
     {
-        "PATH",
         "HOME",
         "LC_ALL",
         "TZ",
@@ -59,12 +59,18 @@ class FixpointPolicy(StrEnum):
     ITERATE = "iterate"  # build more stages, up to max_stages, until two agree
 
 
+#: The source group every source belongs to unless it names another: /build/src.
+MAIN = "src"
+GROUP_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
 @dataclass(frozen=True, kw_only=True)
 class GitSource:
     """An upstream git repository pinned to a commit (full or abbreviated hash)."""
 
     url: str
     commit: str
+    name: str = MAIN
     kind: str = "git"
 
     def describe(self) -> str:
@@ -78,6 +84,7 @@ class TarballSource:
 
     url: str
     sha256: str
+    name: str = MAIN
     kind: str = "tarball"
 
     def describe(self) -> str:
@@ -87,15 +94,20 @@ class TarballSource:
 
 @dataclass(frozen=True, kw_only=True)
 class DebianSource:
-    """The upstream (``.orig``) tarball of a Debian source package, pinned by sha256.
+    """The upstream (``.orig``) tarball of a Debian source package, pinned by sha256,
+    and optionally Debian's own patches (``debian.tar.*``, pinned too).
 
-    It is fetched from the Debian mirror found in the machine's apt configuration;
+    It is fetched from the Debian mirror found in the machine's apt configuration, by
+    the pool's layout (the ``.dsc`` is used when the mirror has it, but is not needed);
     the system's apt configuration is never edited.
     """
 
     package: str
     version: str
     sha256: str
+    debian_sha256: str | None = None  # the .debian.tar.* with debian/patches/series
+    patches: bool = False  # apply Debian's patch series to the unpacked tree
+    name: str = MAIN
     kind: str = "debian"
 
     def describe(self) -> str:
@@ -130,7 +142,7 @@ class Recipe:
 
     name: str
     version: str
-    prefix: str
+    prefix: str  # default: /app/vendor/NAME, where a slug ships the stage as built
     sources: tuple[Source, ...]
     steps: Steps
     stage0_builder: str
@@ -139,9 +151,12 @@ class Recipe:
     fixpoint: FixpointPolicy = FixpointPolicy.FAIL
     max_stages: int = 5
     source_date_epoch: int = 0
-    stage0_packages: tuple[str, ...] = ()
-    stack_packages: tuple[str, ...] = ()
+    suite: str | None = None  # the Debian suite of its stacks (default: selfhost.suite)
+    stage0_packages: tuple[str, ...] = ()  # only in the build stack
+    stack_packages: tuple[str, ...] = ()  # in the build and the run stack
     env: tuple[tuple[str, str], ...] = ()
+    compiler: str = ""  # the compiler command of a built stage (default $PREFIX/bin/NAME)
+    library_path: tuple[str, ...] = ()  # directories under the prefix for LD_LIBRARY_PATH
     artifacts: tuple[str, ...] = ("**",)
     exclude: tuple[Exclusion, ...] = ()
     description: str = ""
@@ -150,25 +165,41 @@ class Recipe:
 
     @property
     def packages(self) -> tuple[str, ...]:
-        """The extra stack packages this recipe needs (stage0's and the build's)."""
+        """The extra packages of the build stack (stage0's and the build's)."""
         return tuple(sorted(set(self.stage0_packages) | set(self.stack_packages)))
+
+    @property
+    def run_packages(self) -> tuple[str, ...]:
+        """The extra packages of the run stack (what dynos need, stage0 left out)."""
+        return tuple(sorted(set(self.stack_packages)))
+
+    @property
+    def compiler_command(self) -> str:
+        """The compiler of a built stage, with ``$PREFIX`` expanded."""
+        return self.expand(self.compiler or f"$PREFIX/bin/{self.name}", {"PREFIX": self.prefix})
+
+    @property
+    def source_groups(self) -> dict[str, tuple[Source, ...]]:
+        """Sources by group (unpacked side by side at /build/<group>), each group's
+        sources in order of preference."""
+        groups: dict[str, list[Source]] = {}
+        for source in self.sources:
+            groups.setdefault(source.name, []).append(source)
+        return {name: tuple(alternatives) for name, alternatives in groups.items()}
 
     def build_inputs(self) -> dict[str, Any]:
         """The fields that can change a stage's bytes, hashed into the recipe digest.
 
-        Sources (covered by the source digest), the stage count, the fixpoint policy
-        and the comparison settings are left out on purpose: changing them must not
-        invalidate cached stages.
+        Sources (covered by the source digest), the test command (tests are recorded
+        per stage, not part of what it is), the stage count, the fixpoint policy, the
+        suite (the stack identity covers it) and the comparison settings are left out
+        on purpose: changing them must not invalidate cached stages.
         """
         return {
             "name": self.name,
             "version": self.version,
             "prefix": self.prefix,
-            "steps": {
-                "build": self.steps.build,
-                "install": self.steps.install,
-                "test": self.steps.test,
-            },
+            "steps": {"build": self.steps.build, "install": self.steps.install},
             "stage0": {"builder": self.stage0_builder, "packages": list(self.stage0_packages)},
             "builder": self.builder,
             "source_date_epoch": self.source_date_epoch,
@@ -293,6 +324,9 @@ TOP_KEYS = {
     "steps",
     "compare",
     "slug",
+    "suite",
+    "compiler",
+    "runtime",
 }
 
 
@@ -336,7 +370,14 @@ def parse_recipe(data: dict[str, Any], *, path: Path, text: str = "") -> Recipe:
     version = r.get(data, "version", "version", str)
     if not version.strip():
         raise r.fail("version", "must not be empty")
-    prefix = r.get(data, "prefix", "prefix", str, expected="an absolute path such as /opt/NAME")
+    prefix = r.get(
+        data,
+        "prefix",
+        "prefix",
+        str,
+        f"/app/vendor/{name}",
+        expected="an absolute path such as /app/vendor/NAME",
+    )
     if (
         not prefix.startswith("/")
         or prefix.rstrip("/") in ("", "/usr", "/bin", "/etc", "/lib")
@@ -346,9 +387,16 @@ def parse_recipe(data: dict[str, Any], *, path: Path, text: str = "") -> Recipe:
         raise r.fail(
             "prefix",
             f"'{prefix}' cannot be an install prefix",
-            hint="use a dedicated absolute directory such as /opt/NAME",
+            hint="use a dedicated absolute directory such as /app/vendor/NAME (the default)",
         )
     prefix = prefix.rstrip("/")
+    suite = r.get(data, "suite", "suite", str, None)
+    if suite is not None and suite not in SUITES:
+        raise r.fail(
+            "suite",
+            f"'{suite}' is not a suite selfhost builds stacks of",
+            hint=f"use one of: {', '.join(SUITES)}",
+        )
 
     stages = r.get(data, "stages", "stages", int, 3)
     if not 1 <= stages <= 10:
@@ -385,6 +433,9 @@ def parse_recipe(data: dict[str, Any], *, path: Path, text: str = "") -> Recipe:
     )
 
     stack = r.get(data, "stack", "stack", dict, {})
+    for key in stack:
+        if key != "packages":
+            raise r.fail(f"stack.{key}", f"unknown field '{key}'", hint="[stack] has: packages")
     stack_packages = _string_list(r, stack, "stack.packages", "packages")
     for dotted, pkgs in (("stage0.packages", stage0_packages), ("stack.packages", stack_packages)):
         for pkg in pkgs:
@@ -441,6 +492,28 @@ def parse_recipe(data: dict[str, Any], *, path: Path, text: str = "") -> Recipe:
             Exclusion(path=r.get(item, f"{dotted}.path", "path", str), reason=reason.strip())
         )
 
+    compiler = r.get(
+        data,
+        "compiler",
+        "compiler",
+        str,
+        "",
+        expected="the compiler command of a built stage, e.g. $PREFIX/bin/gosh",
+    )
+    runtime = r.get(data, "runtime", "runtime", dict, {})
+    for key in runtime:
+        if key != "library_path":
+            raise r.fail(
+                f"runtime.{key}", f"unknown field '{key}'", hint="[runtime] has: library_path"
+            )
+    library_path = _string_list(r, runtime, "runtime.library_path", "library_path")
+    for entry in library_path:
+        if entry.startswith("/") or ".." in entry.split("/"):
+            raise r.fail(
+                "runtime.library_path",
+                f"'{entry}' must be a directory under the prefix, relative to it (e.g. lib)",
+            )
+
     slug_table = r.get(data, "slug", "slug", dict, {})
     for key in slug_table:
         if key != "source":
@@ -459,6 +532,9 @@ def parse_recipe(data: dict[str, Any], *, path: Path, text: str = "") -> Recipe:
         fixpoint=policy,
         max_stages=max_stages,
         source_date_epoch=sde,
+        suite=suite,
+        compiler=compiler,
+        library_path=tuple(library_path),
         stage0_packages=tuple(stage0_packages),
         stack_packages=tuple(stack_packages),
         env=tuple(env),
@@ -489,9 +565,9 @@ def _parse_sources(r: _Reader, data: dict[str, Any]) -> list[Source]:
             raise r.fail(dotted, "expected a [[sources]] table")
         kind = r.get(item, f"{dotted}.kind", "kind", str, expected="git, tarball or debian")
         allowed = {
-            "git": {"kind", "url", "commit"},
-            "tarball": {"kind", "url", "sha256"},
-            "debian": {"kind", "package", "version", "sha256"},
+            "git": {"kind", "url", "commit", "name"},
+            "tarball": {"kind", "url", "sha256", "name"},
+            "debian": {"kind", "package", "version", "sha256", "debian_sha256", "patches", "name"},
         }
         if kind not in allowed:
             raise r.fail(
@@ -504,6 +580,20 @@ def _parse_sources(r: _Reader, data: dict[str, Any]) -> list[Source]:
                     f"field '{key}' does not belong to a {kind} source",
                     hint=f"a {kind} source has: {', '.join(sorted(allowed[kind]))}",
                 )
+        group = r.get(
+            item,
+            f"{dotted}.name",
+            "name",
+            str,
+            MAIN,
+            expected="the source's group: unpacked at /build/<name>",
+        )
+        if not GROUP_RE.match(group) or group in ("home", "out"):
+            raise r.fail(
+                f"{dotted}.name",
+                f"'{group}' cannot name a source",
+                hint="lower-case letters, digits, . _ -; not home or out",
+            )
         source: Source
         if kind == "git":
             commit = r.get(item, f"{dotted}.commit", "commit", str, expected="a commit hash")
@@ -513,22 +603,50 @@ def _parse_sources(r: _Reader, data: dict[str, Any]) -> list[Source]:
                     f"'{commit}' is not a commit hash",
                     hint="pin 7 to 40 lower-case hex digits (branches and tags move)",
                 )
-            source = GitSource(url=r.get(item, f"{dotted}.url", "url", str), commit=commit)
+            source = GitSource(
+                url=r.get(item, f"{dotted}.url", "url", str), commit=commit, name=group
+            )
         else:
-            sha = r.get(item, f"{dotted}.sha256", "sha256", str, expected="64 hex digits")
-            if not SHA256_RE.match(sha):
-                raise r.fail(
-                    f"{dotted}.sha256",
-                    f"'{sha}' is not a sha256",
-                    hint="64 lower-case hex digits, as printed by sha256sum",
-                )
+            sha = _sha256(r, item, dotted, "sha256")
             if kind == "tarball":
-                source = TarballSource(url=r.get(item, f"{dotted}.url", "url", str), sha256=sha)
+                source = TarballSource(
+                    url=r.get(item, f"{dotted}.url", "url", str), sha256=sha, name=group
+                )
             else:
+                debian_sha = (
+                    _sha256(r, item, dotted, "debian_sha256") if "debian_sha256" in item else None
+                )
+                patches = r.get(item, f"{dotted}.patches", "patches", bool, False)
+                if patches and debian_sha is None:
+                    raise r.fail(
+                        f"{dotted}.patches",
+                        "applying Debian's patches needs "
+                        "debian_sha256 (the sha256 of the .debian.tar.* file)",
+                    )
                 source = DebianSource(
                     package=r.get(item, f"{dotted}.package", "package", str),
                     version=r.get(item, f"{dotted}.version", "version", str),
                     sha256=sha,
+                    debian_sha256=debian_sha,
+                    patches=patches,
+                    name=group,
                 )
         out.append(source)
+    if MAIN not in {s.name for s in out}:
+        raise r.fail(
+            "sources",
+            f"no source has the main group '{MAIN}' (/build/src, where the steps run)",
+            hint="leave 'name' out of the main source's tables",
+        )
     return out
+
+
+def _sha256(r: _Reader, item: dict[str, Any], dotted: str, key: str) -> str:
+    sha = r.get(item, f"{dotted}.{key}", key, str, expected="64 hex digits")
+    if not SHA256_RE.match(sha):
+        raise r.fail(
+            f"{dotted}.{key}",
+            f"'{sha}' is not a sha256",
+            hint="64 lower-case hex digits, as printed by sha256sum",
+        )
+    return sha

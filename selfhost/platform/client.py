@@ -20,6 +20,9 @@ from selfhost.errors import PlatformError
 ACCEPT = "application/vnd.heroku+json; version=3"
 
 
+CHUNK = 1 << 20
+
+
 class ApiRequestError(PlatformError):
     """The API answered with an error (Heroku's ``{"id", "message"}``)."""
 
@@ -126,6 +129,71 @@ class PlatformClient:
             ) from None
         if resp.status_code >= 400:
             raise api_error("PUT", "<blob url>", resp.status_code, resp.text)
+
+    def put_file(self, path: str, source: Path, params: dict[str, Any]) -> Any:
+        """PUT a file to an API path (with the token), streamed with its length."""
+        import requests
+
+        try:
+            with open(source, "rb") as f:
+                resp = self.session.put(
+                    f"{self.base_url}{path}",
+                    data=f,
+                    params=params,
+                    timeout=max(self.timeout, 600),
+                    headers={
+                        "Content-Length": str(source.stat().st_size),
+                        "Content-Type": "application/gzip",
+                    },
+                )
+        except requests.RequestException as exc:
+            raise PlatformError(f"the upload to {path} failed: {exc}") from None
+        if resp.status_code >= 400:
+            raise api_error("PUT", path, resp.status_code, resp.text)
+        return resp.json() if resp.content else None
+
+    def download(self, path: str, target: Path) -> bool:
+        """GET a blob of the API to ``target``, streamed; False on 404."""
+        import requests
+
+        try:
+            with self.session.get(
+                f"{self.base_url}{path}", stream=True, timeout=(self.timeout, 600)
+            ) as resp:
+                if resp.status_code == 404:
+                    return False
+                if resp.status_code >= 400:
+                    raise api_error("GET", path, resp.status_code, resp.text)
+                with open(target, "wb") as out:
+                    for chunk in resp.iter_content(CHUNK):
+                        out.write(chunk)
+        except requests.RequestException as exc:
+            raise PlatformError(f"the download of {path} failed: {exc}") from None
+        return True
+
+    def fetch_stage(self, input_hash: str, dest: Path) -> dict[str, Any] | None:
+        """A stage of the platform's stage store, unpacked (safely) at ``dest``: its
+        record plus ``origin``; None if the store has no stage with that input hash."""
+        import tempfile
+
+        from selfhost import archive
+
+        try:
+            info = self.request("GET", f"/stages/{input_hash}")
+        except PlatformError as exc:
+            if getattr(exc, "status", None) == 404:
+                return None
+            raise
+        with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+            blob = Path(tmp) / "stage.tar.gz"
+            if not self.download(f"/stages/{input_hash}/blob", blob):
+                return None
+            try:
+                archive.extract(blob, dest, what="stage")
+            except archive.ArchiveError as exc:
+                raise PlatformError(f"the platform's stage {input_hash[:12]}: {exc}") from None
+        built = f"job {info['job_id']}" if info.get("job_id") else "a bootstrap's release"
+        return {**info, "origin": f"{self.base_url}, built by {built}"}
 
     def release(self, app: str, slug_id: str, description: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"slug": slug_id}

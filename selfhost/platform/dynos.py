@@ -388,11 +388,12 @@ class DynoManager:
         return target / "app"
 
     def stack_for(self, app_stack: str, slug_app: Path) -> Stack:
-        """The stack the slug was built on if it says so and it is here, else the base
-        stack of the app's suite (built with debootstrap if needed)."""
+        """The stack the slug says it runs on if it is here, else the base stack of the
+        app's suite (built with debootstrap if needed)."""
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             meta = json.loads((slug_app / "selfhost.json").read_text())
-            stack = self.stacks.load_digest(str(meta["built_on"]["digest"]))
+            runs_on = meta.get("runs_on") or meta["built_on"]  # older slugs: built_on
+            stack = self.stacks.load_digest(str(runs_on["digest"]))
             if stack:
                 return stack
         suite = (

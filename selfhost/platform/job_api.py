@@ -197,7 +197,13 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
         return stage
 
     def stages_info(h: Any, key: str) -> tuple[int, Any]:
-        return 200, own_stage(h, key)
+        stage = dict(own_stage(h, key))
+        # the tests its job ran (a local bootstrap that fetches it records them)
+        stage["tests"] = None
+        if stage["job_id"]:
+            result = jobs.get(stage["job_id"]).get("result") or {}
+            stage["tests"] = result.get("tests")
+        return 200, stage
 
     def stages_blob(h: Any, key: str) -> tuple[int, Any]:
         stage = own_stage(h, key)
@@ -210,15 +216,20 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
         digest, files = q.get("tree_digest", ""), q.get("files", "")
         if not re.fullmatch(r"[0-9a-f]{64}", digest) or not files.isdigit():
             raise invalid("tree_digest (64 hex) and files (a count) are required")
-        if not q.get("job"):
-            raise invalid("job (the stage job that built it) is required")
-        job = own(h, q["job"])
-        if job["state"] in FINAL:
-            raise ApiError(409, "conflict", f"job {job['id']} is already {job['state']}")
-        with h.receive_body("stage") as (sha, size, upload):
-            stage = service.store_stage(
-                job["app"]["name"], key, job["id"], digest, int(files), upload, sha, size
+        if q.get("job"):
+            job = own(h, q["job"])
+            if job["state"] in FINAL:
+                raise ApiError(409, "conflict", f"job {job['id']} is already {job['state']}")
+            app, job_id = job["app"]["name"], job["id"]
+        elif h.principal.platform and q.get("app"):  # a local bootstrap's stages
+            app, job_id = service.store.app(q["app"])["name"], None
+        else:
+            raise invalid(
+                "job (the stage job that built it) is required; the platform's "
+                "token may give app instead"
             )
+        with h.receive_body("stage") as (sha, size, upload):
+            stage = service.store_stage(app, key, job_id, digest, int(files), upload, sha, size)
         return 201, stage
 
     return {

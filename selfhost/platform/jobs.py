@@ -387,21 +387,29 @@ def check_params(kind: str, params: Any) -> dict[str, Any]:
         raise invalid("params must be an object")
     out: dict[str, Any] = {}
     allowed = {
-        "self-rebuild": {"test", "distcc"},
-        "stage": {"stage", "builder", "test", "distcc"},
-        "bootstrap": {"stages", "test", "distcc"},
-        "app-compile": {"source", "target", "ref", "distcc"},
+        "self-rebuild": {"test", "distcc", "jobs"},
+        "stage": {"stage", "builder", "test", "distcc", "force", "jobs"},
+        "bootstrap": {"stages", "test", "distcc", "force", "jobs"},
+        "app-compile": {"source", "target", "ref", "distcc", "jobs"},
     }[kind]
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise invalid(
             f"{kind} jobs take {', '.join(sorted(allowed))}; unknown: {', '.join(unknown)}"
         )
-    for flag in ("test", "distcc"):
+    for flag in ("test", "distcc", "force"):
         if flag in params:
             if not isinstance(params[flag], bool):
                 raise invalid(f"params.{flag} must be true or false")
             out[flag] = params[flag]
+    if "jobs" in params:
+        jobs = params["jobs"]
+        if not isinstance(jobs, int) or isinstance(jobs, bool) or not 1 <= jobs <= 256:
+            raise invalid(
+                "params.jobs must be a whole number from 1 to 256 (make -j); "
+                "leave it out to use every slot the worker and its distcc hosts have"
+            )
+        out["jobs"] = jobs
     if kind == "stage":
         stage = params.get("stage", 1)
         if not isinstance(stage, int) or isinstance(stage, bool) or not 1 <= stage <= 9:
@@ -633,8 +641,9 @@ class JobService:
         k = len(done) + 1
         builder = "stage0" if k == 1 else done[-1]["result"]["input_hash"]
         child_params = {"stage": k, "builder": builder, "test": params.get("test", True)}
-        if params.get("distcc"):
-            child_params["distcc"] = True
+        for name in ("distcc", "force", "jobs"):
+            if params.get(name):
+                child_params[name] = params[name]
         if parent["cancel_requested"]:
             self.jobs.finish(parent["id"], None, "cancelled", error="cancelled")
             return

@@ -1,31 +1,37 @@
-"""Package a compiler's final stage, with the platform's own app, into a slug.
+"""Package a compiler's proven final stage, with an app, into a slug.
 
 A compiler bakes its install prefix into itself (tcc looks for ``$PREFIX/lib/tcc``), so
-the slug's compiler is bootstrapped with its prefix at ``/app/vendor/<name>``, where the
-slug will put it: every stage of that bootstrap is built at that path, the fixpoint is
-checked as usual, and the final stage is packed. Both bootstraps live side by side in
-the stage cache (the prefix is part of the recipe digest).
+recipes build every stage at the prefix a slug puts it at: ``/app/vendor/<name>`` by
+default. The slug ships the final stage's tree *as it was built and tested*: ``invoke
+slug`` runs the bootstrap (every stage a verified cache hit after ``invoke bootstrap``,
+nothing rebuilt) and packs that tree, whose digest the slug records.
 
 Slug layout (under ``./app``)::
 
-    Procfile                  from the platform app (selfhost/platform/app/)
-    bin/worker, bin/compile   the platform app's scripts
-    .profile.d/selfhost.sh    PATH and LD_LIBRARY_PATH relative to /app, SELFHOST_* vars
-    vendor/<name>/...         the final stage's install tree
-    selfhost.json             what was packed: recipe, stages, fixpoint, stack
-    vendor/src/<name>/        the pinned source (unless the recipe says [slug] source = false)
-    bin/rebuild               rebuild the compiler in a dyno with the slug's own compiler
-                              as stage0, and compare the result with vendor/<name>
-    vendor/recipes/<name>.toml  the recipe the compiler was bootstrapped with
-    vendor/python/...         what the compile worker (bin/worker) runs on the stack's
-                              Python: selfhost itself, huey, redis, requests (pure Python)
+    Procfile, ...             the app: the user's (--app-dir: its Procfile with web:,
+                              worker:..., its .slugignore and .profile.d), or the
+                              platform's own compile-worker app (the default)
+    .profile.d/000-selfhost.sh  PATH, LD_LIBRARY_PATH (the recipe's library_path) relative
+                              to /app, SELFHOST_COMPILER, SELFHOST_PREFIX, SELFHOST_CC
+    vendor/<name>/...         the final stage's install tree, byte for byte
+    selfhost.json             what was packed: recipe, stage, input hash, tree digest,
+                              fixpoint, sources, the build stack and the run stack
+
+and, for the platform's worker app (compiler slugs that rebuild themselves)::
+
+    vendor/src/<group>/       the pinned sources (unless the recipe says [slug] source =
+                              false), as every builder sees them
+    vendor/recipes/<name>.toml  the recipe
+    bin/rebuild               rebuild the compiler in a dyno, stage by stage, with the one
+                              stage builder, and compare the last stage with vendor/<name>
+    vendor/python/...         selfhost, huey, redis, requests (pure Python), for bin/worker
+                              and bin/rebuild on the stack's own Python
 """
 
 from __future__ import annotations
 
 import json
-import shlex
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +52,7 @@ from selfhost.stages.stack import Stack
 from selfhost.ui import UI
 
 APP_TEMPLATE = Path(__file__).parent / "app"
+PROFILE = ".profile.d/000-selfhost.sh"
 #: The worker's Python packages, copied from this installation (pure Python only: the
 #: stack's interpreter runs them; compiled speed-ups have pure fallbacks).
 WORKER_PACKAGES = (
@@ -60,6 +67,15 @@ WORKER_PACKAGES = (
     "certifi",
 )
 WORKER_IGNORE = ("__pycache__", "*.pyc", "*.so", "tests", "djhuey", "flask_admin", "cli")
+REBUILD = """\
+#!/bin/sh
+# Rebuild this slug's compiler in this dyno with selfhost's one stage builder:
+#   bin/rebuild [STAGES] [--no-test]
+# stage1 is built by the slug's own compiler, each next stage by the previous one, at
+# the same prefix; the last is compared with the slug's, byte for byte (exit 1 if not).
+export PYTHONPATH="/app/vendor/python${PYTHONPATH:+:$PYTHONPATH}" PYTHONDONTWRITEBYTECODE=1
+exec python3 -m selfhost.stages.rebuild "$@"
+"""
 
 
 def add_worker_packages(contents: SlugContents) -> None:
@@ -79,88 +95,23 @@ def add_worker_packages(contents: SlugContents) -> None:
         contents.add_tree(root, under=f"vendor/python/{name}", ignore=ignore)
 
 
-def slug_prefix(recipe: Recipe) -> str:
-    """Where a compiler lives in its slug (and is built for)."""
-    return f"/app/vendor/{recipe.name}"
-
-
-def profile_script(recipe: Recipe, prefix: str) -> bytes:
-    """``.profile.d/selfhost.sh``: the environment every dyno of the slug gets."""
+def profile_script(recipe: Recipe) -> bytes:
+    """``.profile.d/000-selfhost.sh``: the runtime's environment in every dyno."""
+    prefix = recipe.prefix
+    libs = ":".join(f"{prefix}/{d.strip('/')}" for d in recipe.library_path or ("lib",))
     return (
-        "# Generated by selfhost: the compiler in this slug, with paths relative to /app.\n"
+        "# Generated by selfhost: the runtime in this slug, with paths relative to /app.\n"
         f"export SELFHOST_COMPILER={recipe.name}\n"
         f"export SELFHOST_PREFIX={prefix}\n"
+        f"export SELFHOST_CC={recipe.compiler_command}\n"
         f'export PATH="{prefix}/bin:/app/bin:$PATH"\n'
-        f'export LD_LIBRARY_PATH="{prefix}/lib${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}"\n'
-    ).encode()
-
-
-REBUILD = """\
-#!/bin/sh
-# Generated by selfhost. Rebuild {name} {version} in this dyno: stage1 is built by the
-# slug's own compiler (stage0), each next stage by the previous one, at the same prefix,
-# with the same commands and environment as `invoke bootstrap`; then the last stage is
-# compared with the slug's compiler, byte for byte.
-#   usage: bin/rebuild [STAGES] [--no-test]      (default {stages} stages, with tests)
-set -eu
-stages={stages}
-tests=1
-for arg in "$@"; do
-  case "$arg" in
-    --no-test) tests=0 ;;
-    *) stages=$arg ;;
-  esac
-done
-prefix={prefix}
-umask 022
-rm -rf /build/original && cp -a "$prefix" /build/original
-step() {{  # step NAME SCRIPT: run one recipe step in the clean build environment
-  echo "==> stage$n $1"
-  (cd /build/src && env -i {env} JOBS="$(nproc)" /bin/sh -ec "$2")
-}}
-n=1
-while [ "$n" -le "$stages" ]; do
-  rm -rf /build/src /build/out /build/home
-  mkdir -p /build/out /build/home
-  cp -a /app/vendor/src/{name} /build/src
-  step build {build}
-  step install {install}
-  if [ "$tests" = 1 ] && [ -n {test} ]; then step test {test}; fi
-  rm -rf "$prefix" && cp -a "/build/out$prefix" "$prefix"
-  n=$((n + 1))
-done
-if diff -r /build/original "$prefix" >/dev/null; then
-  echo "identical: stage$stages rebuilt in this dyno equals the slug's {name}, byte for byte"
-else
-  echo "DIFFERENT: stage$stages rebuilt in this dyno differs from the slug's {name}:"
-  diff -rq /build/original "$prefix" || true
-  exit 1
-fi
-"""
-
-
-def rebuild_script(recipe: Recipe) -> bytes:
-    """``bin/rebuild``: the recipe's bootstrap, run inside a dyno of the slug."""
-    from selfhost.stages.environment import stage_environment
-
-    env = stage_environment(recipe, recipe.builder, jobs="", destdir="/build/out")
-    env.pop("JOBS")
-    q = shlex.quote
-    return REBUILD.format(
-        name=recipe.name,
-        version=recipe.version,
-        stages=recipe.stages,
-        prefix=recipe.prefix,
-        env=" ".join(q(f"{k}={v}") for k, v in env.items()),
-        build=q(recipe.steps.build),
-        install=q(recipe.steps.install),
-        test=q(recipe.steps.test),
+        f'export LD_LIBRARY_PATH="{libs}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}"\n'
     ).encode()
 
 
 @dataclass
 class CompilerSlug:
-    """A packed compiler slug and what went into it."""
+    """A packed slug and what went into it."""
 
     info: SlugInfo
     bootstrap: BootstrapResult
@@ -175,6 +126,7 @@ class CompilerSlug:
         out["compiler"] = self.bootstrap.recipe.name
         out["stage"] = self.bootstrap.stages[-1].stage
         out["fixpoint"] = self.bootstrap.fixpoint
+        out["tree_digest"] = self.bootstrap.stages[-1].manifest.tree_digest
         return out
 
 
@@ -182,79 +134,114 @@ def assemble(
     recipe: Recipe,
     final_tree: Path,
     metadata: dict[str, Any],
-    source_tree: Path | None = None,
-    app_dir: Path = APP_TEMPLATE,
+    *,
+    sources: dict[str, Path] | None = None,
+    app_dir: Path | None = None,
 ) -> tuple[SlugContents, dict[str, str]]:
-    """The slug's contents: the platform app, the profile script, the compiler, and
-    (when the recipe asks for it) the source with ``bin/rebuild``."""
-    procfile = app_dir / "Procfile"
+    """The slug's contents: the app, the profile script and the final stage; for the
+    platform's worker app also the sources, the recipe, ``bin/rebuild`` and the worker's
+    Python packages."""
+    platform_app = app_dir is None
+    app = APP_TEMPLATE if app_dir is None else app_dir
+    procfile = app / "Procfile"
     if not procfile.is_file():
         raise SlugError(
-            f"{app_dir} has no Procfile",
-            hint="the platform app needs a Procfile ('worker: bin/worker')",
+            f"{app} has no Procfile",
+            hint="a Procfile says what the app runs, one process type per line, "
+            "e.g. 'web: gosh index.scm'",
         )
     process_types = parse_procfile(procfile.read_text(), str(procfile))
+    vendored = recipe.prefix.removeprefix("/app/")
     contents = SlugContents()
-    contents.add_tree(app_dir, ignore=[*read_slugignore(app_dir), ".slugignore"])
-    prefix = slug_prefix(recipe)
-    contents.add_file(".profile.d/selfhost.sh", data=profile_script(recipe, prefix))
-    contents.add_tree(final_tree, under=prefix.removeprefix("/app/"))
+    contents.add_tree(app, ignore=[*read_slugignore(app), ".slugignore"])
+    if any(p == vendored or p.startswith(f"{vendored}/") for p in contents.entries):
+        raise SlugError(
+            f"the app has its own {vendored}: it would hide the runtime",
+            hint=f"remove {app / vendored}, or list it in .slugignore",
+        )
+    contents.add_file(PROFILE, data=profile_script(recipe))
+    contents.add_tree(final_tree, under=vendored)
     contents.add_file(
         "selfhost.json", data=(json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode()
     )
-    if recipe.path is not None:
-        contents.add_file(f"vendor/recipes/{recipe.name}.toml", source=recipe.path)
-    add_worker_packages(contents)
-    if recipe.slug_source and source_tree is not None:
-        contents.add_tree(source_tree, under=f"vendor/src/{recipe.name}")
-        contents.add_file("bin/rebuild", data=rebuild_script(recipe), executable=True)
+    if platform_app:
+        if recipe.path is not None:
+            contents.add_file(f"vendor/recipes/{recipe.name}.toml", source=recipe.path)
+        add_worker_packages(contents)
+        if recipe.slug_source and sources:
+            for group, tree in sources.items():
+                contents.add_tree(tree, under=f"vendor/src/{group}")
+            contents.add_file("bin/rebuild", data=REBUILD.encode(), executable=True)
     return contents, process_types
 
 
-def build_compiler_slug(
+def build_slug(
     settings: Settings,
     recipe: Recipe,
     engine: Engine,
     ui: UI,
     *,
+    app_dir: Path | None = None,
     out: Path | None = None,
     strict: bool = False,
     target_suite: str | None = None,
     force: bool = False,
 ) -> CompilerSlug:
-    """Bootstrap ``recipe`` at its slug prefix, check the fixpoint, lint and pack it."""
-    at_app = replace(recipe, prefix=slug_prefix(recipe))
-    outcome = Bootstrap(settings, engine, ui).run(at_app, force=force)
+    """The proven final stage of ``recipe`` (bootstrapped if it is not cached yet), with
+    an app (the user's, or the platform's worker app), linted and packed reproducibly."""
+    if not recipe.prefix.startswith("/app/"):
+        raise SlugError(
+            f"{recipe.name}'s prefix is {recipe.prefix}: a slug ships the stage as it was built, "
+            "so the prefix must be under /app",
+            hint="leave prefix out of the recipe (the default is /app/vendor/NAME)",
+        )
+    if app_dir is not None and not app_dir.is_dir():
+        raise SlugError(f"the app directory {app_dir} does not exist")
+    outcome = Bootstrap(settings, engine, ui).run(recipe, force=force)
     require_fixpoint(outcome)
     final = outcome.stages[-1]
-    final_tree = final.entry / "tree" / at_app.prefix.lstrip("/")
-    target = outcome.stack
-    if target_suite and target_suite != settings.suite:
+    final_tree = final.entry / "tree" / recipe.prefix.lstrip("/")
+    # the platform's workers build stage 1 with stage0: their dynos need the build stack;
+    # a user's app runs on the run stack (stage0's packages left out)
+    runs_on = outcome.stack
+    if app_dir is not None and set(recipe.stage0_packages) - set(recipe.stack_packages):
+        with ui.step("run stack") as step:
+            runs_on = ensure_stack(settings, recipe, ui.info, run=True)
+            step.note = runs_on.spec.name
+    target = runs_on
+    if target_suite and target_suite != (recipe.suite or settings.suite):
         with ui.step(f"target stack {target_suite}") as step:
-            target = ensure_stack(settings.with_overrides(suite=target_suite), recipe, ui.info)
+            target = ensure_stack(
+                settings.with_overrides(suite=target_suite),
+                recipe,
+                ui.info,
+                run=app_dir is not None,
+            )
             step.note = target.spec.name
     metadata = {
         "compiler": recipe.name,
         "version": recipe.version,
-        "prefix": at_app.prefix,
+        "prefix": recipe.prefix,
+        "compiler_command": recipe.compiler_command,
         "stage": final.stage,
         "input_hash": final.input_hash,
         "tree_digest": final.manifest.tree_digest,
         "fixpoint": outcome.fixpoint,
         "source": outcome.source.digest,
+        "sources": outcome.source.digests,
+        "patches": list(outcome.source.patches),
         "built_on": outcome.stack.identity,
-        "engine": outcome.engine,
+        "runs_on": runs_on.identity,
+        "app": "platform" if app_dir is None else "user",
     }
     with ui.step("slug") as step:
-        contents, process_types = assemble(at_app, final_tree, metadata, outcome.source.tree)
+        contents, process_types = assemble(
+            recipe, final_tree, metadata, sources=outcome.source.trees, app_dir=app_dir
+        )
         build_paths = [str(settings.workspace), "/build/src"]
-        # The shipped source is built, not run; bin/rebuild uses /build on purpose (every
-        # dyno has it as scratch space, at the same path as stage builds).
+        # The shipped source is built, not run; the vendored Python is the worker's.
         lints = lint_slug(
-            contents,
-            target.rootfs,
-            build_paths,
-            skip=(f"vendor/src/{recipe.name}/", "bin/rebuild", "vendor/python/"),
+            contents, target.rootfs, build_paths, skip=("vendor/src/", "vendor/python/")
         )
         for lint in lints:
             ui.warn(str(lint))
@@ -264,7 +251,8 @@ def build_compiler_slug(
                 details="\n".join(f"  {x}" for x in lints),
                 hint="fix them, or build without --strict to get warnings only",
             )
-        target_path = out or settings.workspace / "slugs" / f"{recipe.name}-{recipe.version}.tgz"
+        name = recipe.name if app_dir is None else f"{app_dir.resolve().name}-{recipe.name}"
+        target_path = out or settings.workspace / "slugs" / f"{name}-{recipe.version}.tgz"
         info = pack(
             contents,
             target_path,

@@ -331,6 +331,56 @@ def _too_big(size: int, limit: int, partial: bool = False) -> SlugError:
     )
 
 
+def tar_tree(root: Path, out: Path) -> None:
+    """A tree as a tar.gz, exactly (modes kept, owners 0, mtimes 0, sorted entries): how
+    stage trees travel to and from the platform's stage store."""
+    with (
+        gzip.GzipFile(out, "wb", compresslevel=GZIP_LEVEL, mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar,
+    ):
+        for path in [root, *sorted(root.rglob("*"), key=lambda p: p.relative_to(root).parts)]:
+            info = tar.gettarinfo(
+                str(path), arcname="./" + path.relative_to(root).as_posix() if path != root else "."
+            )
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mtime = 0
+            if info.isreg():
+                with open(path, "rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)
+
+
+def slug_facts(path: Path) -> tuple[str, int, dict[str, str]]:
+    """``(SHA256:checksum, size, process types)`` of a slug file built elsewhere (its
+    ``./app/Procfile`` is read from the archive, nothing is unpacked)."""
+    try:
+        with open(path, "rb") as f:
+            sha = hashlib.sha256()
+            while chunk := f.read(1 << 20):
+                sha.update(chunk)
+        with tarfile.open(path, "r:gz") as tar:
+            for member in tar:
+                if member.isreg() and member.name.lstrip("./") == "app/Procfile":
+                    data = tar.extractfile(member)
+                    assert data is not None
+                    text = data.read(1 << 20).decode("utf-8", "replace")
+                    return (
+                        f"SHA256:{sha.hexdigest()}",
+                        path.stat().st_size,
+                        parse_procfile(text, f"{path}:app/Procfile"),
+                    )
+    except OSError as exc:
+        raise SlugError(f"cannot read the slug {path}: {exc.strerror or exc}") from None
+    except (tarfile.TarError, EOFError) as exc:
+        raise SlugError(f"{path} is not a gzip-compressed tar: {exc}") from None
+    raise SlugError(
+        f"{path} has no app/Procfile: it is not a slug",
+        hint="a slug is a tar.gz of ./app, with a Procfile (invoke slug makes one)",
+    )
+
+
 # --------------------------------------------------------------------------- unpacking
 
 #: What one slug may unpack to (settings slug_max_unpacked_bytes, slug_max_files).

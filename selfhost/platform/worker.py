@@ -20,7 +20,6 @@ Job kinds are described in ``selfhost/platform/jobs.py``; everything is built un
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -30,16 +29,24 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from selfhost.archive import ArchiveError
 from selfhost.archive import extract as safe_extract
-from selfhost.compilers.recipe import Recipe, load_recipe
-from selfhost.hashing import digest_json, scan_tree, tree_digest
-from selfhost.stages.environment import stage_environment
+from selfhost.hashing import scan_tree, tree_digest
+from selfhost.platform.slug import tar_tree
+from selfhost.stages.builder import (
+    BuilderRef,
+    Outcome,
+    OutputProblem,
+    StageSpec,
+    StepFailed,
+    build,
+)
+from selfhost.stages.rebuild import dyno_work, slug_meta, slug_recipe, slug_sources
+from selfhost.stages.runners import DynoRunner
 
 APP = Path("/app")
 BUILD = Path("/build")
@@ -344,43 +351,15 @@ class Worker:
 # --------------------------------------------------------------------------- job kinds
 
 
-def slug_meta() -> dict[str, Any]:
-    return json.loads((APP / "selfhost.json").read_text())
-
-
-def slug_recipe(meta: dict[str, Any]) -> Recipe:
-    """The recipe the slug's compiler was bootstrapped with, at the slug's prefix."""
-    recipe = load_recipe(APP / "vendor" / "recipes" / f"{meta['compiler']}.toml")
-    return replace(recipe, prefix=meta["prefix"])
-
-
 def _jobs() -> str:
     return str(os.cpu_count() or 1)
 
 
-def _swap_builder(prefix: Path, tree: Path | None) -> Callable[[], None]:
-    """Put a builder stage at the prefix (stages are built at the same path); return
-    the function that puts the slug's compiler back."""
-    if tree is None:
-        return lambda: None
-    keep = prefix.with_name(f".{prefix.name}.slug")
-    if keep.exists():  # left by a job killed mid-swap
-        shutil.rmtree(prefix, ignore_errors=True)
-    else:  # (a rename, or a copy where the overlay refuses to rename a lower directory)
-        shutil.move(prefix, keep)
-    shutil.copytree(tree, prefix, symlinks=True)
-
-    def restore() -> None:
-        shutil.rmtree(prefix, ignore_errors=True)
-        shutil.move(keep, prefix)
-
-    return restore
-
-
 def _distcc(job: Job, env: dict[str, str], variable: str) -> dict[str, str]:
-    """Route the compiles of the compiler named by ``env[variable]`` (BUILDER, CC) to
-    the app's distccd dynos (plain mode, no fallback): a wrapper named like the
-    compiler, first in PATH (and in ``variable`` when the compiler is named by path)."""
+    """Route the compiles of the compiler named by ``env[variable]`` (BUILDER) to the
+    app's distccd dynos (plain mode, no fallback): a wrapper named like the compiler,
+    first in PATH (and in ``variable`` when the compiler is named by path). ``JOBS`` is
+    the hosts' total slots (so every host gets work), unless the job sets it."""
     builder = env[variable]
     hosts = job.claim.get("distcc_hosts") or []
     if not hosts:
@@ -392,10 +371,10 @@ def _distcc(job: Job, env: dict[str, str], variable: str) -> dict[str, str]:
     wrappers.mkdir(parents=True, exist_ok=True)
     (BUILD / "distcc").mkdir(parents=True, exist_ok=True)
     real = builder if builder.startswith("/") else shutil.which(builder) or builder
-    name = Path(builder).name
-    wrapper = wrappers / name
+    wrapper = wrappers / Path(builder).name
     wrapper.write_text(f'#!/bin/sh\nexec distcc {real} "$@"\n')
     wrapper.chmod(0o755)
+    slots = sum(int(h.rpartition("/")[2]) if "/" in h else 2 for h in hosts)
     env = dict(env)
     env.update(
         {
@@ -404,48 +383,69 @@ def _distcc(job: Job, env: dict[str, str], variable: str) -> dict[str, str]:
             "DISTCC_DIR": str(BUILD / "distcc"),
             "DISTCC_SKIP_LOCAL_RETRY": "1",
             "PATH": f"{wrappers}:{env['PATH']}",
+            "JOBS": str(job.params.get("jobs") or slots),
         }
     )
     if builder.startswith("/"):
         env[variable] = str(wrapper)
-    job.say(f"distcc: {builder} compiles go to {' '.join(hosts)}")
+    job.say(f"distcc: {builder} compiles go to {' '.join(hosts)} (JOBS={env['JOBS']})")
     return env
 
 
-def build_stage(
-    job: Job, recipe: Recipe, meta: dict[str, Any], *, stage0: bool, label: str
-) -> Path:
-    """Build the recipe with the compiler at the prefix (or stage0's); return the tree."""
-    src = APP / "vendor" / "src" / recipe.name
-    if not src.is_dir():
+def build_stage(job: Job, spec: StageSpec, builder_tree: Path, label: str) -> Outcome:
+    """Build a stage with the one stage builder, this dyno being the runner; the job's
+    cancel and timeout kill the running step's process group."""
+    meta = slug_meta()
+    sources = slug_sources(meta)
+    missing = [str(p) for p in sources.values() if not p.is_dir()]
+    if missing:
         raise JobFailed(
-            f"this slug carries no source of {recipe.name} (the recipe says "
+            f"this slug carries no source of {spec.recipe.name} (the recipe says "
             "[slug] source = false): it cannot rebuild itself"
         )
-    for d in ("src", "out", "home", "distcc-bin"):
-        shutil.rmtree(BUILD / d, ignore_errors=True)
-    shutil.copytree(src, BUILD / "src", symlinks=True)
-    (BUILD / "out").mkdir()
-    (BUILD / "home").mkdir()
-    builder = recipe.stage0_builder if stage0 else recipe.builder
-    env = stage_environment(recipe, builder, _jobs(), destdir=str(BUILD / "out"))
+    work = dyno_work(sources)
+    env = spec.environment(str(job.params.get("jobs") or _jobs()))
     if job.params.get("distcc"):
         env = _distcc(job, env, "BUILDER")
-    steps = [("build", recipe.steps.build), ("install", recipe.steps.install)]
-    if job.params.get("test", True) and recipe.steps.test:
-        steps.append(("test", recipe.steps.test))
-    for name, script in steps:
+
+    def watch(process: subprocess.Popen[bytes] | None) -> None:
+        job.process = process
+        if job.ended and process is not None:  # cancelled while the step started
+            job.kill()
+
+    runner = DynoRunner(echo=job.say, started=watch)
+
+    @contextlib.contextmanager
+    def step(name: str) -> Iterator[None]:
+        if job.ended:
+            raise job.ended
         job.progress(f"{label}: {name}")
-        job.run(script, env, BUILD / "src", f"{label} {name}")
-    tree = BUILD / "out" / recipe.prefix.lstrip("/")
-    if not tree.is_dir():
-        raise JobFailed(f"the install step left nothing at {recipe.prefix} under DESTDIR")
-    return tree
+        yield
 
-
-def destdir_digest() -> str:
-    """The digest of the whole install tree (DESTDIR), as stage manifests record it."""
-    return tree_digest(scan_tree(BUILD / "out"))
+    try:
+        outcome = build(
+            spec,
+            runner,
+            work,
+            sources,
+            builder_tree,
+            jobs=env["JOBS"],
+            tests=bool(job.params.get("test", True)),
+            patches=tuple(meta.get("patches", ())),
+            step=step,
+            env=env,
+        )
+    except StepFailed as exc:
+        if job.ended:
+            raise job.ended from None
+        if job.worker.stopping.is_set():
+            raise JobEnded("stopping", "the worker is stopping") from None
+        raise JobFailed(f"{label} {exc.step} failed with exit code {exc.exit_code}") from None
+    except OutputProblem as exc:
+        raise JobFailed(f"{label}: {exc}") from None
+    if job.ended:
+        raise job.ended
+    return outcome
 
 
 def self_rebuild(job: Job) -> dict[str, Any]:
@@ -453,75 +453,47 @@ def self_rebuild(job: Job) -> dict[str, Any]:
     meta = slug_meta()
     recipe = slug_recipe(meta)
     started = time.monotonic()
-    tree = build_stage(job, recipe, meta, stage0=False, label="self-rebuild")
+    spec = StageSpec(
+        recipe=recipe,
+        stage=meta["stage"] + 1,
+        sources=meta["sources"],
+        stack=job.claim.get("stack") or meta["built_on"],
+        builder=BuilderRef(
+            tree_digest=meta["tree_digest"], stage=meta["stage"], input_hash=meta["input_hash"]
+        ),
+        distcc=bool(job.params.get("distcc")),
+    )
+    outcome = build_stage(job, spec, Path(recipe.prefix), "self-rebuild")
     job.progress("compare with the slug's compiler")
-    rebuilt = scan_tree(tree)
-    original = scan_tree(Path(recipe.prefix))
-    ours = {e.path: e.to_json() for e in rebuilt}
-    theirs = {e.path: e.to_json() for e in original}
-    differing = sorted(p for p in set(ours) | set(theirs) if ours.get(p) != theirs.get(p))
-    digest = destdir_digest()
-    # The slug's files went through the slug's normalised modes; the digest recorded at
-    # packing time is the final stage's own, so it is the byte-for-byte reference.
-    identical = digest == meta["tree_digest"]
-    result = {
-        "identical": identical,
-        "tree_digest": digest,
-        "slug_tree_digest": meta["tree_digest"],
-        "files": len(rebuilt),
-        "differences": differing[:50],
-        "seconds": round(time.monotonic() - started, 2),
-        "builder": f"{recipe.prefix}/bin ({meta['compiler']} {meta['version']}, stage "
-        f"{meta['stage']} of the slug)",
+    rebuilt = {e.path: e.to_json() for e in outcome.files}
+    original = {
+        f"{recipe.prefix.lstrip('/')}/{e.path}": e.to_json() for e in scan_tree(Path(recipe.prefix))
     }
+    prefix = recipe.prefix.lstrip("/") + "/"
+    differing = sorted(
+        p
+        for p in set(rebuilt) | set(original)
+        if p.startswith(prefix) and rebuilt.get(p) != original.get(p)
+    )
+    identical = outcome.tree_digest == meta["tree_digest"]
     job.say(
         "identical: the rebuilt compiler equals the slug's, byte for byte"
         if identical
-        else f"DIFFERENT: tree digest {digest[:12]} vs the slug's "
+        else f"DIFFERENT: tree digest {outcome.tree_digest[:12]} vs the slug's "
         f"{meta['tree_digest'][:12]}; {len(differing)} file(s) differ"
     )
-    return result
-
-
-def stage_key(recipe: Recipe, meta: dict[str, Any], stack: Any, builder: Any, distcc: bool) -> str:
-    """A stage's input hash on the platform (what can change its bytes)."""
-    src = scan_tree(APP / "vendor" / "src" / recipe.name)
-    env = stage_environment(
-        recipe,
-        recipe.builder if builder != "stage0" else recipe.stage0_builder,
-        "",
-        destdir=str(BUILD / "out"),
-    )
-    env.pop("JOBS")
-    return digest_json(
-        {
-            "recipe": recipe.digest,
-            "source": tree_digest(src),
-            "stack": stack,
-            "builder": builder,
-            "environment": env,
-            "distcc": distcc,
-        }
-    )
-
-
-def _tar(tree: Path, out: Path) -> None:
-    subprocess.run(
-        [
-            "tar",
-            "--sort=name",
-            "--mtime=@0",
-            "--owner=0",
-            "--group=0",
-            "--numeric-owner",
-            "-czf",
-            str(out),
-            "-C",
-            str(tree),
-            ".",
-        ],
-        check=True,
-    )
+    return {
+        "identical": identical,
+        "tree_digest": outcome.tree_digest,
+        "slug_tree_digest": meta["tree_digest"],
+        "input_hash": spec.key(),
+        "slug_input_hash": meta["input_hash"],
+        "files": len(outcome.files),
+        "differences": differing[:50],
+        "seconds": round(time.monotonic() - started, 2),
+        "builder": f"{recipe.prefix} ({meta['compiler']} {meta['version']}, stage "
+        f"{meta['stage']} of the slug)",
+    }
 
 
 def stage(job: Job) -> dict[str, Any]:
@@ -529,15 +501,16 @@ def stage(job: Job) -> dict[str, Any]:
     meta = slug_meta()
     recipe = slug_recipe(meta)
     k, builder = job.params["stage"], job.params["builder"]
-    prefix = Path(recipe.prefix)
-    builder_tree: Path | None = None
+    builder_tree = Path(recipe.prefix)
     if builder == "stage0":
-        builder_id: Any = "stage0"
+        ref = BuilderRef(stage0=recipe.stage0_builder)
     elif builder == "slug":
-        builder_id = meta["tree_digest"]
+        ref = BuilderRef(
+            tree_digest=meta["tree_digest"], stage=meta["stage"], input_hash=meta["input_hash"]
+        )
     else:
         info = job.api.call("GET", f"/stages/{builder}")
-        builder_id = info["tree_digest"]
+        ref = BuilderRef(tree_digest=info["tree_digest"], input_hash=builder)
         job.progress(f"stage{k}: fetch the builder (stage {builder[:12]})")
         fetched = BUILD / "builder"
         shutil.rmtree(fetched, ignore_errors=True)
@@ -549,29 +522,40 @@ def stage(job: Job) -> dict[str, Any]:
             raise JobFailed(f"the stored builder stage is unusable: {exc}") from None
         archive.unlink()
         actual = tree_digest(scan_tree(fetched))  # the whole DESTDIR, as recorded
-        if actual != builder_id:
+        if actual != info["tree_digest"]:
             raise JobFailed(
                 f"the stored builder stage {builder[:12]} has tree digest "
-                f"{actual[:16]}, not the recorded {builder_id[:16]}: refused"
+                f"{actual[:16]}, not the recorded {info['tree_digest'][:16]}: "
+                "refused"
             )
         builder_tree = fetched / recipe.prefix.lstrip("/")
-    key = stage_key(
-        recipe, meta, job.claim.get("stack"), builder_id, bool(job.params.get("distcc"))
+    spec = StageSpec(
+        recipe=recipe,
+        stage=k,
+        sources=meta["sources"],
+        stack=job.claim.get("stack") or meta["built_on"],
+        builder=ref,
+        distcc=bool(job.params.get("distcc")),
     )
+    key = spec.key()
     base = {
         "stage": k,
         "input_hash": key,
         "builder": builder,
         "slug_tree_digest": meta["tree_digest"],
     }
-    try:
-        stored = job.api.call("GET", f"/stages/{key}")
-    except Exception as exc:
-        if getattr(exc, "status", None) != 404:
-            raise
-        stored = None
+    stored = None
+    if not job.params.get("force"):
+        try:
+            stored = job.api.call("GET", f"/stages/{key}")
+        except Exception as exc:
+            if getattr(exc, "status", None) != 404:
+                raise
     if stored:
-        job.say(f"stage{k}: cache hit ({key[:12]}, built by job {stored['job_id']})")
+        job.say(
+            f"stage{k}: cache hit ({key[:12]}, stored by "
+            f"{'job ' + str(stored['job_id']) if stored['job_id'] else 'a bootstrap'})"
+        )
         return {
             **base,
             "cache": "hit",
@@ -580,25 +564,22 @@ def stage(job: Job) -> dict[str, Any]:
             "built_by": stored["job_id"],
         }
     started = time.monotonic()
-    restore = _swap_builder(prefix, builder_tree)
-    try:
-        tree = build_stage(job, recipe, meta, stage0=builder == "stage0", label=f"stage{k}")
-    finally:
-        restore()
-    entries = scan_tree(tree)
-    digest = destdir_digest()
+    outcome = build_stage(job, spec, builder_tree, f"stage{k}")
     job.progress(f"stage{k}: store {key[:12]}")
     archive = BUILD / "stage.tar.gz"
-    _tar(BUILD / "out", archive)  # the whole DESTDIR: the platform checks its digest
+    tar_tree(BUILD / "out", archive)  # the whole DESTDIR: the platform checks it
     job.api.upload(
-        f"/stages/{key}", archive, {"job": job.id, "tree_digest": digest, "files": len(entries)}
+        f"/stages/{key}",
+        archive,
+        {"job": job.id, "tree_digest": outcome.tree_digest, "files": len(outcome.files)},
     )
     archive.unlink()
     return {
         **base,
         "cache": "miss",
-        "tree_digest": digest,
-        "files": len(entries),
+        "tree_digest": outcome.tree_digest,
+        "files": len(outcome.files),
+        "tests": outcome.tests,
         "seconds": round(time.monotonic() - started, 2),
     }
 
@@ -623,12 +604,12 @@ def app_compile(job: Job) -> dict[str, Any]:
         process_types = parse_procfile(procfile.read_text(), "Procfile")
     except Exception as exc:  # SlugError or a missing file
         raise JobFailed(f"the app's Procfile: {getattr(exc, 'message', exc)}") from None
-    compiler = f"{meta['prefix']}/bin/{meta['compiler']}"
+    compiler = meta.get("compiler_command") or f"{meta['prefix']}/bin/{meta['compiler']}"
     env = {
         "PATH": f"{meta['prefix']}/bin:/usr/local/bin:/usr/bin:/bin",
         "CC": compiler,
         "SOURCE_DATE_EPOCH": "0",
-        "JOBS": _jobs(),
+        "JOBS": str(job.params.get("jobs") or _jobs()),
     }
     if job.params.get("distcc"):
         raise JobFailed(
@@ -637,7 +618,7 @@ def app_compile(job: Job) -> dict[str, Any]:
         )
     for name in ("Makefile", "makefile", "GNUmakefile"):
         if (app_dir / name).is_file():
-            job.progress(f"make CC={meta['compiler']} (in a sandbox of its own)")
+            job.progress(f"make CC={compiler} (in a sandbox of its own)")
             job.sandbox('make -j"$JOBS" CC="$CC"', env, app_dir, "make")
             break
     else:

@@ -1,11 +1,12 @@
 """The content-addressed stage cache.
 
-A stage's *input hash* is the sha256 of the canonical JSON of everything that can
-change its bytes: the recipe's build inputs, the source digest, the stack identity,
-the engine, the builder (stage0, or the previous stage's output tree digest) and the
-environment. A complete stage lives at ``cache/stages/<input_hash>/``; it is built in
-``tmp/<input_hash>/`` and moved there by a single ``rename`` once its manifest is
-written, so a stage interrupted at any moment is never found complete.
+A stage's *input hash* (:meth:`selfhost.stages.builder.StageSpec.key`) is the sha256 of
+the canonical JSON of everything that can change its bytes: the recipe's build inputs,
+the sources' tree digests, the stack identity, the builder (stage0, or the previous
+stage's output tree digest) and the environment. A complete stage lives at
+``cache/stages/<input_hash>/``; it is built in ``tmp/<input_hash>/`` and moved there
+by a single ``rename`` once its manifest is written, so a stage interrupted at any
+moment is never found complete.
 
 Because the builder is identified by its *output* digest, a fixpoint shows up in the
 cache itself: once stage N+1 equals stage N, stage N+2 has stage N+1's input hash.
@@ -13,6 +14,7 @@ cache itself: once stage N+1 equals stage N, stage N+2 has stage N+1's input has
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -20,15 +22,7 @@ from typing import Any
 
 from selfhost.errors import CacheError
 from selfhost.hashing import SpecialFile, digest_json, scan_tree, tree_digest
-from selfhost.stages.manifest import Manifest
-
-#: Bump when the meaning of an input changes, to invalidate every cached stage.
-KEY_FORMAT = 1
-
-
-def input_hash(inputs: dict[str, Any]) -> str:
-    """The cache key of a stage."""
-    return digest_json({"key_format": KEY_FORMAT, **inputs})
+from selfhost.stages.manifest import Manifest, write_json_atomic
 
 
 def verify(entry: Path, manifest: Manifest) -> None:
@@ -78,6 +72,29 @@ class StageCache:
             return None
         verify(self.entry(key), manifest)
         return manifest
+
+    def test_result(self, entry: Path, command: str) -> dict[str, Any] | None:
+        """The recorded result of ``command`` on a stage: its manifest's own (the tests
+        it was built with), else one run later (``tests.json``), else None."""
+        manifest = Manifest.load(entry / "manifest.json")
+        if manifest.tests is not None and manifest.tests.command.strip() == command:
+            return manifest.tests.to_json()
+        try:
+            runs = json.loads((entry / "tests.json").read_text())
+        except (OSError, ValueError):
+            return None
+        found = runs.get(digest_json(command))
+        return found if isinstance(found, dict) else None
+
+    def record_test(self, entry: Path, result: dict[str, Any]) -> None:
+        """Record a later test run of a stage (the stage itself is unchanged)."""
+        path = entry / "tests.json"
+        try:
+            runs = json.loads(path.read_text())
+        except (OSError, ValueError):
+            runs = {}
+        runs[digest_json(str(result["command"]).strip())] = result
+        write_json_atomic(path, runs)
 
     def begin(self, key: str) -> Path:
         """A fresh work directory for building ``key`` (any earlier attempt is wiped)."""

@@ -1,30 +1,21 @@
 """The staged bootstrap: stage1 by stage0, stage k by stage k-1, at the same paths.
 
-For each stage the pipeline computes the input hash, reuses the cache entry if there
-is one, and otherwise builds in a sandbox of the stack:
+For each stage the pipeline computes the input hash (:class:`~selfhost.stages.builder.
+StageSpec`), reuses the cache entry if there is one (verified against its manifest),
+and otherwise builds it with the one stage builder (:mod:`selfhost.stages.builder`) in
+sandboxes of the build stack (:class:`~selfhost.stages.runners.SandboxRunner`).
 
-==============  =========================================  ===========
-sandbox path    what                                       access
-==============  =========================================  ===========
-``/``           the stack's rootfs                         read-only
-``/build/src``  a fresh copy of the pristine source        read-write
-``/build/home`` ``$HOME``                                  read-write
-``/out``        ``$DESTDIR``, captured as the stage tree   read-write
-``$PREFIX``     the previous stage's installed prefix      read-only
-``/tmp``        tmpfs                                      read-write
-==============  =========================================  ===========
-
-Steps are ``build``, ``install`` and ``test`` (with ``/out`` read-only). Their output
-goes to one log per stage. A failing step stops the bootstrap with the last 20 lines of
-its log and a command that reproduces it in its sandbox; its work directory is kept
-for that. A stage becomes complete only when its manifest is committed to the cache.
+A failing step stops the bootstrap with the last 20 lines of its log and a command that
+reproduces it in its sandbox; its work directory is kept for that. A stage becomes
+complete only when its manifest is committed to the cache. Tests are recorded per stage
+and per test command: a changed test command re-runs the tests of a cached stage (on a
+fresh build of it, which must give the same tree), it does not make a new stage.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,22 +24,20 @@ from typing import Any
 
 from selfhost import __version__
 from selfhost.compilers.recipe import FixpointPolicy, Recipe
-from selfhost.compilers.sources import FetchedSource, SourceStore
+from selfhost.compilers.sources import Sources, fetch_sources
 from selfhost.config import Settings
 from selfhost.errors import BuildError, FixpointError, TestsFailed
-from selfhost.hashing import SpecialFile, scan_tree, tree_digest
+from selfhost.hashing import scan_tree, tree_digest
 from selfhost.mirror import debian_mirror
-from selfhost.stages.cache import StageCache, input_hash
+from selfhost.stages.builder import BuilderRef, OutputProblem, StageSpec, StepFailed, Work, build
+from selfhost.stages.cache import StageCache
 from selfhost.stages.diff import ArtifactComparison, compare_artifacts
-from selfhost.stages.engine import Engine, Mount, Sandbox, shell_line
-from selfhost.stages.environment import BUILD_DIR, DESTDIR, SRC_DIR, stage_environment
+from selfhost.stages.engine import Engine
 from selfhost.stages.manifest import Manifest, TestResult, select_artifacts, write_json_atomic
-from selfhost.stages.security import hand_over, take_back
+from selfhost.stages.runners import SandboxRunner
 from selfhost.stages.stack import Stack, StackSpec, StackStore
 from selfhost.ui import UI
 from selfhost.workspace import Workspace
-
-TAIL_LINES = 20
 
 
 @dataclass
@@ -81,7 +70,7 @@ class BootstrapResult:
     recipe: Recipe
     engine: str
     stack: Stack
-    source: FetchedSource
+    source: Sources
     stages: list[StageResult]
     comparison: ArtifactComparison | None
 
@@ -107,13 +96,26 @@ class BootstrapResult:
         }
 
 
+#: Fetches a stage by input hash into the given (new) directory: the whole DESTDIR tree,
+#: and ``{"tree_digest", "origin", "tests"}``; None if the store has no such stage.
+RemoteStages = Callable[[str, Path], "dict[str, Any] | None"]
+
+
 class Bootstrap:
     """Runs a staged bootstrap of one recipe in one workspace."""
 
-    def __init__(self, settings: Settings, engine: Engine, ui: UI):
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        ui: UI,
+        *,
+        remote: RemoteStages | None = None,
+    ):
         self.settings = settings
         self.engine = engine
         self.ui = ui
+        self.remote = remote
         self.workspace = Workspace(settings.workspace)
         self.cache = StageCache(self.workspace.stage_cache, self.workspace.tmp)
 
@@ -139,9 +141,7 @@ class Bootstrap:
                 stack = self.ensure_stack(recipe)
                 step.note = stack.spec.name
             with self.ui.step("source") as step:
-                source = SourceStore(self.workspace.sources, self.mirror).fetch(
-                    recipe.sources, log=self.ui.info
-                )
+                source = fetch_sources(self.workspace.sources, self.mirror, recipe, self.ui.info)
                 step.note = source.origin
             with self.ui.step(f"engine {self.engine.name}"):
                 self.engine.prepare(stack, [recipe.prefix])
@@ -168,64 +168,198 @@ class Bootstrap:
         return outcome
 
     # ------------------------------------------------------------------ one stage
-    def environment(self, recipe: Recipe, builder: str) -> dict[str, str]:
-        """The complete environment of every step of a stage (nothing else leaks in)."""
-        return stage_environment(recipe, builder, str(self.settings.parallel_jobs))
-
-    def stage_inputs(
-        self, recipe: Recipe, stack: Stack, source: FetchedSource, previous: StageResult | None
-    ) -> tuple[str, dict[str, Any], dict[str, str]]:
-        """A stage's key, its recorded inputs and its full environment."""
-        builder = recipe.builder if previous else recipe.stage0_builder
-        env = self.environment(recipe, builder)
-        hashed_env = {k: v for k, v in env.items() if k != "JOBS"}  # parallelism ≠ bytes
-        inputs = {
-            "recipe": {"name": recipe.name, "version": recipe.version, "digest": recipe.digest},
-            "source": {"digest": source.digest, "origin": source.origin},
-            "stack": stack.identity,
-            "engine": self.engine.name,
-            "builder": (
-                {
-                    "kind": "stage",
-                    "stage": previous.stage,
-                    "tree_digest": previous.manifest.tree_digest,
-                    "input_hash": previous.input_hash,
-                }
-                if previous
-                else {"kind": "stage0", "builder": env["BUILDER"]}
-            ),
-            "environment": hashed_env,
-        }
-        # The origin and the previous stage's number and key are recorded but not hashed:
-        # only what can change the bytes is part of the key.
-        key_inputs = {
-            **inputs,
-            "source": source.digest,
-            "builder": (previous.manifest.tree_digest if previous else {"stage0": env["BUILDER"]}),
-        }
-        return input_hash(key_inputs), inputs, env
+    def spec(
+        self, recipe: Recipe, n: int, stack: Stack, source: Sources, previous: StageResult | None
+    ) -> StageSpec:
+        """What defines stage ``n``."""
+        builder = (
+            BuilderRef(stage0=recipe.stage0_builder)
+            if previous is None
+            else BuilderRef(
+                tree_digest=previous.manifest.tree_digest,
+                stage=previous.stage,
+                input_hash=previous.input_hash,
+            )
+        )
+        return StageSpec(
+            recipe=recipe, stage=n, sources=source.digests, stack=stack.identity, builder=builder
+        )
 
     def stage(
         self,
         recipe: Recipe,
         n: int,
         stack: Stack,
-        source: FetchedSource,
+        source: Sources,
         previous: StageResult | None,
         *,
         force: bool = False,
     ) -> StageResult:
         """Return stage ``n``: from the cache if its inputs are unchanged, else built."""
-        key, inputs, env = self.stage_inputs(recipe, stack, source, previous)
+        spec = self.spec(recipe, n, stack, source, previous)
+        key = spec.key()
         if not force:
-            cached = self.cache.lookup(key)
+            cached = self.cache.lookup(key) or self.fetch_remote(spec, key)
             if cached:
-                return StageResult(n, key, True, cached, self.cache.entry(key))
+                result = StageResult(n, key, True, cached, self.cache.entry(key))
+                self.ensure_tests(result, spec, stack, source, previous)
+                return result
         work = self.cache.begin(key)
-        builder = StageBuild(self, recipe, n, stack, source, previous, env, work)
-        manifest = builder.build(key, inputs)
+        manifest = self.build(spec, stack, source, previous, work, key)
         entry = self.cache.commit(key, work, manifest)
         return StageResult(n, key, False, manifest, entry)
+
+    def fetch_remote(self, spec: StageSpec, key: str) -> Manifest | None:
+        """A stage the platform's stage store has (built by a compile worker with the
+        same inputs), verified and committed to the local cache; None if it has none."""
+        if self.remote is None:
+            return None
+        work_dir = self.cache.begin(key)
+        try:
+            found = self.remote(key, work_dir / "tree")
+            if found is None:
+                return None
+            files = scan_tree(work_dir / "tree")
+            digest = tree_digest(files)
+            if digest != found["tree_digest"]:
+                raise BuildError(
+                    f"the platform's stage {key[:12]} has tree digest {digest[:16]}, "
+                    f"not the {str(found['tree_digest'])[:16]} it was stored with",
+                    hint="it was not used; run with --force, or without --from-app",
+                )
+            recipe = spec.recipe
+            (work_dir / "logs").mkdir()
+            (work_dir / "logs" / "stage.log").write_text(
+                f"fetched from the platform's stage store ({found['origin']})\n"
+            )
+            manifest = Manifest(
+                compiler=recipe.name,
+                version=recipe.version,
+                prefix=recipe.prefix,
+                stage=spec.stage,
+                input_hash=key,
+                inputs=spec.record("platform", origin=found["origin"]),
+                tree_digest=digest,
+                files=files,
+                artifacts=select_artifacts(files, recipe.prefix, recipe.artifacts),
+                tests=TestResult.from_json(found.get("tests")),
+                timings={},
+                logs={"stage": "logs/stage.log"},
+                created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                selfhost_version=__version__,
+            )
+            self.cache.commit(key, work_dir, manifest)
+            self.ui.info(f"stage{spec.stage}: {key[:12]} from the platform ({found['origin']})")
+            return manifest
+        finally:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+    def build(
+        self,
+        spec: StageSpec,
+        stack: Stack,
+        source: Sources,
+        previous: StageResult | None,
+        work_dir: Path,
+        key: str,
+        *,
+        tests: bool = True,
+    ) -> Manifest:
+        """Build one stage in ``work_dir`` (``build/``, ``tree/``, ``logs/``)."""
+        recipe = spec.recipe
+        work = Work(
+            root=work_dir / "build", out=work_dir / "tree", log=work_dir / "logs" / "stage.log"
+        )
+        builder_tree = None
+        if previous is not None:
+            builder_tree = previous.entry / "tree" / recipe.prefix.lstrip("/")
+            if not builder_tree.is_dir():
+                raise BuildError(
+                    f"stage{previous.stage} has nothing at {recipe.prefix}; it "
+                    f"cannot build stage{spec.stage}"
+                )
+        runner = SandboxRunner(self.engine, stack, self.owner)
+        try:
+            outcome = build(
+                spec,
+                runner,
+                work,
+                source.trees,
+                builder_tree,
+                jobs=str(self.settings.parallel_jobs),
+                tests=tests,
+                patches=source.patches,
+                step=self.ui.step,
+            )
+        except StepFailed as exc:
+            error = TestsFailed if exc.step == "test" else BuildError
+            what = (
+                f"timed out after {recipe.steps.timeout}s"
+                if exc.timed_out
+                else f"failed with exit code {exc.exit_code}"
+            )
+            raise error(
+                f"stage{spec.stage} {exc.step} step {what}",
+                details=f"last {len(exc.tail)} lines of {work.log}:\n"
+                + "\n".join(f"  | {line}" for line in exc.tail)
+                + (
+                    "\n\nreproduce this step in its sandbox with:\n  " + exc.reproduce
+                    if exc.reproduce
+                    else ""
+                ),
+                hint=f"the work directory {work_dir} is kept for inspection; "
+                "the stage was not recorded as complete",
+            ) from None
+        except OutputProblem as exc:
+            raise BuildError(
+                f"stage{spec.stage}: {exc}",
+                hint="install into $DESTDIR$PREFIX (make install DESTDIR=$DESTDIR); "
+                "a stage tree may hold only files, directories and symlinks",
+            ) from None
+        return Manifest(
+            compiler=recipe.name,
+            version=recipe.version,
+            prefix=recipe.prefix,
+            stage=spec.stage,
+            input_hash=key,
+            inputs=spec.record(runner.name, engine=self.engine.name),
+            tree_digest=outcome.tree_digest,
+            files=outcome.files,
+            artifacts=select_artifacts(outcome.files, recipe.prefix, recipe.artifacts),
+            tests=TestResult.from_json(outcome.tests),
+            timings=outcome.timings,
+            logs={"stage": "logs/stage.log"},
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            selfhost_version=__version__,
+        )
+
+    def ensure_tests(
+        self,
+        result: StageResult,
+        spec: StageSpec,
+        stack: Stack,
+        source: Sources,
+        previous: StageResult | None,
+    ) -> None:
+        """A cached stage whose tests ran under another test command gets the current
+        one run, on a fresh build of it (in tmp/, never recorded as a stage), and the
+        result recorded in its entry's ``tests.json``; the stage stays as it is."""
+        command = spec.recipe.steps.test.strip()
+        if not command or self.cache.test_result(result.entry, command) is not None:
+            return
+        work_dir = self.cache.begin(f"{result.input_hash}.tests")
+        with self.ui.step("tests (the test command changed)"):
+            fresh = self.build(spec, stack, source, previous, work_dir, result.input_hash)
+        if fresh.tree_digest != result.manifest.tree_digest:
+            raise BuildError(
+                f"stage{spec.stage} built again to run its new test command gave another tree "
+                f"({fresh.tree_digest[:16]} instead of {result.manifest.tree_digest[:16]})",
+                hint="the build is not reproducible; `invoke diff-stages --left "
+                f"{work_dir}/tree --right {result.entry}/tree` shows why",
+            )
+        assert fresh.tests is not None
+        self.cache.record_test(result.entry, fresh.tests.to_json())
+        shutil.rmtree(work_dir, ignore_errors=True)
 
     # ------------------------------------------------------------------ results
     def _publish(self, outcome: BootstrapResult) -> None:
@@ -261,17 +395,22 @@ def wants_another_stage(
     )
 
 
-def stack_spec(settings: Settings, recipe: Recipe) -> StackSpec:
-    """The stack a recipe builds on: the configured suite, base packages + its own."""
+def stack_spec(settings: Settings, recipe: Recipe, *, run: bool = False) -> StackSpec:
+    """The stack a recipe builds on: its suite (or the configured one), the base
+    packages and its own (stage0's too). ``run``: the stack its slug's dynos run on,
+    without stage0's packages."""
+    packages = recipe.run_packages if run else recipe.packages
     return StackSpec.make(
-        settings.suite, settings.variant, (*settings.base_packages, *recipe.packages)
+        recipe.suite or settings.suite, settings.variant, (*settings.base_packages, *packages)
     )
 
 
-def ensure_stack(settings: Settings, recipe: Recipe, log: Callable[[str], None]) -> Stack:
-    """The recipe's stack, debootstrapped first if it is not built yet."""
+def ensure_stack(
+    settings: Settings, recipe: Recipe, log: Callable[[str], None], *, run: bool = False
+) -> Stack:
+    """The recipe's build (or run) stack, debootstrapped first if it is not built yet."""
     store = StackStore(settings.stacks, lambda: debian_mirror(settings.mirror))
-    return store.ensure(stack_spec(settings, recipe), log=log)
+    return store.ensure(stack_spec(settings, recipe, run=run), log=log)
 
 
 def require_fixpoint(outcome: BootstrapResult) -> None:
@@ -292,181 +431,3 @@ def require_fixpoint(outcome: BootstrapResult) -> None:
         hint=f"run `invoke diff-stages --compiler {outcome.recipe.name}` to see why, or "
         "declare a [[compare.exclude]] with a reason in the recipe",
     )
-
-
-class StageBuild:
-    """Builds one stage in its work directory."""
-
-    def __init__(
-        self,
-        boot: Bootstrap,
-        recipe: Recipe,
-        n: int,
-        stack: Stack,
-        source: FetchedSource,
-        previous: StageResult | None,
-        env: dict[str, str],
-        work: Path,
-    ):
-        self.boot = boot
-        self.recipe = recipe
-        self.n = n
-        self.stack = stack
-        self.source = source
-        self.previous = previous
-        self.env = env
-        self.work = work
-        self.security = boot.engine.security
-        self.build_dir = work / "build"
-        self.tree = work / "tree"
-        self.log_path = work / "logs" / "stage.log"
-
-    def mounts(self, *, out_writable: bool) -> tuple[Mount, ...]:
-        mounts = [
-            Mount(self.build_dir, BUILD_DIR, writable=True),
-            Mount(self.tree, DESTDIR, writable=out_writable),
-        ]
-        if self.previous:
-            prev_prefix = self.previous.entry / "tree" / self.recipe.prefix.lstrip("/")
-            mounts.append(Mount(prev_prefix, self.recipe.prefix))
-        return tuple(mounts)
-
-    def sandbox(self, script: str, *, out_writable: bool = True) -> Sandbox:
-        return Sandbox(
-            stack=self.stack,
-            argv=("/bin/sh", "-ec", script),
-            env=tuple(self.env.items()),
-            mounts=self.mounts(out_writable=out_writable),
-            workdir=SRC_DIR,
-            owner=self.boot.owner,
-            host_id=self.security.ids.build,
-        )
-
-    def build(self, key: str, inputs: dict[str, Any]) -> Manifest:
-        ui = self.boot.ui
-        timings: dict[str, float] = {}
-        started = time.monotonic()
-        with ui.step("prepare"):
-            t = time.monotonic()
-            (self.build_dir / "home").mkdir(parents=True)
-            self.tree.mkdir()
-            self.log_path.parent.mkdir()
-            if (
-                self.previous
-                and not (self.previous.entry / "tree" / self.recipe.prefix.lstrip("/")).is_dir()
-            ):
-                raise BuildError(
-                    f"stage{self.previous.stage} has nothing at "
-                    f"{self.recipe.prefix}; it cannot build stage{self.n}"
-                )
-            copy_tree(self.source.tree, self.build_dir / "src")
-            # the build runs as an unprivileged host id: it may write its work
-            # directory and DESTDIR, nothing else
-            hand_over(self.security, self.security.ids.build, self.build_dir, self.tree)
-            timings["prepare"] = time.monotonic() - t
-        with open(self.log_path, "ab") as log:
-            for name, script in (
-                ("build", self.recipe.steps.build),
-                ("install", self.recipe.steps.install),
-            ):
-                with ui.step(name):
-                    timings[name] = self.run_step(name, script, log, BuildError)
-            tests = None
-            if self.recipe.steps.test.strip():
-                with ui.step("test") as step:
-                    offset = log.tell()
-                    timings["test"] = self.run_step(
-                        "test", self.recipe.steps.test, log, TestsFailed, out_writable=False
-                    )
-                    summary = [
-                        ln for ln in tail(self.log_path, 6, offset) if not ln.startswith("==> ")
-                    ]
-                    tests = TestResult(self.recipe.steps.test, 0, timings["test"], summary)
-                    step.note = "passed"
-        with ui.step("capture"):
-            t = time.monotonic()
-            shutil.rmtree(self.build_dir)
-            take_back(self.security, self.tree)  # root's again, and no setuid bits
-            try:
-                files = scan_tree(self.tree)
-            except SpecialFile as exc:
-                raise BuildError(
-                    f"stage{self.n}: the install step left {exc.kind} at {DESTDIR}/{exc.relative}",
-                    details=f"on the host: {exc.path}",
-                    hint="a stage tree may hold only files, directories and symlinks; "
-                    "remove it in the install step (or do not install it)",
-                ) from None
-            if not (self.tree / self.recipe.prefix.lstrip("/")).is_dir():
-                raise BuildError(
-                    f"stage{self.n}: the install step put nothing under $DESTDIR$PREFIX "
-                    f"({DESTDIR}{self.recipe.prefix})",
-                    hint="install into $DESTDIR$PREFIX (for example make install DESTDIR=$DESTDIR)",
-                )
-            timings["capture"] = time.monotonic() - t
-        timings["total"] = time.monotonic() - started
-        return Manifest(
-            compiler=self.recipe.name,
-            version=self.recipe.version,
-            prefix=self.recipe.prefix,
-            stage=self.n,
-            input_hash=key,
-            inputs=inputs,
-            tree_digest=tree_digest(files),
-            files=files,
-            artifacts=select_artifacts(files, self.recipe.prefix, self.recipe.artifacts),
-            tests=tests,
-            timings=timings,
-            logs={"stage": "logs/stage.log"},
-            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            selfhost_version=__version__,
-        )
-
-    def run_step(
-        self,
-        name: str,
-        script: str,
-        log: Any,
-        error: Callable[..., Exception],
-        *,
-        out_writable: bool = True,
-    ) -> float:
-        """Run one step; raise ``error`` with the log tail and a reproduction command."""
-        sandbox = self.sandbox(script, out_writable=out_writable)
-        log.write(f"==> stage{self.n} {name}: {script.strip()}\n".encode())
-        log.flush()
-        offset = log.tell()
-        result = self.boot.engine.run(sandbox, log, timeout=self.recipe.steps.timeout)
-        log.write(
-            f"==> stage{self.n} {name}: exit {result.exit_code} ({result.seconds:.1f}s)\n".encode()
-        )
-        log.flush()
-        if result.exit_code != 0:
-            what = (
-                f"timed out after {self.recipe.steps.timeout}s"
-                if result.timed_out
-                else f"failed with exit code {result.exit_code}"
-            )
-            lines = tail(self.log_path, TAIL_LINES + 1, offset)[:-1]
-            raise error(
-                f"stage{self.n} {name} step {what}",
-                details=f"last {len(lines)} lines of {self.log_path}:\n"
-                + "\n".join(f"  | {line}" for line in lines)
-                + "\n\nreproduce this step in its sandbox with:\n  "
-                + shell_line(self.boot.engine.command_line(sandbox)),
-                hint=f"the work directory {self.work} is kept for inspection; "
-                "the stage was not recorded as complete",
-            )
-        return result.seconds
-
-
-def copy_tree(source: Path, target: Path) -> None:
-    """Copy a pristine source tree (``cp -a`` keeps modes, links and times, and is fast)."""
-    subprocess.run(["cp", "-a", "--", f"{source}/.", str(target)], check=True)
-
-
-def tail(path: Path, count: int, offset: int = 0) -> list[str]:
-    """The last ``count`` lines of a file from ``offset`` on."""
-    with open(path, "rb") as f:
-        f.seek(offset)
-        data = f.read()
-    return data.decode("utf-8", "replace").splitlines()[-count:]

@@ -86,7 +86,7 @@ install = "sh install.sh # $DESTDIR"
     run = invoke(["bootstrap", "--compiler", str(recipe)], tmp_path / "ws", stacks)
     assert run.code == 7, run.output
     no_traceback(run)
-    assert "the install step left a FIFO (named pipe) at /out/opt/fifo/bin/pipe" in run.stderr
+    assert "the install step left a FIFO (named pipe) at /build/out/opt/fifo/bin/pipe" in run.stderr
     assert not (tmp_path / "ws" / "cache" / "stages").exists() or not any(
         (tmp_path / "ws" / "cache" / "stages").iterdir()
     ), "nothing was recorded"

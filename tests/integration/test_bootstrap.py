@@ -34,7 +34,7 @@ def test_tcc_three_stages_reach_the_fixpoint(tcc_run):
         assert manifest["input_hash"] == s["input_hash"]
         assert manifest["inputs"]["stack"]["suite"] == "bookworm"
         assert manifest["inputs"]["engine"] == "bwrap"
-        assert manifest["files"]["opt/tcc/bin/tcc"]["mode"] == "0755"
+        assert manifest["files"]["app/vendor/tcc/bin/tcc"]["mode"] == "0755"
         assert manifest["tests"]["passed"] is True and manifest["tests"]["command"] == "make test"
         assert (link / manifest["logs"]["stage"]).stat().st_size > 0
         assert set(manifest["timings"]) >= {"build", "install", "test", "total"}
@@ -199,7 +199,7 @@ def test_sandbox_is_clean_offline_and_the_same_under_both_engines(tmp_path, work
             INVOKE_SELFHOST_JOBS="2",
         )
         assert run.code == 0, run.output
-        tree = Path(run.json["stages"][0]["manifest"]).parent / "tree/opt/tcc"
+        tree = Path(run.json["stages"][0]["manifest"]).parent / "tree/app/vendor/tcc"
         out[engine] = {p.name: p.read_text() for p in tree.iterdir()}
     bw = out["bwrap"]
     env = dict(line.split("=", 1) for line in bw["env"].splitlines())
@@ -215,6 +215,7 @@ def test_sandbox_is_clean_offline_and_the_same_under_both_engines(tmp_path, work
         "BUILDER",
         "JOBS",
         "PWD",
+        "STAGE",
     }, "nothing leaks in from the host"
     assert env["TZ"] == "UTC" and env["LC_ALL"] == "C.UTF-8" and env["JOBS"] == "2"
     assert bw["umask"].strip() == "0022"

@@ -82,7 +82,7 @@ def test_excluded_differences_are_listed_with_their_reason(tcc_run, stacks, tmp_
 def test_any_two_trees(tcc_run, stacks, tmp_path):
     stage3 = (tcc_run[0] / "stages/tcc/stage3").resolve()
     left = tmp_path / "left"
-    shutil.copytree(stage3 / "tree/opt/tcc", left, symlinks=True)
+    shutil.copytree(stage3 / "tree/app/vendor/tcc", left, symlinks=True)
     right = tmp_path / "right"
     shutil.copytree(left, right, symlinks=True)
     header = right / "lib/tcc/include/stddef.h"

@@ -97,7 +97,7 @@ def test_the_slug_compiler_works_from_app_in_a_sandbox(tcc_slug, stacks, tmp_pat
     )
     script = (
         "/app/vendor/tcc/bin/tcc /app/h.c -o /tmp/h && /tmp/h && "
-        ". /app/.profile.d/selfhost.sh && bin/compile -run /app/h.c"
+        ". /app/.profile.d/000-selfhost.sh && bin/compile -run /app/h.c"
     )
     sandbox = Sandbox(
         stack=stack,

@@ -106,6 +106,11 @@ def test_params_are_checked_with_the_field_named():
         "builder": "a" * 64,
     }
     assert check_params("stage", {})["builder"] == "stage0"
+    assert check_params("bootstrap", {"force": True, "jobs": 4}) == {
+        "stages": 3,
+        "force": True,
+        "jobs": 4,
+    }
     for kind, params, field in [
         ("stage", {"stage": 0}, "params.stage"),
         ("stage", {"stage": 2}, "params.builder"),
@@ -113,6 +118,9 @@ def test_params_are_checked_with_the_field_named():
         ("self-rebuild", {"stage": 2}, "unknown: stage"),
         ("rebuild", {}, "kind must be one of"),
         ("bootstrap", {"stages": 1}, "params.stages"),
+        ("stage", {"force": "yes"}, "params.force"),
+        ("stage", {"jobs": 0}, "params.jobs"),
+        ("app-compile", {"source": "x", "target": "y", "force": True}, "unknown: force"),
     ]:
         with pytest.raises(ApiError) as err:
             check_params(kind, params)

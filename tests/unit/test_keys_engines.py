@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -9,23 +10,14 @@ from pathlib import Path
 import pytest
 
 from selfhost.compilers import find_recipe
-from selfhost.compilers.sources import FetchedSource
-from selfhost.config import Settings
 from selfhost.errors import UsageError
+from selfhost.stages.builder import BuilderRef, StageSpec
 from selfhost.stages.bwrap import BwrapEngine
 from selfhost.stages.cache import StageCache
 from selfhost.stages.docker_engine import DockerEngine
 from selfhost.stages.engine import Limits, Mount, Sandbox, make_engine
-from selfhost.stages.manifest import Manifest
-from selfhost.stages.pipeline import Bootstrap, StageResult
 from selfhost.stages.security import SandboxIds, Security
 from selfhost.stages.stack import Stack, StackSpec
-from selfhost.ui import UI
-
-
-class NamedEngine:
-    def __init__(self, name: str):
-        self.name = name
 
 
 def fake_stack(tmp_path: Path, packages_digest: str = "p" * 64) -> Stack:
@@ -33,43 +25,42 @@ def fake_stack(tmp_path: Path, packages_digest: str = "p" * 64) -> Stack:
     return Stack(spec, tmp_path / "stack", {"gcc": "4:12.2.0-3"}, packages_digest, 1.0)
 
 
-def previous(tree_digest: str, stage: int = 1, key: str = "k" * 64) -> StageResult:
-    m = Manifest("tcc", "1", "/opt/tcc", stage, key, {}, tree_digest, [], {}, None, {}, {}, "", "0")
-    return StageResult(stage, key, False, m, Path("/nowhere"))
+def spec(tmp_path, *, builder=None, stack=None, source="s" * 64, recipe="tcc", n=1):
+    return StageSpec(
+        recipe=find_recipe(recipe),
+        stage=n,
+        sources={"src": source},
+        stack=(stack or fake_stack(tmp_path)).identity,
+        builder=builder or BuilderRef(stage0=find_recipe(recipe).stage0_builder),
+    )
 
 
-def keys(tmp_path, *, engine="bwrap", jobs=1, prev=None, stack=None, source="sha256:" + "s" * 64):
-    settings = Settings(workspace=tmp_path / "ws", jobs=jobs)
-    boot = Bootstrap(settings, NamedEngine(engine), UI(force_plain=True))  # type: ignore[arg-type]
-    recipe = find_recipe("tcc")
-    src = FetchedSource(source, tmp_path, "test", "tarball")
-    key, inputs, env = boot.stage_inputs(recipe, stack or fake_stack(tmp_path), src, prev)
-    return key, inputs, env
-
-
-def test_key_ignores_parallelism_but_not_engine_source_or_stack(tmp_path):
-    base, inputs, env = keys(tmp_path)
-    assert env["JOBS"] == "1" and "JOBS" not in inputs["environment"]
-    assert keys(tmp_path, jobs=8)[0] == base
-    assert keys(tmp_path, engine="docker")[0] != base
-    assert keys(tmp_path, source="sha256:" + "t" * 64)[0] != base
-    assert keys(tmp_path, stack=fake_stack(tmp_path, "q" * 64))[0] != base
+def test_key_ignores_parallelism_and_the_stage_number_but_not_source_or_stack(tmp_path):
+    base = spec(tmp_path)
+    env = base.environment("1")
+    assert env["JOBS"] == "1" and env["STAGE"] == "1"
+    assert "JOBS" not in base.record("sandbox")["environment"]
+    assert spec(tmp_path, n=5).key() == base.key(), "the stage number is recorded only"
+    assert spec(tmp_path, source="t" * 64).key() != base.key()
+    assert spec(tmp_path, stack=fake_stack(tmp_path, "q" * 64)).key() != base.key()
+    assert "engine" not in json.dumps(base.record("sandbox")), "the runner is not an input"
 
 
 def test_key_follows_the_builders_output_not_its_position(tmp_path):
-    k2, inputs, env = keys(tmp_path, prev=previous("a" * 64, stage=1, key="1" * 64))
-    assert env["BUILDER"] == "/opt/tcc/bin/tcc"
-    assert inputs["builder"]["tree_digest"] == "a" * 64
+    k2 = spec(tmp_path, builder=BuilderRef(tree_digest="a" * 64, stage=1, input_hash="1" * 64))
+    assert k2.environment("1")["BUILDER"] == "/app/vendor/tcc/bin/tcc"
+    assert k2.record("sandbox")["builder"]["tree_digest"] == "a" * 64
     # stage3 built by an identical stage2: same key, so the fixpoint reuses the entry
-    k3, _, _ = keys(tmp_path, prev=previous("a" * 64, stage=2, key="2" * 64))
-    assert k3 == k2
-    assert keys(tmp_path, prev=previous("b" * 64))[0] != k2
-    _, inputs1, env1 = keys(tmp_path)
-    assert env1["BUILDER"] == "gcc" and inputs1["builder"] == {"kind": "stage0", "builder": "gcc"}
+    k3 = spec(tmp_path, builder=BuilderRef(tree_digest="a" * 64, stage=2, input_hash="2" * 64))
+    assert k3.key() == k2.key()
+    assert spec(tmp_path, builder=BuilderRef(tree_digest="b" * 64)).key() != k2.key()
+    stage1 = spec(tmp_path)
+    assert stage1.environment("1")["BUILDER"] == "gcc"
+    assert stage1.record("sandbox")["builder"] == {"kind": "stage0", "builder": "gcc"}
 
 
 def test_clean_environment_is_exactly_the_documented_one(tmp_path):
-    _, _, env = keys(tmp_path)
+    env = spec(tmp_path).environment("2")
     assert set(env) == {
         "PATH",
         "HOME",
@@ -81,16 +72,16 @@ def test_clean_environment_is_exactly_the_documented_one(tmp_path):
         "SRC",
         "BUILDER",
         "JOBS",
+        "STAGE",
     }
     assert env["LC_ALL"] == "C.UTF-8" and env["TZ"] == "UTC"
     assert env["SOURCE_DATE_EPOCH"] == "1597363200"
+    assert (env["DESTDIR"], env["SRC"], env["HOME"]) == ("/build/out", "/build/src", "/build/home")
 
 
 def test_go_recipe_env_expands_builder_and_prefix(tmp_path):
-    settings = Settings(workspace=tmp_path)
-    boot = Bootstrap(settings, NamedEngine("bwrap"), UI(force_plain=True))  # type: ignore[arg-type]
-    env = boot.environment(find_recipe("go"), "/usr/lib/go-1.19")
-    assert env["GOROOT_BOOTSTRAP"] == "/usr/lib/go-1.19" and env["GOROOT_FINAL"] == "/opt/go"
+    env = spec(tmp_path, recipe="go").environment("1")
+    assert env["GOROOT_BOOTSTRAP"] == "/usr/lib/go-1.19" and env["GOROOT_FINAL"] == "/app/vendor/go"
 
 
 def test_partial_entry_is_not_complete(tmp_path):

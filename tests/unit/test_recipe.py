@@ -50,7 +50,7 @@ def test_shipped_recipes_load():
     names = available()
     assert {"tcc", "go"} <= set(names)
     tcc = find_recipe("tcc")
-    assert tcc.stages == 3 and tcc.prefix == "/opt/tcc"
+    assert tcc.stages == 3 and tcc.prefix == "/app/vendor/tcc"
     assert isinstance(tcc.sources[0], GitSource), "upstream git comes first for tcc"
     assert tcc.sources[-1].kind == "debian"
     go = find_recipe("go")
@@ -75,7 +75,7 @@ def test_good_recipe_fields(tmp_path):
             10,
             "not a sha256",
         ),
-        ('prefix = "/opt/toy"\n', "", "prefix", None, "required field 'prefix' is missing"),
+        ('prefix = "/opt/toy"\n', 'prefix = "/usr"\n', "prefix", 3, "cannot be an install prefix"),
         ("stages = 3", "stages = 0", "stages", 5, "expected 1 to 10 stages"),
         ("stages = 3", 'stages = "three"', "stages", 5, "expected an integer"),
         ('kind = "tarball"', 'kind = "ftp"', "sources[0].kind", 8, "unknown source kind"),
@@ -128,7 +128,7 @@ def test_toml_syntax_error_has_line(tmp_path):
 
 
 def test_reserved_environment_is_refused(tmp_path):
-    path = write(tmp_path, GOOD + '\n[env]\nPATH = "/evil"\n')
+    path = write(tmp_path, GOOD + '\n[env]\nHOME = "/evil"\n')
     with pytest.raises(RecipeError, match="cannot be set by a recipe"):
         load_recipe(path)
 
@@ -153,3 +153,67 @@ def test_locate_finds_nested_fields():
     assert locate(text, "steps.test") == 18
     assert locate(text, "compare.exclude[0].path") == 24
     assert locate(text, "missing.key") is None
+
+
+def test_shipped_gauche_recipe():
+    gauche = find_recipe("gauche")
+    assert gauche.suite == "trixie" and gauche.compiler_command == "/app/vendor/gauche/bin/gosh"
+    assert gauche.packages == ("gauche", "zlib1g-dev") and gauche.run_packages == ("zlib1g-dev",)
+    debian = gauche.sources[0]
+    assert debian.kind == "debian" and debian.patches and debian.debian_sha256
+
+
+EXTRA = textwrap.dedent("""\
+    [[sources]]
+    name = "libs"
+    kind = "tarball"
+    url = "https://example.invalid/toy-libs-1.0.tar.gz"
+    sha256 = "1111111111111111111111111111111111111111111111111111111111111111"
+
+    [runtime]
+    library_path = ["lib", "lib/toy"]
+
+    [env]
+    PATH = "$PREFIX/bin:$PATH"
+    """)
+
+
+def test_new_fields_suite_compiler_runtime_and_named_sources(tmp_path):
+    text = GOOD.replace('prefix = "/opt/toy"\n', 'suite = "trixie"\ncompiler = "$PREFIX/bin/toy"\n')
+    recipe = load_recipe(write(tmp_path, text + EXTRA))
+    assert recipe.prefix == "/app/vendor/toy" and recipe.suite == "trixie"
+    assert recipe.compiler_command == "/app/vendor/toy/bin/toy"
+    assert list(recipe.source_groups) == ["src", "libs"]
+    assert recipe.library_path == ("lib", "lib/toy")
+    assert ("PATH", "$PREFIX/bin:$PATH") in recipe.env
+
+
+def test_the_test_command_is_not_part_of_the_recipe_digest(tmp_path):
+    one = load_recipe(write(tmp_path, GOOD))
+    two = load_recipe(write(tmp_path, GOOD.replace('test = "make check"', 'test = "make test"')))
+    assert one.digest == two.digest, "changing the tests must not rebuild stages"
+    three = load_recipe(write(tmp_path, GOOD.replace("make CC=$BUILDER", "make -O CC=$BUILDER")))
+    assert three.digest != one.digest
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ("stages = 3", 'stages = 3\nsuite = "sid"', "'suite'"),
+        ("[stage0]", '[runtime]\nlibrary_path = ["/abs"]\n\n[stage0]', "'runtime.library_path'"),
+        ('kind = "tarball"', 'kind = "tarball"\nname = "Bad Name"', "'sources.0..name'"),
+        ('kind = "tarball"', 'kind = "tarball"\nname = "other"', "'sources'"),
+    ],
+)
+def test_new_fields_are_validated(tmp_path, old, new, field):
+    with pytest.raises(RecipeError, match=field):
+        load_recipe(write(tmp_path, GOOD.replace(old, new, 1)))
+
+
+def test_debian_patches_need_the_packaging_pinned(tmp_path):
+    text = GOOD.replace(
+        'kind = "tarball"\nurl = "https://example.invalid/toy-1.0.tar.gz"',
+        'kind = "debian"\npackage = "toy"\nversion = "1.0-1"\npatches = true',
+    )
+    with pytest.raises(RecipeError, match="debian_sha256"):
+        load_recipe(write(tmp_path, text))
