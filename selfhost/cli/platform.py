@@ -550,12 +550,13 @@ def ps_list(c: Context, app: str, json: bool = False, api: str | None = None) ->
 
     ui.table(
         f"dynos of {app}",
-        ["dyno", "type", "state", "since", "command", "job", "restarts", "exit"],
+        ["dyno", "type", "state", "port", "since", "command", "job", "restarts", "exit"],
         [
             (
                 d["name"],
                 d["type"],
                 d["state"],
+                d.get("port") or "",
                 d["updated_at"][11:19],
                 short(d["command"], 28),
                 job_of(d),

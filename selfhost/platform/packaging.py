@@ -127,6 +127,13 @@ class CompilerSlug:
         out["stage"] = self.bootstrap.stages[-1].stage
         out["fixpoint"] = self.bootstrap.fixpoint
         out["tree_digest"] = self.bootstrap.stages[-1].manifest.tree_digest
+        out["input_hash"] = self.bootstrap.stages[-1].input_hash
+        # which stages the slug's bootstrap took from the cache (after `invoke
+        # bootstrap`: all of them, nothing rebuilt)
+        out["stages"] = [
+            {"stage": s.stage, "input_hash": s.input_hash, "cached": s.cached}
+            for s in self.bootstrap.stages
+        ]
         return out
 
 

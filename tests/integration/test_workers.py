@@ -380,13 +380,15 @@ def test_timeout_kills_the_process_group(plat, tmp_path):
     assert client.job("jobs-sqlite", run.json["id"])["attempt"] == 1
 
 
-def test_distcc_stage_build_on_two_daemons(plat):
+def test_distcc_stage_build_on_three_daemons_every_host_compiles(plat):
+    """With 3 hosts of 2 slots, the job runs make -j6 (not the worker's own cores), so
+    distcc fills every host's slots: each of the 3 distccd dynos compiles."""
     client = client_of(plat)
-    assert plat("scale", "--app", "jobs-sqlite", "distccd=2:standard-2x").code == 0
+    assert plat("scale", "--app", "jobs-sqlite", "distccd=3:standard-2x").code == 0
     wait_for(
         lambda: (
             sum(d["type"] == "distccd" and d["state"] == "up" for d in client.dynos("jobs-sqlite"))
-            == 2
+            == 3
         ),
         60,
         "distccd dynos",
@@ -396,7 +398,7 @@ def test_distcc_stage_build_on_two_daemons(plat):
         for d in client.dynos("jobs-sqlite")
         if d["type"] == "distccd" and d["state"] == "up"
     }
-    assert len(ports) == 2, "two hosts, each on its own port of the app's block"
+    assert len(ports) == 3, "three hosts, each on its own port of the app's block"
     run = plat(
         "jobs.submit",
         "--app",
@@ -413,14 +415,64 @@ def test_distcc_stage_build_on_two_daemons(plat):
     assert run.code == 0, run.output
     assert run.json["result"]["cache"] == "miss"
     log = (Path(plat.env["INVOKE_SELFHOST_PLATFORM_DIR"]) / "logs" / "jobs-sqlite.log").read_text()
-    for dyno in ("distccd.1", "distccd.2"):
+    for dyno in ("distccd.1", "distccd.2", "distccd.3"):
         compiled = [
             line for line in log.splitlines() if f"app[{dyno}]" in line and "COMPILE_OK" in line
         ]
         assert compiled, f"{dyno} served no compile"
     job_log = client.job("jobs-sqlite", run.json["id"], log=500)["log"]
     hosts = " ".join(f"127.0.0.1:{p}/2" for p in sorted(ports))
-    assert any(f"distcc: gcc compiles go to {hosts}" in line for line in job_log)
+    assert any(f"distcc: gcc compiles go to {hosts} (JOBS=6)" in line for line in job_log)
+    assert plat("scale", "--app", "jobs-sqlite", "distccd=0").code == 0
+
+
+def test_a_worker_builds_the_stages_the_local_bootstrap_built(plat):
+    """The one stage builder: stages 1 and 2 built again in worker dynos (--force: not
+    from the store) have the local bootstrap's input hashes and tree digests."""
+    client = client_of(plat)
+    local = json.loads((plat.ws / "stages" / "tcc" / "run.json").read_text())["stages"]
+    run = plat(
+        "jobs.submit",
+        "--app",
+        "jobs-redis",
+        "--kind",
+        "bootstrap",
+        "--stages",
+        "2",
+        "--force",
+        "--no-test",
+        "--wait",
+        "--json",
+        timeout=900,
+    )
+    assert run.code == 0, run.output
+    children = [client.job("jobs-redis", c) for c in run.json["children"]]
+    for child, mine in zip(children, local, strict=False):
+        result = child["result"]
+        assert result["cache"] == "miss", result
+        assert result["input_hash"] == mine["input_hash"]
+        assert result["tree_digest"] == mine["tree_digest"]
+
+
+def test_a_local_bootstrap_takes_the_stages_from_the_platform(plat, tmp_path, stacks):
+    """The other way: a fresh workspace's bootstrap takes every stage from the
+    platform's stage store (verified), builds none, and reaches the same fixpoint."""
+    ws = tmp_path / "fresh"
+    (ws / "sources").mkdir(parents=True)
+    shutil.copytree(plat.ws / "sources" / "trees", ws / "sources" / "trees", symlinks=True)
+    local = json.loads((plat.ws / "stages" / "tcc" / "run.json").read_text())["stages"]
+    run = invoke(["bootstrap", "--from-platform", "--json"], ws, stacks, **plat.env)
+    assert run.code == 0, run.output
+    stages = run.json["stages"]
+    assert [s["cached"] for s in stages] == [True, True, True]
+    assert [s["tree_digest"] for s in stages] == [s["tree_digest"] for s in local]
+    assert run.json["fixpoint"] is True
+    manifest = json.loads((ws / "stages" / "tcc" / "stage2" / "manifest.json").read_text())
+    assert manifest["inputs"]["runner"] == "platform" and "built by" in manifest["inputs"]["origin"]
+    assert "from the platform" in run.stderr
+    # and a bootstrap that asks for it without a platform says so
+    wrong = invoke(["bootstrap", "--api", "http://127.0.0.1:9"], ws, stacks)
+    assert wrong.code == 2 and "--api is for --from-platform" in wrong.stderr
 
 
 def test_bad_job_input(plat):

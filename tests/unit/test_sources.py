@@ -115,6 +115,95 @@ def test_debian_source_from_a_pool_layout(tmp_path, http_dir):
     assert (got.tree / "a").read_bytes() == b"debian"
 
 
+def debian_tar(files: dict[str, bytes]) -> bytes:
+    """A ``.debian.tar.xz``: the ``debian/`` directory of a source package."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:xz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"debian/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_debian_source_without_a_dsc_and_its_packaging(tmp_path, http_dir):
+    """A mirror that serves the .orig and the debian.tar but no .dsc: the pool's usual
+    names are tried; the packaging lands in debian/, its patches marked to apply."""
+    www, base = http_dir
+    orig = make_tarball({"hello.c": b"int main(void){return 1;}\n"}, top="toy-1.0")
+    packaging = debian_tar({"patches/series": b"fix.patch\n", "patches/fix.patch": b"--- a\n"})
+    pool = www / "debian" / "pool" / "main" / "t" / "toy"
+    pool.mkdir(parents=True)
+    (pool / "toy_1.0.orig.tar.gz").write_bytes(orig)
+    (pool / "toy_1.0-2.debian.tar.xz").write_bytes(packaging)
+    source = DebianSource(
+        package="toy", version="1.0-2", sha256=sha(orig), debian_sha256=sha(packaging), patches=True
+    )
+    lines: list[str] = []
+    got = store(tmp_path, mirror=f"{base}/debian").fetch((source,), log=lines.append)
+    assert (got.tree / "hello.c").is_file()
+    assert (got.tree / "debian" / "patches" / "series").read_bytes() == b"fix.patch\n"
+    assert got.patches is True
+    assert any("is not in the mirror's pool; trying the .orig by name" in x for x in lines)
+    # a pinned packaging that does not match is refused with both digests
+    wrong = DebianSource(
+        package="toy", version="1.0-2", sha256=sha(orig), debian_sha256="0" * 64, patches=True
+    )
+    with pytest.raises(ChecksumMismatch):
+        store(tmp_path / "other", mirror=f"{base}/debian").fetch((wrong,))
+
+
+def test_a_debian_source_placed_by_hand_in_downloads(tmp_path):
+    """No mirror at all: the documented fallback, downloads/<sha256>, works for Debian
+    sources too."""
+    orig = make_tarball({"a": b"by hand"}, top="toy-1.0")
+    s = store(tmp_path)  # the mirror is unreachable
+    s.downloads.mkdir(parents=True)
+    (s.downloads / sha(orig)).write_bytes(orig)
+    got = s.fetch((DebianSource(package="toy", version="1.0-1", sha256=sha(orig)),))
+    assert (got.tree / "a").read_bytes() == b"by hand"
+
+
+def test_two_named_sources_side_by_side(tmp_path, http_dir):
+    from selfhost.compilers.recipe import load_recipe
+    from selfhost.compilers.sources import fetch_sources
+
+    www, base = http_dir
+    main = make_tarball({"cc.c": b"main"}, top="pcc-1.0")
+    libs = make_tarball({"libc.c": b"libs"}, top="pcc-libs-1.0")
+    (www / "pcc.tgz").write_bytes(main)
+    (www / "pcc-libs.tgz").write_bytes(libs)
+    recipe = tmp_path / "pcc.toml"
+    recipe.write_text(f"""\
+name = "pcc"
+version = "1.0"
+builder = "$PREFIX/bin/pcc"
+
+[[sources]]
+kind = "tarball"
+url = "{base}/pcc.tgz"
+sha256 = "{sha(main)}"
+
+[[sources]]
+name = "libs"
+kind = "tarball"
+url = "{base}/pcc-libs.tgz"
+sha256 = "{sha(libs)}"
+
+[stage0]
+builder = "gcc"
+
+[steps]
+build = "true"
+install = "test -d $DESTDIR"
+""")
+    got = fetch_sources(tmp_path / "sources", lambda: "", load_recipe(recipe))
+    assert list(got.trees) == ["src", "libs"]
+    assert (got.trees["src"] / "cc.c").read_bytes() == b"main"
+    assert (got.trees["libs"] / "libc.c").read_bytes() == b"libs"
+    assert got.digests["src"] != got.digests["libs"]
+
+
 def test_orig_from_dsc_ignores_signatures():
     text = DSC.format(orig="a" * 64, asc="b" * 64, deb="c" * 64)
     assert _orig_from_dsc(text) == ("toy_1.0.orig.tar.gz", "a" * 64)

@@ -1,0 +1,165 @@
+"""Your app on your runtime: the slug ships the proven final stage, with the user's app,
+released through the API and answering HTTP in web dynos."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import tarfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from selfhost.platform.client import PlatformClient
+from tests.integration.conftest import REPO, Run, invoke
+
+
+def test_the_slug_ships_the_bootstrap_final_stage_without_rebuilding(tcc_run, tcc_slug):
+    ws, run = tcc_run
+    _, slug = tcc_slug
+    final = run.json["stages"][-1]
+    # invoke slug after invoke bootstrap: every stage a cache hit, the same final stage
+    assert [s["cached"] for s in slug["stages"]] == [True, True, True], slug["stages"]
+    assert [s["input_hash"] for s in slug["stages"]] == [
+        s["input_hash"] for s in run.json["stages"]
+    ]
+    assert slug["input_hash"] == final["input_hash"]
+    assert slug["tree_digest"] == final["tree_digest"]
+    # byte for byte: every file of the final stage's manifest is in the slug as recorded
+    manifest = json.loads(Path(final["manifest"]).read_text())
+    with tarfile.open(slug["path"]) as tar:
+        members = {m.name.removeprefix("./"): m for m in tar.getmembers()}
+        for path, entry in manifest["files"].items():
+            member = members[path]
+            assert f"{member.mode & 0o7777:04o}" == entry["mode"], path
+            if entry["type"] == "file":
+                data = tar.extractfile(member).read()
+                assert hashlib.sha256(data).hexdigest() == entry["sha256"], path
+            elif entry["type"] == "symlink":
+                assert member.linkname == entry["target"], path
+        meta = json.loads(tar.extractfile("./app/selfhost.json").read())
+    assert meta["tree_digest"] == final["tree_digest"] and meta["app"] == "platform"
+    # the bootstrap's stages are still what diff-stages compares
+    link = ws / "stages" / "tcc" / "stage3"
+    assert link.resolve() == Path(final["manifest"]).parent.resolve()
+
+
+def get(port: int, path: str = "/", timeout: float = 5) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        conn.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        chunks = []
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except OSError as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+def web_dynos_answer(
+    cli: Callable[..., Run], root: Path, app: str, count: int, expect: str, timeout: float = 180
+) -> list[str]:
+    """Scale web to ``count``; each web dyno's port answers a GET with ``expect``."""
+    assert cli("scale", "--app", app, f"web={count}").code == 0
+    info = json.loads((root / "daemon.json").read_text())
+    client = PlatformClient(info["url"], (root / "token").read_text().strip())
+
+    def up() -> list[dict[str, Any]]:
+        dynos = [d for d in client.dynos(app) if d["type"] == "web" and d["state"] == "up"]
+        return dynos if len(dynos) == count else []
+
+    dynos = wait_for(up, timeout, f"{count} web dynos of {app}")
+    bodies = []
+    for dyno in dynos:
+        page = wait_for(
+            lambda d=dyno: (lambda text: text if "200 OK" in text else None)(get(d["port"])),
+            timeout,
+            f"{dyno['name']} answering on port {dyno['port']}",
+        )
+        assert expect in page and dyno["name"] in page, page
+        bodies.append(page)
+    return bodies
+
+
+@pytest.fixture
+def local_platform(tcc_run, stacks, tmp_path):
+    ws, _ = tcc_run
+    env = {"INVOKE_SELFHOST_PLATFORM_DIR": str(tmp_path / "platform")}
+
+    def cli(*args: str, timeout: float = 900) -> Run:
+        return invoke(list(args), ws, stacks, timeout=timeout, **env)
+
+    cli.root = tmp_path / "platform"  # type: ignore[attr-defined]
+    yield cli
+    cli("platform.down")
+
+
+def test_a_users_web_app_on_the_bootstrapped_tcc(local_platform, tmp_path):
+    cli = local_platform
+    released = cli(
+        "release", "--app", "tcc-web", "--app-dir", str(REPO / "examples/tcc-web"), "--json"
+    )
+    assert released.code == 0, released.output
+    assert released.json["process_types"] == {"web": "tcc -run server.c"}
+    pages = web_dynos_answer(cli, cli.root, "tcc-web", 2, "Hello from tcc")
+    assert len(pages) == 2 and "GET / HTTP/1.1" in pages[0]
+    assert cli("scale", "--app", "tcc-web", "web=0").code == 0
+
+
+def test_a_users_app_slug_holds_the_app_and_the_stage(tcc_run, stacks, tmp_path):
+    ws, run = tcc_run
+    out = tmp_path / "web.tgz"
+    built = invoke(
+        ["slug", "--app-dir", str(REPO / "examples/tcc-web"), "--out", str(out), "--json"],
+        ws,
+        stacks,
+    )
+    assert built.code == 0, built.output
+    assert built.json["tree_digest"] == run.json["stages"][-1]["tree_digest"]
+    with tarfile.open(out) as tar:
+        names = set(tar.getnames())
+        profile = tar.extractfile("./app/.profile.d/000-selfhost.sh").read().decode()
+        meta = json.loads(tar.extractfile("./app/selfhost.json").read())
+    assert {"./app/server.c", "./app/Procfile", "./app/vendor/tcc/bin/tcc"} <= names
+    assert "./app/README.md" not in names, "the app's .slugignore is honoured"
+    assert not any(n.startswith(("./app/vendor/python", "./app/bin/worker")) for n in names)
+    assert 'PATH="/app/vendor/tcc/bin:' in profile and "LD_LIBRARY_PATH" in profile
+    assert meta["app"] == "user" and meta["runs_on"]["suite"] == "bookworm"
+    # an app directory without a Procfile is refused, with the reason
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = invoke(["slug", "--app-dir", str(empty)], ws, stacks)
+    assert bad.code != 0 and "has no Procfile" in bad.stderr and "Traceback" not in bad.output
+
+
+def test_release_a_slug_file_built_elsewhere(local_platform, tcc_slug):
+    cli = local_platform
+    _, slug = tcc_slug
+    run = cli("release", "--app", "prebuilt", "--slug", slug["path"], "--json")
+    assert run.code == 0, run.output
+    assert run.json["version"] == 1
+    assert run.json["checksum"] == slug["checksum"]
+    wrong = cli("release", "--app", "prebuilt", "--slug", slug["path"], "--app-dir", ".")
+    assert wrong.code == 2 and "--slug releases a slug as it is" in wrong.stderr, wrong.output
+    missing = cli("release", "--app", "prebuilt", "--slug", "/nonexistent.tgz")
+    assert missing.code != 0 and "Traceback" not in missing.output
+    assert "/nonexistent.tgz" in missing.stderr, missing.output
