@@ -190,7 +190,7 @@ def release(
             pushed = push_stages(client, app, built.bootstrap)
             step.note = f"{pushed} stored"
     if json:
-        ui.emit_json(result.to_json())
+        ui.emit_json({**result.to_json(), "process_types": process_types})
         return
     if result.app_created:
         ui.info(f"created app {app} (first release)")

@@ -247,9 +247,12 @@ def find_dyno_dir(plat: Platform, name: str) -> Path:
         dynos = plat.client.dynos("target")
         live = [d for d in dynos if d["name"] == name and d["state"] == "up"]
         if live:
-            path = plat.root / "dynos" / live[0]["id"] / "upper" / "rootsh"
-            if path.exists():
-                return path
+            # the overlay's upper layer, or the copy of the slug where an overlay
+            # cannot be mounted (the weakened sandbox on an overlayfs /tmp)
+            root = plat.root / "dynos" / live[0]["id"]
+            for path in (root / "upper" / "rootsh", root / "app" / "rootsh"):
+                if path.exists():
+                    return path
         time.sleep(0.2)
     raise AssertionError(f"{name} never made /app/rootsh")
 

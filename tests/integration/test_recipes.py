@@ -10,7 +10,6 @@ import io
 import json
 import tarfile
 import time
-from pathlib import Path
 
 import pytest
 

@@ -1,0 +1,62 @@
+"""The classic story, end to end: Gauche bootstrapped from Debian's released gosh on
+trixie (make check in every stage, fixpoint), released with a web app in Scheme, two
+web dynos answering HTTP on $PORT. Slow: three Gauche builds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.integration.conftest import REPO, Run, invoke
+from tests.integration.test_apps import web_dynos_answer
+
+
+@pytest.mark.slow
+def test_gauche_bootstrap_release_and_two_web_dynos(stacks, tmp_path_factory):
+    ws = tmp_path_factory.mktemp("gauche-ws")
+    root = tmp_path_factory.mktemp("gauche-platform") / "platform"
+    env = {"INVOKE_SELFHOST_PLATFORM_DIR": str(root)}
+
+    def cli(*args: str, timeout: float = 3600) -> Run:
+        return invoke(list(args), ws, stacks, timeout=timeout, **env)
+
+    boot = cli("bootstrap", "--compiler", "gauche", "--json")
+    assert boot.code == 0, boot.output[-5000:]
+    result = boot.json
+    assert result["stack"]["suite"] == "trixie", "the recipe's suite, with nothing exported"
+    assert [s["stage"] for s in result["stages"]] == [1, 2, 3]
+    assert all(s["tests_passed"] for s in result["stages"]), "make check in every stage"
+    assert result["fixpoint"] is True and result["differences"] == []
+    m1 = json.loads((ws / "stages/gauche/stage1/manifest.json").read_text())
+    assert m1["inputs"]["builder"] == {"kind": "stage0", "builder": "/usr/bin/gosh"}
+    assert "app/vendor/gauche/bin/gosh" in m1["files"]
+    log = (ws / "stages/gauche/stage1/logs/stage.log").read_text()
+    assert "applying debian/patches/" in log, "Debian's patch series is applied"
+    try:
+        released = cli(
+            "release",
+            "--app",
+            "gauche-web",
+            "--compiler",
+            "gauche",
+            "--app-dir",
+            str(REPO / "examples/gauche-web"),
+            "--json",
+        )
+        assert released.code == 0, released.output[-5000:]
+        assert released.json["process_types"] == {"web": "gosh index.scm"}
+        pages = web_dynos_answer(cli, root, "gauche-web", 2, "Hello from Gauche 0.9.15")
+        assert all("GET / HTTP/1.1" in page for page in pages)
+        # the run stack: trixie without stage0's gauche package, so the gosh is ours
+        probe = cli(
+            "run",
+            "--app",
+            "gauche-web",
+            "--",
+            "test ! -e /usr/bin/gosh && command -v gosh && gosh -V",
+        )
+        assert probe.code == 0, probe.output
+        assert "/app/vendor/gauche/bin/gosh" in probe.stdout
+    finally:
+        cli("platform.down")
