@@ -210,7 +210,7 @@ def push_stages(client: PlatformClient, app: str, outcome: Any) -> int:
     pushed = 0
     for stage in outcome.stages:
         try:
-            client.request("GET", f"/stages/{stage.input_hash}")
+            client.request("GET", f"/stages/{stage.input_hash}?app={app}")
             continue  # stored already
         except ApiRequestError as exc:
             if exc.status != 404:

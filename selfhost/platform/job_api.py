@@ -191,9 +191,15 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
             return 201, service.store_artifact(found, lease, upload, sha, size)
 
     def own_stage(h: Any, key: str) -> dict[str, Any]:
-        stage = jobs.stage(key)
-        if stage is None or not (h.principal.platform or stage["app_id"] == h.principal.app_id):
-            raise not_found("stage")  # another app's stages do not exist for a dyno
+        # each app has its own stage store: another app's stages do not exist for a
+        # dyno; the platform's token sees them all
+        app_id = h.principal.app_id
+        if h.principal.platform:
+            app = (h.query.get("app") or [""])[0]
+            app_id = service.store.app(app)["id"] if app else None
+        stage = jobs.stage(key, app_id)
+        if stage is None:
+            raise not_found("stage")
         return stage
 
     def stages_info(h: Any, key: str) -> tuple[int, Any]:

@@ -337,9 +337,21 @@ class JobStore:
         return self._running("jobs.worker_dyno = ?", dyno_id)
 
     # ------------------------------------------------------------------ stages
-    def stage(self, input_hash: str) -> dict[str, Any] | None:
+    def stage(self, input_hash: str, app_id: str | None = None) -> dict[str, Any] | None:
+        """An app's stored stage (``app_id``), or with None any app's (the platform's
+        own view: a stage built by a job first)."""
         with self.store.read() as db:
-            row = db.execute("SELECT * FROM stages WHERE input_hash = ?", (input_hash,)).fetchone()
+            if app_id is not None:
+                row = db.execute(
+                    "SELECT * FROM app_stages WHERE app_id = ? AND input_hash = ?",
+                    (app_id, input_hash),
+                ).fetchone()
+            else:
+                row = db.execute(
+                    "SELECT * FROM app_stages WHERE input_hash = ? "
+                    "ORDER BY job_id IS NULL, created_at LIMIT 1",
+                    (input_hash,),
+                ).fetchone()
             return dict(row) if row else None
 
     def add_stage(
@@ -355,11 +367,15 @@ class JobStore:
         with self.store.tx() as db:
             app_row = self.store._app(db, app)
             db.execute(
-                "INSERT OR IGNORE INTO stages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (input_hash, app_row["id"], tree_digest, files, size, blob, job_id, now()),
+                "INSERT OR IGNORE INTO app_stages (app_id, input_hash, tree_digest, files, "
+                "size, blob_sha256, job_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (app_row["id"], input_hash, tree_digest, files, size, blob, job_id, now()),
             )
             return dict(
-                db.execute("SELECT * FROM stages WHERE input_hash = ?", (input_hash,)).fetchone()
+                db.execute(
+                    "SELECT * FROM app_stages WHERE app_id = ? AND input_hash = ?",
+                    (app_row["id"], input_hash),
+                ).fetchone()
             )
 
 
@@ -966,7 +982,7 @@ class JobService:
                 "digest_mismatch",
                 f"the uploaded stage's tree has digest {actual}, not {digest}; it was not stored",
             )
-        existing = self.jobs.stage(input_hash)
+        existing = self.jobs.stage(input_hash, self.store.app(app)["id"])
         if existing is not None:
             return existing
         os.replace(upload, self.stage_blob(sha))

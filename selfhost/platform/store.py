@@ -41,8 +41,13 @@ Added in version 2 (compile jobs, see selfhost/platform/jobs.py)::
          state, attempt, lease, worker, worker_dyno, heartbeat, timeout,
          cancel_requested, progress, result JSON, error,
          created, started, finished (unix seconds), created_at, updated_at)
-    stages(input_hash PK, app_id → apps, tree_digest, files, size, blob_sha256,
-           job_id → jobs, created_at)
+    stages(...)                                       replaced by app_stages in v4
+
+Changed in version 4 (each app's stage store is its own: a stage uploaded by one
+app's workers is never served to another app's)::
+
+    app_stages(app_id → apps, input_hash, tree_digest, files, size, blob_sha256,
+               job_id → jobs, created_at, PRIMARY KEY(app_id, input_hash))
 
 Consistency rules, so that a ``kill -9`` at any moment leaves a usable state:
 
@@ -71,7 +76,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 APP_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,28}[a-z0-9]$")
 CONFIG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_SIZES = ("basic", "standard-1x", "standard-2x", "performance-m", "performance-l")
@@ -166,16 +171,26 @@ CREATE TABLE IF NOT EXISTS tokens (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tokens_by_dyno ON tokens (dyno_id);
-CREATE TABLE IF NOT EXISTS stages (
-    input_hash TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS app_stages (
     app_id TEXT NOT NULL REFERENCES apps(id),
+    input_hash TEXT NOT NULL,
     tree_digest TEXT NOT NULL,
     files INTEGER NOT NULL,
     size INTEGER NOT NULL,
     blob_sha256 TEXT NOT NULL,
     job_id INTEGER REFERENCES jobs(id),
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (app_id, input_hash)
 );
+"""
+#: Version 2's stages table was keyed by input hash alone, shared by every app; each
+#: app's store is its own since version 4.
+MIGRATE_STAGES = """
+INSERT OR IGNORE INTO app_stages (app_id, input_hash, tree_digest, files, size,
+    blob_sha256, job_id, created_at)
+SELECT app_id, input_hash, tree_digest, files, size, blob_sha256, job_id, created_at
+FROM stages;
+DROP TABLE stages;
 """
 
 
@@ -289,6 +304,12 @@ class Store:
         with self.tx() as db:
             # Versions only add tables (CREATE ... IF NOT EXISTS above), so an older
             # database is upgraded in place.
+            old = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'stages'"
+            ).fetchone()
+            if old:
+                for statement in filter(str.strip, MIGRATE_STAGES.split(";")):
+                    db.execute(statement)
             db.execute(
                 "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) "
                 "DO UPDATE SET value = excluded.value",

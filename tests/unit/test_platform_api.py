@@ -189,7 +189,7 @@ def test_database_schema_is_as_documented(server):
         "config_vars",
         "formation",
         "jobs",
-        "stages",
+        "app_stages",
         "app_numbers",
         "tokens",
         "sqlite_sequence",
@@ -197,9 +197,36 @@ def test_database_schema_is_as_documented(server):
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert (
         json.loads(db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
-        == 3
+        == 4
     )
     mode = server.paths.root.stat().st_mode & 0o777
     assert mode == 0o700, "the platform's state is private"
     assert server.paths.db.stat().st_mode & 0o777 == 0o600
     assert server.paths.token.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_version_3_stage_store_is_migrated_per_app(tmp_path):
+    """Version 3 kept one stages table for every app; version 4 keys it by app, and an
+    older database's stages stay with the app that stored them."""
+    from selfhost.platform.jobs import JobStore
+    from selfhost.platform.store import PlatformPaths, Store
+
+    paths = PlatformPaths(tmp_path / "platform")
+    store = Store(paths)
+    app = store.create_app("builders", "bookworm")
+    other = store.create_app("others", "bookworm")
+    db = sqlite3.connect(paths.db)
+    db.executescript(
+        "DROP TABLE app_stages; CREATE TABLE stages (input_hash TEXT PRIMARY KEY, "
+        "app_id TEXT, tree_digest TEXT, files INTEGER, size INTEGER, blob_sha256 TEXT, "
+        "job_id INTEGER, created_at TEXT);"
+        f"INSERT INTO stages VALUES ('{'a' * 64}', '{app['id']}', '{'d' * 64}', 3, 10, "
+        f"'{'b' * 64}', NULL, '2026-01-01T00:00:00Z');"
+        "UPDATE meta SET value = '3' WHERE key = 'schema_version';"
+    )
+    db.close()
+    jobs = JobStore(Store(paths))
+    stage = jobs.stage("a" * 64, app["id"])
+    assert stage is not None and stage["tree_digest"] == "d" * 64
+    assert jobs.stage("a" * 64, other["id"]) is None, "another app's stage does not exist"
+    assert jobs.stage("a" * 64) is not None, "the platform sees every app's"
