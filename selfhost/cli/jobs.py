@@ -10,7 +10,6 @@ from invoke import Context
 from selfhost.cli.base import make_ui, settings, task
 from selfhost.cli.platform import API_HELP, client_for
 from selfhost.errors import JobError, UsageError
-from selfhost.platform.jobs import FINAL, KINDS
 
 POLL_SECONDS = 0.5
 
@@ -139,6 +138,8 @@ def submit(
     stage, stages = _number("--stage", stage), _number("--stages", stages)
     jobs = _number("--jobs", jobs)
     timeout = None if timeout is None else float(_number("--timeout", timeout) or 0)
+    from selfhost.platform.jobs import KINDS  # imported here: `invoke` starts faster
+
     if kind not in KINDS:
         raise UsageError(f"--kind is {kind!r}; expected one of {', '.join(KINDS)}")
     params = _params(
@@ -192,6 +193,8 @@ def submit(
 
 def follow(client: Any, ui: Any, app: str, job: dict[str, Any], *, quiet: bool) -> dict[str, Any]:
     """Poll until the job ends; print its progress and new log lines as they come."""
+    from selfhost.platform.jobs import FINAL
+
     seen = 0
     progress = None
     while True:
