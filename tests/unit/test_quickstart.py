@@ -37,9 +37,8 @@ def test_the_quickstart_has_the_two_commands() -> None:
 def test_ci_runs_the_quickstart_verbatim_and_in_order() -> None:
     lines = ci_lines()
     main, tests = quickstart_commands()
-    # on this machine first, then both, in order, in the fresh Debian 12 machine
+    # both, in order, in the fresh Debian 12 machine, on a fresh clone
     fresh = lines.index("git clone -q /origin /root/selfhost")
-    assert main in lines[:fresh], "the main command runs on the CI machine"
     after = lines[fresh:]
     assert main in after and tests in after, "both commands run in the fresh machine"
     assert after.index(main) < after.index(tests), "main job first, then the tests"
