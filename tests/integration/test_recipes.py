@@ -10,6 +10,7 @@ import io
 import json
 import tarfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -186,3 +187,26 @@ def test_app_compile_uses_the_declared_compiler_command(toy, tmp_path):
         time.sleep(1)
     assert once.code == 0 and "answer 42" in once.stdout, once.output
     assert toy("scale", "--app", "toycc", "worker=0").code == 0
+
+
+def test_a_new_test_command_reruns_tests_not_builds(toy, tmp_path):
+    """The test command is not part of a stage's identity: changing it keeps every
+    stage (same keys, nothing recorded anew) and runs the new tests, recorded per stage."""
+    text = toy.recipe.read_text().replace(
+        "&& test $STAGE -ge 1", "&& test $STAGE -ge 1 && echo new-tests-ran"
+    )
+    variant = tmp_path / "toycc.toml"
+    variant.write_text(text)
+    before = toy.boot.json["stages"]
+    run = toy("bootstrap", "--compiler", str(variant), "--json")
+    assert run.code == 0, run.output
+    stages = run.json["stages"]
+    assert [s["input_hash"] for s in stages] == [s["input_hash"] for s in before]
+    assert all(s["cached"] for s in stages)
+    assert "the test command changed" in run.stderr
+    for s in stages:
+        entry = Path(s["manifest"]).parent
+        runs = json.loads((entry / "tests.json").read_text())
+        assert any("new-tests-ran" in r["command"] and r["passed"] for r in runs.values())
+    again = toy("bootstrap", "--compiler", str(variant), "--json")
+    assert again.code == 0 and "the test command changed" not in again.stderr
