@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,77 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+    # the tests that wait for an early build run last, when it has had the most time
+    waits = set(EARLY.values())
+    items[:] = [i for i in items if Path(str(i.fspath)).name not in waits] + [
+        i for i in items if Path(str(i.fspath)).name in waits
+    ]
+
+
+# --------------------------------------------------------------------------- early builds
+
+
+@dataclass
+class EarlyBuild:
+    """A slow bootstrap started when collection ends, so that it runs beside the other
+    tests (most of them wait on dynos and daemons more than they compute); the test
+    that needs it waits for it (:func:`early_build`)."""
+
+    process: subprocess.Popen[bytes]
+    workspace: Path
+    stacks: Path
+    out: Path
+    err: Path
+    cleanup: Path | None
+
+    def result(self, timeout: float) -> Run:
+        self.process.wait(timeout)
+        return Run(self.process.returncode, self.out.read_text(), self.err.read_text())
+
+
+#: compiler -> the test file whose tests need its bootstrap
+EARLY = {"gauche": "test_gauche.py"}
+_early: dict[str, EarlyBuild] = {}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
+    for compiler, module in EARLY.items():
+        if not any(Path(str(item.fspath)).name == module for item in session.items):
+            continue
+        root = Path(tempfile.mkdtemp(prefix=f"selfhost-early-{compiler}-", dir="/var/tmp"))
+        keep = os.environ.get("SELFHOST_TEST_STACKS")
+        stacks = Path(keep) if keep else root / "stacks"
+        workspace = root / "ws"
+        out, err = root / "stdout", root / "stderr"
+        with open(out, "wb") as o, open(err, "wb") as e:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "invoke", "bootstrap", "--compiler", compiler, "--json"],
+                cwd=REPO,
+                env=invoke_env(workspace, stacks),
+                stdout=o,
+                stderr=e,
+                start_new_session=True,
+            )
+        _early[compiler] = EarlyBuild(process, workspace, stacks, out, err, root)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for build in _early.values():
+        if build.process.poll() is None:
+            os.killpg(build.process.pid, 9)
+            build.process.wait()
+        if build.cleanup is not None:
+            shutil.rmtree(build.cleanup, ignore_errors=True)
+
+
+def early_build(compiler: str) -> EarlyBuild:
+    """The bootstrap of ``compiler`` started at the beginning of the session."""
+    build = _early.get(compiler)
+    if build is None:
+        pytest.fail(f"the early bootstrap of {compiler} was not started (see EARLY)")
+    return build
 
 
 @dataclass
