@@ -186,10 +186,14 @@ def _paths(strings: list[str]) -> list[str]:
 
 
 def classify_strings(only_left: list[str], only_right: list[str]) -> tuple[Cause, list[str]] | None:
-    """A cause suggested by the differing strings alone, with evidence."""
+    """A cause suggested by the differing strings alone, with evidence: the same kind of
+    string on both sides with different values, making up at least half of what differs
+    (two compilers' binaries differ in thousands of strings, a few of which are paths:
+    that is code, not a build path)."""
+    total = len(only_left) + len(only_right)
     for finder, cause in ((_timestamps, Cause.TIMESTAMP), (_paths, Cause.BUILD_PATH)):
         a, b = finder(only_left), finder(only_right)
-        if a and b:  # the same kind of string on both sides, with different values
+        if a and b and 2 * (len(a) + len(b)) >= total:
             evidence = [f"left:  {s}" for s in a[:MAX_EVIDENCE]] + [
                 f"right: {s}" for s in b[:MAX_EVIDENCE]
             ]

@@ -292,7 +292,7 @@ def test_logs_tail_follows_new_output(plat, stacks):
 def test_a_full_bootstrap_runs_in_a_one_off_dyno(plat):
     run = plat("run", "--app", "dynos", "--", "bin/rebuild", timeout=900)
     assert run.code == 0, run.output[-3000:]
-    assert "==> stage3 build" in run.stdout
+    assert "==> stage3 › build" in run.stdout
     assert (
         "identical: stage3 rebuilt in this dyno equals the slug's tcc, byte for byte" in run.stdout
     )

@@ -39,7 +39,6 @@ def test_glibc_lint_fires_for_a_trixie_build_run_on_bookworm(tmp_path, stacks, h
     recipe.write_text(f"""\
 name = "prog"
 version = "1"
-prefix = "/opt/prog"
 builder = "gcc"
 stages = 1
 

@@ -158,7 +158,8 @@ def test_locate_finds_nested_fields():
 def test_shipped_gauche_recipe():
     gauche = find_recipe("gauche")
     assert gauche.suite == "trixie" and gauche.compiler_command == "/app/vendor/gauche/bin/gosh"
-    assert gauche.packages == ("gauche", "zlib1g-dev") and gauche.run_packages == ("zlib1g-dev",)
+    assert gauche.packages == ("gauche", "libmbedtls-dev", "zlib1g-dev")
+    assert gauche.run_packages == ("libmbedtls-dev", "zlib1g-dev")
     debian = gauche.sources[0]
     assert debian.kind == "debian" and debian.patches and debian.debian_sha256
 
