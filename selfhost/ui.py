@@ -178,7 +178,18 @@ class UI:
 
     # ---------------------------------------------------------------- results
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        """Print a table of results."""
+        """Print a table of results. Plain mode (not a terminal) prints aligned columns,
+        never truncated or wrapped, under a ``=== title`` line, for scripts and logs."""
+        if self.plain:
+            cells = [list(columns)] + [[str(cell) for cell in row] for row in rows]
+            widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+            lines = [f"=== {title}"] + [
+                "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                for r in cells
+            ]
+            self.console.file.write("\n".join(lines) + "\n")
+            self.console.file.flush()
+            return
         table = Table(title=title, title_justify="left", show_edge=not self.plain)
         for column in columns:
             table.add_column(column)

@@ -292,7 +292,7 @@ def test_logs_tail_follows_new_output(plat, stacks):
 def test_a_full_bootstrap_runs_in_a_one_off_dyno(plat):
     run = plat("run", "--app", "dynos", "--", "bin/rebuild", timeout=900)
     assert run.code == 0, run.output[-3000:]
-    assert "==> stage3 › build" in run.stdout
+    assert "==> stage3: built by stage2" in run.stdout and "stage3: tree digest" in run.stdout
     assert (
         "identical: stage3 rebuilt in this dyno equals the slug's tcc, byte for byte" in run.stdout
     )
@@ -347,7 +347,10 @@ def test_formation_scale_crash_restart_and_web_port(plat, tmp_path):
         process_types=parse_procfile(PROCFILE),
     )
     # web starts at 1 (Heroku's default) and gets a PORT
-    assert wait_for(lambda: live(client, "formation", "web"))
+    assert wait_for(lambda: live(client, "formation", "web"), timeout=60), (
+        client.dynos("formation"),
+        plat("logs", "--app", "formation").stdout[-3000:],
+    )
     scaled = plat("scale", "--app", "formation", "worker=3", "crasher=1")
     assert scaled.code == 0, scaled.output
     assert wait_for(lambda: len(live(client, "formation", "worker")) == 3)

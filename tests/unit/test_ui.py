@@ -50,3 +50,15 @@ def test_json_mode_keeps_stdout_clean(capsys):
     captured = capsys.readouterr()
     assert captured.out == '{\n  "a": 1\n}\n'
     assert "progress" in captured.err
+
+
+def test_plain_tables_are_aligned_and_never_truncated():
+    out = io.StringIO()
+    ui = UI(stream=out)
+    long = "sh -c 'echo a long command line that is wider than any terminal; sleep 1'"
+    ui.table("dynos of app", ["dyno", "command"], [("crasher.1", long), ("web.10", "x")])
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "=== dynos of app"
+    assert lines[1].split() == ["dyno", "command"]
+    assert lines[2] == f"crasher.1  {long}", "whole cells, nothing wrapped or cut"
+    assert lines[3] == "web.10     x"
