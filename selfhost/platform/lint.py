@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -99,11 +99,13 @@ def lint_slug(
     rootfs: Path,
     build_paths: Iterable[str] = (),
     skip: tuple[str, ...] = (),
+    path: Sequence[str] = (),
 ) -> list[Lint]:
     """Run every lint over a slug's contents against the target stack's rootfs.
 
     Paths starting with one of ``skip`` (a shipped source tree, which is built, not
-    run) are left out.
+    run) are left out. ``path``: directories the slug's ``.profile.d`` puts first on
+    PATH (the vendored runtime's bin), where ``#!/usr/bin/env NAME`` also looks.
     """
     findings: list[Lint] = []
     needles = [p.encode() for p in build_paths if p]
@@ -128,11 +130,13 @@ def lint_slug(
         if data[:4] == b"\x7fELF":
             findings += _lint_elf(where, data, rootfs, glibc)
         elif data[:2] == b"#!":
-            findings += _lint_shebang(where, data, rootfs, slug_paths)
+            findings += _lint_shebang(where, data, rootfs, slug_paths, path)
     return findings
 
 
-def _lint_shebang(where: str, data: bytes, rootfs: Path, slug_paths: set[str]) -> list[Lint]:
+def _lint_shebang(
+    where: str, data: bytes, rootfs: Path, slug_paths: set[str], path: Sequence[str] = ()
+) -> list[Lint]:
     line = data.split(b"\n", 1)[0][2:].decode("utf-8", "replace").strip()
     if not line:
         return [Lint("shebang", where, "empty #! line")]
@@ -152,7 +156,7 @@ def _lint_shebang(where: str, data: bytes, rootfs: Path, slug_paths: set[str]) -
         ]
     if interpreter.endswith("/env") and len(words) > 1 and not words[1].startswith("-"):
         command = words[1]
-        dirs = ["/app/bin", "/usr/local/bin", "/usr/bin", "/bin"]
+        dirs = [*path, "/app/bin", "/usr/local/bin", "/usr/bin", "/bin"]
         if not any(present(f"{d}/{command}") for d in dirs):
             return [
                 Lint(

@@ -31,6 +31,7 @@ and, for the platform's worker app (compiler slugs that rebuild themselves)::
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -246,27 +247,41 @@ def build_slug(
             recipe, final_tree, metadata, sources=outcome.source.trees, app_dir=app_dir
         )
         build_paths = [str(settings.workspace), "/build/src"]
-        # The shipped source is built, not run; the vendored Python is the worker's.
-        lints = lint_slug(
-            contents, target.rootfs, build_paths, skip=("vendor/src/", "vendor/python/")
-        )
-        for lint in lints:
-            ui.warn(str(lint))
-        if strict and lints:
-            raise SlugError(
-                f"{len(lints)} lint(s) failed in --strict mode; the slug was not written",
-                details="\n".join(f"  {x}" for x in lints),
-                hint="fix them, or build without --strict to get warnings only",
+        # The lints read the tree while it is packed (gzip has a core of its own); the
+        # slug appears only once they have passed (--strict).
+        with ThreadPoolExecutor(1, thread_name_prefix="lint") as pool:
+            # The shipped source is built, not run; the vendored Python is the worker's.
+            linting = pool.submit(
+                lint_slug,
+                contents,
+                target.rootfs,
+                build_paths,
+                skip=("vendor/src/", "vendor/python/"),
+                path=[f"{recipe.prefix}/bin"],
             )
-        name = recipe.name if app_dir is None else f"{app_dir.resolve().name}-{recipe.name}"
-        target_path = out or settings.workspace / "slugs" / f"{name}-{recipe.version}.tgz"
-        info = pack(
-            contents,
-            target_path,
-            mtime=recipe.source_date_epoch,
-            process_types=process_types,
-            max_bytes=settings.slug_max_bytes,
-        )
+            lints: list[Lint] = []
+
+            def lints_pass() -> None:
+                lints.extend(linting.result())
+                for lint in lints:
+                    ui.warn(str(lint))
+                if strict and lints:
+                    raise SlugError(
+                        f"{len(lints)} lint(s) failed in --strict mode; the slug was not written",
+                        details="\n".join(f"  {x}" for x in lints),
+                        hint="fix them, or build without --strict to get warnings only",
+                    )
+
+            name = recipe.name if app_dir is None else f"{app_dir.resolve().name}-{recipe.name}"
+            target_path = out or settings.workspace / "slugs" / f"{name}-{recipe.version}.tgz"
+            info = pack(
+                contents,
+                target_path,
+                mtime=recipe.source_date_epoch,
+                process_types=process_types,
+                max_bytes=settings.slug_max_bytes,
+                before_publish=lints_pass,
+            )
         for warning in info.warnings:
             ui.warn(warning)
         step.note = f"{info.size} bytes"

@@ -26,7 +26,7 @@ import re
 import stat
 import tarfile
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -320,8 +320,11 @@ def pack(
     mtime: int,
     process_types: dict[str, str],
     max_bytes: int = DEFAULT_MAX_BYTES,
+    before_publish: Callable[[], None] | None = None,
 ) -> SlugInfo:
-    """Write the slug to ``out`` reproducibly; refuse it if it exceeds ``max_bytes``."""
+    """Write the slug to ``out`` reproducibly; refuse it if it exceeds ``max_bytes``.
+    ``before_publish`` runs once the slug is complete and before it appears at ``out``:
+    if it raises, nothing is written (lints run beside the packing this way)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
     tmp = Path(tmp_name)
@@ -341,6 +344,8 @@ def pack(
         size = hashing.size
         if size > max_bytes:
             raise _too_big(size, max_bytes)
+        if before_publish is not None:
+            before_publish()
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     finally:

@@ -10,28 +10,82 @@ moment is never found complete.
 
 Because the builder is identified by its *output* digest, a fixpoint shows up in the
 cache itself: once stage N+1 equals stage N, stage N+2 has stage N+1's input hash.
+
+Every cached tree is verified against its manifest's tree digest before it is used.
+Hashing a Gauche stage (124 MB) on every lookup would cost seconds, so a full
+verification leaves a *stamp* (``verified.json``): the digest of every entry's lstat
+(path, mode, inode, size, mtime and ctime in nanoseconds). While the stamp matches, the
+tree is what was verified; any write, chmod, chown, rename or new file changes a ctime
+that only the kernel sets, and the next lookup hashes the tree again. Entries changed
+within ``RACY_NS`` of the stamp's own time are hashed again too (the kernel's clock
+ticks in milliseconds; this is git's "racy" rule).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from selfhost.errors import CacheError
-from selfhost.hashing import SpecialFile, digest_json, scan_tree, tree_digest
+from selfhost.hashing import SpecialFile, digest_json, scan_tree, tree_digest, walk_tree
 from selfhost.stages.manifest import Manifest, write_json_atomic
+
+STAMP = "verified.json"
+RACY_NS = 100_000_000  # 0.1 s
+
+
+def stat_signature(tree: Path) -> tuple[str, int]:
+    """The digest of every entry's lstat under ``tree`` and the newest ctime."""
+    h = hashlib.sha256()
+    newest = 0
+    for rel, st, _ in walk_tree(tree):
+        h.update(
+            f"{rel}\0{st.st_mode}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0"
+            f"{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode()
+        )
+        newest = max(newest, st.st_ctime_ns)
+    return h.hexdigest(), newest
+
+
+def stamp(entry: Path, digest: str) -> None:
+    """Record that ``entry``'s tree was verified to have ``digest`` (best effort: a
+    read-only workspace only loses the shortcut)."""
+    with contextlib.suppress(OSError, SpecialFile):
+        written = time.time_ns()
+        signature, _ = stat_signature(entry / "tree")
+        write_json_atomic(
+            entry / STAMP, {"tree_digest": digest, "signature": signature, "written_ns": written}
+        )
+
+
+def _stamp_holds(entry: Path, digest: str) -> bool:
+    try:
+        recorded = json.loads((entry / STAMP).read_text())
+        if recorded.get("tree_digest") != digest:
+            return False
+        signature, newest = stat_signature(entry / "tree")
+    except (OSError, ValueError, AttributeError, SpecialFile):
+        return False
+    racy = newest >= int(recorded.get("written_ns", 0)) - RACY_NS
+    return signature == recorded.get("signature") and not racy
 
 
 def verify(entry: Path, manifest: Manifest) -> None:
     """Raise CacheError unless the stage tree at ``entry`` has its recorded digest."""
+    if _stamp_holds(entry, manifest.tree_digest):
+        return
     try:
         actual = tree_digest(scan_tree(entry / "tree"))
     except (OSError, SpecialFile) as exc:
         actual = f"unreadable ({exc})"
     if actual == manifest.tree_digest:
+        stamp(entry, actual)
         return
     recorded = {e.path: e.to_json() for e in manifest.files}
     try:
@@ -120,4 +174,5 @@ class StageCache:
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.rename(work, target)
+        stamp(target, manifest.tree_digest)  # the digest was just computed from this tree
         return target

@@ -428,16 +428,20 @@ def test_kill_9_of_the_daemon_leaves_no_dyno_or_mount_behind(plat):
     pid = json.loads((root / "daemon.json").read_text())["pid"]
     os.kill(pid, signal.SIGKILL)
 
-    def sleeping() -> bool:
+    def sleeping() -> list[str]:
+        found = []
         for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
             try:
-                if b"sleep\x00120" in cmdline.read_bytes():
-                    return True
+                argv = cmdline.read_bytes().split(b"\x00")
+                if argv[0].endswith(b"sleep") and argv[1:2] == [b"120"]:
+                    status = (cmdline.parent / "status").read_text()
+                    ppid = next(x for x in status.splitlines() if x.startswith("PPid:"))
+                    found.append(f"{cmdline.parent.name} ({ppid})")
             except OSError:  # the process ended while we looked
                 continue
-        return False
+        return found
 
-    assert wait_for(lambda: not sleeping(), timeout=10), "the sandbox died with the daemon"
+    assert wait_for(lambda: not sleeping(), timeout=10), f"survived the daemon: {sleeping()}"
     assert plat("platform.up").code == 0
     assert not mounts() and not list(Path(dynos_dir).glob("*")), "cleaned at restart"
     again = plat("run", "--app", "dynos", "--", "true")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from selfhost.compilers import find_recipe
-from selfhost.errors import UsageError
+from selfhost.errors import CacheError, UsageError
 from selfhost.stages.builder import BuilderRef, StageSpec
 from selfhost.stages.bwrap import BwrapEngine
 from selfhost.stages.cache import StageCache
@@ -176,3 +176,68 @@ def test_stack_digest_is_order_insensitive():
     b = StackSpec.make("bookworm", "minbase", ["a", "b"], arch="amd64")
     assert a == b and a.digest == b.digest
     assert replace(a, suite="trixie").digest != a.digest
+
+
+def committed_stage(tmp_path: Path) -> tuple[StageCache, str, Path]:
+    from selfhost.hashing import scan_tree, tree_digest
+    from selfhost.stages.manifest import Manifest
+
+    cache = StageCache(tmp_path / "cache", tmp_path / "tmp")
+    key = "v" * 64
+    work = cache.begin(key)
+    (work / "tree/bin").mkdir(parents=True)
+    (work / "tree/bin/cc").write_text("the compiler\n")
+    files = scan_tree(work / "tree")
+    manifest = Manifest(
+        compiler="toy",
+        version="1",
+        prefix="/app/vendor/toy",
+        stage=1,
+        input_hash=key,
+        inputs={},
+        tree_digest=tree_digest(files),
+        files=files,
+        artifacts={},
+        tests=None,
+        timings={},
+        logs={},
+        created="2026-12-01T00:00:00Z",
+        selfhost_version="0",
+    )
+    entry = cache.commit(key, work, manifest)
+    return cache, key, entry
+
+
+def test_a_verified_tree_is_not_hashed_again_until_it_changes(tmp_path, monkeypatch):
+    import selfhost.stages.cache as cache_module
+
+    cache, key, entry = committed_stage(tmp_path)
+    # make the stamp older than the racy window, as it is a moment after any build
+    stamp = json.loads((entry / "verified.json").read_text())
+    stamp["written_ns"] += 10**9
+    (entry / "verified.json").write_text(json.dumps(stamp))
+    hashed = []
+    real_scan = cache_module.scan_tree
+    monkeypatch.setattr(cache_module, "scan_tree", lambda p: hashed.append(p) or real_scan(p))
+    assert cache.lookup(key) is not None and hashed == [], "the stamp held: nothing hashed"
+    # same size, same mtime, other bytes: only the ctime tells, and it does
+    cc = entry / "tree/bin/cc"
+    st = cc.stat()
+    cc.write_text("a trojan!!!!\n")
+    os.utime(cc, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(CacheError, match="modified after it was recorded"):
+        cache.lookup(key)
+    assert hashed, "a changed ctime sends the tree to be hashed"
+
+
+def test_a_racy_stamp_is_not_trusted(tmp_path, monkeypatch):
+    import selfhost.stages.cache as cache_module
+
+    cache, key, entry = committed_stage(tmp_path)
+    stamp = json.loads((entry / "verified.json").read_text())
+    stamp["written_ns"] = (entry / "tree/bin/cc").stat().st_ctime_ns  # same clock tick
+    (entry / "verified.json").write_text(json.dumps(stamp))
+    hashed = []
+    real_scan = cache_module.scan_tree
+    monkeypatch.setattr(cache_module, "scan_tree", lambda p: hashed.append(p) or real_scan(p))
+    assert cache.lookup(key) is not None and hashed, "too close to the stamp: hashed again"
