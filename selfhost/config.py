@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "slug_max_unpacked_bytes": 2_000_000_000,
     "slug_max_files": 200_000,
     "dyno_disk_bytes": 1 << 30,
+    "dyno_port_base": 20000,
     "sandbox_uid_base": 1_700_000_000,
     "sandbox_uid_count": 65536,
 }
@@ -80,6 +81,7 @@ class Settings:
     slug_max_unpacked_bytes: int = 2_000_000_000
     slug_max_files: int = 200_000
     dyno_disk_bytes: int = 1 << 30
+    dyno_port_base: int = 20000  # app n's web dynos listen on dyno_port_base + 32 (n - 1) ...
     sandbox_uid_base: int = 1_700_000_000
     sandbox_uid_count: int = 65536
 
@@ -149,6 +151,7 @@ class Settings:
                 slug_max_unpacked_bytes=int(raw["slug_max_unpacked_bytes"]),
                 slug_max_files=int(raw["slug_max_files"]),
                 dyno_disk_bytes=int(raw["dyno_disk_bytes"]),
+                dyno_port_base=int(raw["dyno_port_base"]),
                 sandbox_uid_base=int(raw["sandbox_uid_base"]),
                 sandbox_uid_count=int(raw["sandbox_uid_count"]),
             )
@@ -214,6 +217,11 @@ def validate(settings: Settings) -> Settings:
     ):
         if getattr(settings, key) <= 0:
             raise UsageError(f"selfhost.{key} must be positive")
+    if not 1024 <= settings.dyno_port_base <= 65535 - 1024:
+        raise UsageError(
+            f"selfhost.dyno_port_base must be between 1024 and {65535 - 1024}",
+            hint="app n's listening dynos use ports dyno_port_base + 32 (n - 1) ...",
+        )
     if settings.jobs < 0 or settings.lock_wait < 0:
         raise UsageError("selfhost.jobs and selfhost.lock_wait must not be negative")
     return settings

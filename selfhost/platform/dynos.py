@@ -133,6 +133,7 @@ class DynoSettings:
             sandbox_uid_base=s.sandbox_uid_base,
             sandbox_uid_count=s.sandbox_uid_count,
             disk_bytes=s.dyno_disk_bytes,
+            port_base=s.dyno_port_base,
             slug_max_unpacked_bytes=s.slug_max_unpacked_bytes,
             slug_max_files=s.slug_max_files,
             queues=s.queues,

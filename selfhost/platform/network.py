@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -213,6 +215,15 @@ class Networks:
         except (OSError, ValueError):
             os.close(fd)
             pidfile.unlink(missing_ok=True)
+            if policy.inbound and port_in_use(*policy.inbound):
+                address, port = policy.inbound
+                raise EngineError(
+                    f"the dyno's port {port} is in use on {address} by another process "
+                    "on this host",
+                    hint="stop it, or give this platform other ports (selfhost.dyno_port_base, "
+                    "e.g. INVOKE_SELFHOST_DYNO_PORT_BASE=30000; app n's dynos listen on "
+                    "dyno_port_base + 32 (n - 1) ...)",
+                ) from None
             lines = [ln for ln in proc.stderr.splitlines() if "syslog" not in ln]
             raise EngineError(
                 f"pasta could not connect the dyno's network (exit {proc.returncode})",
@@ -315,3 +326,13 @@ class Networks:
             path.unlink(missing_ok=True)
         for path in self.state.glob("tmp-*"):
             path.unlink(missing_ok=True)
+
+
+def port_in_use(address: str, port: int) -> bool:
+    """Whether something on this host listens on (or holds) ``address:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False

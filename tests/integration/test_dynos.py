@@ -396,6 +396,38 @@ def test_formation_scale_crash_restart_and_web_port(plat, tmp_path):
     assert wait_for(lambda: not any(d["state"] == "up" for d in client.dynos("formation")))
 
 
+def test_a_web_dyno_whose_port_is_taken_says_so(plat, tmp_path):
+    import socket
+
+    client = client_of(plat)
+    client.create_app("busy", "bookworm")
+    procfile = "web: sh -c 'echo listening on $PORT; while true; do sleep 0.2; done'\n"
+    contents = SlugContents()
+    contents.add_file("Procfile", data=procfile.encode())
+    info = pack(contents, tmp_path / "w.tgz", mtime=0, process_types={"web": "x"})
+    from selfhost.platform.slug import parse_procfile
+
+    release = {"checksum": info.checksum, "size": info.size}
+    client.release_slug("busy", info.path, process_types=parse_procfile(procfile), **release)
+    web = wait_for(lambda: live(client, "busy", "web"), timeout=60)
+    assert web, client.dynos("busy")
+    port = web[0]["port"]
+    assert plat("scale", "--app", "busy", "web=0").code == 0
+    assert wait_for(lambda: not live(client, "busy", "web"))
+    with socket.socket() as squatter:  # another program on this host takes the port
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        assert plat("scale", "--app", "busy", "web=1").code == 0
+        reason = f"the dyno's port {port} is in use on 127.0.0.1 by another process"
+
+        def logged() -> bool:
+            return reason in plat("logs", "--app", "busy", "--num", "200").stdout
+
+        assert wait_for(logged), plat("logs", "--app", "busy").stdout[-2000:]
+        assert plat("scale", "--app", "busy", "web=0").code == 0
+
+
 def test_a_slug_that_escapes_app_is_refused(plat, tmp_path):
     from tests.unit.test_slug import evil_slug
 
