@@ -14,6 +14,8 @@ Every differing file also gets the *strings-diff count*: the number of lines pri
 
 ``timestamp``  dates or times in the differing strings (``__DATE__``, ``__TIME__``)
 ``build-path`` absolute paths in the differing strings (build directories)
+``generated-names`` strings that differ only in their digits (gensym counters such as
+               ``G2287``, numbered temporaries): a generator's counter moved
 ``build-id``   only the ``.note.gnu.build-id`` differs
 ``debug-info`` only debug sections differ (or exist on one side only)
 ``ordering``   same sections sizes and symbols, laid out in a different order
@@ -49,6 +51,7 @@ TIMESTAMP_RE = re.compile(
     r"|\b(?:19|20)\d\d-[01]\d-[0-3]\d(?:[T ][0-2]\d:[0-5]\d)?"  # ISO dates
 )
 PATH_RE = re.compile(r"(?:^|[\s=:'\"])(/(?:[\w.+-]+/)+[\w.+-]*)")
+DIGITS_RE = re.compile(r"[0-9]+")
 STRINGS_RE = re.compile(rb"[\x20-\x7e\t]{4,}")
 
 
@@ -57,6 +60,7 @@ class Cause(StrEnum):
 
     TIMESTAMP = "timestamp"
     BUILD_PATH = "build-path"
+    GENERATED_NAMES = "generated-names"
     BUILD_ID = "build-id"
     DEBUG_INFO = "debug-info"
     ORDERING = "ordering"
@@ -198,6 +202,19 @@ def classify_strings(only_left: list[str], only_right: list[str]) -> tuple[Cause
                 f"right: {s}" for s in b[:MAX_EVIDENCE]
             ]
             return cause, evidence
+    # the same strings but for their digits: generated names whose counter moved
+    left_by_shape: dict[str, list[str]] = {}
+    for s in only_left:
+        left_by_shape.setdefault(DIGITS_RE.sub("#", s), []).append(s)
+    pairs = []
+    for s in only_right:
+        shape = DIGITS_RE.sub("#", s)
+        if shape != s and left_by_shape.get(shape):
+            pairs.append((left_by_shape[shape].pop(0), s))
+    if pairs and 4 * len(pairs) >= total:
+        evidence = [f"{a} / {b}" for a, b in pairs[:MAX_EVIDENCE]]
+        evidence.append(f"{len(pairs)} string(s) differ only in their digits")
+        return Cause.GENERATED_NAMES, evidence
     return None
 
 
@@ -494,6 +511,7 @@ def analyse_archive(left: bytes, right: bytes) -> FileAnalysis:
         Cause.ORDERING,
         Cause.TIMESTAMP,
         Cause.BUILD_PATH,
+        Cause.GENERATED_NAMES,
         Cause.DEBUG_INFO,
         Cause.BUILD_ID,
         Cause.UNKNOWN,

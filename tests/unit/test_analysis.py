@@ -13,6 +13,7 @@ from selfhost.stages.analysis import (
     Cause,
     analyse,
     ar_members,
+    classify_strings,
     differing_bytes,
     strings_diff_count,
     strings_of,
@@ -137,3 +138,16 @@ def test_strings_helpers():
     assert strings_diff_count(b"same strings", b"same strings") == 0
     assert strings_diff_count(b"\0aaaa\0bbbb\0", b"\0aaaa\0cccc\0") == 4  # 2c2, <, ---, >
     assert differing_bytes(b"abcd", b"abXdef") == 3
+
+
+def test_strings_that_differ_only_in_digits_are_generated_names():
+    # Gauche's precompiled modules from two machines: the gensym counter had moved
+    left = ["G3386", "G3387", "G3389", "%G3390-loop"]
+    right = ["G2287", "G2288", "G2290", "%G2291-loop"]
+    cause, evidence = classify_strings(left, right)
+    assert cause is Cause.GENERATED_NAMES and evidence[0] == "G3386 / G2287"
+    assert evidence[-1] == "4 string(s) differ only in their digits"
+    # two compilers: thousands of strings differ, a few digit pairs are not the story
+    other = [f"text{i}" for i in range(100)]
+    assert classify_strings(left + other, right + [f"word{i}" for i in range(100)]) is None
+    assert classify_strings(["abc"], ["abd"]) is None, "no digits, no generated name"
