@@ -269,11 +269,11 @@ def test_duplicate_submissions_run_once(plat, tmp_path):
 
 
 def compiling(
-    plat: Any, app: str, tmp_path: Path, target: str
+    plat: Any, app: str, tmp_path: Path, target: str, seconds: int = 4
 ) -> tuple[PlatformClient, dict[str, Any], dict[str, Any]]:
-    """An app-compile job whose make takes 4 s, once a worker is running it."""
+    """An app-compile job whose make takes ``seconds``, once a worker is running it."""
     client = client_of(plat)
-    source = app_dir(tmp_path, "sleep 4")
+    source = app_dir(tmp_path, f"sleep {seconds}")
     job = submit(plat, app, "--kind", "app-compile", "--source", str(source), "--target", target)
     return client, job, running_on(client, app, job["id"], "make")
 
@@ -293,7 +293,8 @@ def test_worker_killed_mid_job_the_job_completes_once(plat, tmp_path):
 
 
 def test_sigterm_hands_the_job_back(plat, tmp_path):
-    client, job, running = compiling(plat, "jobs-sqlite", tmp_path, "term-target")
+    # long enough to outlast two `invoke` runs (ps, ps.stop) on a loaded machine
+    client, job, running = compiling(plat, "jobs-sqlite", tmp_path, "term-target", seconds=20)
     ps = plat("ps", "--app", "jobs-sqlite", "--json")
     linked = {d["name"]: d["job"]["id"] for d in ps.json if d.get("job")}
     assert linked == {running["worker"]["name"]: job["id"]}, ps.output
