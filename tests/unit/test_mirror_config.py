@@ -75,6 +75,10 @@ def test_settings_defaults_and_validation(tmp_path):
         Settings.from_config({"engine": "podman"})
     with pytest.raises(UsageError, match="suite"):
         Settings.from_config({"suite": "sid"})
+    assert s.dyno_port_base == 20000
+    assert Settings.from_config({"dyno_port_base": 30000}).dyno_port_base == 30000
+    with pytest.raises(UsageError, match="dyno_port_base must be between 1024 and 64511"):
+        Settings.from_config({"dyno_port_base": 80})
     assert s.with_overrides(engine="docker", verbose=None).engine == "docker"
 
 
