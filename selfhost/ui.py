@@ -190,7 +190,7 @@ class UI:
             self.console.file.write("\n".join(lines) + "\n")
             self.console.file.flush()
             return
-        table = Table(title=title, title_justify="left", show_edge=not self.plain)
+        table = Table(title=title, title_justify="left")
         for column in columns:
             table.add_column(column)
         for row in rows:

@@ -22,10 +22,12 @@ import gzip
 import hashlib
 import io
 import os
+import queue
 import re
 import stat
 import tarfile
 import tempfile
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,9 +261,6 @@ class _CompressInBackground(io.RawIOBase):
     CHUNK = 1 << 20
 
     def __init__(self, gz: gzip.GzipFile):
-        import queue
-        import threading
-
         self.gz = gz
         self.buffer = bytearray()
         self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)

@@ -302,8 +302,9 @@ class Store:
             db.close()
         paths.ensure_private()  # the database files exist now
         with self.tx() as db:
-            # Versions only add tables (CREATE ... IF NOT EXISTS above), so an older
-            # database is upgraded in place.
+            # An older database is upgraded in place: new tables come from CREATE ...
+            # IF NOT EXISTS above; version 4 moves the shared stages table into
+            # app_stages (MIGRATE_STAGES).
             old = db.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'stages'"
             ).fetchone()

@@ -81,17 +81,15 @@ def verify(entry: Path, manifest: Manifest) -> None:
     if _stamp_holds(entry, manifest.tree_digest):
         return
     try:
-        actual = tree_digest(scan_tree(entry / "tree"))
+        files = scan_tree(entry / "tree")
+        actual = tree_digest(files)
     except (OSError, SpecialFile) as exc:
-        actual = f"unreadable ({exc})"
+        files, actual = [], f"unreadable ({exc})"
     if actual == manifest.tree_digest:
         stamp(entry, actual)
         return
     recorded = {e.path: e.to_json() for e in manifest.files}
-    try:
-        now = {e.path: e.to_json() for e in scan_tree(entry / "tree")}
-    except (OSError, SpecialFile):
-        now = {}
+    now = {e.path: e.to_json() for e in files}
     changed = sorted(p for p in set(recorded) | set(now) if recorded.get(p) != now.get(p))
     raise CacheError(
         f"the cached stage {manifest.stage} of {manifest.compiler} ({entry.name[:16]}) was "
