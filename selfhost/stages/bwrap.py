@@ -12,7 +12,9 @@ bubblewrap is started as the sandbox's unprivileged host id, as Flatpak starts i
         → bwrap --unshare-all --unshare-user --uid 0 --disable-userns --cap-drop ALL
               --seccomp FD ...
 
-so the sandbox's uid 0 is that host id, with no capability in any namespace that
+bwrap reads its options from a memfd (``--args FD``), so the environment it sets
+(config vars, a dyno's token) is not in any host process's command line. The sandbox's
+uid 0 is that host id, with no capability in any namespace that
 matters, no way to create user namespaces, and the seccomp filter of
 :mod:`selfhost.stages.security`. bwrap resolves mount sources as that id, so root
 stages them first where only it may reach them (:mod:`selfhost.stages.staging`).
@@ -43,6 +45,7 @@ from selfhost.stages.stack import Stack
 from selfhost.stages.staging import Staging
 
 SETPRIV = "/usr/bin/setpriv"
+UMASK = 0o022  # every sandboxed command starts with it (modes are part of a digest)
 NSENTER = "/usr/bin/nsenter"
 
 
@@ -136,12 +139,11 @@ class BwrapEngine:
             HOSTNAME,
             "--die-with-parent",
             "--new-session",
-            "--clearenv",
-            "--chdir",
-            sandbox.workdir,
-            "--",
-            *sandbox.inner_argv(),
+            "--clearenv",  # nothing but the declared variables, as env -i in Docker
         ]
+        for key, value in sandbox.env:
+            argv += ["--setenv", key, value]
+        argv += ["--chdir", sandbox.workdir, "--", *sandbox.argv]
         return argv
 
     def launch_argv(
@@ -170,10 +172,11 @@ class BwrapEngine:
         seccomp filter opened, the mount sources staged in a private mount namespace
         (gone when the command ends), then the same setpriv and bwrap."""
         seccomp = self.security.seccomp if self.security.hardened else None
+        umask = f"umask {UMASK:03o}"
         if seccomp is None:
-            return self.launch_argv(sandbox, None)
+            return ["bash", "-c", f'{umask} && exec "$@"', "sh", *self.launch_argv(sandbox, None)]
         fd = 9
-        prelude = [f"exec {fd}<{shlex.quote(str(seccomp))}"]
+        prelude = [umask, f"exec {fd}<{shlex.quote(str(seccomp))}"]
         staged: dict[Path, Path] | None = None
         if self.security.drops_privileges:
             root = staging.ROOT / "repro"
@@ -239,6 +242,15 @@ class BwrapEngine:
             fds.append(seccomp_fd)
         argv = self.launch_argv(sandbox, seccomp_fd, staged.paths if staged else None)
         self._echo(self.command_line(sandbox))  # what a human can run again
+        # bwrap reads its options from a memfd: the environment (config vars, the
+        # dyno's token) never shows in the host's process list, where bwrap stays
+        # for the sandbox's whole life
+        # (the options only: bwrap takes the command from its real argv).
+        at, command = argv.index(self.bwrap), len(argv) - len(sandbox.argv) - 1
+        assert argv[command] == "--"
+        args_fd = _args_memfd(argv[at + 1 : command])
+        fds.append(args_fd)
+        argv = [*argv[: at + 1], "--args", str(args_fd), *argv[command:]]
         if cgroup:
             argv = cgroup.wrap(argv)
         fd = output_fd(output)
@@ -250,6 +262,7 @@ class BwrapEngine:
                 stderr=subprocess.STDOUT,
                 pass_fds=fds,
                 start_new_session=True,  # our own process group, killed as one
+                umask=UMASK,  # bwrap hands it on to the command
             )
         except OSError as exc:
             if cgroup:
@@ -258,6 +271,7 @@ class BwrapEngine:
                 staged.remove()
             raise EngineError(f"cannot start bwrap: {exc}") from None
         finally:
+            os.close(args_fd)
             if seccomp_fd is not None:
                 os.close(seccomp_fd)
         pump = None
@@ -325,6 +339,18 @@ class BwrapProcess:
         facts = self.cgroup.facts()
         self.cgroup.remove()
         return facts
+
+
+def _args_memfd(args: Sequence[str]) -> int:
+    """A memfd holding ``args`` NUL-separated, for ``bwrap --args FD``."""
+    fd = os.memfd_create("bwrap-args", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, b"".join(a.encode() + b"\0" for a in args))
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _copy(src: IO[bytes] | None, dst: Output) -> None:

@@ -6,13 +6,15 @@ mounts, the working directory, limits. An :class:`Engine` says *how*: bubblewrap
 (``selfhost.stages.docker_engine``, through the docker SDK). Code that runs commands
 takes the engine as a parameter, so the same step runs under either.
 
-Both engines run exactly the same command inside the sandbox::
+Both engines start the command with exactly the same environment (nothing but the
+declared variables), umask (022) and argv. Docker runs::
 
     /usr/bin/env -i K=V... /bin/sh -c 'umask 022 && exec "$@"' sh ARGV...
 
-so the environment (nothing but the declared variables), the umask and the argv are
-identical whichever engine runs them; the stack is read-only, the network is
-unshared unless asked for, ``/tmp`` is a fresh tmpfs and the hostname is fixed.
+bwrap sets them itself (``--clearenv``, ``--setenv``; the umask it inherits), which
+saves two programs at every start. Whichever engine runs it, the stack is read-only,
+the network is unshared unless asked for, ``/tmp`` is a fresh tmpfs and the hostname
+is fixed.
 Both run it as an unprivileged host id with no capabilities, no_new_privs and a
 seccomp filter (:mod:`selfhost.stages.security`).
 """
@@ -75,7 +77,7 @@ class Sandbox:
     host_id: int = 0
 
     def inner_argv(self) -> list[str]:
-        """The command both engines execute inside the sandbox (see module docstring)."""
+        """The command Docker executes inside the sandbox (see module docstring)."""
         return [
             "/usr/bin/env",
             "-i",

@@ -385,6 +385,39 @@ def test_the_platform_token_never_enters_a_dyno(platforms) -> None:
     assert plat.client.app("other")["name"] == "other"
 
 
+SCAN = "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '"
+
+
+def test_a_dyno_s_secrets_are_in_no_host_command_line(platforms) -> None:
+    """Any host user can read every process's command line: a dyno's config vars and
+    its token must not be in one (bwrap reads its options from a memfd)."""
+    plat = platforms["real"]
+    secret = "s3cret-" + os.urandom(6).hex()
+    plat.client.update_config("target", {"SELFHOST_TEST_SECRET": secret})
+    try:
+        # the attack works: nobody reads another user's command line
+        marker = subprocess.Popen(["sh", "-c", "sleep 30; :", secret + "-marker"])
+        try:
+            assert secret + "-marker" in as_nobody(Path("/bin/sh"), "-c", SCAN)
+        finally:
+            marker.kill()
+            marker.wait()
+        command = 'echo "up $SELFHOST_API_TOKEN"; sleep 3'
+        dyno = plat.client.create_dyno("target", {"command": command, "attach": True})
+        stream = plat.client.stream(dyno["attach_url"])
+        first = next(stream).decode()
+        assert first.startswith("up dyno-"), first
+        token = first.split()[1]
+        seen = as_nobody(Path("/bin/sh"), "-c", SCAN)
+        for _ in stream:
+            pass
+        assert command in seen, "the scan saw the running dyno"
+        assert secret not in seen, "a config var is in a host command line"
+        assert token not in seen, "the dyno's token is in a host command line"
+    finally:
+        plat.client.update_config("target", {"SELFHOST_TEST_SECRET": None})
+
+
 def test_no_config_var_mounts_a_host_path(platforms) -> None:
     plat = platforms["real"]
     for url in ("unix:///etc/selfhost.sock", f"sqlite://{plat.root}/platform.db"):
