@@ -187,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     os.umask(0o077)  # the platform's state is private (docs/security.md)
+    # Requests, dyno lifecycles and output pumps are threads: hand the interpreter
+    # over after 1 ms rather than 5, or a dyno's start waits on a busy request.
+    sys.setswitchinterval(0.001)
     paths = PlatformPaths(args.dir)
     paths.ensure_private()
     lock = threading.Lock()

@@ -56,7 +56,7 @@ from selfhost.platform.slug import unpack
 from selfhost.platform.store import ApiError, PlatformPaths, Store, invalid, not_found, now
 from selfhost.stages import security, staging
 from selfhost.stages.engine import Engine, Limits, Mount, Process, Sandbox, make_engine
-from selfhost.stages.security import SandboxIds, hand_over
+from selfhost.stages.security import SandboxIds, hand_over, hand_over_new
 from selfhost.stages.stack import Stack, StackSpec, StackStore
 
 if TYPE_CHECKING:
@@ -961,7 +961,7 @@ class DynoFs:
         for d in (upper, work, fs.app, fs.tmp, fs.build, fs.ctl):
             d.mkdir()
         fs.ctl.chmod(0o755)  # read-only for the dyno: the platform's marks
-        hand_over(locked, host_id, upper, fs.tmp, fs.build)
+        hand_over_new(locked, host_id, upper, fs.tmp, fs.build)
         flags = MS_NOSUID | MS_NODEV if locked.hardened else 0
         options = f"lowerdir={lower},upperdir={upper},workdir={work}"
         # An overlay costs about a millisecond whatever the slug's size; where overlays

@@ -160,6 +160,8 @@ class Networks:
         self.pool: dict[Policy, list[Namespace]] = {}
         self.used: dict[Policy, float] = {}
         self.filling: set[Policy] = set()
+        self.closed = False  # shut down: what the pool still makes is let go at once
+        self.fillers: list[threading.Thread] = []
         state.mkdir(parents=True, exist_ok=True)
         self.clean_stale()
 
@@ -269,7 +271,7 @@ class Networks:
 
     def _refill(self, policy: Policy) -> None:
         with self.lock:
-            if policy in self.filling:
+            if policy in self.filling or self.closed:
                 return
             self.filling.add(policy)
 
@@ -281,14 +283,21 @@ class Networks:
                             return
                     namespace = self.create(policy)
                     with self.lock:
-                        self.pool.setdefault(policy, []).append(namespace)
+                        if not self.closed:
+                            self.pool.setdefault(policy, []).append(namespace)
+                            continue
+                    self.release(namespace)  # made while the platform shut down
+                    return
             except EngineError:
                 pass  # the next take creates one itself, and reports the error
             finally:
                 with self.lock:
                     self.filling.discard(policy)
 
-        threading.Thread(target=fill, daemon=True, name="netns-pool").start()
+        filler = threading.Thread(target=fill, daemon=True, name="netns-pool")
+        with self.lock:
+            self.fillers = [t for t in self.fillers if t.is_alive()] + [filler]
+        filler.start()
 
     def release(self, namespace: Namespace) -> None:
         """The dyno ended: stop its pasta and let the namespace go."""
@@ -310,6 +319,13 @@ class Networks:
             self.release(namespace)
 
     def shutdown(self) -> None:
+        """Let every prepared namespace go; the pool makes no more. It waits for the
+        namespaces being made (a pasta started as the daemon exits would outlive it)."""
+        with self.lock:
+            self.closed = True
+            fillers = list(self.fillers)
+        for filler in fillers:
+            filler.join(timeout=10)
         with self.lock:
             dropped = [ns for ready in self.pool.values() for ns in ready]
             self.pool.clear()
@@ -317,14 +333,14 @@ class Networks:
             self.release(namespace)
 
     def clean_stale(self) -> None:
-        """Kill the pasta processes a killed daemon left behind (by their pid files)."""
-        for path in self.state.glob("*.pasta"):
+        """Kill the pasta processes a killed daemon left behind, by their pid files:
+        ``<pid>.pasta``, and ``tmp-*`` (killed between pasta's start and the rename:
+        the pid is in the file)."""
+        for path in [*self.state.glob("*.pasta"), *self.state.glob("tmp-*")]:
             with contextlib.suppress(ValueError, OSError):
-                pid = int(path.stem)
+                pid = int(path.stem if path.suffix == ".pasta" else path.read_text())
                 if Path(f"/proc/{pid}/exe").resolve().name.startswith(("pasta", "passt")):
                     os.kill(pid, signal.SIGKILL)
-            path.unlink(missing_ok=True)
-        for path in self.state.glob("tmp-*"):
             path.unlink(missing_ok=True)
 
 

@@ -69,6 +69,7 @@ import os
 import re
 import secrets
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -77,6 +78,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 4
+POOL_SIZE = 8  # idle connections kept open
 APP_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,28}[a-z0-9]$")
 CONFIG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_SIZES = ("basic", "standard-1x", "standard-2x", "performance-m", "performance-l")
@@ -292,6 +294,8 @@ class Store:
 
     def __init__(self, paths: PlatformPaths):
         self.paths = paths
+        self._idle: list[sqlite3.Connection] = []
+        self._pool_lock = threading.Lock()
         paths.ensure_private()
         db = self.connect()
         try:
@@ -318,7 +322,10 @@ class Store:
             )
 
     def connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.paths.db, timeout=30, isolation_level=None)
+        # check_same_thread=False: a pooled connection serves one thread at a time
+        db = sqlite3.connect(
+            self.paths.db, timeout=30, isolation_level=None, check_same_thread=False
+        )
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA foreign_keys=ON")
@@ -326,10 +333,31 @@ class Store:
         return db
 
     @contextlib.contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """A connection from the pool (opening one costs half a millisecond, and a
+        dyno's start makes a dozen calls); back in the pool only if it is clean."""
+        with self._pool_lock:
+            db = self._idle.pop() if self._idle else None
+        if db is None:
+            db = self.connect()
+        try:
+            yield db
+        except BaseException:
+            db.close()  # whatever state it is in, it is not reused
+            raise
+        if db.in_transaction:
+            db.close()
+            return
+        with self._pool_lock:
+            if len(self._idle) < POOL_SIZE:
+                self._idle.append(db)
+                return
+        db.close()
+
+    @contextlib.contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
         """A write transaction: committed on success, rolled back on any error."""
-        db = self.connect()
-        try:
+        with self._connection() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -337,15 +365,19 @@ class Store:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
-        finally:
-            db.close()
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
-        db = self.connect()
-        try:
+        """A read: each statement sees the database as it was when it started (a
+        caller finishes its cursors before the block ends, so none holds a snapshot)."""
+        with self._connection() as db:
             yield db
-        finally:
+
+    def close(self) -> None:
+        """Close the pooled connections (the store stays usable: it opens new ones)."""
+        with self._pool_lock:
+            idle, self._idle = self._idle, []
+        for db in idle:
             db.close()
 
     # ------------------------------------------------------------------ apps

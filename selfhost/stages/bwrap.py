@@ -7,10 +7,14 @@ the sandbox dies with its parent, so a killed selfhost leaves no build behind.
 
 bubblewrap is started as the sandbox's unprivileged host id, as Flatpak starts it::
 
-    [sh: join the cgroup] → [nsenter --net: the dyno's network] → setpriv --reuid=ID
-        --regid=ID --clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs
+    [sh: join the cgroup] → setpriv --reuid=ID --regid=ID --clear-groups
+        --inh-caps=-all --bounding-set=-all --no-new-privs
         → bwrap --unshare-all --unshare-user --uid 0 --disable-userns --cap-drop ALL
               --seccomp FD ...
+
+or, for a dyno with its own network namespace, ``nsenter --net=FD --setuid=ID
+--setgid=ID`` instead of setpriv (bwrap itself sets no_new_privs and empties the
+bounding set before the command runs).
 
 bwrap reads its options from a memfd (``--args FD``), so the environment it sets
 (config vars, a dyno's token) is not in any host process's command line. The sandbox's
@@ -149,12 +153,20 @@ class BwrapEngine:
     def launch_argv(
         self, sandbox: Sandbox, seccomp_fd: int | None, staged: Mapping[Path, Path] | None = None
     ) -> list[str]:
-        """What runs bwrap: into the network namespace, then down to the host id."""
+        """What runs bwrap: into the network namespace, then down to the host id.
+
+        With a namespace to enter, nsenter also drops to the host id (setgroups(0),
+        setgid, setuid: no capability is left); bwrap sets no_new_privs and empties
+        the bounding set before the command runs. That is one program fewer on a
+        dyno's start than nsenter followed by setpriv."""
+        host = self.security.host_id(sandbox.host_id)
         argv: list[str] = []
         if sandbox.netns is not None:
-            argv += [NSENTER, f"--net=/proc/self/fd/{sandbox.netns}", "--"]
-        if self.security.drops_privileges:
-            host = self.security.host_id(sandbox.host_id)
+            argv += [NSENTER, f"--net=/proc/self/fd/{sandbox.netns}"]
+            if self.security.drops_privileges:
+                argv += [f"--setuid={host}", f"--setgid={host}"]
+            argv += ["--"]
+        elif self.security.drops_privileges:
             argv += [
                 SETPRIV,
                 f"--reuid={host}",

@@ -474,7 +474,27 @@ def test_kill_9_of_the_daemon_leaves_no_dyno_or_mount_behind(plat):
         return found
 
     assert wait_for(lambda: not sleeping(), timeout=10), f"survived the daemon: {sleeping()}"
+    left = pastas(root)
+    assert left, "the killed daemon's network helpers outlive it (pasta daemonizes)"
     assert plat("platform.up").code == 0
     assert not mounts() and not list(Path(dynos_dir).glob("*")), "cleaned at restart"
+    assert not set(left) & set(pastas(root)), "the restarted daemon killed them"
     again = plat("run", "--app", "dynos", "--", "true")
     assert again.code == 0
+    # platform.down stops every pasta of the platform, its pool's too
+    assert plat("platform.down").code == 0
+    assert wait_for(lambda: not pastas(root), timeout=10), f"left running: {pastas(root)}"
+    assert plat("platform.up").code == 0
+
+
+def pastas(root: Path) -> list[int]:
+    """The pasta processes of the platform at ``root`` (their pid files are in it)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\x00")
+        except OSError:  # the process ended while we looked
+            continue
+        if argv[0].endswith(b"pasta") and str(root / "net").encode() in b" ".join(argv):
+            found.append(int(cmdline.parent.name))
+    return found

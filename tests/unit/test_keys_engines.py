@@ -144,8 +144,15 @@ def test_hardened_bwrap_drops_to_the_host_id(tmp_path, monkeypatch):
     assert argv[argv.index("--cap-drop") + 1] == "ALL"
     assert argv[argv.index("--seccomp") + 1] == "9"
     assert "--share-net" not in argv, "no network namespace given: a private, empty one"
-    with_ns = engine.launch_argv(sandbox(tmp_path, network=True, netns=5), None)
-    assert with_ns[:2] == ["/usr/bin/nsenter", "--net=/proc/self/fd/5"]
+    with_ns = engine.launch_argv(sandbox(tmp_path, host_id=1_700_000_007, netns=5), None)
+    assert with_ns[:5] == [
+        "/usr/bin/nsenter",
+        "--net=/proc/self/fd/5",
+        "--setuid=1700000007",
+        "--setgid=1700000007",
+        "--",
+    ], "nsenter enters the dyno's network and drops to the host id in one program"
+    assert "/usr/bin/setpriv" not in with_ns
     assert "--share-net" in with_ns
 
 
