@@ -29,8 +29,8 @@ from common import invoke
 
 from selfhost.platform import daemon
 from selfhost.platform.client import PlatformClient
-from selfhost.platform.dynos import DynoSettings
-from selfhost.platform.store import PlatformPaths
+from selfhost.platform.paths import PlatformPaths
+from selfhost.platform.runtime.dynos import DynoSettings
 from selfhost.stages.security import INSECURE_ENV
 
 

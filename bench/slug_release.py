@@ -23,8 +23,8 @@ from common import WORKSPACE, invoke, median_time
 
 from selfhost.platform import daemon
 from selfhost.platform.client import PlatformClient
-from selfhost.platform.slug import SlugContents, pack
-from selfhost.platform.store import PlatformPaths
+from selfhost.platform.paths import PlatformPaths
+from selfhost.platform.slugs.slug import SlugContents, pack
 
 
 def tree_size(root: Path) -> int:

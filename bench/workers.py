@@ -27,9 +27,9 @@ from common import invoke
 from selfhost.config import Settings
 from selfhost.platform import daemon
 from selfhost.platform.client import PlatformClient
-from selfhost.platform.dynos import DynoSettings
-from selfhost.platform.store import PlatformPaths
-from selfhost.platform.taskqueue import make_huey, register
+from selfhost.platform.jobs.queue import make_huey, register
+from selfhost.platform.paths import PlatformPaths
+from selfhost.platform.runtime.dynos import DynoSettings
 
 
 def free_port() -> int:

@@ -199,7 +199,7 @@ def validate(settings: Settings) -> Settings:
     if not 0 <= settings.platform_port <= 65535:
         raise UsageError(f"selfhost.platform_port is {settings.platform_port}; expected 0-65535")
     for url in filter(None, (settings.queue_url, *settings.queues)):
-        from selfhost.platform.taskqueue import QueueUrlError, check_url
+        from selfhost.platform.jobs.queue import QueueUrlError, check_url
 
         try:
             check_url(url)

@@ -138,7 +138,7 @@ def submit(
     stage, stages = _number("--stage", stage), _number("--stages", stages)
     jobs = _number("--jobs", jobs)
     timeout = None if timeout is None else float(_number("--timeout", timeout) or 0)
-    from selfhost.platform.jobs import KINDS  # imported here: `invoke` starts faster
+    from selfhost.platform.jobs.service import KINDS  # imported here: `invoke` starts faster
 
     if kind not in KINDS:
         raise UsageError(f"--kind is {kind!r}; expected one of {', '.join(KINDS)}")
@@ -193,7 +193,7 @@ def submit(
 
 def follow(client: Any, ui: Any, app: str, job: dict[str, Any], *, quiet: bool) -> dict[str, Any]:
     """Poll until the job ends; print its progress and new log lines as they come."""
-    from selfhost.platform.jobs import FINAL
+    from selfhost.platform.jobs.service import FINAL
 
     seen = 0
     progress = None

@@ -15,7 +15,7 @@ from selfhost.errors import SelfhostError, UsageError
 
 if TYPE_CHECKING:
     from selfhost.platform.client import PlatformClient
-    from selfhost.platform.packaging import CompilerSlug
+    from selfhost.platform.slugs.packaging import CompilerSlug
     from selfhost.ui import UI
 
 
@@ -75,7 +75,7 @@ def slug(
 
 def _build_slug(s: Settings, ui: UI, compiler: str | None, **options: Any) -> CompilerSlug:
     """The proven final stage (built first if it is not cached), packed with the live view."""
-    from selfhost.platform.packaging import build_slug
+    from selfhost.platform.slugs.packaging import build_slug
 
     recipe = find_recipe(compiler or s.default_compiler, s.recipe_dirs)
     engine = make_engine(s, ui)
@@ -92,7 +92,7 @@ def client_for(s: Settings, ui: UI, api: str | None) -> tuple[PlatformClient, bo
     The bool is True for the local platform, where a first release creates the app.
     """
     from selfhost.platform.client import PlatformClient, token_for
-    from selfhost.platform.store import PlatformPaths
+    from selfhost.platform.paths import PlatformPaths
 
     paths = PlatformPaths(s.platform)
     url = api or s.api_url
@@ -107,8 +107,8 @@ def client_for(s: Settings, ui: UI, api: str | None) -> tuple[PlatformClient, bo
 def start_daemon(s: Settings) -> tuple[Any, bool]:
     """The local daemon, started if needed with what it needs to run dynos."""
     from selfhost.platform import daemon
-    from selfhost.platform.dynos import DynoSettings
-    from selfhost.platform.store import PlatformPaths
+    from selfhost.platform.paths import PlatformPaths
+    from selfhost.platform.runtime.dynos import DynoSettings
 
     dynos = DynoSettings.from_settings(s)
     return daemon.start(
@@ -145,7 +145,7 @@ def release(
     json: bool = False,
 ) -> None:
     """Build the slug (or take --slug), upload it, verify it and release it."""
-    from selfhost.platform.slug import slug_facts
+    from selfhost.platform.slugs.slug import slug_facts
 
     s = settings(c, engine=engine)
     ui = make_ui(s, json=json)
@@ -205,7 +205,7 @@ def push_stages(client: PlatformClient, app: str, outcome: Any) -> int:
     import tempfile
 
     from selfhost.platform.client import ApiRequestError
-    from selfhost.platform.slug import tar_tree
+    from selfhost.platform.slugs.slug import tar_tree
 
     pushed = 0
     for stage in outcome.stages:
@@ -350,7 +350,7 @@ def apps_list(c: Context, api: str | None = None, json: bool = False) -> None:
 @task
 def platform_up(c: Context) -> None:
     """Start the local platform daemon (API server) if it is not running."""
-    from selfhost.platform.store import PlatformPaths
+    from selfhost.platform.paths import PlatformPaths
 
     s = settings(c)
     ui = make_ui(s)
@@ -366,7 +366,7 @@ def platform_up(c: Context) -> None:
 def platform_down(c: Context) -> None:
     """Stop the local platform daemon."""
     from selfhost.platform import daemon
-    from selfhost.platform.store import PlatformPaths
+    from selfhost.platform.paths import PlatformPaths
 
     s = settings(c)
     ui = make_ui(s)
@@ -380,7 +380,8 @@ def platform_down(c: Context) -> None:
 def platform_status(c: Context, json: bool = False) -> None:
     """Show whether the platform daemon runs, where, and what it holds."""
     from selfhost.platform import daemon
-    from selfhost.platform.store import PlatformPaths, Store
+    from selfhost.platform.paths import PlatformPaths
+    from selfhost.platform.store.db import Store
 
     s = settings(c)
     ui = make_ui(s, json=json)

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from selfhost.errors import PlatformError
-from selfhost.platform.dynos import DynoSettings
-from selfhost.platform.store import PlatformPaths
+from selfhost.platform.paths import PlatformPaths
+from selfhost.platform.runtime.dynos import DynoSettings
 from selfhost.stages.manifest import write_json_atomic
 from selfhost.workspace import file_lock
 
@@ -89,7 +89,7 @@ def start(
     are, which engine, the grace period.
     """
     paths.root.mkdir(parents=True, exist_ok=True)
-    with file_lock(paths.root / "daemon.lock", wait=START_TIMEOUT, what="the platform daemon"):
+    with file_lock(paths.lock, wait=START_TIMEOUT, what="the platform daemon"):
         info = running(paths)
         if info:
             return info, False
@@ -166,12 +166,12 @@ def stop(paths: PlatformPaths) -> DaemonInfo | None:
 def main(argv: list[str] | None = None) -> int:
     """The daemon's entry point (``python -m selfhost.platform.daemon``)."""
     from selfhost.archive import Limits as ArchiveLimits
-    from selfhost.platform.api import PlatformServer
-    from selfhost.platform.dyno_api import routes
-    from selfhost.platform.dynos import DynoManager, Supervisor
-    from selfhost.platform.job_api import routes as job_routes
-    from selfhost.platform.jobs import JobService
-    from selfhost.platform.slug import UNPACK_LIMITS
+    from selfhost.platform.api.dynos import routes
+    from selfhost.platform.api.jobs import routes as job_routes
+    from selfhost.platform.api.server import PlatformServer
+    from selfhost.platform.jobs.service import JobService
+    from selfhost.platform.runtime.dynos import DynoManager, Supervisor
+    from selfhost.platform.slugs.slug import UNPACK_LIMITS
 
     parser = argparse.ArgumentParser(prog="selfhost.platform.daemon")
     parser.add_argument("--dir", required=True, type=Path)
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # With --port 0, reuse the port of the previous run when it is free, so URLs handed
     # out before a restart (blob URLs, the API URL in scripts) keep working.
-    port_file = paths.root / "port"
+    port_file = paths.port_file
     port = args.port
     if port == 0:
         with contextlib.suppress(OSError, ValueError):

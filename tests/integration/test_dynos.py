@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from selfhost.platform.client import PlatformClient
-from selfhost.platform.slug import SlugContents, pack
+from selfhost.platform.slugs.slug import SlugContents, pack
 from tests.integration.conftest import Run, invoke, start_invoke
 
 GRACE = "2"
@@ -337,7 +337,7 @@ def test_formation_scale_crash_restart_and_web_port(plat, tmp_path):
         mtime=0,
         process_types={"worker": "w", "crasher": "c", "web": "x"},
     )
-    from selfhost.platform.slug import parse_procfile
+    from selfhost.platform.slugs.slug import parse_procfile
 
     client.release_slug(
         "formation",
@@ -405,7 +405,7 @@ def test_a_web_dyno_whose_port_is_taken_says_so(plat, tmp_path):
     contents = SlugContents()
     contents.add_file("Procfile", data=procfile.encode())
     info = pack(contents, tmp_path / "w.tgz", mtime=0, process_types={"web": "x"})
-    from selfhost.platform.slug import parse_procfile
+    from selfhost.platform.slugs.slug import parse_procfile
 
     release = {"checksum": info.checksum, "size": info.size}
     client.release_slug("busy", info.path, process_types=parse_procfile(procfile), **release)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from selfhost.platform.client import ApiRequestError, PlatformClient
-from selfhost.platform.slug import unpack
+from selfhost.platform.slugs.slug import unpack
 from tests.integration.conftest import invoke
 from tests.unit.test_platform_api import make_slug
 
@@ -49,7 +49,7 @@ def test_slug_contents_and_json(tcc_slug):
     assert "./app/vendor/tcc/bin/tcc" in names and "./app/Procfile" in names
     # what the compile worker runs on the stack's Python, and the recipe it rebuilds with
     for vendored in (
-        "selfhost/platform/worker.py",
+        "selfhost/platform/jobs/worker.py",
         "huey/consumer.py",
         "redis/client.py",
         "requests/api.py",

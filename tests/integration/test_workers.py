@@ -166,7 +166,7 @@ def sandbox_pids(marker: str) -> list[int]:
 
 
 def worker_pid(dyno_id: str) -> int:
-    """The host pid of the Huey consumer (python3 -m selfhost.platform.worker) of a dyno."""
+    """The host pid of the Huey consumer (python3 -m selfhost.platform.jobs.worker) of a dyno."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -176,7 +176,7 @@ def worker_pid(dyno_id: str) -> int:
         except OSError:
             continue
         if (
-            b"selfhost.platform.worker" in cmdline
+            b"selfhost.platform.jobs.worker" in cmdline
             and f"SELFHOST_DYNO_ID={dyno_id}".encode() in environ.split(b"\0")
         ):
             return int(entry.name)

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from selfhost.platform.jobs import JobStore, check_params, job_key
-from selfhost.platform.store import ApiError, PlatformPaths, Store
-from selfhost.platform.taskqueue import Queue, QueueUrlError, check_url, make_huey, register
+from selfhost.platform.errors import Refused
+from selfhost.platform.jobs.queue import Queue, QueueUrlError, check_url, make_huey, register
+from selfhost.platform.jobs.service import JobStore, check_params, job_key
+from selfhost.platform.paths import PlatformPaths
+from selfhost.platform.store.db import Store
 
 
 @pytest.fixture
@@ -29,17 +31,17 @@ def test_claim_lease_and_exactly_one_outcome(jobs):
     job = new(jobs)
     claimed, lease = jobs.claim(job["id"], 1, "worker.1", "dyno-a")
     assert claimed["state"] == "running" and claimed["worker"]["name"] == "worker.1"
-    with pytest.raises(ApiError) as again:  # a second delivery of the same message
+    with pytest.raises(Refused) as again:  # a second delivery of the same message
         jobs.claim(job["id"], 1, "worker.2", "dyno-b")
-    assert again.value.status == 409
-    with pytest.raises(ApiError):
+    assert again.value.id == "conflict"
+    with pytest.raises(Refused):
         jobs.heartbeat(job["id"], "not-the-lease", None)
     assert jobs.heartbeat(job["id"], lease, "build") == {"cancel": False}
     done = jobs.finish(job["id"], lease, "succeeded", {"identical": True})
     assert done["state"] == "succeeded" and done["result"] == {"identical": True}
-    with pytest.raises(ApiError) as twice:
+    with pytest.raises(Refused) as twice:
         jobs.finish(job["id"], lease, "failed", error="late")
-    assert twice.value.status == 409
+    assert twice.value.id == "conflict"
     assert jobs.get(job["id"])["state"] == "succeeded"
 
 
@@ -48,10 +50,10 @@ def test_a_lost_attempt_cannot_report_after_the_requeue(jobs):
     _, old_lease = jobs.claim(job["id"], 1, "worker.1", "dyno-a")
     again = jobs.requeue(job["id"], None)  # the platform takes it back (dyno exited)
     assert again["state"] == "queued" and again["attempt"] == 2 and again["worker"] is None
-    with pytest.raises(ApiError):
+    with pytest.raises(Refused):
         jobs.claim(job["id"], 1, "worker.1", "dyno-a")  # the stale message
     _, lease = jobs.claim(job["id"], 2, "worker.3", "dyno-c")
-    with pytest.raises(ApiError):
+    with pytest.raises(Refused):
         jobs.finish(job["id"], old_lease, "succeeded")  # the killed worker's late report
     assert jobs.finish(job["id"], lease, "succeeded")["attempt"] == 2
 
@@ -122,7 +124,7 @@ def test_params_are_checked_with_the_field_named():
         ("stage", {"jobs": 0}, "params.jobs"),
         ("app-compile", {"source": "x", "target": "y", "force": True}, "unknown: force"),
     ]:
-        with pytest.raises(ApiError) as err:
+        with pytest.raises(Refused) as err:
             check_params(kind, params)
         assert field in err.value.message
     assert job_key("stage", {"a": 1}, "s1") != job_key("stage", {"a": 1}, "s2")
@@ -151,7 +153,7 @@ def test_the_daemon_and_the_worker_agree_on_the_task(tmp_path):
 
 def test_a_stopping_worker_puts_a_message_back(tmp_path):
     """SIGTERM while Huey's thread takes a message: the message goes back, unclaimed."""
-    from selfhost.platform.worker import Worker
+    from selfhost.platform.jobs.worker import Worker
 
     url = f"sqlite://{tmp_path}/jobs.db"
     Queue().enqueue(url, "builders", 5, 2)

@@ -16,9 +16,9 @@ import pytest
 import requests
 
 from selfhost.errors import PlatformError
-from selfhost.platform.api import PlatformServer, serve_in_thread
+from selfhost.platform.api.server import PlatformServer, serve_in_thread
 from selfhost.platform.client import ApiRequestError, PlatformClient
-from selfhost.platform.store import PlatformPaths
+from selfhost.platform.paths import PlatformPaths
 
 V3 = "application/vnd.heroku+json; version=3"
 
@@ -208,8 +208,9 @@ def test_database_schema_is_as_documented(server):
 def test_a_version_3_stage_store_is_migrated_per_app(tmp_path):
     """Version 3 kept one stages table for every app; version 4 keys it by app, and an
     older database's stages stay with the app that stored them."""
-    from selfhost.platform.jobs import JobStore
-    from selfhost.platform.store import PlatformPaths, Store
+    from selfhost.platform.jobs.service import JobStore
+    from selfhost.platform.paths import PlatformPaths
+    from selfhost.platform.store.db import Store
 
     paths = PlatformPaths(tmp_path / "platform")
     store = Store(paths)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from selfhost.errors import SlugError
-from selfhost.platform.lint import lint_slug, stack_glibc
-from selfhost.platform.slug import (
+from selfhost.platform.slugs.lint import lint_slug, stack_glibc
+from selfhost.platform.slugs.slug import (
     SlugContents,
     pack,
     parse_procfile,
@@ -109,7 +109,7 @@ def test_size_limit_refuses_and_writes_nothing(tmp_path):
 
 
 def test_big_slugs_get_a_warning(tmp_path, monkeypatch):
-    import selfhost.platform.slug as slug_module
+    import selfhost.platform.slugs.slug as slug_module
 
     monkeypatch.setattr(slug_module, "WARN_BYTES", 1000)
     contents = SlugContents()
@@ -261,7 +261,7 @@ def evil_slug(tmp_path: Path, make: str) -> Path:
     ],
 )
 def test_escaping_entries_are_refused_before_unpacking(tmp_path, make, words):
-    from selfhost.platform.slug import check_slug, unpack
+    from selfhost.platform.slugs.slug import check_slug, unpack
 
     path = evil_slug(tmp_path, make)
     with pytest.raises(SlugError, match=words):
@@ -273,7 +273,7 @@ def test_escaping_entries_are_refused_before_unpacking(tmp_path, make, words):
 
 
 def test_good_links_unpack_and_outside_entries_are_ignored(tmp_path):
-    from selfhost.platform.slug import unpack
+    from selfhost.platform.slugs.slug import unpack
 
     app = unpack(evil_slug(tmp_path, "fine"), tmp_path / "u")
     assert (app / "bin" / "tool").resolve() == (app / "ok.txt").resolve()

@@ -39,8 +39,8 @@ from typing import Any
 from selfhost.compilers.recipe import Recipe
 from selfhost.config import Settings
 from selfhost.errors import SlugError
-from selfhost.platform.lint import Lint, lint_slug
-from selfhost.platform.slug import (
+from selfhost.platform.slugs.lint import Lint, lint_slug
+from selfhost.platform.slugs.slug import (
     SlugContents,
     SlugInfo,
     pack,

@@ -46,10 +46,12 @@ from selfhost import archive
 from selfhost.archive import ArchiveError
 from selfhost.errors import SlugError
 from selfhost.hashing import digest_json, scan_tree, tree_digest
-from selfhost.platform.dynos import SIZES, Extras
-from selfhost.platform.slug import check_slug
-from selfhost.platform.store import ApiError, PlatformPaths, Store, invalid, not_found, now
-from selfhost.platform.taskqueue import DYNO_QUEUE_DIR, QUEUE_FILE, Queue, QueueUrlError
+from selfhost.platform.errors import Refused, invalid, not_found
+from selfhost.platform.jobs.queue import DYNO_QUEUE_DIR, QUEUE_FILE, Queue, QueueUrlError
+from selfhost.platform.paths import PlatformPaths
+from selfhost.platform.runtime.dynos import SIZES, Extras
+from selfhost.platform.slugs.slug import check_slug
+from selfhost.platform.store.db import Store, now
 from selfhost.stages.engine import Mount, Process, Sandbox
 from selfhost.stages.security import hand_over
 
@@ -68,8 +70,8 @@ MAX_LOG_LINES = 200  # lines accepted per heartbeat
 JOB_ROWS = "SELECT jobs.*, apps.name AS app_name FROM jobs JOIN apps ON apps.id = jobs.app_id"
 
 
-def conflict(message: str) -> ApiError:
-    return ApiError(409, "conflict", message)
+def conflict(message: str) -> Refused:
+    return Refused("conflict", message)
 
 
 class JobStore:
@@ -77,7 +79,7 @@ class JobStore:
 
     def __init__(self, store: Store):
         self.store = store
-        self.logs = store.paths.root / "jobs"
+        self.logs = store.paths.job_logs
         self.logs.mkdir(parents=True, exist_ok=True)
 
     def log_path(self, job_id: int) -> Path:
@@ -483,7 +485,7 @@ class JobService:
         self.jobs = JobStore(store)
         self.manager = manager
         self.api_url = api_url
-        self.queue_dir = paths.root / "queues"
+        self.queue_dir = paths.queues
         #: The platform's queue for every app (selfhost.queue_url); None: each app has an
         #: SQLite queue of its own, queue/<app id>/jobs.db, owned by its sandbox id.
         self.default_queue = default_queue
@@ -491,8 +493,8 @@ class JobService:
         self.queue = Queue()
         self.log = log
         self.lease_seconds = lease_seconds
-        self.sources = paths.root / "sources"
-        self.stage_blobs = paths.root / "stages"
+        self.sources = paths.sources
+        self.stage_blobs = paths.stages
         self.stopped = threading.Event()
         self.lock = threading.Lock()
         self.unsent: set[int] = set()  # queued jobs the queue could not take yet
@@ -557,13 +559,12 @@ class JobService:
             self._send(job)
         except Exception as exc:
             self.jobs.finish(job["id"], None, "failed", error=f"not queued: {exc}")
-            if isinstance(exc, ApiError):
+            if isinstance(exc, Refused):
                 raise
             url = self.queue_url(job["app"]["name"])
             if isinstance(exc, QueueUrlError):
                 raise invalid(f"{exc}; fix the {QUEUE_CONFIG_VAR} config var") from None
-            raise ApiError(
-                503,
+            raise Refused(
                 "queue_unavailable",
                 f"The job queue ({url}) is not reachable: {exc}. Job {job['id']} "
                 "was not queued (it is marked failed); submit it again when the "
@@ -626,7 +627,7 @@ class JobService:
     def _fetch_app(self, params: dict[str, Any]) -> str:
         """Fetch an app's source on the platform (it has git and the network; the stack
         need not), as a tarball blob the worker downloads. Returns its sha256."""
-        from selfhost.platform.appsource import fetch_app_source
+        from selfhost.platform.slugs.appsource import fetch_app_source
 
         self.sources.mkdir(parents=True, exist_ok=True)
         try:
@@ -919,7 +920,7 @@ class JobService:
         try:
             check_slug(upload, self.manager.unpack_limits)
         except SlugError as exc:
-            raise ApiError(422, "invalid_slug", exc.message) from None
+            raise Refused("invalid_slug", exc.message) from None
         os.chmod(upload, 0o600)
         os.replace(upload, self.paths.blob(sha))
         return {"checksum": f"SHA256:{sha}", "size": size}
@@ -936,7 +937,7 @@ class JobService:
         target = job["params"]["target"]
         try:
             self.store.app(target)
-        except ApiError:
+        except Refused:
             self.store.create_app(target, self.store.app(job["app"]["id"])["stack"]["name"])
         slug, _ = self.store.create_slug(
             target,
@@ -975,10 +976,9 @@ class JobService:
                 archive.extract(upload, Path(tmp) / "tree", what="stage")
                 actual = tree_digest(scan_tree(Path(tmp) / "tree"))
             except ArchiveError as exc:
-                raise ApiError(422, "invalid_stage", f"the stage was refused: {exc}") from None
+                raise Refused("invalid_stage", f"the stage was refused: {exc}") from None
         if actual != digest:
-            raise ApiError(
-                422,
+            raise Refused(
                 "digest_mismatch",
                 f"the uploaded stage's tree has digest {actual}, not {digest}; it was not stored",
             )

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from selfhost.archive import ArchiveError, Limits, extract
 from selfhost.errors import SlugError
-from selfhost.platform.slug import SlugContents, pack, read_slugignore
+from selfhost.platform.slugs.slug import SlugContents, pack, read_slugignore
 
 FETCH_TIMEOUT = 120
 MAX_APP_BYTES = 200_000_000

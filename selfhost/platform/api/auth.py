@@ -13,7 +13,7 @@ Heroku's CLI sends it):
   store the app's stages. Anything else is 403.
 
 The storage layer knows nothing about HTTP: :func:`authenticate` and :func:`authorize`
-raise :class:`~selfhost.platform.store.ApiError`, which the web layer turns into
+raise :class:`~selfhost.platform.store.db.ApiError`, which the web layer turns into
 Heroku's error shape.
 """
 
@@ -24,7 +24,8 @@ import hmac
 from dataclasses import dataclass
 from typing import Any
 
-from selfhost.platform.store import ApiError, Store
+from selfhost.platform.api.errors import ApiError
+from selfhost.platform.store.db import Store
 
 #: The routes an app-scoped (dyno) token may call, for its own app only.
 DYNO_ROUTES = frozenset(

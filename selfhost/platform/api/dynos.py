@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selfhost.platform.dynos import DynoManager, Supervisor
-from selfhost.platform.store import ApiError, invalid, now
+from selfhost.platform.api.errors import ApiError
+from selfhost.platform.errors import invalid
+from selfhost.platform.runtime.dynos import DynoManager, Supervisor
+from selfhost.platform.store.db import now
 
 LOG_SESSION_SECONDS = 3600
 

@@ -22,7 +22,7 @@ GET         /health                                     liveness (no token neede
 Every request but ``/health`` and the blob URL needs ``Authorization: Bearer <token>``
 (HTTP Basic with the token as password also works, as Heroku's CLI sends it): the
 platform's token, or a dyno's token scoped to its own app (see
-:mod:`selfhost.platform.auth`: anything else it asks for is 403). The blob URL
+:mod:`selfhost.platform.api.auth`: anything else it asks for is 403). The blob URL
 carries its own per-slug secret, like Heroku's pre-signed URLs. An uploaded blob is
 hashed while it streams to disk; if its sha256 differs from the slug's declared
 checksum it is discarded and the slug stays unreleasable.
@@ -47,9 +47,12 @@ from typing import Any
 
 from selfhost.archive import Limits
 from selfhost.errors import SlugError
-from selfhost.platform.auth import Principal, authenticate, authorize
-from selfhost.platform.slug import UNPACK_LIMITS, check_slug
-from selfhost.platform.store import ApiError, PlatformPaths, Store
+from selfhost.platform.api.auth import Principal, authenticate, authorize
+from selfhost.platform.api.errors import ApiError, status_of
+from selfhost.platform.errors import Refused
+from selfhost.platform.paths import PlatformPaths
+from selfhost.platform.slugs.slug import UNPACK_LIMITS, check_slug
+from selfhost.platform.store.db import Store
 
 ACCEPT_V3 = "application/vnd.heroku+json; version=3"
 MAX_JSON_BYTES = 1 << 20
@@ -196,8 +199,8 @@ class RequestHandler(BaseHTTPRequestHandler):
             else:
                 raise ApiError(501, "not_implemented", f"{name} is not available here.")
             self._send(status, body)
-        except ApiError as exc:
-            self._send(exc.status, exc.to_json())
+        except Refused as exc:  # from any layer; only here does it get its status
+            self._send(status_of(exc), exc.to_json())
         except Exception as exc:  # a bug: answer in Heroku's shape, log it, stay up
             self.server_log(f"internal error on {self.command} {self.path}: {exc!r}")
             self._send(

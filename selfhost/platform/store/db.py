@@ -35,7 +35,7 @@ Added in version 3 (the sandbox security model, docs/security.md)::
                                                       app-scoped tokens of live dynos
                                                       (only their sha256 is kept)
 
-Added in version 2 (compile jobs, see selfhost/platform/jobs.py)::
+Added in version 2 (compile jobs, see selfhost/platform/jobs/service.py)::
 
     jobs(id INTEGER PK, app_id → apps, kind, params JSON, key, parent_id → jobs,
          state, attempt, lease, worker, worker_dyno, heartbeat, timeout,
@@ -65,7 +65,6 @@ import contextlib
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 import sqlite3
@@ -73,9 +72,10 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from selfhost.platform.errors import Refused, invalid, not_found
+from selfhost.platform.paths import PlatformPaths
 
 SCHEMA_VERSION = 4
 POOL_SIZE = 8  # idle connections kept open
@@ -196,97 +196,8 @@ DROP TABLE stages;
 """
 
 
-class ApiError(Exception):
-    """An error in Heroku's shape: HTTP status, ``id`` and ``message``."""
-
-    def __init__(self, status: int, id: str, message: str):
-        super().__init__(message)
-        self.status = status
-        self.id = id
-        self.message = message
-
-    def to_json(self) -> dict[str, str]:
-        return {"id": self.id, "message": self.message}
-
-
-def not_found(what: str) -> ApiError:
-    return ApiError(404, "not_found", f"Couldn't find that {what}.")
-
-
-def invalid(message: str) -> ApiError:
-    return ApiError(422, "invalid_params", message)
-
-
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-@dataclass(frozen=True)
-class PlatformPaths:
-    """The files of one platform directory."""
-
-    root: Path
-
-    @property
-    def db(self) -> Path:
-        return self.root / "platform.db"
-
-    @property
-    def blobs(self) -> Path:
-        return self.root / "blobs" / "sha256"
-
-    @property
-    def blob_tmp(self) -> Path:
-        return self.root / "blobs" / "tmp"
-
-    @property
-    def token(self) -> Path:
-        return self.root / "token"
-
-    @property
-    def daemon_json(self) -> Path:
-        return self.root / "daemon.json"
-
-    @property
-    def settings(self) -> Path:
-        return self.root / "settings.json"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.root / "daemon.pid"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "daemon.log"
-
-    def blob(self, sha256: str) -> Path:
-        return self.blobs / sha256
-
-    def ensure_private(self) -> None:
-        """The platform's state is private: the directory 0700, the database and the
-        token 0600 (they hold every app's config vars and the master token)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o700)
-        for path in (
-            self.db,
-            self.db.with_name("platform.db-wal"),
-            self.db.with_name("platform.db-shm"),
-            self.token,
-        ):
-            with contextlib.suppress(FileNotFoundError):
-                os.chmod(path, 0o600)
-
-    def ensure_token(self) -> str:
-        """The API token, created (0600) on first use."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        try:
-            return self.token.read_text().strip()
-        except FileNotFoundError:
-            token = secrets.token_urlsafe(32)
-            fd = os.open(self.token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(token + "\n")
-            return token
 
 
 class Store:
@@ -397,7 +308,7 @@ class Store:
             )
         with self.tx() as db:
             if db.execute("SELECT 1 FROM apps WHERE name = ?", (name,)).fetchone():
-                raise ApiError(422, "invalid_params", f"Name {name} is already taken.")
+                raise invalid(f"Name {name} is already taken.")
             ts = now()
             app_id = str(uuid.uuid4())
             db.execute("INSERT INTO apps VALUES (?, ?, ?, ?, ?)", (app_id, name, stack, ts, ts))
@@ -532,7 +443,7 @@ class Store:
         with self.read() as db:
             row = db.execute("SELECT * FROM slugs WHERE id = ?", (slug_id,)).fetchone()
         if row is None or not hmac.compare_digest(row["upload_token"], token):
-            raise ApiError(403, "forbidden", "This blob URL is not valid.")
+            raise Refused("forbidden", "This blob URL is not valid.")
         return row
 
     def attach_blob(self, slug_id: str, sha256: str, size: int) -> None:
@@ -774,8 +685,7 @@ class Store:
                     (app_row["id"], update["type"]),
                 ).fetchone()
                 if row is None:
-                    raise ApiError(
-                        404,
+                    raise Refused(
                         "not_found",
                         f"Couldn't find that process type ({update['type']}): the "
                         "current release's Procfile does not define it.",

@@ -14,7 +14,7 @@ The platform daemon owns every dyno. A dyno is:
   else the base stack of the app's suite), by the daemon's engine, as the app's own
   unprivileged host id (:mod:`selfhost.stages.security`), with the size's memory, CPU
   and process limits set from outside;
-- a network namespace of its own (:mod:`selfhost.platform.network`): ``$PORT`` in,
+- a network namespace of its own (:mod:`selfhost.platform.runtime.network`): ``$PORT`` in,
   the platform API, the app's peers and queue out, nothing else by default;
 - the environment of a Heroku dyno: ``HOME=/app``, ``DYNO=<type>.<n>``, the release's
   config vars, ``PORT`` for web (and distccd) dynos, ``.profile.d/*.sh`` sourced first,
@@ -51,9 +51,11 @@ from typing import TYPE_CHECKING, Any
 
 from selfhost.archive import Limits as ArchiveLimits
 from selfhost.errors import EngineError, SelfhostError
-from selfhost.platform.network import Namespace, Networks, Policy
-from selfhost.platform.slug import unpack
-from selfhost.platform.store import ApiError, PlatformPaths, Store, invalid, not_found, now
+from selfhost.platform.errors import Refused, invalid, not_found
+from selfhost.platform.paths import PlatformPaths
+from selfhost.platform.runtime.network import Namespace, Networks, Policy
+from selfhost.platform.slugs.slug import unpack
+from selfhost.platform.store.db import Store, now
 from selfhost.stages import security, staging
 from selfhost.stages.engine import Engine, Limits, Mount, Process, Sandbox, make_engine
 from selfhost.stages.security import SandboxIds, hand_over, hand_over_new
@@ -332,14 +334,14 @@ class DynoManager:
         self.engines: dict[str, Engine] = {}
         self.logs: dict[str, AppLog] = {}
         self.stacks = StackStore(Path(settings.stacks), self._mirror)
-        self.security = security.load(paths.root / "security", settings.ids, log=log)
-        self.networks = Networks(paths.root / "net") if self.security.hardened else None
+        self.security = security.load(paths.security, settings.ids, log=log)
+        self.networks = Networks(paths.net) if self.security.hardened else None
         #: Extra environment, mounts and reachable ports for a dyno, given its config
         #: vars: the compile workers' queue (set by the job service).
         self.extras: Callable[[Dyno, dict[str, str]], Extras] | None = None
         #: Called when a dyno has ended (the job service takes its jobs back).
         self.on_exit: Callable[[Dyno], None] | None = None
-        self.dynos_dir = paths.root / "dynos"
+        self.dynos_dir = paths.dynos
         staging.clean_stale()  # left by a killed daemon, before what they bind
         release_stale_dynos(self.dynos_dir)
         store.revoke_tokens()  # their dynos are gone too
@@ -362,7 +364,7 @@ class DynoManager:
     def app_log(self, app: str) -> AppLog:
         with self.lock:
             if app not in self.logs:
-                self.logs[app] = AppLog(self.paths.root / "logs" / f"{app}.log")
+                self.logs[app] = AppLog(self.paths.logs / f"{app}.log")
             return self.logs[app]
 
     @property
@@ -380,7 +382,7 @@ class DynoManager:
     def slug_dir(self, sha: str, host_id: int = 0) -> Path:
         """The release's slug, unpacked once per host id (checked and bounded as it is
         unpacked) and owned by that id, so that its dynos may change their /app."""
-        target = self.paths.root / "slugs" / f"{sha}-{host_id}"
+        target = self.paths.slugs / f"{sha}-{host_id}"
         with self.lock:
             if not (target / "app").is_dir():
                 shutil.rmtree(target, ignore_errors=True)
@@ -490,9 +492,7 @@ class DynoManager:
         """Start a dyno of the app's current release; return at once."""
         release = self.store.current_release(app)
         if release is None or release["slug"] is None:
-            raise ApiError(
-                422,
-                "invalid_params",
+            raise invalid(
                 f"{app} has no release with a slug yet: release one first (invoke release)",
             )
         slug = self.store.slug(app, release["slug"]["id"])
@@ -537,7 +537,7 @@ class DynoManager:
                 dyno.set_state("crashed" if dyno.type != "run" else "down")
                 log.write("heroku", dyno.name, f"Error starting dyno: {message}")
                 dyno.append(f"selfhost: the dyno could not start: {message}\n".encode())
-                if not isinstance(exc, SelfhostError | ApiError | OSError):
+                if not isinstance(exc, SelfhostError | Refused | OSError):
                     self.log(f"dynos: {dyno.name} of {dyno.app}: {exc!r}")
                 return
             dyno.process = process

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from selfhost.platform.slug import SlugContents
+from selfhost.platform.slugs.slug import SlugContents
 
 APP = "/app"
 GLIBC_RE = re.compile(r"^GLIBC_(\d+)\.(\d+)(?:\.(\d+))?$")

@@ -32,7 +32,7 @@ PUT         /stages/{input_hash}?job=&tree_digest=&files=  store a stage's tarba
 ==========  =============================================  ================================
 
 Workers use their dyno's token (``SELFHOST_API_TOKEN``), scoped to their own app: they
-see and touch only that app's jobs and stages (:mod:`selfhost.platform.auth`).
+see and touch only that app's jobs and stages (:mod:`selfhost.platform.api.auth`).
 """
 
 from __future__ import annotations
@@ -42,9 +42,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from selfhost.platform.dyno_api import Stream
-from selfhost.platform.jobs import FINAL, MAX_LOG_LINES, JobService
-from selfhost.platform.store import ApiError, invalid, not_found
+from selfhost.platform.api.dynos import Stream
+from selfhost.platform.api.errors import ApiError
+from selfhost.platform.errors import Refused, invalid, not_found
+from selfhost.platform.jobs.service import FINAL, MAX_LOG_LINES, JobService
 
 
 def _file_chunks(path: Path) -> Iterator[bytes]:
@@ -132,8 +133,8 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
             # the platform releases the compiled app itself: a worker's token cannot
             try:
                 result = service.release_artifact(found, lease, result)
-            except ApiError as exc:
-                if exc.status == 409:
+            except Refused as exc:
+                if exc.id == "conflict":
                     raise
                 state, error = "failed", f"the compiled app was not released: {exc.message}"
         done = jobs.finish(job, lease, state, result, error)

@@ -1,6 +1,6 @@
 """The compile worker: the ``worker`` process type of every compiler slug.
 
-``bin/worker`` runs ``python3 -m selfhost.platform.worker`` in the dyno, on the stack's
+``bin/worker`` runs ``python3 -m selfhost.platform.jobs.worker`` in the dyno, on the stack's
 Python, with huey, redis and requests vendored in the slug (``/app/vendor/python``). It
 is a Huey consumer (one job at a time) on the app's queue (``SELFHOST_QUEUE_URL``) that
 reports to the platform API (``SELFHOST_API_URL`` and ``SELFHOST_API_TOKEN``):
@@ -13,7 +13,7 @@ reports to the platform API (``SELFHOST_API_URL`` and ``SELFHOST_API_TOKEN``):
    when the worker is stopped (SIGTERM: the job is handed back to the queue first);
 4. report the outcome with the lease: it is recorded once.
 
-Job kinds are described in ``selfhost/platform/jobs.py``; everything is built under
+Job kinds are described in ``selfhost/platform/jobs/service.py``; everything is built under
 ``/build`` (the dyno's scratch space, as in stage builds), at the slug's prefix.
 """
 
@@ -36,7 +36,7 @@ from typing import Any
 from selfhost.archive import ArchiveError
 from selfhost.archive import extract as safe_extract
 from selfhost.hashing import scan_tree, tree_digest
-from selfhost.platform.slug import tar_tree
+from selfhost.platform.slugs.slug import tar_tree
 from selfhost.stages.builder import (
     BuilderRef,
     Outcome,
@@ -586,8 +586,8 @@ def stage(job: Job) -> dict[str, Any]:
 
 def app_compile(job: Job) -> dict[str, Any]:
     """Compile an app with the slug's compiler into a slug; release it to the target."""
-    from selfhost.platform.slug import SlugContents, pack, parse_procfile, read_slugignore
-    from selfhost.platform.slug import unpack as unpack_slug
+    from selfhost.platform.slugs.slug import SlugContents, pack, parse_procfile, read_slugignore
+    from selfhost.platform.slugs.slug import unpack as unpack_slug
 
     meta = slug_meta()
     started = time.monotonic()
@@ -658,7 +658,7 @@ def main() -> int:
     from huey.consumer import Consumer
     from huey.signals import SIGNAL_INTERRUPTED
 
-    from selfhost.platform.taskqueue import make_huey, register
+    from selfhost.platform.jobs.queue import make_huey, register
 
     logging.basicConfig(
         level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(name)s: %(message)s"
