@@ -52,7 +52,7 @@ from selfhost.stages.pipeline import Bootstrap, BootstrapResult, ensure_stack, r
 from selfhost.stages.stack import Stack
 from selfhost.ui import UI
 
-APP_TEMPLATE = Path(__file__).parent / "app"
+APP_TEMPLATE = Path(__file__).parents[1] / "app"  # selfhost/platform/app
 PROFILE = ".profile.d/000-selfhost.sh"
 #: The worker's Python packages, copied from this installation (pure Python only: the
 #: stack's interpreter runs them; compiled speed-ups have pure fallbacks).
