@@ -40,6 +40,14 @@ work.add_task(jobs.show, "show")
 work.add_task(jobs.cancel, "cancel")
 ns.add_collection(work)
 
+slugs = Collection("slugs")
+slugs.add_task(platform.slugs_download, "download")
+ns.add_collection(slugs)
+
+stage_store = Collection("stages")
+stage_store.add_task(platform.stages_download, "download")
+ns.add_collection(stage_store)
+
 daemon = Collection("platform")
 daemon.add_task(platform.platform_up, "up")
 daemon.add_task(platform.platform_down, "down")

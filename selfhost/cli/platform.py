@@ -638,3 +638,72 @@ def logs(c: Context, app: str, tail: bool = False, num: int = 100, api: str | No
             out.flush()
     except KeyboardInterrupt:
         return
+
+
+@task(
+    help={
+        "app": "the app",
+        "slug": "the slug's id (default: the current release's slug)",
+        "output": "where to write the archive (default: ./<slug id>.tar.gz)",
+        "api": API_HELP,
+        "json": "print the slug's record as JSON",
+    }
+)
+def slugs_download(
+    c: Context,
+    app: str,
+    slug: str | None = None,
+    output: str | None = None,
+    api: str | None = None,
+    json: bool = False,
+) -> None:
+    """Download a released slug's archive, checked against its checksum."""
+    s = settings(c)
+    ui = make_ui(s, json=json)
+    client = client_for(s, ui, api)[0]
+    target = Path(output) if output else None
+    with ui.step("download"):
+        if target is None:  # named after the slug: ask for it first
+            slug = slug or client.current_slug_id(app)
+            target = Path(f"{slug}.tar.gz")
+        found = client.download_slug(app, slug, target.resolve())
+    if json:
+        ui.emit_json({**found, "path": str(target.resolve())})
+    else:
+        ui.info(f"slug {found['id']} of {app} ({found['checksum']}) -> {target}")
+
+
+@task(
+    help={
+        "app": "the app whose stage store holds it",
+        "key": "the stage's input hash (64 hex digits; `bootstrap --json` prints it)",
+        "output": "a new directory for the tree (default: ./stage-<first 12 digits>)",
+        "api": API_HELP,
+        "json": "print the stage's record as JSON",
+    }
+)
+def stages_download(
+    c: Context,
+    app: str,
+    key: str,
+    output: str | None = None,
+    api: str | None = None,
+    json: bool = False,
+) -> None:
+    """Download a stage tree from an app's stage store, checked against its digest."""
+    import re
+
+    if not re.fullmatch(r"[0-9a-f]{64}", key):
+        raise UsageError(f"--key must be 64 hex digits (a stage's input hash), not {key!r}")
+    s = settings(c)
+    ui = make_ui(s, json=json)
+    target = Path(output or f"stage-{key[:12]}").resolve()
+    with ui.step("download"):
+        found = client_for(s, ui, api)[0].download_stage(app, key, target)
+    if json:
+        ui.emit_json({**found, "path": str(target)})
+    else:
+        ui.info(
+            f"stage {key[:12]} of {app} ({found['files']} files, tree digest "
+            f"{found['tree_digest'][:16]}) -> {target}"
+        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +171,79 @@ class PlatformClient:
         except requests.RequestException as exc:
             raise PlatformError(f"the download of {path} failed: {exc}") from None
         return True
+
+    def current_slug_id(self, app: str) -> str:
+        """The id of the slug the app's current release runs."""
+        current = [r for r in self.releases(app) if r.get("current")]
+        if not current or not current[-1].get("slug"):
+            raise PlatformError(f"{app} has no release with a slug", hint="give the slug's id")
+        return str(current[-1]["slug"]["id"])
+
+    def download_slug(self, app: str, slug_id: str | None, target: Path) -> dict[str, Any]:
+        """The slug's archive (the current release's if ``slug_id`` is None) at
+        ``target``, checked against its checksum; nothing is left if it does not match."""
+        import hashlib
+
+        import requests
+
+        slug_id = slug_id or self.current_slug_id(app)
+        slug = self.slug(app, slug_id)
+        url = (slug.get("blob") or {}).get("url")
+        if not url:
+            raise PlatformError(f"slug {slug_id} of {app} has no archive yet (never uploaded)")
+        partial = target.with_name(f".{target.name}.part")
+        sha = hashlib.sha256()
+        try:
+            with requests.get(url, stream=True, timeout=(self.timeout, 600)) as resp:
+                if resp.status_code >= 400:
+                    raise api_error("GET", "<slug blob url>", resp.status_code, resp.text)
+                with open(partial, "wb") as out:
+                    for chunk in resp.iter_content(CHUNK):
+                        sha.update(chunk)
+                        out.write(chunk)
+            if f"SHA256:{sha.hexdigest()}" != slug["checksum"]:
+                raise PlatformError(
+                    f"the downloaded slug {slug_id} has checksum SHA256:{sha.hexdigest()}, "
+                    f"not {slug['checksum']}: it was discarded",
+                    hint="the platform's copy is damaged; release the slug again",
+                )
+            os.replace(partial, target)
+        except requests.RequestException as exc:
+            raise PlatformError(f"the download of slug {slug_id} failed: {exc}") from None
+        finally:
+            partial.unlink(missing_ok=True)
+        return slug
+
+    def download_stage(self, app: str, input_hash: str, target: Path) -> dict[str, Any]:
+        """An app's stage tree, unpacked (safely) at ``target`` (a new directory) and
+        checked against its recorded tree digest; nothing is left if it does not match."""
+        import shutil
+        import tempfile
+
+        from selfhost import archive
+        from selfhost.hashing import scan_tree, tree_digest
+
+        if target.exists():
+            raise PlatformError(f"{target} exists: give a new directory")
+        query = f"?app={urllib.parse.quote(app)}"
+        info = self.request("GET", f"/stages/{input_hash}{query}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".stage-") as tmp:
+            blob, tree = Path(tmp) / "stage.tar.gz", Path(tmp) / "tree"
+            if not self.download(f"/stages/{input_hash}/blob{query}", blob):
+                raise PlatformError(f"{app} has no stage {input_hash[:12]}")
+            try:
+                archive.extract(blob, tree, what="stage")
+            except archive.ArchiveError as exc:
+                raise PlatformError(f"the platform's stage {input_hash[:12]}: {exc}") from None
+            actual = tree_digest(scan_tree(tree))
+            if actual != info["tree_digest"]:
+                raise PlatformError(
+                    f"the downloaded stage {input_hash[:12]} has tree digest {actual[:16]}, "
+                    f"not {info['tree_digest'][:16]} as recorded: it was discarded"
+                )
+            shutil.move(str(tree), target)
+        return info
 
     def fetch_stage(self, input_hash: str, dest: Path) -> dict[str, Any] | None:
         """A stage of the platform's stage store, unpacked (safely) at ``dest``: its

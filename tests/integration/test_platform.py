@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from selfhost.platform.client import ApiRequestError, PlatformClient
 from selfhost.platform.slugs.slug import unpack
@@ -142,6 +143,46 @@ def test_release_create_release_again_and_roll_back(tcc_slug, stacks, platform):
     assert blob.is_file(), "blobs are stored content-addressed"
     status = invoke(["platform.status", "--json"], ws, stacks, **env).json
     assert status["running"] and status["apps"] == 2
+    invoke(["platform.down"], ws, stacks, **env)
+
+
+def test_slugs_and_stages_download_checked_against_their_digests(
+    tcc_slug, stacks, platform, tmp_path
+):
+    ws, slug = tcc_slug
+    env = {"INVOKE_SELFHOST_PLATFORM_DIR": str(platform / "platform")}
+    released = invoke(["release", "--app", "dl-app", "--json"], ws, stacks, **env)
+    assert released.code == 0, released.output
+    # the slug: the current release's by default, byte for byte the one released
+    got = invoke(
+        ["slugs.download", "--app", "dl-app", "-o", str(tmp_path / "s.tgz")], ws, stacks, **env
+    )
+    assert got.code == 0, got.output
+    assert (tmp_path / "s.tgz").read_bytes() == Path(slug["path"]).read_bytes()
+    info = local_client(platform).slug("dl-app", released.json["slug"])
+    assert info["blob"]["method"] == "get", "slug info has Heroku's blob URL to download"
+    forged = info["blob"]["url"].rsplit("=", 1)[0] + "=" + "0" * 64
+    assert requests.get(forged, timeout=30).status_code == 403, "the URL's secret is checked"
+    # every stage of the bootstrap, as recorded
+    final = slug["input_hash"]
+    tree = tmp_path / "stage3"
+    got = invoke(
+        ["stages.download", "--app", "dl-app", "--key", final, "-o", str(tree), "--json"],
+        ws,
+        stacks,
+        **env,
+    )
+    assert got.code == 0, got.output
+    assert got.json["tree_digest"] == slug["tree_digest"]
+    assert any(p.name == "tcc" for p in tree.rglob("*")), "the tree holds the compiler"
+    # a damaged copy on the platform is refused, and nothing is left behind
+    blob = platform / "platform" / "blobs" / "sha256" / slug["checksum"].split(":")[1]
+    blob.write_bytes(blob.read_bytes()[:-10] + b"0123456789")
+    bad = invoke(
+        ["slugs.download", "--app", "dl-app", "-o", str(tmp_path / "bad.tgz")], ws, stacks, **env
+    )
+    assert bad.code == 11 and "it was discarded" in bad.stderr, bad.output
+    assert not (tmp_path / "bad.tgz").exists() and not list(tmp_path.glob(".bad.tgz*"))
     invoke(["platform.down"], ws, stacks, **env)
 
 

@@ -24,24 +24,16 @@ import hmac
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from selfhost.platform.api.errors import ApiError
+from selfhost.platform.api.streams import Stream
 from selfhost.platform.errors import invalid
 from selfhost.platform.runtime.dynos import DynoManager, Supervisor
 from selfhost.platform.store.db import now
 
 LOG_SESSION_SECONDS = 3600
-
-
-@dataclass
-class Stream:
-    """A streamed (chunked) response body; an empty chunk is a keep-alive tick."""
-
-    chunks: Iterator[bytes]
-    content_type: str = "text/plain; charset=utf-8"
 
 
 def _check(token: str, expected: str) -> None:

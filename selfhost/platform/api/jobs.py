@@ -38,20 +38,13 @@ see and touch only that app's jobs and stages (:mod:`selfhost.platform.api.auth`
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from selfhost.platform.api.dynos import Stream
 from selfhost.platform.api.errors import ApiError
+from selfhost.platform.api.streams import Stream, file_chunks
 from selfhost.platform.errors import Refused, invalid, not_found
 from selfhost.platform.jobs.service import FINAL, MAX_LOG_LINES, JobService
-
-
-def _file_chunks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            yield chunk
 
 
 def _lease(body: dict[str, Any]) -> str:
@@ -164,7 +157,7 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
         path = service.source_path(sha) if sha else None
         if path is None or not path.is_file():
             raise not_found("job source")
-        return 200, Stream(_file_chunks(path), "application/gzip")
+        return 200, Stream(file_chunks(path), "application/gzip")
 
     def jobs_sandbox(h: Any, job: str) -> tuple[int, Any]:
         body = h._json_body()
@@ -215,7 +208,7 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
     def stages_blob(h: Any, key: str) -> tuple[int, Any]:
         stage = own_stage(h, key)
         return 200, Stream(
-            _file_chunks(service.stage_blob(stage["blob_sha256"])), "application/gzip"
+            file_chunks(service.stage_blob(stage["blob_sha256"])), "application/gzip"
         )
 
     def stages_put(h: Any, key: str) -> tuple[int, Any]:

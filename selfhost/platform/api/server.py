@@ -11,6 +11,7 @@ GET         /apps/{app}                                 app info (id or name)
 POST        /apps/{app}/slugs                           create; answers ``blob: {method, url}``
 GET         /apps/{app}/slugs/{slug}                    slug info
 PUT         /blobs/{slug}?token=...                     upload the slug archive (the blob URL)
+GET         /blobs/{slug}?token=...                     download it (``blob.url`` of slug info)
 GET         /apps/{app}/releases                        list releases
 POST        /apps/{app}/releases                        ``{slug}`` release, ``{release}`` rollback
 GET         /apps/{app}/releases/{id or version}        release info
@@ -49,6 +50,7 @@ from selfhost.archive import Limits
 from selfhost.errors import SlugError
 from selfhost.platform.api.auth import Principal, authenticate, authorize
 from selfhost.platform.api.errors import ApiError, status_of
+from selfhost.platform.api.streams import Stream, file_chunks
 from selfhost.platform.errors import Refused
 from selfhost.platform.paths import PlatformPaths
 from selfhost.platform.slugs.slug import UNPACK_LIMITS, check_slug
@@ -108,6 +110,7 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         ("POST", r"^/apps/(?P<app>[^/]+)/slugs$", "slugs_create"),
         ("GET", r"^/apps/(?P<app>[^/]+)/slugs/(?P<slug>[^/]+)$", "slugs_info"),
         ("PUT", r"^/blobs/(?P<slug>[^/]+)$", "blob_put"),
+        ("GET", r"^/blobs/(?P<slug>[^/]+)$", "blob_get"),
         ("GET", r"^/apps/(?P<app>[^/]+)/releases$", "releases_list"),
         ("POST", r"^/apps/(?P<app>[^/]+)/releases$", "releases_create"),
         ("GET", r"^/apps/(?P<app>[^/]+)/releases/(?P<release>[^/]+)$", "releases_info"),
@@ -140,7 +143,7 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ]
 ]
 #: Routes whose URL carries its own secret instead of the API token.
-UNAUTHENTICATED = {"health", "blob_put", "dyno_attach", "log_stream"}
+UNAUTHENTICATED = {"health", "blob_put", "blob_get", "dyno_attach", "log_stream"}
 
 
 class RequestHandler(BaseHTTPRequestHandler):
@@ -360,7 +363,18 @@ class RequestHandler(BaseHTTPRequestHandler):
         return 201, slug
 
     def do_slugs_info(self, app: str, slug: str) -> tuple[int, Any]:
-        return 200, self.server.store.slug(app, slug)
+        found = self.server.store.slug(app, slug)
+        token = self.server.store.download_token(found["id"])
+        if token:  # uploaded: its blob is a pre-signed GET URL, as Heroku's
+            url = f"{self.base_url}/blobs/{found['id']}?token={token}"
+            found["blob"] = {"method": "get", "url": url}
+        return 200, found
+
+    def do_blob_get(self, slug: str) -> tuple[int, Any]:
+        """The slug archive, streamed, from its download URL (its own secret)."""
+        row = self.server.store.slug_for_download(slug, (self.query.get("token") or [""])[0])
+        path = self.server.paths.blob(row["blob_sha256"])
+        return 200, Stream(file_chunks(path), "application/gzip")
 
     def do_blob_put(self, slug: str) -> tuple[int, Any]:
         token = (self.query.get("token") or [""])[0]

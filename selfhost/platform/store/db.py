@@ -446,6 +446,28 @@ class Store:
             raise Refused("forbidden", "This blob URL is not valid.")
         return row
 
+    def slug_for_download(self, slug_id: str, token: str) -> sqlite3.Row:
+        """The uploaded slug a download URL points to, if its secret matches."""
+        with self.read() as db:
+            row = db.execute("SELECT * FROM slugs WHERE id = ?", (slug_id,)).fetchone()
+        expected = self.download_token(slug_id)
+        if row is None or expected is None or not hmac.compare_digest(expected, token):
+            raise Refused("forbidden", "This blob URL is not valid.")
+        return row
+
+    def download_token(self, slug_id: str) -> str | None:
+        """The secret of an uploaded slug's download URL (None before the upload):
+        derived from the upload secret, so it is never stored, like the signature of a
+        pre-signed URL."""
+        with self.read() as db:
+            row = db.execute(
+                "SELECT upload_token, blob_sha256 FROM slugs WHERE id = ?", (slug_id,)
+            ).fetchone()
+        if row is None or row["blob_sha256"] is None:
+            return None
+        secret = row["upload_token"].encode()
+        return hmac.new(secret, f"download:{slug_id}".encode(), "sha256").hexdigest()
+
     def attach_blob(self, slug_id: str, sha256: str, size: int) -> None:
         """Record a verified blob (already in place under blobs/sha256) on its slug."""
         with self.tx() as db:
