@@ -5,5 +5,6 @@
 - :mod:`.dynos`: dyno, formation and log routes; :mod:`.jobs`: compile-job and stage routes;
 - :mod:`.auth`: who is calling (the master token, app-scoped dyno tokens) and what
   they may do;
-- :mod:`.errors`: the one place where a refusal becomes an HTTP status.
+- :mod:`.errors`: the one place where a refusal becomes an HTTP status;
+- :mod:`.streams`: streamed response bodies (dyno output, logs, files).
 """
