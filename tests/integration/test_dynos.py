@@ -225,6 +225,23 @@ def test_detached_output_goes_to_the_log(plat):
     assert f"heroku[{name}]: Process exited with status 0" in logs
 
 
+def test_an_app_addressed_by_its_id_is_the_same_app(plat):
+    """Dynos and logs by id: one counter of names, one list, one log (Heroku accepts
+    either everywhere)."""
+    client = client_of(plat)
+    app_id = client.app("dynos")["id"]
+    by_id = client.create_dyno(app_id, {"command": "echo by-id-marker", "attach": True})
+    for _ in client.stream(by_id["attach_url"]):
+        pass
+    by_name = client.create_dyno("dynos", {"command": "true"})
+    assert by_id["name"] != by_name["name"], "one counter of names per app"
+    listed = {d["id"] for d in client.dynos(app_id)}
+    assert {by_id["id"], by_name["id"]} <= listed, "the list by id holds both"
+    url = client.log_session(app_id, tail=False, lines=1500)
+    assert "/logs/dynos?" in url, url
+    assert "by-id-marker" in b"".join(client.stream(url)).decode()
+
+
 def test_bad_input(plat):
     unknown = plat("run", "--app", "nope", "--", "true")
     assert unknown.code == 11 and "Couldn't find that app" in unknown.stderr

@@ -72,8 +72,12 @@ def routes(manager: DynoManager, supervisor: Supervisor) -> dict[str, Callable[.
     """The handlers the API server dispatches to (``handler(request, **params)``)."""
     sessions: dict[str, tuple[str, float]] = {}  # token -> (app, expiry)
 
+    def name_of(app: str) -> str:
+        """Apps are addressed by id or name; dynos, logs and counters by name."""
+        return str(manager.store.app(app)["name"])
+
     def dynos_create(h: Any, app: str) -> tuple[int, Any]:
-        dyno = manager.run(app, h._json_body())
+        dyno = manager.run(name_of(app), h._json_body())
         return 201, dyno.to_json(h.base_url)
 
     def dynos_list(h: Any, app: str) -> tuple[int, Any]:
@@ -85,7 +89,7 @@ def routes(manager: DynoManager, supervisor: Supervisor) -> dict[str, Callable[.
     def dynos_stop(h: Any, app: str, dyno: str) -> tuple[int, Any]:
         found = manager.get(app, dyno)
         manager.stop(found, "stopped by request")
-        supervisor.poke(app)
+        supervisor.poke(found.app)
         return 202, found.to_json(h.base_url)
 
     def dyno_attach(h: Any, dyno: str) -> tuple[int, Any]:
@@ -97,7 +101,7 @@ def routes(manager: DynoManager, supervisor: Supervisor) -> dict[str, Callable[.
 
     def log_sessions_create(h: Any, app: str) -> tuple[int, Any]:
         body = h._json_body()
-        manager.store.app(app)
+        app = name_of(app)
         lines = body.get("lines", 100)
         if not isinstance(lines, int) or isinstance(lines, bool) or not 0 <= lines <= 1500:
             raise invalid("lines must be a whole number from 0 to 1500")

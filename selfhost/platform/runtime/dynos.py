@@ -501,7 +501,7 @@ class DynoManager:
             id=str(uuid.uuid4()),
             app=release["app"]["name"],
             app_id=release["app"]["id"],
-            name=name or self._next_name(app, kind),
+            name=name or self._next_name(release["app"]["name"], kind),
             type=kind,
             command=command,
             size=size,
