@@ -231,3 +231,26 @@ def test_a_version_3_stage_store_is_migrated_per_app(tmp_path):
     assert stage is not None and stage["tree_digest"] == "d" * 64
     assert jobs.stage("a" * 64, other["id"]) is None, "another app's stage does not exist"
     assert jobs.stage("a" * 64) is not None, "the platform sees every app's"
+
+
+def test_malformed_requests_get_400_never_500(client, server):
+    """What a broken or hostile client sends is a 400 with Heroku's error shape."""
+    import socket
+
+    client.create_app("malformed")
+    auth = {"Authorization": f"Bearer {server.token}", "Accept": V3}
+    host, port = server.url.removeprefix("http://").split(":")
+    for length in ("abc", "-5"):
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(
+                f"POST /apps/malformed/slugs HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: {auth['Authorization']}\r\nContent-Length: {length}\r\n\r\n{{}}".encode()
+            )
+            head = b""
+            while chunk := s.recv(65536):  # the server closes: where the body ended is unknown
+                head += chunk
+        assert head.decode("latin-1").startswith("HTTP/1.1 400"), (length, head)
+        assert b"Content-Length must be a whole number" in head
+    deep = "[" * 100_000 + "]" * 100_000
+    r = requests.post(f"{server.url}/apps/malformed/slugs", data=deep, headers=auth)
+    assert r.status_code == 400 and r.json()["id"] == "bad_request", r.text

@@ -120,7 +120,7 @@ def routes(manager: DynoManager, supervisor: Supervisor) -> dict[str, Callable[.
         owner, expiry = sessions.get(token, ("", 0.0))
         if owner != app or time.monotonic() >= expiry:
             raise ApiError(403, "forbidden", "This log URL is not valid or has expired.")
-        lines = int((h.query.get("lines") or ["100"])[0])
+        lines = h.query_int("lines", 100)
         tail = (h.query.get("tail") or ["0"])[0] == "1"
         return 200, Stream(follow(manager.app_log(app).path, lines, tail))
 

@@ -74,7 +74,7 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
 
     def jobs_info(h: Any, app: str, job: str) -> tuple[int, Any]:
         found = in_app(app, job)
-        lines = int((h.query.get("log") or ["0"])[0] or 0)
+        lines = h.query_int("log", 0)
         if lines:
             found["log"] = jobs.log_tail(found["id"], lines)
         return 200, found

@@ -58,6 +58,7 @@ from selfhost.platform.store.db import Store
 
 ACCEPT_V3 = "application/vnd.heroku+json; version=3"
 MAX_JSON_BYTES = 1 << 20
+IDLE_SECONDS = 120  # an idle connection is closed after this long
 Handler = Callable[..., tuple[int, Any]]
 
 
@@ -66,6 +67,7 @@ class PlatformServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # the listen backlog (socketserver's default is 5)
 
     def __init__(
         self,
@@ -151,6 +153,7 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     server: PlatformServer
     protocol_version = "HTTP/1.1"
+    timeout = IDLE_SECONDS  # an idle keep-alive connection does not hold a thread forever
     server_version = "selfhost-platform"
 
     def setup(self) -> None:
@@ -231,8 +234,18 @@ class RequestHandler(BaseHTTPRequestHandler):
                 f"Unsupported API version {m.group(1)}: send Accept: {ACCEPT_V3}.",
             )
 
+    def content_length(self) -> int:
+        """The request's Content-Length: a whole number, or 400."""
+        value = (self.headers.get("Content-Length") or "0").strip()
+        if not value.isdigit():
+            self.close_connection = True  # where the body ends is unknown
+            raise ApiError(
+                400, "bad_request", f"Content-Length must be a whole number, not {value!r}."
+            )
+        return int(value)
+
     def _json_body(self) -> dict[str, Any]:
-        length = int(self.headers.get("Content-Length") or 0)
+        length = self.content_length()
         if length > MAX_JSON_BYTES:
             raise ApiError(413, "payload_too_large", "Request body too large.")
         raw = self.rfile.read(length) if length else b""
@@ -242,9 +255,18 @@ class RequestHandler(BaseHTTPRequestHandler):
             body = json.loads(raw)
         except ValueError as exc:
             raise ApiError(400, "bad_request", f"Malformed JSON body: {exc}.") from None
+        except RecursionError:
+            raise ApiError(400, "bad_request", "The JSON body is nested too deeply.") from None
         if not isinstance(body, dict):
             raise ApiError(400, "bad_request", "The JSON body must be an object.")
         return body
+
+    def query_int(self, name: str, default: int) -> int:
+        """A whole-number query parameter, or 400."""
+        value = (self.query.get(name) or [str(default)])[0] or str(default)
+        if not value.isdigit():
+            raise ApiError(400, "bad_request", f"{name} must be a whole number, not {value!r}.")
+        return int(value)
 
     @property
     def base_url(self) -> str:
@@ -261,7 +283,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             or self.headers.get("Content-Length") is None
         ):
             raise ApiError(411, "length_required", f"Send the {what} with a Content-Length.")
-        length = int(self.headers["Content-Length"])
+        length = self.content_length()
         if length > self.server.max_blob_bytes:
             raise ApiError(
                 413,
@@ -302,6 +324,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", stream.content_type)
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")  # a stream ends its connection: say so
         self.end_headers()
         try:
             for chunk in stream.chunks:
