@@ -9,6 +9,7 @@ never shadows Python's own ``platform`` module. Its parts, by responsibility:
 - :mod:`.jobs`: compile jobs (the daemon's service, the queue, the worker process type);
 - :mod:`.api`: the HTTP API (routes, authentication and token scopes, errors);
 - :mod:`.paths` (every path of a platform directory), :mod:`.errors` (what the
-  platform refuses, without HTTP), :mod:`.daemon` (assembles the parts and serves),
+  platform refuses, without HTTP), :mod:`.tls` (the certificate authority of
+  rendezvous), :mod:`.daemon` (assembles the parts and serves),
   :mod:`.client` (the Python client), ``app/`` (the platform's own app).
 """
