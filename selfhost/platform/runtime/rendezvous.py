@@ -1,0 +1,147 @@
+"""Rendezvous: how a client attaches to a one-off dyno, as Heroku's CLI does.
+
+A dyno created with ``attach: true`` has ``attach_url`` ``rendezvous://HOST:PORT/SECRET``.
+The client connects with TLS (the platform's authority, :mod:`selfhost.platform.tls`),
+writes the secret and CRLF; the server answers ``rendezvous\\r\\n`` and from then on
+the connection is the dyno's terminal: what the client sends is the dyno's stdin (the
+client closing its side is end of input), what the dyno writes comes back, and the
+server closes the connection when the dyno has ended. A wrong secret, or none within
+:data:`HELLO_SECONDS`, gets the connection closed without a word.
+
+The server is asyncio's (one event loop in a thread of its own): a TLS connection is
+full duplex here, and OpenSSL does not let two threads read and write one connection.
+A dyno's output is an iterator that blocks; a thread per attached client drains it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+from selfhost.platform.tls import Authority
+
+HELLO_SECONDS = 10.0
+MAX_SECRET = 256
+
+
+class Attachable(Protocol):
+    """What rendezvous needs of a dyno."""
+
+    attach_token: str
+
+    def output(self) -> Iterator[bytes]: ...
+
+    def write_input(self, data: bytes) -> None: ...
+
+    def close_input(self) -> None: ...
+
+
+class Rendezvous:
+    """A TLS server that joins clients to their dynos by the dyno's secret."""
+
+    def __init__(
+        self,
+        authority: Authority,
+        lookup: Callable[[str], Attachable | None],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log: Callable[[str], None] | None = None,
+    ):
+        self.context = authority.server_context()
+        self.lookup = lookup
+        self.log = log or (lambda line: None)
+        self.listener = socket.create_server((host, port), backlog=128)
+        self.host = host
+        self.port = self.listener.getsockname()[1]
+        self.loop = asyncio.new_event_loop()
+        self.thread: threading.Thread | None = None
+
+    def url(self, secret: str) -> str:
+        return f"rendezvous://{self.host}:{self.port}/{secret}"
+
+    def start(self) -> None:
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(
+                asyncio.start_server(
+                    self._client,
+                    sock=self.listener,
+                    ssl=self.context,
+                    ssl_handshake_timeout=HELLO_SECONDS,
+                    limit=MAX_SECRET + 2,
+                )
+            )
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True, name="rendezvous")
+        self.thread.start()
+        ready.wait(10)
+
+    def stop(self) -> None:
+        if self.thread is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+        with contextlib.suppress(OSError):
+            self.listener.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            dyno = await self._hello(reader)
+            if dyno is None:
+                return
+            writer.write(b"rendezvous\r\n")
+            feed = asyncio.create_task(_feed(reader, dyno))
+            chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
+            loop = asyncio.get_running_loop()
+
+            def drain() -> None:  # the dyno's output blocks: a thread of its own
+                try:
+                    for chunk in dyno.output():
+                        loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+                finally:
+                    loop.call_soon_threadsafe(chunks.put_nowait, None)
+
+            threading.Thread(target=drain, daemon=True, name="rendezvous-out").start()
+            while (chunk := await chunks.get()) is not None:
+                if chunk:
+                    writer.write(chunk)
+                    await writer.drain()
+            feed.cancel()
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            self.log(f"rendezvous: {type(exc).__name__}: {exc}")
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _hello(self, reader: asyncio.StreamReader) -> Attachable | None:
+        """The secret the client sends first (up to CRLF), and its dyno if it is one."""
+        try:
+            line = await asyncio.wait_for(reader.readuntil(b"\r\n"), HELLO_SECONDS)
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            return None
+        secret = line[:-2].decode("ascii", "replace")
+        dyno = self.lookup(secret)
+        if dyno is None or not hmac.compare_digest(dyno.attach_token, secret):
+            return None
+        return dyno
+
+
+async def _feed(reader: asyncio.StreamReader, dyno: Attachable) -> None:
+    """The client's bytes to the dyno's stdin; end of input when the client closes."""
+    try:
+        while chunk := await reader.read(65536):
+            await asyncio.to_thread(dyno.write_input, chunk)
+    except (OSError, ConnectionError):
+        pass
+    finally:
+        dyno.close_input()
