@@ -38,11 +38,11 @@ def first_output(client: PlatformClient, app: str, engine: str) -> float:
     """Seconds from POST /dynos to the first byte of the dyno's output."""
     started = time.perf_counter()
     dyno = client.create_dyno(app, {"command": "echo first", "attach": True, "engine": engine})
-    for chunk in client.stream(dyno["attach_url"]):
+    for chunk in client.stream(dyno["attach_http_url"]):
         if chunk:
             elapsed = time.perf_counter() - started
             break
-    for _ in client.stream(dyno["attach_url"]):  # let it finish before the next one
+    for _ in client.stream(dyno["attach_http_url"]):  # let it finish before the next one
         pass
     return elapsed
 

@@ -475,7 +475,7 @@ def run(
         return
     out = sys.stdout.buffer
     try:
-        for chunk in client.stream(dyno["attach_url"]):
+        for chunk in client.stream(dyno["attach_http_url"]):
             out.write(chunk)
             out.flush()
     except KeyboardInterrupt:

@@ -171,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     from selfhost.platform.api.server import PlatformServer
     from selfhost.platform.jobs.service import JobService
     from selfhost.platform.runtime.dynos import DynoManager, Supervisor
+    from selfhost.platform.runtime.rendezvous import Rendezvous
     from selfhost.platform.slugs.slug import UNPACK_LIMITS
+    from selfhost.platform.tls import Authority
 
     parser = argparse.ArgumentParser(prog="selfhost.platform.daemon")
     parser.add_argument("--dir", required=True, type=Path)
@@ -228,12 +230,17 @@ def main(argv: list[str] | None = None) -> int:
     supervisor = None
     manager = None
     jobs = None
+    rendezvous = None
     if settings:
         manager = DynoManager(
             server.store, paths, settings, api_port=lambda: int(server.server_address[1]), log=log
         )
         supervisor = Supervisor(manager)
-        server.routes.update(routes(manager, supervisor))
+        # heroku run: attached dynos are reached over TLS (the platform's own authority)
+        authority = Authority.ensure(paths.tls, sorted({args.host, "127.0.0.1", "localhost"}))
+        rendezvous = Rendezvous(authority, manager.attachable, host=args.host, log=log)
+        rendezvous.start()
+        server.routes.update(routes(manager, supervisor, rendezvous))
         server.on_change = supervisor.poke
         jobs = JobService(
             server.store,
@@ -273,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         if supervisor and manager:
             supervisor.stop()
             manager.shutdown()
+        if rendezvous:
+            rendezvous.stop()
         server.server_close()
         try:
             if json.loads(paths.daemon_json.read_text()).get("pid") == os.getpid():

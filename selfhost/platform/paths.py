@@ -75,6 +75,10 @@ class PlatformPaths:
         return self.root / "security"
 
     @property
+    def tls(self) -> Path:
+        return self.root / "tls"
+
+    @property
     def net(self) -> Path:
         return self.root / "net"
 

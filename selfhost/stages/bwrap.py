@@ -269,7 +269,7 @@ class BwrapEngine:
         try:
             proc = subprocess.Popen(
                 argv,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if sandbox.stdin else subprocess.DEVNULL,
                 stdout=fd if fd is not None else subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 pass_fds=fds,
@@ -309,6 +309,7 @@ class BwrapProcess:
     ):
         self.proc = proc
         self.pid = proc.pid
+        self.stdin = proc.stdin
         self.pump = pump
         self.cgroup = cgroup
         self.staged = staged
@@ -343,6 +344,9 @@ class BwrapProcess:
         return self.proc.pid
 
     def close(self) -> dict[str, Any]:
+        if self.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.stdin.close()
         if self.staged is not None:
             self.staged.remove()
             self.staged = None

@@ -224,6 +224,7 @@ class DockerProcess:
         self.container = container
         self.pump = pump
         self.pid = container.short_id
+        self.stdin = None  # an attached Docker dyno is output only (no stdin yet)
 
     def wait(self, timeout: float | None = None) -> int | None:
         import requests

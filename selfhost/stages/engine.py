@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from selfhost.errors import UsageError
 from selfhost.stages.security import Security
@@ -75,6 +75,9 @@ class Sandbox:
     #: The unprivileged host id the sandbox runs as (see selfhost.stages.security);
     #: files it writes on the host are owned by it.
     host_id: int = 0
+    #: A pipe the caller writes (``Process.stdin``: an attached one-off dyno's
+    #: terminal, bwrap only); else the command's stdin is /dev/null.
+    stdin: bool = False
 
     def inner_argv(self) -> list[str]:
         """The command Docker executes inside the sandbox (see module docstring)."""
@@ -130,6 +133,10 @@ class Process(Protocol):
 
     def namespace_pid(self) -> int:
         """A host pid inside the sandbox (to reach its namespaces from outside)."""
+
+    @property
+    def stdin(self) -> IO[bytes] | None:
+        """The command's stdin, if the sandbox was started with ``stdin=True``."""
 
 
 class Engine(Protocol):

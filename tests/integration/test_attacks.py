@@ -404,7 +404,7 @@ def test_a_dyno_s_secrets_are_in_no_host_command_line(platforms) -> None:
             marker.wait()
         command = 'echo "up $SELFHOST_API_TOKEN"; sleep 3'
         dyno = plat.client.create_dyno("target", {"command": command, "attach": True})
-        stream = plat.client.stream(dyno["attach_url"])
+        stream = plat.client.stream(dyno["attach_http_url"])
         first = next(stream).decode()
         assert first.startswith("up dyno-"), first
         token = first.split()[1]

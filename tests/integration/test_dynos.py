@@ -231,7 +231,7 @@ def test_an_app_addressed_by_its_id_is_the_same_app(plat):
     client = client_of(plat)
     app_id = client.app("dynos")["id"]
     by_id = client.create_dyno(app_id, {"command": "echo by-id-marker", "attach": True})
-    for _ in client.stream(by_id["attach_url"]):
+    for _ in client.stream(by_id["attach_http_url"]):
         pass
     by_name = client.create_dyno("dynos", {"command": "true"})
     assert by_id["name"] != by_name["name"], "one counter of names per app"
@@ -240,6 +240,43 @@ def test_an_app_addressed_by_its_id_is_the_same_app(plat):
     url = client.log_session(app_id, tail=False, lines=1500)
     assert "/logs/dynos?" in url, url
     assert "by-id-marker" in b"".join(client.stream(url)).decode()
+
+
+def test_rendezvous_is_the_attached_dyno_s_terminal(plat):
+    """heroku run's protocol: TLS (the platform's authority), the secret and CRLF,
+    'rendezvous', then stdin and output both ways until the dyno ends."""
+    import socket
+    import ssl
+    import urllib.parse
+
+    client = client_of(plat)
+    root = Path(plat.env["INVOKE_SELFHOST_PLATFORM_DIR"])
+    trust = ssl.create_default_context(cafile=str(root / "tls" / "ca.crt"))
+
+    def attach(url: str, secret: str, typed: bytes) -> bytes:
+        where = urllib.parse.urlsplit(url)
+        with (
+            socket.create_connection((where.hostname, where.port), timeout=60) as raw,
+            trust.wrap_socket(raw, server_hostname=where.hostname) as tls,
+        ):
+            tls.sendall(secret.encode() + b"\r\n" + typed)
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+            return data
+
+    command = 'read line; echo "got $line"; exit 3'
+    dyno = client.create_dyno("dynos", {"command": command, "attach": True})
+    assert dyno["attach_url"].startswith("rendezvous://"), dyno["attach_url"]
+    secret = urllib.parse.urlsplit(dyno["attach_url"]).path.lstrip("/")
+    assert attach(dyno["attach_url"], "not-the-secret", b"") == b"", "a wrong secret: nothing"
+    data = attach(dyno["attach_url"], secret, b"hello\n")
+    assert data.startswith(b"rendezvous\r\n") and b"got hello" in data, data
+    assert wait_for(lambda: client.dyno("dynos", dyno["id"])["exit_code"] == 3)
+    # whoever attaches over HTTP has no input to give: the command reads EOF at once
+    other = client.create_dyno("dynos", {"command": 'cat; echo "eof"', "attach": True})
+    out = b"".join(client.stream(other["attach_http_url"]))
+    assert out.endswith(b"eof\n"), out
 
 
 def test_bad_input(plat):

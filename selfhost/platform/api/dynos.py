@@ -30,7 +30,8 @@ from typing import Any
 from selfhost.platform.api.errors import ApiError
 from selfhost.platform.api.streams import Stream
 from selfhost.platform.errors import invalid
-from selfhost.platform.runtime.dynos import DynoManager, Supervisor
+from selfhost.platform.runtime.dynos import Dyno, DynoManager, Supervisor
+from selfhost.platform.runtime.rendezvous import Rendezvous
 from selfhost.platform.store.db import now
 
 LOG_SESSION_SECONDS = 3600
@@ -68,8 +69,18 @@ def follow(path: Path, lines: int, tail: bool) -> Iterator[bytes]:
             time.sleep(0.2)
 
 
-def routes(manager: DynoManager, supervisor: Supervisor) -> dict[str, Callable[..., Any]]:
-    """The handlers the API server dispatches to (``handler(request, **params)``)."""
+def routes(
+    manager: DynoManager, supervisor: Supervisor, rendezvous: Rendezvous | None = None
+) -> dict[str, Callable[..., Any]]:
+    """The handlers the API server dispatches to (``handler(request, **params)``).
+    With ``rendezvous``, an attached dyno's ``attach_url`` is its rendezvous URL."""
+
+    def as_json(h: Any, dyno: Dyno) -> dict[str, Any]:
+        url = None
+        if rendezvous is not None and dyno.attach:
+            url = rendezvous.url(dyno.attach_token)
+        return dyno.to_json(h.base_url, url)
+
     sessions: dict[str, tuple[str, float]] = {}  # token -> (app, expiry)
 
     def name_of(app: str) -> str:
@@ -78,25 +89,26 @@ def routes(manager: DynoManager, supervisor: Supervisor) -> dict[str, Callable[.
 
     def dynos_create(h: Any, app: str) -> tuple[int, Any]:
         dyno = manager.run(name_of(app), h._json_body())
-        return 201, dyno.to_json(h.base_url)
+        return 201, as_json(h, dyno)
 
     def dynos_list(h: Any, app: str) -> tuple[int, Any]:
-        return 200, [d.to_json(h.base_url) for d in manager.list(app)]
+        return 200, [as_json(h, d) for d in manager.list(app)]
 
     def dynos_info(h: Any, app: str, dyno: str) -> tuple[int, Any]:
-        return 200, manager.get(app, dyno).to_json(h.base_url)
+        return 200, as_json(h, manager.get(app, dyno))
 
     def dynos_stop(h: Any, app: str, dyno: str) -> tuple[int, Any]:
         found = manager.get(app, dyno)
         manager.stop(found, "stopped by request")
         supervisor.poke(found.app)
-        return 202, found.to_json(h.base_url)
+        return 202, as_json(h, found)
 
     def dyno_attach(h: Any, dyno: str) -> tuple[int, Any]:
         found = manager.by_id(dyno)
         if found is None:
             raise ApiError(404, "not_found", "Couldn't find that dyno.")
         _check((h.query.get("token") or [""])[0], found.attach_token)
+        found.close_input()  # attached over HTTP: output only, the command reads EOF
         return 200, Stream(found.output())
 
     def log_sessions_create(h: Any, app: str) -> tuple[int, Any]:

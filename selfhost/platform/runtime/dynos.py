@@ -202,6 +202,10 @@ class Dyno:
     stopping: bool = False
     _buffer: bytearray = field(default_factory=bytearray)
     _cond: threading.Condition = field(default_factory=threading.Condition)
+    # stdin of an attached one-off (bwrap): what came before the command started
+    _pending_input: bytearray = field(default_factory=bytearray)
+    _input_closed: bool = False
+    _input_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def live(self) -> bool:
@@ -214,6 +218,40 @@ class Dyno:
     def set_state(self, state: str) -> None:
         self.state = state
         self.updated_at = now()
+
+    def running(self, process: Process) -> None:
+        """The command runs: what was typed before it started goes to its stdin."""
+        with self._cond:
+            self.process = process
+            pending, self._pending_input = bytes(self._pending_input), bytearray()
+            closed = self._input_closed
+        if pending:
+            self.write_input(pending)
+        if closed:
+            self.close_input()
+
+    def write_input(self, data: bytes) -> None:
+        """Bytes for the command's stdin (from an attached client)."""
+        with self._cond:
+            if self._input_closed:
+                return
+            pipe = self.process.stdin if self.process is not None else None
+            if pipe is None and self.process is None:
+                self._pending_input += data
+                return
+        if pipe is not None:
+            with self._input_lock, contextlib.suppress(OSError, ValueError):
+                pipe.write(data)
+                pipe.flush()
+
+    def close_input(self) -> None:
+        """End of input: the command reads EOF."""
+        with self._cond:
+            self._input_closed = True
+            pipe = self.process.stdin if self.process is not None else None
+        if pipe is not None:
+            with contextlib.suppress(OSError, ValueError):
+                pipe.close()
 
     def append(self, data: bytes) -> None:
         with self._cond:
@@ -240,7 +278,15 @@ class Dyno:
             elif done:
                 return
 
-    def to_json(self, base_url: str = "") -> dict[str, Any]:
+    def to_json(self, base_url: str = "", rendezvous_url: str | None = None) -> dict[str, Any]:
+        """Heroku's dyno; ``attach_url`` is the rendezvous URL (stdin and output, TLS)
+        when there is one, ``attach_http_url`` the output alone, streamed over HTTP (whoever
+        opens it has no input to give: the command reads EOF)."""
+        http = (
+            f"{base_url}/dynos/{self.id}/attach?token={self.attach_token}"
+            if self.attach and base_url
+            else None
+        )
         return {
             "id": self.id,
             "name": self.name,
@@ -250,11 +296,8 @@ class Dyno:
             "size": self.size,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
-            "attach_url": (
-                f"{base_url}/dynos/{self.id}/attach?token={self.attach_token}"
-                if self.attach and base_url
-                else None
-            ),
+            "attach_url": (rendezvous_url if self.attach and rendezvous_url else http),
+            "attach_http_url": http,
             "release": {"id": self.release_id, "version": self.release_version},
             "app": {"id": self.app_id, "name": self.app},
             "exit_code": self.exit_code,
@@ -540,7 +583,7 @@ class DynoManager:
                 if not isinstance(exc, SelfhostError | Refused | OSError):
                     self.log(f"dynos: {dyno.name} of {dyno.app}: {exc!r}")
                 return
-            dyno.process = process
+            dyno.running(process)
             if dyno.stopping:  # stopped (ps.stop, scale, ttl) while it was starting
                 self._stop_process(dyno, grace=0)
             else:
@@ -645,6 +688,7 @@ class DynoManager:
             label=f"dyno-{dyno.id}",
             uid=RUN_AS.get(dyno.type, 0),
             host_id=host_id,
+            stdin=dyno.attach and engine.name == "bwrap",  # its attached client types
         )
         process = engine.start(sandbox, output)
         if self.networks is not None and netns is None:  # Docker: attach to the container
@@ -762,6 +806,14 @@ class DynoManager:
     def by_id(self, dyno_id: str) -> Dyno | None:
         with self.lock:
             return self.dynos.get(dyno_id)
+
+    def attachable(self, secret: str) -> Dyno | None:
+        """The live attached dyno whose secret this is (rendezvous)."""
+        with self.lock:
+            for dyno in self.dynos.values():
+                if dyno.attach and dyno.live and dyno.attach_token == secret:
+                    return dyno
+        return None
 
     def shutdown(self, grace: float = 5.0) -> None:
         """Stop every dyno (the daemon is going down)."""
