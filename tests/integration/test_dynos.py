@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -277,6 +279,42 @@ def test_rendezvous_is_the_attached_dyno_s_terminal(plat):
     other = client.create_dyno("dynos", {"command": 'cat; echo "eof"', "attach": True})
     out = b"".join(client.stream(other["attach_http_url"]))
     assert out.endswith(b"eof\n"), out
+
+
+HEROKU_CLI = os.environ.get("SELFHOST_TEST_HEROKU_CLI") or shutil.which("heroku")
+
+
+@pytest.mark.skipif(
+    not HEROKU_CLI, reason="the Heroku CLI (npm package heroku): set SELFHOST_TEST_HEROKU_CLI"
+)
+def test_the_heroku_cli_runs_one_off_dynos(plat, tmp_path):
+    """`heroku run` (attached: rendezvous, stdin, exit codes with -x) and `run:detached`,
+    from the official CLI pointed at the platform."""
+    root = Path(plat.env["INVOKE_SELFHOST_PLATFORM_DIR"])
+    client = client_of(plat)
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path),
+        "HEROKU_HOST": client.base_url,
+        "HEROKU_API_KEY": (root / "token").read_text().strip(),
+        "NODE_EXTRA_CA_CERTS": str(root / "tls" / "ca.crt"),
+    }
+
+    def heroku(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        assert HEROKU_CLI
+        return subprocess.run(
+            [HEROKU_CLI, *args], input=stdin, env=env, capture_output=True, text=True, timeout=120
+        )
+
+    ok = heroku("run", "-x", "-a", "dynos", "--", "echo ok-from-heroku-run")
+    assert ok.returncode == 0 and "ok-from-heroku-run" in ok.stdout, ok.stdout + ok.stderr
+    failed = heroku("run", "-x", "-a", "dynos", "--", 'sh -c "exit 4"')
+    assert failed.returncode == 4, failed.stdout + failed.stderr
+    typed = heroku("run", "-x", "-a", "dynos", "--", "cat; echo done", stdin="l1\nl2\n")
+    assert typed.returncode == 0 and "l1\nl2\ndone" in typed.stdout, typed.stdout + typed.stderr
+    detached = heroku("run:detached", "-a", "dynos", "--", "echo detached-marker")
+    assert detached.returncode == 0, detached.stdout + detached.stderr
+    assert wait_for(lambda: "detached-marker" in plat("logs", "--app", "dynos").stdout)
 
 
 def test_bad_input(plat):

@@ -105,3 +105,18 @@ def test_a_client_that_says_nothing_is_dropped(tmp_path, monkeypatch):
         assert done.wait(5), "the silent client was dropped"
     finally:
         server.stop()
+
+
+def test_eot_ends_the_input_as_heroku_s_cli_sends_it(tmp_path):
+    """A stdin that is not a terminal ends with EOT: the dyno's input ends, the rest of
+    its output still comes."""
+    authority = Authority.ensure(tmp_path / "tls", ["127.0.0.1"])
+    dyno = EchoDyno("s3cret")
+    server = Rendezvous(authority, lambda secret: dyno)
+    server.start()
+    try:
+        tls = connect(server, authority, "s3cret")
+        tls.sendall(b"abc\n\x04")
+        assert read_all(tls) == b"rendezvous\r\nhello\nABC\nbye\n"
+    finally:
+        server.stop()

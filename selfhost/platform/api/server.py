@@ -106,6 +106,7 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     (m, re.compile(p), h)
     for m, p, h in [
         ("GET", r"^/health$", "health"),
+        ("GET", r"^/account$", "account_info"),
         ("GET", r"^/apps$", "apps_list"),
         ("POST", r"^/apps$", "apps_create"),
         ("GET", r"^/apps/(?P<app>[^/]+)$", "apps_info"),
@@ -364,6 +365,9 @@ class RequestHandler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------------ handlers
     def do_health(self) -> tuple[int, Any]:
         return 200, {"status": "ok"}
+
+    def do_account_info(self) -> tuple[int, Any]:
+        return 200, self.server.store.account()
 
     def do_apps_list(self) -> tuple[int, Any]:
         return 200, self.server.store.apps()

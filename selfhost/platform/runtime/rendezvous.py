@@ -3,9 +3,14 @@
 A dyno created with ``attach: true`` has ``attach_url`` ``rendezvous://HOST:PORT/SECRET``.
 The client connects with TLS (the platform's authority, :mod:`selfhost.platform.tls`),
 writes the secret and CRLF; the server answers ``rendezvous\\r\\n`` and from then on
-the connection is the dyno's terminal: what the client sends is the dyno's stdin (the
-client closing its side is end of input), what the dyno writes comes back, and the
-server closes the connection when the dyno has ended. A wrong secret, or none within
+the connection is the dyno's terminal: what the client sends is the dyno's stdin, what
+the dyno writes comes back, and the server closes the connection when the dyno has
+ended. End of input is the client closing its side, or EOT (Ctrl-D, ``\x04``) at the end
+of what it sends, which is how Heroku's CLI ends a stdin that is not a terminal (the
+dyno has no pty that would read it as end of file). When the dyno ends first, the
+server gives the client :data:`LINGER_SECONDS` to send its end of input before it
+closes: the CLI writes its EOT when its own stdin ends, and a write after the server's
+close crashes it. A wrong secret, or none within
 :data:`HELLO_SECONDS`, gets the connection closed without a word.
 
 The server is asyncio's (one event loop in a thread of its own): a TLS connection is
@@ -26,6 +31,8 @@ from typing import Protocol
 from selfhost.platform.tls import Authority
 
 HELLO_SECONDS = 10.0
+LINGER_SECONDS = 0.5
+EOT = b"\x04"
 MAX_SECRET = 256
 
 
@@ -99,7 +106,9 @@ class Rendezvous:
             if dyno is None:
                 return
             writer.write(b"rendezvous\r\n")
-            feed = asyncio.create_task(_feed(reader, dyno))
+            await writer.drain()  # its own record: the CLI drops the first one it reads
+            ended = asyncio.Event()
+            feed = asyncio.create_task(_feed(reader, dyno, ended))
             chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
             loop = asyncio.get_running_loop()
 
@@ -115,6 +124,8 @@ class Rendezvous:
                 if chunk:
                     writer.write(chunk)
                     await writer.drain()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), LINGER_SECONDS)
             feed.cancel()
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
             self.log(f"rendezvous: {type(exc).__name__}: {exc}")
@@ -136,12 +147,19 @@ class Rendezvous:
         return dyno
 
 
-async def _feed(reader: asyncio.StreamReader, dyno: Attachable) -> None:
-    """The client's bytes to the dyno's stdin; end of input when the client closes."""
+async def _feed(reader: asyncio.StreamReader, dyno: Attachable, ended: asyncio.Event) -> None:
+    """The client's bytes to the dyno's stdin, until the client closes or ends with EOT."""
     try:
         while chunk := await reader.read(65536):
-            await asyncio.to_thread(dyno.write_input, chunk)
+            last = chunk.endswith(EOT)
+            if last:
+                chunk = chunk[: -len(EOT)]
+            if chunk:
+                await asyncio.to_thread(dyno.write_input, chunk)
+            if last:
+                break
     except (OSError, ConnectionError):
         pass
     finally:
         dyno.close_input()
+        ended.set()

@@ -78,6 +78,7 @@ from selfhost.platform.errors import Refused, invalid, not_found
 from selfhost.platform.paths import PlatformPaths
 
 SCHEMA_VERSION = 4
+OPERATOR_EMAIL = "operator@selfhost.localhost"  # the platform's one account
 POOL_SIZE = 8  # idle connections kept open
 APP_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,28}[a-z0-9]$")
 CONFIG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -226,6 +227,7 @@ class Store:
             if old:
                 for statement in filter(str.strip, MIGRATE_STAGES.split(";")):
                     db.execute(statement)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('account_id', ?)", (str(uuid.uuid4()),))
             db.execute(
                 "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) "
                 "DO UPDATE SET value = excluded.value",
@@ -380,9 +382,39 @@ class Store:
             "updated_at": row["updated_at"],
             "released_at": released,
             "maintenance": False,
+            "owner": self._owner(db),
             "region": {"name": "local"},
             "web_url": None,
             "git_url": None,
+        }
+
+    # ------------------------------------------------------------------ the account
+    @staticmethod
+    def _owner(db: sqlite3.Connection) -> dict[str, str]:
+        account_id = db.execute("SELECT value FROM meta WHERE key = 'account_id'").fetchone()
+        return {"id": account_id[0], "email": OPERATOR_EMAIL}
+
+    def account(self) -> dict[str, Any]:
+        """The platform's one account: its operator, who holds the platform's token
+        (Heroku's ``GET /account``; every app's ``owner``)."""
+        with self.read() as db:
+            owner = self._owner(db)
+            created = db.execute("SELECT MIN(created_at) FROM apps").fetchone()[0]
+        return {
+            **owner,
+            "name": "selfhost operator",
+            "allow_tracking": False,
+            "beta": False,
+            "created_at": created or now(),
+            "updated_at": created or now(),
+            "last_login": None,
+            "two_factor_authentication": False,
+            "verified": True,
+            "default_organization": None,
+            "default_team": None,
+            "sms_number": None,
+            "suspended_at": None,
+            "delinquent_at": None,
         }
 
     # ------------------------------------------------------------------ slugs
