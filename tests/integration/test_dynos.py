@@ -288,8 +288,9 @@ HEROKU_CLI = os.environ.get("SELFHOST_TEST_HEROKU_CLI") or shutil.which("heroku"
     not HEROKU_CLI, reason="the Heroku CLI (npm package heroku): set SELFHOST_TEST_HEROKU_CLI"
 )
 def test_the_heroku_cli_runs_one_off_dynos(plat, tmp_path):
-    """`heroku run` (attached: rendezvous, stdin, exit codes with -x) and `run:detached`,
-    from the official CLI pointed at the platform."""
+    """`heroku run` (attached: rendezvous, stdin, exit codes with -x), `run:detached`,
+    `apps`, `apps:info`, `config:set`/`unset`, `releases -n 1` and `logs`, from the
+    official CLI pointed at the platform."""
     root = Path(plat.env["INVOKE_SELFHOST_PLATFORM_DIR"])
     client = client_of(plat)
     env = {
@@ -315,6 +316,22 @@ def test_the_heroku_cli_runs_one_off_dynos(plat, tmp_path):
     detached = heroku("run:detached", "-a", "dynos", "--", "echo detached-marker")
     assert detached.returncode == 0, detached.stdout + detached.stderr
     assert wait_for(lambda: "detached-marker" in plat("logs", "--app", "dynos").stdout)
+    # the everyday commands around it
+    apps = heroku("apps")
+    assert apps.returncode == 0 and "dynos" in apps.stdout, apps.stdout + apps.stderr
+    info = heroku("apps:info", "-a", "dynos")
+    assert info.returncode == 0 and "Slug Size" in info.stdout, info.stdout + info.stderr
+    before = max(r["version"] for r in client.releases("dynos"))
+    configured = heroku("config:set", "HEROKU_CLI_SET=yes", "-a", "dynos")
+    assert configured.returncode == 0, configured.stdout + configured.stderr
+    assert f"v{before + 1}" in configured.stdout + configured.stderr, "the version it made"
+    assert client.config("dynos")["HEROKU_CLI_SET"] == "yes"
+    newest = heroku("releases", "-a", "dynos", "-n", "1")
+    assert f"v{before + 1}" in newest.stdout and f"v{before} " not in newest.stdout
+    logs = heroku("logs", "-a", "dynos", "-n", "200")
+    assert logs.returncode == 0 and "detached-marker" in logs.stdout, logs.stdout + logs.stderr
+    unset = heroku("config:unset", "HEROKU_CLI_SET", "-a", "dynos")
+    assert unset.returncode == 0 and "HEROKU_CLI_SET" not in client.config("dynos")
 
 
 def test_bad_input(plat):

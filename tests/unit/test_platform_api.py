@@ -254,3 +254,55 @@ def test_malformed_requests_get_400_never_500(client, server):
     deep = "[" * 100_000 + "]" * 100_000
     r = requests.post(f"{server.url}/apps/malformed/slugs", data=deep, headers=auth)
     assert r.status_code == 400 and r.json()["id"] == "bad_request", r.text
+
+
+def test_herokus_http_conventions(client, server):
+    """Range/Next-Range (206), ETag with If-None-Match (304), Request-Id, rate limits,
+    /account, /users/~/apps and add-ons: what Heroku's CLI asks for."""
+    client.create_app("ranged")
+    for n in range(3):
+        slug, _ = server.store.create_slug("ranged", {"process_types": {"web": "x"}})
+        server.store.attach_blob(slug["id"], f"{n:064x}", 1)
+        server.store.create_release("ranged", slug["id"], None)
+    auth = {"Authorization": f"Bearer {server.token}", "Accept": V3}
+    url = f"{server.url}/apps/ranged/releases"
+    newest = requests.get(url, headers={**auth, "Range": "version ..; max=1, order=desc"})
+    assert newest.status_code == 206 and [r["version"] for r in newest.json()] == [3]
+    assert newest.headers["Next-Range"] == "version 2..; max=1, order=desc"
+    rest = requests.get(url, headers={**auth, "Range": newest.headers["Next-Range"]})
+    assert [r["version"] for r in rest.json()] == [2]
+    everything = requests.get(url, headers=auth)
+    assert everything.status_code == 200 and len(everything.json()) == 3
+    assert "Next-Range" not in everything.headers
+    bad = requests.get(url, headers={**auth, "Range": "color ..; max=1"})
+    assert bad.status_code == 400 and bad.json()["id"] == "bad_request"
+    # ETag: the same answer again is a 304 with no body
+    etag = everything.headers["ETag"]
+    again = requests.get(url, headers={**auth, "If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b""
+    assert everything.headers["RateLimit-Remaining"].isdigit()
+    assert (
+        requests.get(url, headers={**auth, "Request-Id": "abc-1"}).headers["Request-Id"] == "abc-1"
+    )
+    assert everything.headers["Request-Id"] != again.headers["Request-Id"]
+    # the account, its apps, add-ons
+    account = requests.get(f"{server.url}/account", headers=auth).json()
+    assert account["email"] and account["id"]
+    mine = requests.get(f"{server.url}/users/~/apps", headers=auth).json()
+    assert "ranged" in [a["name"] for a in mine]
+    assert all(a["owner"]["id"] == account["id"] for a in mine), "apps have an owner"
+    assert requests.get(f"{server.url}/apps/ranged/addons", headers=auth).json() == []
+    assert requests.get(f"{server.url}/account/rate-limits", headers=auth).json()["remaining"] > 0
+    assert requests.get(f"{server.url}/users/someone/apps", headers=auth).status_code == 404
+
+
+def test_log_lines_as_server_sent_events():
+    from selfhost.platform.api.dynos import server_sent_events
+
+    chunks = iter([b"2026 app[web.1]: one\n2026 app[web.1]: tw", b"", b"o\nrest"])
+    assert list(server_sent_events(chunks)) == [
+        b"data: 2026 app[web.1]: one\n\n",
+        b"",
+        b"data: 2026 app[web.1]: two\n\n",
+        b"data: rest\n\n",
+    ]

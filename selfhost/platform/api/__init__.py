@@ -6,5 +6,6 @@
 - :mod:`.auth`: who is calling (the master token, app-scoped dyno tokens) and what
   they may do;
 - :mod:`.errors`: the one place where a refusal becomes an HTTP status;
-- :mod:`.streams`: streamed response bodies (dyno output, logs, files).
+- :mod:`.streams`: streamed response bodies (dyno output, logs, files);
+- :mod:`.ranges`: Heroku's list ranges (``Range``, ``Content-Range``, ``Next-Range``).
 """

@@ -69,6 +69,21 @@ def follow(path: Path, lines: int, tail: bool) -> Iterator[bytes]:
             time.sleep(0.2)
 
 
+def server_sent_events(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Log lines as Server-Sent Events (``data: <line>``, one event per line); the
+    keep-alive ticks of ``chunks`` pass through."""
+    partial = b""
+    for chunk in chunks:
+        if not chunk:
+            yield b""
+            continue
+        complete, _, partial = (partial + chunk).rpartition(b"\n")
+        if complete:
+            yield b"".join(b"data: " + line + b"\n\n" for line in complete.split(b"\n"))
+    if partial:
+        yield b"data: " + partial + b"\n\n"
+
+
 def routes(
     manager: DynoManager, supervisor: Supervisor, rendezvous: Rendezvous | None = None
 ) -> dict[str, Callable[..., Any]]:
@@ -92,7 +107,7 @@ def routes(
         return 201, as_json(h, dyno)
 
     def dynos_list(h: Any, app: str) -> tuple[int, Any]:
-        return 200, [as_json(h, d) for d in manager.list(app)]
+        return h.page([as_json(h, d) for d in manager.list(app)], ("name", "id"))
 
     def dynos_info(h: Any, app: str, dyno: str) -> tuple[int, Any]:
         return 200, as_json(h, manager.get(app, dyno))
@@ -134,7 +149,10 @@ def routes(
             raise ApiError(403, "forbidden", "This log URL is not valid or has expired.")
         lines = h.query_int("lines", 100)
         tail = (h.query.get("tail") or ["0"])[0] == "1"
-        return 200, Stream(follow(manager.app_log(app).path, lines, tail))
+        chunks = follow(manager.app_log(app).path, lines, tail)
+        if "text/event-stream" in h.headers.get("Accept", ""):  # Heroku's CLI
+            return 200, Stream(server_sent_events(chunks), "text/event-stream")
+        return 200, Stream(chunks)
 
     return {
         "dynos_create": dynos_create,

@@ -41,6 +41,7 @@ import socket
 import tempfile
 import threading
 import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -50,6 +51,7 @@ from selfhost.archive import Limits
 from selfhost.errors import SlugError
 from selfhost.platform.api.auth import Principal, authenticate, authorize
 from selfhost.platform.api.errors import ApiError, status_of
+from selfhost.platform.api.ranges import paginate
 from selfhost.platform.api.streams import Stream, file_chunks
 from selfhost.platform.errors import Refused
 from selfhost.platform.paths import PlatformPaths
@@ -58,6 +60,7 @@ from selfhost.platform.store.db import Store
 
 ACCEPT_V3 = "application/vnd.heroku+json; version=3"
 MAX_JSON_BYTES = 1 << 20
+RATE_LIMIT = 4500  # what /account/rate-limits reports (requests are not limited)
 IDLE_SECONDS = 120  # an idle connection is closed after this long
 Handler = Callable[..., tuple[int, Any]]
 
@@ -107,6 +110,9 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     for m, p, h in [
         ("GET", r"^/health$", "health"),
         ("GET", r"^/account$", "account_info"),
+        ("GET", r"^/account/rate-limits$", "rate_limits"),
+        ("GET", r"^/users/(?P<user>[^/]+)/apps$", "users_apps"),
+        ("GET", r"^/apps/(?P<app>[^/]+)/addons$", "addons_list"),
         ("GET", r"^/apps$", "apps_list"),
         ("POST", r"^/apps$", "apps_create"),
         ("GET", r"^/apps/(?P<app>[^/]+)$", "apps_info"),
@@ -167,6 +173,10 @@ class RequestHandler(BaseHTTPRequestHandler):
         pass  # the daemon logs one line per request itself
 
     def _dispatch(self) -> None:
+        self.extra_headers: dict[str, str] = {}
+        # the client's Request-Id if it sent one (to follow a request through logs)
+        given = self.headers.get("Request-Id", "")
+        self.request_id = given if re.fullmatch(r"[\w.:-]{1,200}", given) else str(uuid.uuid4())
         parsed = urllib.parse.urlsplit(self.path)
         self.query = urllib.parse.parse_qs(parsed.query)
         try:
@@ -323,6 +333,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         goes away."""
         self.send_response(status)
         self.send_header("Content-Type", stream.content_type)
+        self.send_header("Request-Id", self.request_id)
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("Cache-Control", "no-store")
         self.send_header("Connection", "close")  # a stream ends its connection: say so
@@ -352,9 +363,20 @@ class RequestHandler(BaseHTTPRequestHandler):
             self._send_stream(status, body)
             return
         data = b"" if body is None else (json.dumps(body, indent=2) + "\n").encode()
+        etag = None
+        if self.command == "GET" and status in (200, 206):
+            etag = f'"{hashlib.sha256(data).hexdigest()[:32]}"'
+            if etag in {t.strip() for t in self.headers.get("If-None-Match", "").split(",")}:
+                status, data = 304, b""  # the client's copy is current
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        self.send_header("Request-Id", self.request_id)
+        self.send_header("RateLimit-Remaining", str(RATE_LIMIT))
+        if etag:
+            self.send_header("ETag", etag)
+        for name, value in self.extra_headers.items():
+            self.send_header(name, value)
         if status >= 400 and self.command in ("PUT", "POST", "PATCH"):
             self.send_header("Connection", "close")  # the unread body may still be in flight
             self.close_connection = True
@@ -366,11 +388,31 @@ class RequestHandler(BaseHTTPRequestHandler):
     def do_health(self) -> tuple[int, Any]:
         return 200, {"status": "ok"}
 
+    def page(self, items: list[dict[str, Any]], fields: tuple[str, ...]) -> tuple[int, Any]:
+        """A list answer, ranged as the client's Range header asks (see ranges.py)."""
+        found = paginate(items, self.headers.get("Range"), fields)
+        self.extra_headers.update(found.headers)
+        return found.status, found.items
+
     def do_account_info(self) -> tuple[int, Any]:
         return 200, self.server.store.account()
 
+    def do_rate_limits(self) -> tuple[int, Any]:
+        return 200, {"remaining": RATE_LIMIT}
+
+    def do_users_apps(self, user: str) -> tuple[int, Any]:
+        """The apps a user owns: every app, for the platform's one account."""
+        account = self.server.store.account()
+        if user not in ("~", account["id"], account["email"]):
+            raise ApiError(404, "not_found", "Couldn't find that user.")
+        return self.page(self.server.store.apps(), ("name", "id"))
+
+    def do_addons_list(self, app: str) -> tuple[int, Any]:
+        self.server.store.app(app)  # 404 for an unknown app; the platform has no add-ons
+        return 200, []
+
     def do_apps_list(self) -> tuple[int, Any]:
-        return 200, self.server.store.apps()
+        return self.page(self.server.store.apps(), ("name", "id"))
 
     def do_apps_create(self) -> tuple[int, Any]:
         body = self._json_body()
@@ -426,7 +468,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             return 200, None
 
     def do_releases_list(self, app: str) -> tuple[int, Any]:
-        return 200, self.server.store.releases(app)
+        return self.page(self.server.store.releases(app), ("version", "id"))
 
     def do_releases_create(self, app: str) -> tuple[int, Any]:
         body = self._json_body()

@@ -383,10 +383,21 @@ class Store:
             "released_at": released,
             "maintenance": False,
             "owner": self._owner(db),
+            "repo_size": 0,  # no git repository: slugs are built by selfhost
+            "slug_size": self._slug_size(db, row["id"]),
             "region": {"name": "local"},
             "web_url": None,
             "git_url": None,
         }
+
+    def _slug_size(self, db: sqlite3.Connection, app_id: str) -> int | None:
+        """The size of the slug the app's current release runs (None before one)."""
+        row = db.execute(
+            "SELECT slugs.size FROM releases JOIN slugs ON slugs.id = releases.slug_id "
+            "WHERE releases.app_id = ? ORDER BY releases.version DESC LIMIT 1",
+            (app_id,),
+        ).fetchone()
+        return row[0] if row else None
 
     # ------------------------------------------------------------------ the account
     @staticmethod
