@@ -99,6 +99,17 @@ def test_release_flow_rollback_and_config(client, tmp_path):
     assert formation["web"]["quantity"] == 1 and formation["worker"]["quantity"] == 0
     updated = client.update_formation("demo-app", [{"type": "worker", "quantity": 3}])
     assert updated[0]["quantity"] == 3 and updated[0]["command"] == "bin/worker"
+    # as Heroku's CLI sends it: the quantity a string, the size in the schema's spelling
+    cli = client.update_formation(
+        "demo-app", [{"type": "worker", "quantity": "2", "size": "Standard-2X"}]
+    )
+    assert cli[0]["quantity"] == 2 and cli[0]["size"] == "standard-2x"
+    assert (
+        error_of(
+            lambda: client.update_formation("demo-app", [{"type": "worker", "quantity": "two"}])
+        ).status
+        == 422
+    )
 
 
 def error_of(fn) -> ApiRequestError:
@@ -306,3 +317,19 @@ def test_log_lines_as_server_sent_events():
         b"data: 2026 app[web.1]: two\n\n",
         b"data: rest\n\n",
     ]
+
+
+def test_formation_by_type_and_a_release_s_config(client, server):
+    client.create_app("bytype")
+    slug, _ = server.store.create_slug("bytype", {"process_types": {"web": "x", "worker": "y"}})
+    server.store.attach_blob(slug["id"], "1" * 64, 1)
+    server.store.create_release("bytype", slug["id"], None)
+    client.update_config("bytype", {"K": "v1"})
+    client.update_config("bytype", {"K": "v2"})
+    assert client.request("GET", "/apps/bytype/releases/2/config-vars") == {"K": "v1"}
+    assert client.request("GET", "/apps/bytype/releases/v3/config-vars") == {"K": "v2"}
+    one = client.request("GET", "/apps/bytype/formation/worker")
+    assert one["type"] == "worker" and one["quantity"] == 0
+    scaled = client.request("PATCH", "/apps/bytype/formation/worker", {"quantity": "2"})
+    assert scaled["quantity"] == 2, "ps:scale's PATCH, with the quantity as a string"
+    assert error_of(lambda: client.request("GET", "/apps/bytype/formation/nope")).status == 404

@@ -126,6 +126,13 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         ("GET", r"^/apps/(?P<app>[^/]+)/config-vars$", "config_info"),
         ("PATCH", r"^/apps/(?P<app>[^/]+)/config-vars$", "config_update"),
         ("GET", r"^/apps/(?P<app>[^/]+)/formation$", "formation_list"),
+        ("GET", r"^/apps/(?P<app>[^/]+)/formation/(?P<type>[^/]+)$", "formation_info"),
+        ("PATCH", r"^/apps/(?P<app>[^/]+)/formation/(?P<type>[^/]+)$", "formation_one"),
+        (
+            "GET",
+            r"^/apps/(?P<app>[^/]+)/releases/(?P<release>[^/]+)/config-vars$",
+            "release_config",
+        ),
         ("PATCH", r"^/apps/(?P<app>[^/]+)/formation$", "formation_update"),
         ("POST", r"^/apps/(?P<app>[^/]+)/dynos$", "dynos_create"),
         ("GET", r"^/apps/(?P<app>[^/]+)/dynos$", "dynos_list"),
@@ -499,6 +506,24 @@ class RequestHandler(BaseHTTPRequestHandler):
         result = self.server.store.update_formation(app, self._json_body().get("updates"))
         self._changed(app)
         return 200, result
+
+    def do_formation_info(self, app: str, type: str) -> tuple[int, Any]:
+        for entry in self.server.store.formation(app):
+            if type in (entry["type"], entry["id"]):
+                return 200, entry
+        raise ApiError(404, "not_found", f"Couldn't find that process type ({type}).")
+
+    def do_formation_one(self, app: str, type: str) -> tuple[int, Any]:
+        """PATCH one process type: ``{quantity, size}`` (Heroku's CLI for ps:scale)."""
+        body = self._json_body()
+        update: dict[str, Any] = {"type": type}
+        update.update({k: body[k] for k in ("quantity", "size") if k in body})
+        result = self.server.store.update_formation(app, [update])
+        self._changed(app)
+        return 200, result[0]
+
+    def do_release_config(self, app: str, release: str) -> tuple[int, Any]:
+        return 200, self.server.store.release_config(app, release)
 
     def _changed(self, app: str) -> None:
         if self.server.on_change:

@@ -486,6 +486,8 @@ class DynoManager:
         if not isinstance(command, str) or not command.strip():
             raise invalid("command must be a non-empty string (the command line to run)")
         size = body.get("size") or DEFAULT_SIZE
+        if isinstance(size, str):
+            size = size.lower()  # the schema spells them standard-1X
         if size not in SIZES:
             raise invalid(f"size must be one of {', '.join(SIZES)}")
         env = body.get("env") or {}

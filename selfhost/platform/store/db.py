@@ -657,6 +657,13 @@ class Store:
             ).fetchall()
             return [self._release_json(db, app_row, r) for r in rows]
 
+    def release_config(self, app: str, ident: str) -> dict[str, str]:
+        """The config vars a release was made with (Heroku's release config-vars)."""
+        with self.read() as db:
+            app_row = self._app(db, app)
+            row = self._release(db, app_row["id"], ident)
+            return dict(json.loads(row["config"] or "{}"))
+
     def current_release(self, app: str) -> dict[str, Any] | None:
         with self.read() as db:
             app_row = self._app(db, app)
@@ -756,6 +763,8 @@ class Store:
                         "current release's Procfile does not define it.",
                     )
                 quantity = update.get("quantity", row["quantity"])
+                if isinstance(quantity, str) and quantity.strip().isdigit():
+                    quantity = int(quantity)  # Heroku's CLI sends "1" (ps:scale worker=1)
                 size = update.get("size", row["size"])
                 if (
                     not isinstance(quantity, int)
@@ -763,6 +772,8 @@ class Store:
                     or not 0 <= quantity <= 100
                 ):
                     raise invalid("quantity must be a whole number from 0 to 100")
+                if isinstance(size, str):
+                    size = size.lower()  # the schema's own spelling is standard-1X
                 if size not in DEFAULT_SIZES:
                     raise invalid(f"size must be one of {', '.join(DEFAULT_SIZES)}")
                 db.execute(
