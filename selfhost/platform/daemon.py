@@ -23,7 +23,6 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from selfhost.errors import PlatformError
 from selfhost.platform.paths import PlatformPaths
@@ -166,13 +165,15 @@ def stop(paths: PlatformPaths) -> DaemonInfo | None:
 def main(argv: list[str] | None = None) -> int:
     """The daemon's entry point (``python -m selfhost.platform.daemon``)."""
     from selfhost.archive import Limits as ArchiveLimits
-    from selfhost.platform.api.dynos import routes
-    from selfhost.platform.api.jobs import routes as job_routes
-    from selfhost.platform.api.server import PlatformServer
+    from selfhost.platform.api import dynos as dyno_api
+    from selfhost.platform.api import jobs as job_api
+    from selfhost.platform.api.server import PlatformServer, listen
+    from selfhost.platform.api.web import Endpoint
     from selfhost.platform.jobs.service import JobService
     from selfhost.platform.runtime.dynos import DynoManager, Supervisor
     from selfhost.platform.runtime.rendezvous import Rendezvous
     from selfhost.platform.slugs.slug import UNPACK_LIMITS
+    from selfhost.platform.store.db import Store
     from selfhost.platform.tls import Authority
 
     parser = argparse.ArgumentParser(prog="selfhost.platform.daemon")
@@ -214,39 +215,32 @@ def main(argv: list[str] | None = None) -> int:
         if settings
         else UNPACK_LIMITS
     )
-    options: dict[str, Any] = {
-        "stack": args.stack,
-        "max_blob_bytes": args.max_blob_bytes,
-        "log": log,
-        "unpack_limits": limits,
-    }
     try:
-        server = PlatformServer((args.host, port), paths, **options)
+        sock = listen(args.host, port)
     except OSError:
         if args.port != 0 or port == 0:
             raise
-        server = PlatformServer((args.host, 0), paths, **options)
-    port_file.write_text(f"{server.server_address[1]}\n")
+        sock = listen(args.host, 0)
+    host, bound = sock.getsockname()[:2]
+    api_url = f"http://{host}:{bound}"
+    port_file.write_text(f"{bound}\n")
+    store = Store(paths)
+    endpoints: list[Endpoint] = []
     supervisor = None
     manager = None
     jobs = None
     rendezvous = None
     if settings:
-        manager = DynoManager(
-            server.store, paths, settings, api_port=lambda: int(server.server_address[1]), log=log
-        )
+        manager = DynoManager(store, paths, settings, api_port=lambda: int(bound), log=log)
         supervisor = Supervisor(manager)
         # heroku run: attached dynos are reached over TLS (the platform's own authority)
         authority = Authority.ensure(paths.tls, sorted({args.host, "127.0.0.1", "localhost"}))
         rendezvous = Rendezvous(authority, manager.attachable, host=args.host, log=log)
-        rendezvous.start()
-        server.routes.update(routes(manager, supervisor, rendezvous))
-        server.on_change = supervisor.poke
         jobs = JobService(
-            server.store,
+            store,
             paths,
             manager,
-            api_url=lambda: server.url,
+            api_url=lambda: api_url,
             default_queue=args.queue,
             queues=manager.settings.queues,
             log=log,
@@ -254,7 +248,23 @@ def main(argv: list[str] | None = None) -> int:
         manager.extras = jobs.dyno_environment
         jobs.on_release = supervisor.poke
         manager.on_exit = jobs.dyno_exited
-        server.routes.update(job_routes(jobs))
+        endpoints = [
+            *dyno_api.endpoints(manager, supervisor, rendezvous),
+            *job_api.endpoints(jobs),
+        ]
+    server = PlatformServer(
+        sock,
+        paths,
+        stack=args.stack,
+        max_blob_bytes=args.max_blob_bytes,
+        store=store,
+        endpoints=endpoints,
+        on_change=supervisor.poke if supervisor else None,
+        log=log,
+        unpack_limits=limits,
+    )
+    if rendezvous and supervisor and jobs:
+        rendezvous.start()
         supervisor.start()
         jobs.start()
     stopping = threading.Event()
@@ -273,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     log(f"platform daemon {os.getpid()} serving {server.url} from {paths.root}")
     try:
-        server.serve_forever(poll_interval=0.2)
+        server.serve_forever()
     finally:
         if jobs:
             jobs.stop()

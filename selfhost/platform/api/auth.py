@@ -7,14 +7,13 @@ Heroku's CLI sends it):
   It never enters a dyno;
 - **a dyno's token** (``SELFHOST_API_TOKEN`` in every dyno, ``dyno-...``): scoped to the
   dyno's own app, issued when the dyno starts and revoked when it ends (only its sha256
-  is stored). It may call :data:`DYNO_ROUTES`, and only for its own app: read the app
-  and its config vars, start, list and stop the app's dynos, open its log, list its
-  jobs, and, as a compile worker, claim, run and report the app's jobs and read and
-  store the app's stages. Anything else is 403.
+  is stored). It may call the endpoints marked ``DYNO`` (:mod:`.web`), and only for its
+  own app: read the app and its config vars, start, list and stop the app's dynos, open
+  its log, list its jobs, and, as a compile worker, claim, run and report the app's
+  jobs and read and store the app's stages. Anything else is 403.
 
-The storage layer knows nothing about HTTP: :func:`authenticate` and :func:`authorize`
-raise :class:`~selfhost.platform.store.db.ApiError`, which the web layer turns into
-Heroku's error shape.
+:func:`authenticate` finds the caller; :func:`selfhost.platform.api.web.caller`, the
+dependency every endpoint has, checks it against what the endpoint allows.
 """
 
 from __future__ import annotations
@@ -22,35 +21,9 @@ from __future__ import annotations
 import base64
 import hmac
 from dataclasses import dataclass
-from typing import Any
 
 from selfhost.platform.api.errors import ApiError
 from selfhost.platform.store.db import Store
-
-#: The routes an app-scoped (dyno) token may call, for its own app only.
-DYNO_ROUTES = frozenset(
-    {
-        "apps_info",
-        "config_info",
-        "dynos_create",
-        "dynos_list",
-        "dynos_info",
-        "dynos_stop",
-        "log_sessions_create",
-        "jobs_list",
-        "jobs_info",
-        "jobs_claim",
-        "jobs_heartbeat",
-        "jobs_finish",
-        "jobs_requeue",
-        "jobs_source",
-        "jobs_sandbox",
-        "jobs_artifact",
-        "stages_info",
-        "stages_blob",
-        "stages_put",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -102,14 +75,3 @@ def authenticate(store: Store, platform_token: str, authorization: str) -> Princ
     if scope is None:
         raise ApiError(401, "unauthorized", "Invalid credentials provided.")
     return Principal(*scope)
-
-
-def authorize(principal: Principal, route: str, params: dict[str, Any], store: Store) -> None:
-    """403 unless the caller may call ``route`` with these path parameters. Routes about
-    a job or a stage check its app themselves (they load it anyway)."""
-    if principal.platform:
-        return
-    if route not in DYNO_ROUTES:
-        raise forbidden(principal, f"call {route.replace('_', ' ')}")
-    if "app" in params:
-        principal.require_app(store.app(params["app"])["id"], f"act on {params['app']}")

@@ -23,12 +23,13 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from selfhost.platform.api.errors import ApiError
 from selfhost.platform.api.streams import Stream
+from selfhost.platform.api.web import DYNO, URL, Call, Endpoint, Reply
 from selfhost.platform.errors import invalid
 from selfhost.platform.runtime.dynos import Dyno, DynoManager, Supervisor
 from selfhost.platform.runtime.rendezvous import Rendezvous
@@ -84,17 +85,17 @@ def server_sent_events(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield b"data: " + partial + b"\n\n"
 
 
-def routes(
+def endpoints(
     manager: DynoManager, supervisor: Supervisor, rendezvous: Rendezvous | None = None
-) -> dict[str, Callable[..., Any]]:
-    """The handlers the API server dispatches to (``handler(request, **params)``).
-    With ``rendezvous``, an attached dyno's ``attach_url`` is its rendezvous URL."""
+) -> list[Endpoint]:
+    """The routes. With ``rendezvous``, an attached dyno's ``attach_url`` is its
+    rendezvous URL."""
 
-    def as_json(h: Any, dyno: Dyno) -> dict[str, Any]:
+    def as_json(call: Call, dyno: Dyno) -> dict[str, Any]:
         url = None
         if rendezvous is not None and dyno.attach:
             url = rendezvous.url(dyno.attach_token)
-        return dyno.to_json(h.base_url, url)
+        return dyno.to_json(call.base_url, url)
 
     sessions: dict[str, tuple[str, float]] = {}  # token -> (app, expiry)
 
@@ -102,32 +103,32 @@ def routes(
         """Apps are addressed by id or name; dynos, logs and counters by name."""
         return str(manager.store.app(app)["name"])
 
-    def dynos_create(h: Any, app: str) -> tuple[int, Any]:
-        dyno = manager.run(name_of(app), h._json_body())
-        return 201, as_json(h, dyno)
+    def dynos_create(call: Call, app: str) -> Reply:
+        dyno = manager.run(name_of(app), call.json())
+        return 201, as_json(call, dyno)
 
-    def dynos_list(h: Any, app: str) -> tuple[int, Any]:
-        return h.page([as_json(h, d) for d in manager.list(app)], ("name", "id"))
+    def dynos_list(call: Call, app: str) -> Reply:
+        return call.page([as_json(call, d) for d in manager.list(app)], ("name", "id"))
 
-    def dynos_info(h: Any, app: str, dyno: str) -> tuple[int, Any]:
-        return 200, as_json(h, manager.get(app, dyno))
+    def dynos_info(call: Call, app: str, dyno: str) -> Reply:
+        return 200, as_json(call, manager.get(app, dyno))
 
-    def dynos_stop(h: Any, app: str, dyno: str) -> tuple[int, Any]:
+    def dynos_stop(call: Call, app: str, dyno: str) -> Reply:
         found = manager.get(app, dyno)
         manager.stop(found, "stopped by request")
         supervisor.poke(found.app)
-        return 202, as_json(h, found)
+        return 202, as_json(call, found)
 
-    def dyno_attach(h: Any, dyno: str) -> tuple[int, Any]:
+    def dyno_attach(call: Call, dyno: str) -> Reply:
         found = manager.by_id(dyno)
         if found is None:
             raise ApiError(404, "not_found", "Couldn't find that dyno.")
-        _check((h.query.get("token") or [""])[0], found.attach_token)
+        _check(call.query_str("token"), found.attach_token)
         found.close_input()  # attached over HTTP: output only, the command reads EOF
         return 200, Stream(found.output())
 
-    def log_sessions_create(h: Any, app: str) -> tuple[int, Any]:
-        body = h._json_body()
+    def log_sessions_create(call: Call, app: str) -> Reply:
+        body = call.json()
         app = name_of(app)
         lines = body.get("lines", 100)
         if not isinstance(lines, int) or isinstance(lines, bool) or not 0 <= lines <= 1500:
@@ -139,27 +140,27 @@ def routes(
             "id": token[:12],
             "created_at": now(),
             "updated_at": now(),
-            "logplex_url": f"{h.base_url}/logs/{app}?token={token}&tail={tail}&lines={lines}",
+            "logplex_url": f"{call.base_url}/logs/{app}?token={token}&tail={tail}&lines={lines}",
         }
 
-    def log_stream(h: Any, app: str) -> tuple[int, Any]:
-        token = (h.query.get("token") or [""])[0]
+    def log_stream(call: Call, app: str) -> Reply:
+        token = call.query_str("token")
         owner, expiry = sessions.get(token, ("", 0.0))
         if owner != app or time.monotonic() >= expiry:
             raise ApiError(403, "forbidden", "This log URL is not valid or has expired.")
-        lines = h.query_int("lines", 100)
-        tail = (h.query.get("tail") or ["0"])[0] == "1"
+        lines = call.query_int("lines", 100)
+        tail = call.query_str("tail", "0") == "1"
         chunks = follow(manager.app_log(app).path, lines, tail)
-        if "text/event-stream" in h.headers.get("Accept", ""):  # Heroku's CLI
+        if "text/event-stream" in call.headers.get("Accept", ""):  # Heroku's CLI
             return 200, Stream(server_sent_events(chunks), "text/event-stream")
         return 200, Stream(chunks)
 
-    return {
-        "dynos_create": dynos_create,
-        "dynos_list": dynos_list,
-        "dynos_info": dynos_info,
-        "dynos_stop": dynos_stop,
-        "dyno_attach": dyno_attach,
-        "log_sessions_create": log_sessions_create,
-        "log_stream": log_stream,
-    }
+    return [
+        Endpoint("POST", "/apps/{app}/dynos", dynos_create, DYNO),
+        Endpoint("GET", "/apps/{app}/dynos", dynos_list, DYNO),
+        Endpoint("GET", "/apps/{app}/dynos/{dyno}", dynos_info, DYNO),
+        Endpoint("POST", "/apps/{app}/dynos/{dyno}/actions/stop", dynos_stop, DYNO),
+        Endpoint("GET", "/dynos/{dyno}/attach", dyno_attach, URL),
+        Endpoint("POST", "/apps/{app}/log-sessions", log_sessions_create, DYNO),
+        Endpoint("GET", "/logs/{app}", log_stream, URL),
+    ]

@@ -38,11 +38,11 @@ see and touch only that app's jobs and stages (:mod:`selfhost.platform.api.auth`
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
 from selfhost.platform.api.errors import ApiError
 from selfhost.platform.api.streams import Stream, file_chunks
+from selfhost.platform.api.web import DYNO, Call, Endpoint, Reply
 from selfhost.platform.errors import Refused, invalid, not_found
 from selfhost.platform.jobs.service import FINAL, MAX_LOG_LINES, JobService
 
@@ -54,7 +54,8 @@ def _lease(body: dict[str, Any]) -> str:
     return lease
 
 
-def routes(service: JobService) -> dict[str, Callable[..., Any]]:
+def endpoints(service: JobService) -> list[Endpoint]:
+    """The routes, served by the job service."""
     jobs = service.jobs
 
     def in_app(app: str, job: str) -> dict[str, Any]:
@@ -63,40 +64,40 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
             raise not_found("job")
         return found
 
-    def jobs_create(h: Any, app: str) -> tuple[int, Any]:
-        job, created = service.submit(app, h._json_body())
+    def jobs_create(call: Call, app: str) -> Reply:
+        job, created = service.submit(app, call.json())
         return (201 if created else 200), {**job, "duplicate": not created}
 
-    def jobs_list(h: Any, app: str) -> tuple[int, Any]:
+    def jobs_list(call: Call, app: str) -> Reply:
         service.store.app(app)
-        states = tuple(s for s in (h.query.get("state") or []) if s)
+        states = tuple(s for s in (call.query.get("state") or []) if s)
         return 200, jobs.find(app, states=states)
 
-    def jobs_info(h: Any, app: str, job: str) -> tuple[int, Any]:
+    def jobs_info(call: Call, app: str, job: str) -> Reply:
         found = in_app(app, job)
-        lines = h.query_int("log", 0)
+        lines = call.query_int("log", 0)
         if lines:
             found["log"] = jobs.log_tail(found["id"], lines)
         return 200, found
 
-    def jobs_cancel(h: Any, app: str, job: str) -> tuple[int, Any]:
+    def jobs_cancel(call: Call, app: str, job: str) -> Reply:
         in_app(app, job)
         return 202, service.cancel(job)
 
-    def own(h: Any, job: str) -> dict[str, Any]:
+    def own(call: Call, job: str) -> dict[str, Any]:
         """The job, if the caller may act for its app (a dyno: only its own app's)."""
         found = jobs.get(job)
-        h.principal.require_app(found["app"]["id"], f"act on job {found['id']}")
+        call.principal.require_app(found["app"]["id"], f"act on job {found['id']}")
         return found
 
-    def jobs_claim(h: Any, job: str) -> tuple[int, Any]:
-        body = h._json_body()
-        own(h, job)
+    def jobs_claim(call: Call, job: str) -> Reply:
+        body = call.json()
+        own(call, job)
         attempt, worker, dyno = body.get("attempt"), body.get("worker"), body.get("dyno")
         if not isinstance(attempt, int) or not isinstance(worker, str) or not isinstance(dyno, str):
             raise invalid("attempt (a number), worker and dyno (strings) are required")
-        if h.principal.dyno_id:  # a dyno claims for itself, whatever it says
-            dyno = h.principal.dyno_id
+        if call.principal.dyno_id:  # a dyno claims for itself, whatever it says
+            dyno = call.principal.dyno_id
         claimed, lease = jobs.claim(job, attempt, worker, dyno)
         jobs.log(claimed["id"], [f"attempt {attempt} started on {worker}"])
         extra: dict[str, Any] = {}
@@ -105,9 +106,9 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
         stack = service.manager.stack_identity(claimed["app"]["name"])
         return 200, {"job": claimed, "lease": lease, "stack": stack, **extra}
 
-    def jobs_heartbeat(h: Any, job: str) -> tuple[int, Any]:
-        body = h._json_body()
-        own(h, job)
+    def jobs_heartbeat(call: Call, job: str) -> Reply:
+        body = call.json()
+        own(call, job)
         progress = body.get("progress")
         lines = body.get("log") or []
         if not isinstance(lines, list) or len(lines) > MAX_LOG_LINES * 50:
@@ -117,9 +118,9 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
             jobs.log(int(job), [str(x) for x in lines], source=str(body.get("worker", "worker")))
         return 200, answer
 
-    def jobs_finish(h: Any, job: str) -> tuple[int, Any]:
-        body = h._json_body()
-        found = own(h, job)
+    def jobs_finish(call: Call, job: str) -> Reply:
+        body = call.json()
+        found = own(call, job)
         state, result, error = str(body.get("state")), body.get("result"), body.get("error")
         lease = _lease(body)
         if state == "succeeded" and found["kind"] == "app-compile":
@@ -135,9 +136,9 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
         service.on_finished(done)
         return 200, done
 
-    def jobs_requeue(h: Any, job: str) -> tuple[int, Any]:
-        body = h._json_body()
-        own(h, job)
+    def jobs_requeue(call: Call, job: str) -> Reply:
+        body = call.json()
+        own(call, job)
         again = jobs.requeue(job, _lease(body))
         if again is None:
             raise ApiError(409, "conflict", "the job is not running")
@@ -151,17 +152,17 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
             service.on_finished(again)
         return 200, again
 
-    def jobs_source(h: Any, job: str) -> tuple[int, Any]:
-        found = own(h, job)
+    def jobs_source(call: Call, job: str) -> Reply:
+        found = own(call, job)
         sha = found["params"].get("source_blob")
         path = service.source_path(sha) if sha else None
         if path is None or not path.is_file():
             raise not_found("job source")
         return 200, Stream(file_chunks(path), "application/gzip")
 
-    def jobs_sandbox(h: Any, job: str) -> tuple[int, Any]:
-        body = h._json_body()
-        found = own(h, job)
+    def jobs_sandbox(call: Call, job: str) -> Reply:
+        body = call.json()
+        found = own(call, job)
         lease = _lease(body)
         command, directory, env = body.get("command"), body.get("dir"), body.get("env") or {}
         if (
@@ -178,26 +179,28 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
             found, lease, command, directory, {str(k): str(v) for k, v in env.items()}
         )
 
-    def jobs_artifact(h: Any, job: str) -> tuple[int, Any]:
-        found = own(h, job)
-        lease = (h.query.get("lease") or [""])[0]
-        with h.receive_body("artifact") as (sha, size, upload):
+    def jobs_artifact(call: Call, job: str) -> Reply:
+        found = own(call, job)
+        lease = call.query_str("lease")
+        with call.receive_body("artifact") as (sha, size, upload):
             return 201, service.store_artifact(found, lease, upload, sha, size)
 
-    def own_stage(h: Any, key: str) -> dict[str, Any]:
+    def own_stage(call: Call, key: str) -> dict[str, Any]:
         # each app has its own stage store: another app's stages do not exist for a
         # dyno; the platform's token sees them all
-        app_id = h.principal.app_id
-        if h.principal.platform:
-            app = (h.query.get("app") or [""])[0]
+        if not re.fullmatch(r"[0-9a-f]{64}", key):
+            raise not_found("stage")
+        app_id = call.principal.app_id
+        if call.principal.platform:
+            app = call.query_str("app")
             app_id = service.store.app(app)["id"] if app else None
         stage = jobs.stage(key, app_id)
         if stage is None:
             raise not_found("stage")
         return stage
 
-    def stages_info(h: Any, key: str) -> tuple[int, Any]:
-        stage = dict(own_stage(h, key))
+    def stages_info(call: Call, key: str) -> Reply:
+        stage = dict(own_stage(call, key))
         # the tests its job ran (a local bootstrap that fetches it records them)
         stage["tests"] = None
         if stage["job_id"]:
@@ -205,46 +208,48 @@ def routes(service: JobService) -> dict[str, Callable[..., Any]]:
             stage["tests"] = result.get("tests")
         return 200, stage
 
-    def stages_blob(h: Any, key: str) -> tuple[int, Any]:
-        stage = own_stage(h, key)
+    def stages_blob(call: Call, key: str) -> Reply:
+        stage = own_stage(call, key)
         return 200, Stream(
             file_chunks(service.stage_blob(stage["blob_sha256"])), "application/gzip"
         )
 
-    def stages_put(h: Any, key: str) -> tuple[int, Any]:
-        q = {k: (v or [""])[0] for k, v in h.query.items()}
+    def stages_put(call: Call, key: str) -> Reply:
+        if not re.fullmatch(r"[0-9a-f]{64}", key):
+            raise not_found("stage")
+        q = {k: (v or [""])[0] for k, v in call.query.items()}
         digest, files = q.get("tree_digest", ""), q.get("files", "")
         if not re.fullmatch(r"[0-9a-f]{64}", digest) or not files.isdigit():
             raise invalid("tree_digest (64 hex) and files (a count) are required")
         if q.get("job"):
-            job = own(h, q["job"])
+            job = own(call, q["job"])
             if job["state"] in FINAL:
                 raise ApiError(409, "conflict", f"job {job['id']} is already {job['state']}")
             app, job_id = job["app"]["name"], job["id"]
-        elif h.principal.platform and q.get("app"):  # a local bootstrap's stages
+        elif call.principal.platform and q.get("app"):  # a local bootstrap's stages
             app, job_id = service.store.app(q["app"])["name"], None
         else:
             raise invalid(
                 "job (the stage job that built it) is required; the platform's "
                 "token may give app instead"
             )
-        with h.receive_body("stage") as (sha, size, upload):
+        with call.receive_body("stage") as (sha, size, upload):
             stage = service.store_stage(app, key, job_id, digest, int(files), upload, sha, size)
         return 201, stage
 
-    return {
-        "jobs_create": jobs_create,
-        "jobs_list": jobs_list,
-        "jobs_info": jobs_info,
-        "jobs_cancel": jobs_cancel,
-        "jobs_claim": jobs_claim,
-        "jobs_heartbeat": jobs_heartbeat,
-        "jobs_finish": jobs_finish,
-        "jobs_requeue": jobs_requeue,
-        "jobs_source": jobs_source,
-        "jobs_sandbox": jobs_sandbox,
-        "jobs_artifact": jobs_artifact,
-        "stages_info": stages_info,
-        "stages_blob": stages_blob,
-        "stages_put": stages_put,
-    }
+    return [
+        Endpoint("POST", "/apps/{app}/jobs", jobs_create),
+        Endpoint("GET", "/apps/{app}/jobs", jobs_list, DYNO),
+        Endpoint("GET", "/apps/{app}/jobs/{job}", jobs_info, DYNO),
+        Endpoint("POST", "/apps/{app}/jobs/{job}/actions/cancel", jobs_cancel),
+        Endpoint("POST", "/jobs/{job}/claim", jobs_claim, DYNO),
+        Endpoint("POST", "/jobs/{job}/heartbeat", jobs_heartbeat, DYNO),
+        Endpoint("POST", "/jobs/{job}/finish", jobs_finish, DYNO),
+        Endpoint("POST", "/jobs/{job}/requeue", jobs_requeue, DYNO),
+        Endpoint("POST", "/jobs/{job}/sandbox", jobs_sandbox, DYNO),
+        Endpoint("PUT", "/jobs/{job}/artifact", jobs_artifact, DYNO),
+        Endpoint("GET", "/jobs/{job}/source", jobs_source, DYNO),
+        Endpoint("GET", "/stages/{key}", stages_info, DYNO),
+        Endpoint("GET", "/stages/{key}/blob", stages_blob, DYNO),
+        Endpoint("PUT", "/stages/{key}", stages_put, DYNO),
+    ]

@@ -1,0 +1,148 @@
+"""The account, app, release, config-var and formation routes.
+
+==========  ==========================================  ===================================
+method      path                                        what
+==========  ==========================================  ===================================
+GET         /health                                     liveness (no token needed)
+GET         /account                                    the platform's one account
+GET         /account/rate-limits                        ``{remaining}`` (not enforced)
+GET         /users/{~ or id or email}/apps              the account's apps
+GET         /apps                                       list apps
+POST        /apps                                       create ``{name, stack}``
+GET         /apps/{app}                                 app info (id or name)
+GET         /apps/{app}/addons                          add-ons (there are none)
+GET         /apps/{app}/releases                        list releases (``Range``)
+POST        /apps/{app}/releases                        ``{slug}`` release, ``{release}``
+                                                        rollback
+GET         /apps/{app}/releases/{id or version}        release info
+GET         /apps/{app}/releases/{v}/config-vars        the config vars of that release
+GET/PATCH   /apps/{app}/config-vars                     config vars (PATCH: null unsets)
+GET/PATCH   /apps/{app}/formation                       formation; PATCH ``{updates: [...]}``
+GET/PATCH   /apps/{app}/formation/{type}                one process type ``{quantity, size}``
+==========  ==========================================  ===================================
+
+A dyno's token may read its own app and its config vars; everything else here needs
+the platform's token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from selfhost.platform.api.errors import ApiError
+from selfhost.platform.api.web import DYNO, RATE_LIMIT, URL, Call, Endpoint, Reply
+
+
+def endpoints(on_change: Callable[[str], None] | None = None) -> list[Endpoint]:
+    """The routes; ``on_change(app)`` is called after a release, a rollback or a scale."""
+
+    def changed(app: str) -> None:
+        if on_change:
+            on_change(app)
+
+    def health(call: Call) -> Reply:
+        return 200, {"status": "ok"}
+
+    def account_info(call: Call) -> Reply:
+        return 200, call.ctx.store.account()
+
+    def rate_limits(call: Call) -> Reply:
+        return 200, {"remaining": RATE_LIMIT}
+
+    def users_apps(call: Call, user: str) -> Reply:
+        """The apps a user owns: every app, for the platform's one account."""
+        account = call.ctx.store.account()
+        if user not in ("~", account["id"], account["email"]):
+            raise ApiError(404, "not_found", "Couldn't find that user.")
+        return call.page(call.ctx.store.apps(), ("name", "id"))
+
+    def addons_list(call: Call, app: str) -> Reply:
+        call.ctx.store.app(app)  # 404 for an unknown app; the platform has no add-ons
+        return 200, []
+
+    def apps_list(call: Call) -> Reply:
+        return call.page(call.ctx.store.apps(), ("name", "id"))
+
+    def apps_create(call: Call) -> Reply:
+        body = call.json()
+        name = body.get("name")
+        if name is not None and not isinstance(name, str):
+            raise ApiError(422, "invalid_params", "name must be a string.")
+        stack = body.get("stack") or call.ctx.default_stack
+        return 201, call.ctx.store.create_app(name, stack)
+
+    def apps_info(call: Call, app: str) -> Reply:
+        return 200, call.ctx.store.app(app)
+
+    def releases_list(call: Call, app: str) -> Reply:
+        return call.page(call.ctx.store.releases(app), ("version", "id"))
+
+    def releases_create(call: Call, app: str) -> Reply:
+        body = call.json()
+        store = call.ctx.store
+        if "release" in body:  # Heroku's rollback: {"release": id or version}
+            release = store.rollback(app, str(body["release"]))
+        else:
+            slug = body.get("slug")
+            if not isinstance(slug, str):
+                raise ApiError(422, "invalid_params", "slug (a slug id) is required.")
+            release = store.create_release(app, slug, body.get("description"))
+        changed(app)
+        return 201, release
+
+    def releases_info(call: Call, app: str, release: str) -> Reply:
+        return 200, call.ctx.store.release(app, release)
+
+    def release_config(call: Call, app: str, release: str) -> Reply:
+        return 200, call.ctx.store.release_config(app, release)
+
+    def config_info(call: Call, app: str) -> Reply:
+        return 200, call.ctx.store.config(app)
+
+    def config_update(call: Call, app: str) -> Reply:
+        return 200, call.ctx.store.update_config(app, call.json())
+
+    def formation_list(call: Call, app: str) -> Reply:
+        return 200, call.ctx.store.formation(app)
+
+    def formation_update(call: Call, app: str) -> Reply:
+        result = call.ctx.store.update_formation(app, call.json().get("updates"))
+        changed(app)
+        return 200, result
+
+    def formation_info(call: Call, app: str, type: str) -> Reply:
+        for entry in call.ctx.store.formation(app):
+            if type in (entry["type"], entry["id"]):
+                return 200, entry
+        raise ApiError(404, "not_found", f"Couldn't find that process type ({type}).")
+
+    def formation_one(call: Call, app: str, type: str) -> Reply:
+        """PATCH one process type: ``{quantity, size}`` (Heroku's CLI for ps:scale)."""
+        body = call.json()
+        update: dict[str, Any] = {"type": type}
+        update.update({k: body[k] for k in ("quantity", "size") if k in body})
+        result = call.ctx.store.update_formation(app, [update])
+        changed(app)
+        return 200, result[0]
+
+    return [
+        Endpoint("GET", "/health", health, URL),
+        Endpoint("GET", "/account", account_info),
+        Endpoint("GET", "/account/rate-limits", rate_limits),
+        Endpoint("GET", "/users/{user}/apps", users_apps),
+        Endpoint("GET", "/apps", apps_list),
+        Endpoint("POST", "/apps", apps_create),
+        Endpoint("GET", "/apps/{app}", apps_info, DYNO),
+        Endpoint("GET", "/apps/{app}/addons", addons_list),
+        Endpoint("GET", "/apps/{app}/releases", releases_list),
+        Endpoint("POST", "/apps/{app}/releases", releases_create),
+        Endpoint("GET", "/apps/{app}/releases/{release}", releases_info),
+        Endpoint("GET", "/apps/{app}/releases/{release}/config-vars", release_config),
+        Endpoint("GET", "/apps/{app}/config-vars", config_info, DYNO),
+        Endpoint("PATCH", "/apps/{app}/config-vars", config_update),
+        Endpoint("GET", "/apps/{app}/formation", formation_list),
+        Endpoint("PATCH", "/apps/{app}/formation", formation_update),
+        Endpoint("GET", "/apps/{app}/formation/{type}", formation_info),
+        Endpoint("PATCH", "/apps/{app}/formation/{type}", formation_one),
+    ]
