@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         store=store,
         endpoints=endpoints,
         on_change=supervisor.poke if supervisor else None,
+        retire=(lambda app: manager.retire(app, "app destroyed")) if manager else None,
         log=log,
         unpack_limits=limits,
     )

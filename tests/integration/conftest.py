@@ -117,6 +117,18 @@ class Run:
         return self.stdout + self.stderr
 
 
+def heroku_cli() -> list[str] | None:
+    """The command line of the official Heroku CLI: ``$SELFHOST_TEST_HEROKU_CLI``, or the
+    one ``./setup --dev`` installs in ``.tools/heroku`` (with its own Node 20)."""
+    given = os.environ.get("SELFHOST_TEST_HEROKU_CLI")
+    if given:
+        return [given]
+    tools = REPO / ".tools" / "heroku" / "node_modules"
+    run = tools / "heroku" / "bin" / "run.js"
+    nodes = sorted(tools.glob("node-linux-*/bin/node"))
+    return [str(nodes[0]), str(run)] if run.is_file() and nodes else None
+
+
 def invoke_env(workspace: Path, stacks: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INVOKE_")}
     env.update(

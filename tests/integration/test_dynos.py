@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -14,7 +13,7 @@ import pytest
 
 from selfhost.platform.client import PlatformClient
 from selfhost.platform.slugs.slug import SlugContents, pack
-from tests.integration.conftest import Run, invoke, start_invoke
+from tests.integration.conftest import Run, heroku_cli, invoke, start_invoke
 
 GRACE = "2"
 
@@ -281,57 +280,205 @@ def test_rendezvous_is_the_attached_dyno_s_terminal(plat):
     assert out.endswith(b"eof\n"), out
 
 
-HEROKU_CLI = os.environ.get("SELFHOST_TEST_HEROKU_CLI") or shutil.which("heroku")
-
-
-@pytest.mark.skipif(
-    not HEROKU_CLI, reason="the Heroku CLI (npm package heroku): set SELFHOST_TEST_HEROKU_CLI"
+HEROKU_CLI = heroku_cli()
+needs_cli = pytest.mark.skipif(
+    not HEROKU_CLI,
+    reason="the official Heroku CLI: ./setup --dev installs it (or set SELFHOST_TEST_HEROKU_CLI)",
 )
-def test_the_heroku_cli_runs_one_off_dynos(plat, tmp_path):
-    """`heroku run` (attached: rendezvous, stdin, exit codes with -x), `run:detached`,
-    `apps`, `apps:info`, `config:set`/`unset`, `releases -n 1` and `logs`, from the
-    official CLI pointed at the platform."""
+
+
+def heroku_of(plat, home: Path):
+    """Run the official Heroku CLI against the platform, with the environment that
+    docs/platform.md gives (HEROKU_HOST, HEROKU_API_KEY, NODE_EXTRA_CA_CERTS)."""
     root = Path(plat.env["INVOKE_SELFHOST_PLATFORM_DIR"])
-    client = client_of(plat)
     env = {
         **os.environ,
-        "HOME": str(tmp_path),
-        "HEROKU_HOST": client.base_url,
+        "HOME": str(home),
+        "HEROKU_HOST": client_of(plat).base_url,
         "HEROKU_API_KEY": (root / "token").read_text().strip(),
         "NODE_EXTRA_CA_CERTS": str(root / "tls" / "ca.crt"),
     }
 
     def heroku(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
         assert HEROKU_CLI
-        return subprocess.run(
-            [HEROKU_CLI, *args], input=stdin, env=env, capture_output=True, text=True, timeout=120
+        done = subprocess.run(
+            [*HEROKU_CLI, *args], input=stdin, env=env, capture_output=True, text=True, timeout=120
         )
+        done.out = done.stdout + done.stderr  # type: ignore[attr-defined]
+        return done
 
+    heroku.env = env  # type: ignore[attr-defined]
+    return heroku
+
+
+def release_procfile(client: PlatformClient, app: str, tmp_path: Path) -> None:
+    from selfhost.platform.slugs.slug import parse_procfile
+
+    contents = SlugContents()
+    contents.add_file("Procfile", data=PROCFILE.encode())
+    types = parse_procfile(PROCFILE)
+    info = pack(contents, tmp_path / f"{app}.tgz", mtime=0, process_types=types)
+    client.release_slug(app, info.path, checksum=info.checksum, size=info.size, process_types=types)
+
+
+@needs_cli
+def test_the_heroku_cli_runs_one_off_dynos(plat, tmp_path):
+    """`heroku run` (attached: rendezvous, stdin, exit codes with -x), `run:detached`,
+    `apps`, `apps:info`, `config:set`/`unset`, `releases -n 1` and `logs`, from the
+    official CLI pointed at the platform."""
+    client = client_of(plat)
+    heroku = heroku_of(plat, tmp_path)
     ok = heroku("run", "-x", "-a", "dynos", "--", "echo ok-from-heroku-run")
-    assert ok.returncode == 0 and "ok-from-heroku-run" in ok.stdout, ok.stdout + ok.stderr
+    assert ok.returncode == 0 and "ok-from-heroku-run" in ok.stdout, ok.out
     failed = heroku("run", "-x", "-a", "dynos", "--", 'sh -c "exit 4"')
-    assert failed.returncode == 4, failed.stdout + failed.stderr
+    assert failed.returncode == 4, failed.out
     typed = heroku("run", "-x", "-a", "dynos", "--", "cat; echo done", stdin="l1\nl2\n")
-    assert typed.returncode == 0 and "l1\nl2\ndone" in typed.stdout, typed.stdout + typed.stderr
+    assert typed.returncode == 0 and "l1\nl2\ndone" in typed.stdout, typed.out
     detached = heroku("run:detached", "-a", "dynos", "--", "echo detached-marker")
-    assert detached.returncode == 0, detached.stdout + detached.stderr
+    assert detached.returncode == 0, detached.out
     assert wait_for(lambda: "detached-marker" in plat("logs", "--app", "dynos").stdout)
     # the everyday commands around it
     apps = heroku("apps")
-    assert apps.returncode == 0 and "dynos" in apps.stdout, apps.stdout + apps.stderr
+    assert apps.returncode == 0 and "dynos" in apps.stdout, apps.out
     info = heroku("apps:info", "-a", "dynos")
-    assert info.returncode == 0 and "Slug Size" in info.stdout, info.stdout + info.stderr
+    assert info.returncode == 0 and "Slug Size" in info.stdout, info.out
     before = max(r["version"] for r in client.releases("dynos"))
     configured = heroku("config:set", "HEROKU_CLI_SET=yes", "-a", "dynos")
-    assert configured.returncode == 0, configured.stdout + configured.stderr
-    assert f"v{before + 1}" in configured.stdout + configured.stderr, "the version it made"
+    assert configured.returncode == 0, configured.out
+    assert f"v{before + 1}" in configured.out, "the version it made"
     assert client.config("dynos")["HEROKU_CLI_SET"] == "yes"
+    shown = heroku("config", "-a", "dynos", "--json")
+    assert json.loads(shown.stdout)["HEROKU_CLI_SET"] == "yes", shown.out
     newest = heroku("releases", "-a", "dynos", "-n", "1")
     assert f"v{before + 1}" in newest.stdout and f"v{before} " not in newest.stdout
     logs = heroku("logs", "-a", "dynos", "-n", "200")
-    assert logs.returncode == 0 and "detached-marker" in logs.stdout, logs.stdout + logs.stderr
+    assert logs.returncode == 0 and "detached-marker" in logs.stdout, logs.out
     unset = heroku("config:unset", "HEROKU_CLI_SET", "-a", "dynos")
     assert unset.returncode == 0 and "HEROKU_CLI_SET" not in client.config("dynos")
+    assert f"v{before + 2}" in unset.out, unset.out
+
+
+@needs_cli
+def test_the_heroku_cli_manages_apps_releases_and_the_formation(plat, tmp_path):
+    """apps:create, ps, ps:scale, ps:restart, ps:stop, releases:info, rollback,
+    logs --tail and apps:destroy, each checked against the platform's state."""
+    client = client_of(plat)
+    heroku = heroku_of(plat, tmp_path)
+    created = heroku("apps:create", "cli-made", "--stack", "bookworm")
+    assert created.returncode == 0 and "cli-made" in created.out, created.out
+    assert client.app("cli-made")["stack"]["name"] == "bookworm"
+    release_procfile(client, "cli-made", tmp_path)
+    assert wait_for(lambda: live(client, "cli-made", "web"), timeout=60)
+    scaled = heroku("ps:scale", "worker=2", "-a", "cli-made")
+    assert scaled.returncode == 0 and "worker at 2" in scaled.out, scaled.out
+    assert wait_for(lambda: len(live(client, "cli-made", "worker")) == 2)
+    ps = heroku("ps", "-a", "cli-made")
+    assert ps.returncode == 0, ps.out
+    assert "worker.1: up" in ps.stdout and "worker.2: up" in ps.stdout and "web.1: up" in ps.stdout
+    before = {d["id"] for d in live(client, "cli-made", "worker")}
+    restarted = heroku("ps:restart", "--process-type", "worker", "-a", "cli-made")
+    assert restarted.returncode == 0, restarted.out
+
+    def replaced() -> bool:
+        now = live(client, "cli-made", "worker")
+        return len(now) == 2 and not before & {d["id"] for d in now}
+
+    assert wait_for(replaced), client.dynos("cli-made")
+    web = live(client, "cli-made", "web")[0]["id"]
+    assert heroku("ps:stop", "--dyno-name", "web.1", "-a", "cli-made").returncode == 0
+    # stopped, then started again by the supervisor: the formation still wants one
+    assert wait_for(lambda: [d["id"] for d in live(client, "cli-made", "web")] not in ([], [web]))
+    assert "Stopping (stopped by request)" in plat("logs", "--app", "cli-made").stdout
+    ps = heroku("ps", "-a", "cli-made").stdout
+    assert ps.count("web.1:") == 1, "ps lists the dynos that exist now, one per name"
+    # releases:info and rollback: code and config come back
+    assert heroku("config:set", "COLOR=blue", "-a", "cli-made").returncode == 0
+    assert heroku("config:set", "COLOR=red", "-a", "cli-made").returncode == 0
+    info = heroku("releases:info", "v2", "-a", "cli-made")
+    assert info.returncode == 0 and "COLOR: blue" in info.stdout, info.out
+    rolled = heroku("rollback", "v2", "-a", "cli-made")
+    assert rolled.returncode == 0 and "v4" in rolled.out, rolled.out
+    assert client.config("cli-made")["COLOR"] == "blue"
+    assert client.releases("cli-made")[-1]["description"] == "Rollback to v2"
+    # logs --tail follows what happens next
+    tail = subprocess.Popen(
+        [*(HEROKU_CLI or []), "logs", "--tail", "-a", "cli-made"],
+        env=heroku.env,  # type: ignore[attr-defined]
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        time.sleep(2)
+        assert heroku("run:detached", "-a", "cli-made", "--", "echo tailed-marker").returncode == 0
+        seen = ""
+        deadline = time.monotonic() + 30
+        while "tailed-marker" not in seen and time.monotonic() < deadline:
+            seen += tail.stdout.readline() if tail.stdout else ""
+        assert "tailed-marker" in seen, seen
+    finally:
+        tail.kill()
+        tail.wait()
+    destroyed = heroku("apps:destroy", "-a", "cli-made", "--confirm", "cli-made")
+    assert destroyed.returncode == 0, destroyed.out
+    assert "cli-made" not in [a["name"] for a in client.apps()]
+    root = Path(plat.env["INVOKE_SELFHOST_PLATFORM_DIR"])
+    assert not (root / "logs" / "cli-made.log").exists()
+    gone = heroku("apps:info", "-a", "cli-made")
+    assert gone.returncode != 0 and "Couldn't find that app" in gone.out, gone.out
+
+
+def test_heroku3_drives_the_platform(plat, tmp_path, monkeypatch):
+    """The Python client heroku3: apps, config, releases (ranged), formation, attached
+    and detached runs, logs, restart, rollback, dyno kill and app delete."""
+    pytest.importorskip("heroku3")
+    import heroku3.api
+    import heroku3.rendezvous
+    import requests
+
+    root = Path(plat.env["INVOKE_SELFHOST_PLATFORM_DIR"])
+    client = client_of(plat)
+    # heroku3 trusts only its own CA bundle for rendezvous, and has no setting for it
+    original = heroku3.rendezvous.Rendezvous.__init__
+
+    def trusting(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.cert = str(root / "tls" / "ca.crt")
+
+    monkeypatch.setattr(heroku3.rendezvous.Rendezvous, "__init__", trusting)
+    h = heroku3.api.Heroku(requests.session())
+    h._heroku_url = client.base_url
+    assert h.authenticate((root / "token").read_text().strip())
+    app = h.create_app(name="h3-app", stack_id_or_name="bookworm")
+    assert app.name == "h3-app" and client.app("h3-app")["id"] == app.id
+    release_procfile(client, "h3-app", tmp_path)
+    assert "h3-app" in [a.name for a in h.apps()]
+    config = app.config()
+    config["GREETING"] = "hi"
+    config["DROPPED"] = "x"
+    del config["DROPPED"]
+    assert client.config("h3-app") == {"GREETING": "hi"}
+    newest = app.releases(order_by="version", sort="desc", limit=2)
+    assert [r.version for r in newest] == [4, 3]
+    formation = {f.type: f for f in app.process_formation()}
+    assert formation["web"].quantity == 1 and formation["worker"].quantity == 0
+    formation["worker"].scale(2)
+    assert wait_for(lambda: len(live(client, "h3-app", "worker")) == 2)
+    output, dyno = h.run_command_on_app("h3-app", "echo from-heroku3 $GREETING", printout=False)
+    assert output == "from-heroku3 hi\n" and dyno.name.startswith("run.")
+    detached = h.run_command_on_app("h3-app", "echo detached-h3", attach=False)
+    assert detached.name.startswith("run.")
+    assert wait_for(lambda: "detached-h3" in h.get_app_log("h3-app", lines=100, timeout=5))
+    before = {d["id"] for d in live(client, "h3-app", "worker")}
+    app.restart()
+    assert wait_for(lambda: before.isdisjoint({d["id"] for d in live(client, "h3-app", "worker")}))
+    first = app.releases()[0]
+    assert app.rollback(first.id).version == 5 and client.config("h3-app") == {}
+    worker = next(d for d in app.dynos() if d.name == "worker.1" and d.state == "up")
+    worker.kill()
+    assert "worker.1" in plat("logs", "--app", "h3-app").stdout
+    app.delete()
+    assert "h3-app" not in [a.name for a in h.apps()]
 
 
 def test_bad_input(plat):

@@ -10,6 +10,8 @@ GET         /users/{~ or id or email}/apps              the account's apps
 GET         /apps                                       list apps
 POST        /apps                                       create ``{name, stack}``
 GET         /apps/{app}                                 app info (id or name)
+PATCH       /apps/{app}                                 update (renaming is refused)
+DELETE      /apps/{app}                                 destroy: dynos stopped, state gone
 GET         /apps/{app}/addons                          add-ons (there are none)
 GET         /apps/{app}/releases                        list releases (``Range``)
 POST        /apps/{app}/releases                        ``{slug}`` release, ``{release}``
@@ -34,8 +36,12 @@ from selfhost.platform.api.errors import ApiError
 from selfhost.platform.api.web import DYNO, RATE_LIMIT, URL, Call, Endpoint, Reply
 
 
-def endpoints(on_change: Callable[[str], None] | None = None) -> list[Endpoint]:
-    """The routes; ``on_change(app)`` is called after a release, a rollback or a scale."""
+def endpoints(
+    on_change: Callable[[str], None] | None = None,
+    retire: Callable[[str], None] | None = None,
+) -> list[Endpoint]:
+    """The routes; ``on_change(app)`` is called after a release, a rollback or a scale,
+    ``retire(app)`` stops every dyno of an app being destroyed (and waits)."""
 
     def changed(app: str) -> None:
         if on_change:
@@ -74,6 +80,42 @@ def endpoints(on_change: Callable[[str], None] | None = None) -> list[Endpoint]:
 
     def apps_info(call: Call, app: str) -> Reply:
         return 200, call.ctx.store.app(app)
+
+    def apps_update(call: Call, app: str) -> Reply:
+        """Heroku's app update: what this platform can change (nothing yet) is checked,
+        what it cannot is refused with the reason."""
+        body = call.json()
+        found = call.ctx.store.app(app)
+        unknown = sorted(set(body) - {"name", "maintenance", "build_stack"})
+        if unknown:
+            raise ApiError(422, "invalid_params", f"Unknown app fields: {', '.join(unknown)}.")
+        if body.get("name") not in (None, found["name"]):
+            raise ApiError(
+                422,
+                "invalid_params",
+                "Renaming an app is not supported: its dynos, logs and workers know it by "
+                "name. Create an app with the new name and release the slug there.",
+            )
+        if body.get("maintenance") not in (None, False):
+            raise ApiError(422, "invalid_params", "Maintenance mode is not supported.")
+        stack = body.get("build_stack")
+        if stack not in (None, found["stack"]["name"], found["stack"]["id"]):
+            raise ApiError(
+                422, "invalid_params", f"An app's stack is fixed ({found['stack']['name']})."
+            )
+        return 200, found
+
+    def apps_delete(call: Call, app: str) -> Reply:
+        """Heroku's ``apps:destroy``: scale to nothing, stop every dyno, then forget the
+        app, its releases, slugs, config vars, jobs and stages (one transaction)."""
+        store = call.ctx.store
+        found = store.app(app)
+        types = [f["type"] for f in store.formation(found["id"])]
+        if types:  # the supervisor starts nothing more for it
+            store.update_formation(found["id"], [{"type": t, "quantity": 0} for t in types])
+        if retire:
+            retire(found["name"])
+        return 200, store.delete_app(found["id"])
 
     def releases_list(call: Call, app: str) -> Reply:
         return call.page(call.ctx.store.releases(app), ("version", "id"))
@@ -134,6 +176,8 @@ def endpoints(on_change: Callable[[str], None] | None = None) -> list[Endpoint]:
         Endpoint("GET", "/apps", apps_list),
         Endpoint("POST", "/apps", apps_create),
         Endpoint("GET", "/apps/{app}", apps_info, DYNO),
+        Endpoint("PATCH", "/apps/{app}", apps_update),
+        Endpoint("DELETE", "/apps/{app}", apps_delete),
         Endpoint("GET", "/apps/{app}/addons", addons_list),
         Endpoint("GET", "/apps/{app}/releases", releases_list),
         Endpoint("POST", "/apps/{app}/releases", releases_create),

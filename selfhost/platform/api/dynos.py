@@ -6,9 +6,14 @@ method      path                                         what
 POST        /apps/{app}/dynos                            one-off dyno ``{command, attach,
                                                          env, size, type: "run",
                                                          time_to_live}``; ``engine`` too
-GET         /apps/{app}/dynos                            list (live first, then finished)
+GET         /apps/{app}/dynos                            list, one per name (live first, then
+                                                         finished); ``?all=true``: every one
 GET         /apps/{app}/dynos/{id or name}               info, with ``exit_code``
-POST        /apps/{app}/dynos/{id or name}/actions/stop  graceful stop
+POST        /apps/{app}/dynos/{id, name or type}/        graceful stop (of a dyno, or of a
+            actions/stop                                 process type's dynos)
+DELETE      /apps/{app}/dynos[/{id, name or type}]       restart (all, one, or a type's)
+DELETE      /apps/{app}/formations/{type}                restart a process type's dynos
+POST        /apps/{app}/formations/{type}/actions/stop   stop a process type's dynos
 GET         /dynos/{id}/attach?token=...                 the dyno's output, live (chunked)
 POST        /apps/{app}/log-sessions                     ``{tail, lines, dyno}`` → logplex_url
 GET         /logs/{app}?token=...                        the app's log (followed with tail)
@@ -30,7 +35,7 @@ from typing import Any
 from selfhost.platform.api.errors import ApiError
 from selfhost.platform.api.streams import Stream
 from selfhost.platform.api.web import DYNO, URL, Call, Endpoint, Reply
-from selfhost.platform.errors import invalid
+from selfhost.platform.errors import Refused, invalid
 from selfhost.platform.runtime.dynos import Dyno, DynoManager, Supervisor
 from selfhost.platform.runtime.rendezvous import Rendezvous
 from selfhost.platform.store.db import now
@@ -108,16 +113,65 @@ def endpoints(
         return 201, as_json(call, dyno)
 
     def dynos_list(call: Call, app: str) -> Reply:
-        return call.page([as_json(call, d) for d in manager.list(app)], ("name", "id"))
+        """The dynos that exist now, as Heroku lists them: one per name (the live one,
+        else the last to end, with its exit code); ``?all=true`` adds the earlier ones."""
+        dynos = manager.list(app)
+        if call.query_str("all") not in ("true", "1"):
+            chosen: dict[str, Dyno] = {}
+            for d in dynos:
+                kept = chosen.get(d.name)
+                if kept is None or (not kept.live and (d.live or d.started > kept.started)):
+                    chosen[d.name] = d
+            dynos = [d for d in dynos if chosen[d.name] is d]
+        return call.page([as_json(call, d) for d in dynos], ("name", "id"))
 
     def dynos_info(call: Call, app: str, dyno: str) -> Reply:
         return 200, as_json(call, manager.get(app, dyno))
 
     def dynos_stop(call: Call, app: str, dyno: str) -> Reply:
-        found = manager.get(app, dyno)
-        manager.stop(found, "stopped by request")
-        supervisor.poke(found.app)
-        return 202, as_json(call, found)
+        """Stop a dyno (by id or name), or every dyno of a process type (``ps:stop web``)."""
+        chosen = manager.select(app, dyno)
+        for found in chosen:
+            manager.stop(found, "stopped by request")
+        supervisor.poke(name_of(app))
+        return 202, as_json(call, chosen[0])
+
+    def dynos_restart(call: Call, app: str, dyno: str | None = None) -> Reply:
+        """Heroku's restart (``DELETE``): stop the dyno, the process type's dynos, or all;
+        the supervisor starts the formation's again from the current release. A dyno
+        that has already ended has nothing to restart."""
+        try:
+            chosen = manager.select(app, dyno)
+        except Refused:
+            manager.get(app, dyno or "")  # 404 unless the platform knows it
+            chosen = []
+        for found in chosen:
+            manager.stop(found, "restarted by request")
+        supervisor.poke(name_of(app))
+        return 202, {}
+
+    def type_restart(call: Call, app: str, type: str) -> Reply:
+        """``ps:restart --process-type``: every dyno of the type."""
+        formation_type(app, type)
+        for found in manager.select(app):
+            if found.type == type:
+                manager.stop(found, "restarted by request")
+        supervisor.poke(name_of(app))
+        return 202, {}
+
+    def type_stop(call: Call, app: str, type: str) -> Reply:
+        """``ps:stop --process-type``: every dyno of the type (the formation's are
+        started again by the supervisor, as Heroku's are)."""
+        formation_type(app, type)
+        for found in manager.select(app):
+            if found.type == type:
+                manager.stop(found, "stopped by request")
+        supervisor.poke(name_of(app))
+        return 202, {}
+
+    def formation_type(app: str, type: str) -> None:
+        if type not in {f["type"] for f in manager.store.formation(app)}:
+            raise Refused("not_found", f"Couldn't find that process type ({type}).")
 
     def dyno_attach(call: Call, dyno: str) -> Reply:
         found = manager.by_id(dyno)
@@ -160,6 +214,10 @@ def endpoints(
         Endpoint("GET", "/apps/{app}/dynos", dynos_list, DYNO),
         Endpoint("GET", "/apps/{app}/dynos/{dyno}", dynos_info, DYNO),
         Endpoint("POST", "/apps/{app}/dynos/{dyno}/actions/stop", dynos_stop, DYNO),
+        Endpoint("DELETE", "/apps/{app}/dynos", dynos_restart),
+        Endpoint("DELETE", "/apps/{app}/dynos/{dyno}", dynos_restart),
+        Endpoint("DELETE", "/apps/{app}/formations/{type}", type_restart),
+        Endpoint("POST", "/apps/{app}/formations/{type}/actions/stop", type_stop),
         Endpoint("GET", "/dynos/{dyno}/attach", dyno_attach, URL),
         Endpoint("POST", "/apps/{app}/log-sessions", log_sessions_create, DYNO),
         Endpoint("GET", "/logs/{app}", log_stream, URL),

@@ -48,7 +48,10 @@ def paginate(items: Sequence[dict[str, Any]], header: str | None, fields: Sequen
                 f"with a field among {', '.join(fields)}: {header!r}.",
             )
         field, first, last = m.group("field"), m.group("first") or "", m.group("last") or ""
-        for option in filter(None, (o.strip() for o in (m.group("options") or "").split(","))):
+        # Heroku's CLI separates options with ", "; heroku3 with "," or " ", and ends with ";"
+        for option in re.split(r"[,;\s]+", m.group("options") or ""):
+            if not option:
+                continue
             name, _, value = option.partition("=")
             if name == "max" and value.isdigit() and int(value) > 0:
                 limit = min(int(value), MAX_PAGE)

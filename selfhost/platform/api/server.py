@@ -54,6 +54,7 @@ class PlatformServer:
         store: Store | None = None,
         endpoints: Sequence[Endpoint] = (),
         on_change: Callable[[str], None] | None = None,
+        retire: Callable[[str], None] | None = None,
         log: Callable[[str], None] | None = None,
         unpack_limits: Limits = UNPACK_LIMITS,
     ):
@@ -66,7 +67,7 @@ class PlatformServer:
         for stale in paths.blob_tmp.iterdir():  # uploads cut off by a crash
             stale.unlink(missing_ok=True)
         self.context = Context(paths, self.store, self.token, stack, max_blob_bytes, log)
-        routes = [*apps.endpoints(on_change), *slugs.endpoints(unpack_limits), *endpoints]
+        routes = [*apps.endpoints(on_change, retire), *slugs.endpoints(unpack_limits), *endpoints]
         config = uvicorn.Config(
             build(self.context, routes),
             http="httptools",

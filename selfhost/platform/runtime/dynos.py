@@ -35,6 +35,7 @@ and restarts crashed dynos with exponential backoff.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import secrets
@@ -805,6 +806,35 @@ class DynoManager:
         live = [d for d in candidates if d.live]
         return live[0] if live else max(candidates, key=lambda d: d.started)
 
+    def select(self, app: str, ident: str | None = None) -> builtins.list[Dyno]:
+        """The live dynos of an app: all of them, or those with this id, name or process
+        type (Heroku's ``ps:restart web``); 404 when ``ident`` matches none."""
+        live = [d for d in self.list(app) if d.live and not d.stopping]
+        if ident is None:
+            return live
+        chosen = [d for d in live if ident in (d.id, d.name, d.type)]
+        if not chosen:
+            raise not_found("dyno")
+        return chosen
+
+    def retire(self, app: str, reason: str) -> None:
+        """Stop every dyno of an app and wait until they have ended; then forget its
+        dynos and delete its log (the app is being destroyed)."""
+        with self.lock:
+            dynos = [d for d in self.dynos.values() if app in (d.app, d.app_id) and d.live]
+        threads = [
+            threading.Thread(target=self.stop, args=(d, reason, True), daemon=True) for d in dynos
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        with self.lock:
+            for d in [d for d in self.dynos.values() if app in (d.app, d.app_id)]:
+                del self.dynos[d.id]
+            log = self.logs.pop(app, None)
+        (log.path if log else self.paths.logs / f"{app}.log").unlink(missing_ok=True)
+
     def by_id(self, dyno_id: str) -> Dyno | None:
         with self.lock:
             return self.dynos.get(dyno_id)
@@ -896,6 +926,8 @@ class Supervisor:
             for kind, spec in formation.items():
                 for i in range(1, spec["quantity"] + 1):
                     dyno_name = f"{kind}.{i}"
+                    if any(d.name == dyno_name and d.stopping and d.live for d in dynos):
+                        continue  # its predecessor still ends (and holds its port)
                     current = [
                         d for d in dynos if d.name == dyno_name and d.live and not d.stopping
                     ]

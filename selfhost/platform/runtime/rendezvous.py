@@ -1,17 +1,17 @@
 """Rendezvous: how a client attaches to a one-off dyno, as Heroku's CLI does.
 
-A dyno created with ``attach: true`` has ``attach_url`` ``rendezvous://HOST:PORT/SECRET``.
-The client connects with TLS (the platform's authority, :mod:`selfhost.platform.tls`),
-writes the secret and CRLF; the server answers ``rendezvous\\r\\n`` and from then on
-the connection is the dyno's terminal: what the client sends is the dyno's stdin, what
-the dyno writes comes back, and the server closes the connection when the dyno has
-ended. End of input is the client closing its side, or EOT (Ctrl-D, ``\x04``) at the end
-of what it sends, which is how Heroku's CLI ends a stdin that is not a terminal (the
-dyno has no pty that would read it as end of file). When the dyno ends first, the
-server gives the client :data:`LINGER_SECONDS` to send its end of input before it
-closes: the CLI writes its EOT when its own stdin ends, and a write after the server's
-close crashes it. A wrong secret, or none within
-:data:`HELLO_SECONDS`, gets the connection closed without a word.
+A dyno created with ``attach: true`` has ``attach_url``
+``rendezvous://HOST:PORT/SECRET``. The client connects with TLS (the platform's
+authority, :mod:`selfhost.platform.tls`), writes the secret and CRLF (heroku3 writes the
+bare secret); the server answers ``rendezvous\\r\\n`` and from then on the connection is
+the dyno's terminal: what the client sends is the dyno's stdin, what the dyno writes
+comes back, and the server closes the connection when the dyno has ended. End of input
+is the client closing its side, or EOT (Ctrl-D, ``\x04``) at the end of what it sends,
+which is how Heroku's CLI ends a stdin that is not a terminal (the dyno has no pty that
+would read it as end of file). When the dyno ends first, the server gives the client
+:data:`LINGER_SECONDS` to send its end of input before it closes: the CLI writes its EOT
+when its own stdin ends, and a write after the server's close crashes it. A wrong
+secret, or none within :data:`HELLO_SECONDS`, gets the connection closed without a word.
 
 The server is asyncio's (one event loop in a thread of its own): a TLS connection is
 full duplex here, and OpenSSL does not let two threads read and write one connection.
@@ -102,13 +102,14 @@ class Rendezvous:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            dyno = await self._hello(reader)
-            if dyno is None:
+            hello = await self._hello(reader)
+            if hello is None:
                 return
+            dyno, rest = hello
             writer.write(b"rendezvous\r\n")
             await writer.drain()  # its own record: the CLI drops the first one it reads
             ended = asyncio.Event()
-            feed = asyncio.create_task(_feed(reader, dyno, ended))
+            feed = asyncio.create_task(_feed(reader, dyno, ended, rest))
             chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
             loop = asyncio.get_running_loop()
 
@@ -134,23 +135,39 @@ class Rendezvous:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _hello(self, reader: asyncio.StreamReader) -> Attachable | None:
-        """The secret the client sends first (up to CRLF), and its dyno if it is one."""
-        try:
-            line = await asyncio.wait_for(reader.readuntil(b"\r\n"), HELLO_SECONDS)
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            return None
-        secret = line[:-2].decode("ascii", "replace")
-        dyno = self.lookup(secret)
-        if dyno is None or not hmac.compare_digest(dyno.attach_token, secret):
-            return None
-        return dyno
+    async def _hello(self, reader: asyncio.StreamReader) -> tuple[Attachable, bytes] | None:
+        """The secret the client sends first, and its dyno if it is one, with what
+        followed the secret (the first of the dyno's input). Heroku's CLI ends the secret
+        with CRLF; heroku3 sends it bare, in one write, and waits for the answer."""
+        received = b""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HELLO_SECONDS
+        while len(received) <= MAX_SECRET:
+            line, crlf, rest = received.partition(b"\r\n")
+            if crlf or (received and self.lookup(received.decode("ascii", "replace"))):
+                secret = line.decode("ascii", "replace")
+                dyno = self.lookup(secret)
+                if dyno is None or not hmac.compare_digest(dyno.attach_token, secret):
+                    return None
+                return dyno, rest
+            try:
+                chunk = await asyncio.wait_for(reader.read(4096), deadline - loop.time())
+            except (TimeoutError, OSError):
+                return None
+            if not chunk:
+                return None
+            received += chunk
+        return None
 
 
-async def _feed(reader: asyncio.StreamReader, dyno: Attachable, ended: asyncio.Event) -> None:
-    """The client's bytes to the dyno's stdin, until the client closes or ends with EOT."""
+async def _feed(
+    reader: asyncio.StreamReader, dyno: Attachable, ended: asyncio.Event, first: bytes = b""
+) -> None:
+    """The client's bytes (``first``, then what it sends) to the dyno's stdin, until the
+    client closes or ends with EOT."""
     try:
-        while chunk := await reader.read(65536):
+        while chunk := first or await reader.read(65536):
+            first = b""
             last = chunk.endswith(EOT)
             if last:
                 chunk = chunk[: -len(EOT)]

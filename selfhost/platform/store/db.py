@@ -17,7 +17,8 @@ Directory (``<workspace>/platform`` unless ``selfhost.platform_dir`` is set)::
 
 Schema (version 1)::
 
-    meta(key PRIMARY KEY, value)                      schema_version
+    meta(key PRIMARY KEY, value)                      schema_version, account_id,
+                                                      app_number_max (of destroyed apps)
     apps(id PK, name UNIQUE, stack, created_at, updated_at)
     slugs(id PK, app_id → apps, checksum, size, blob_sha256, upload_token,
           process_types JSON, commit_sha, commit_description,
@@ -320,6 +321,35 @@ class Store:
         with self.read() as db:
             return self._app_json(db, self._app(db, ident))
 
+    def delete_app(self, ident: str) -> dict[str, Any]:
+        """Delete an app and everything recorded for it (Heroku's ``apps:destroy``), in
+        one transaction; answers the app as it was. Its sandbox number is never given
+        to another app (``meta.app_number_max``); blobs are content-addressed, may be
+        shared, and stay."""
+        with self.tx() as db:
+            row = self._app(db, ident)
+            gone = self._app_json(db, row)
+            # its sandbox number is never given again: the highest one given is kept
+            db.execute(
+                "INSERT INTO meta SELECT 'app_number_max', COALESCE(MAX(number), 0) "
+                "FROM app_numbers WHERE true ON CONFLICT(key) DO UPDATE SET value = "
+                "MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))"
+            )
+            for table in (
+                "app_numbers",
+                "tokens",
+                "app_stages",
+                "jobs",
+                "formation",
+                "config_vars",
+                "releases",
+                "slugs",
+                "apps",
+            ):
+                column = "id" if table == "apps" else "app_id"
+                db.execute(f"DELETE FROM {table} WHERE {column} = ?", (row["id"],))
+        return gone
+
     # ------------------------------------------------------------------ security
     def app_number(self, ident: str) -> int:
         """The app's number (1, 2, ...): its dynos run as the sandbox host id base + it.
@@ -331,9 +361,10 @@ class Store:
             ).fetchone()
             if row:
                 return int(row[0])
-            number = db.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM app_numbers").fetchone()[
-                0
-            ]
+            number = db.execute(
+                "SELECT MAX(COALESCE((SELECT MAX(number) FROM app_numbers), 0), COALESCE("
+                "(SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'app_number_max'), 0)) + 1"
+            ).fetchone()[0]
             db.execute("INSERT INTO app_numbers VALUES (?, ?)", (app_id, number))
             return int(number)
 
