@@ -29,7 +29,10 @@ GRACE_SECONDS = 2  # at shutdown, open streams (followed logs) get this long to 
 
 def listen(host: str, port: int) -> socket.socket:
     """A listening TCP socket (``port`` 0: any free port)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
+    # and without it a response's second write waits for the client's delayed ACK (40 ms)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -5,8 +5,11 @@ A resource module (:mod:`.apps`, :mod:`.slugs`, :mod:`.dynos`, :mod:`.jobs`) lis
 function ``handler(call, **path_params) -> (status, body)``. :func:`build` turns them into
 one Starlette application:
 
-- a handler runs in a worker thread (the store is SQLite, dynos start with ``Popen``), and
-  sees the request as a :class:`Call`: the caller (authenticated and authorized before the
+- a ``GET`` handler runs on the event loop (it reads SQLite, which in WAL mode never
+  waits for a writer, or it hands back a stream whose chunks are fetched in worker
+  threads); any other runs in a worker thread (a write may wait for SQLite's lock, a
+  dyno starts with ``Popen``, an upload streams to disk). A handler sees the request as
+  a :class:`Call`: the caller (authenticated and authorized before the
   handler runs), the query, the JSON body (read on demand, at most :data:`MAX_JSON_BYTES`),
   an upload streamed to a temporary file while it is hashed, and Heroku's ``Range``;
 - a body is JSON (with an ``ETag``; ``If-None-Match`` gives 304), nothing, or a
@@ -245,7 +248,7 @@ def error_body(exc: Refused) -> tuple[int, dict[str, str]]:
 
 
 def _json_response(call: Call, status: int, body: Any) -> Response:
-    data = b"" if body is None else (json.dumps(body, indent=2) + "\n").encode()
+    data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
     headers = dict(call.extra_headers)
     if call.request.method == "GET" and status in (200, 206):
         etag = f'"{hashlib.sha256(data).hexdigest()[:32]}"'
@@ -261,7 +264,7 @@ def _error_response(request: Request, status: int, body: dict[str, str]) -> Resp
     if request.method in ("PUT", "POST", "PATCH"):
         headers["Connection"] = "close"  # its unread body may still be in flight
     return Response(
-        (json.dumps(body, indent=2) + "\n").encode(), status, headers, "application/json"
+        json.dumps(body, separators=(",", ":")).encode(), status, headers, "application/json"
     )
 
 
@@ -298,7 +301,10 @@ def _endpoint(ctx: Context, endpoint: Endpoint) -> Callable[[Request], Any]:
         call = Call(request, ctx)
         params = dict(request.path_params)
         try:
-            status, body = await anyio.to_thread.run_sync(run, call, params)
+            if request.method == "GET":  # reads: SQLite in WAL mode never waits to read
+                status, body = run(call, params)
+            else:
+                status, body = await anyio.to_thread.run_sync(run, call, params)
         except Refused as exc:
             return _error_response(request, *error_body(exc))
         except Exception as exc:  # a bug: answer in Heroku's shape, log it, stay up
