@@ -338,3 +338,57 @@ def test_formation_by_type_and_a_release_s_config(client, server):
     scaled = client.request("PATCH", "/apps/bytype/formation/worker", {"quantity": "2"})
     assert scaled["quantity"] == 2, "ps:scale's PATCH, with the quantity as a string"
     assert error_of(lambda: client.request("GET", "/apps/bytype/formation/nope")).status == 404
+
+
+def test_the_documented_route_table_is_the_servers():
+    """docs/platform.md lists every route, with who may call it, and nothing else."""
+    import re
+    from types import SimpleNamespace
+
+    from selfhost.platform.api import apps, dynos, jobs, slugs
+    from selfhost.platform.api.web import DYNO, URL
+
+    served = [
+        *apps.endpoints(),
+        *slugs.endpoints(),
+        *dynos.endpoints(None, None),  # type: ignore[arg-type]
+        *jobs.endpoints(SimpleNamespace(jobs=None)),  # type: ignore[arg-type]
+    ]
+    who = {DYNO: "D", URL: "U"}
+    expected = {(e.method, e.path, who.get(e.access, "P")) for e in served}
+    doc = (Path(__file__).parents[2] / "docs" / "platform.md").read_text()
+    documented = set(
+        re.findall(r"^\| (GET|POST|PUT|PATCH|DELETE) \| `([^`]+)` \| ([PDU]) \|", doc, re.M)
+    )
+    assert len(served) == len(expected), "no route is served twice"
+    assert documented == expected, (
+        f"undocumented: {sorted(expected - documented)}; not served: {sorted(documented - expected)}"
+    )
+
+
+def test_app_destroy_forgets_everything_and_never_reuses_its_sandbox_number(client, server):
+    client.create_app("doomed")
+    client.create_app("kept")
+    store = server.store
+    assert (store.app_number("doomed"), store.app_number("kept")) == (1, 2)
+    slug, _ = store.create_slug("doomed", {"process_types": {"web": "x"}})
+    store.attach_blob(slug["id"], "2" * 64, 1)
+    store.create_release("doomed", slug["id"], None)
+    client.update_config("doomed", {"K": "v"})
+    auth = {"Authorization": f"Bearer {server.token}", "Accept": V3}
+    refused = requests.patch(f"{server.url}/apps/doomed", json={"name": "other"}, headers=auth)
+    assert refused.status_code == 422 and "Renaming" in refused.json()["message"]
+    same = requests.patch(f"{server.url}/apps/doomed", json={"name": "doomed"}, headers=auth)
+    assert same.status_code == 200 and same.json()["name"] == "doomed"
+    gone = requests.delete(f"{server.url}/apps/kept", headers=auth)
+    assert gone.status_code == 200 and gone.json()["name"] == "kept"
+    gone = requests.delete(f"{server.url}/apps/doomed", headers=auth)
+    assert gone.status_code == 200
+    assert [a["name"] for a in client.apps()] == []
+    with sqlite3.connect(server.paths.db) as db:
+        for table in ("slugs", "releases", "config_vars", "formation", "app_numbers"):
+            assert db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0, table
+    client.create_app("reborn")
+    assert store.app_number("reborn") == 3, "a destroyed app's host id is never given again"
+    again = requests.delete(f"{server.url}/apps/doomed", headers=auth)
+    assert again.status_code == 404 and again.json()["id"] == "not_found"
