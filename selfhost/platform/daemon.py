@@ -244,10 +244,9 @@ def main(argv: list[str] | None = None) -> int:
             default_queue=args.queue,
             queues=manager.settings.queues,
             log=log,
+            on_release=supervisor.poke,
         )
-        manager.extras = jobs.dyno_environment
-        jobs.on_release = supervisor.poke
-        manager.on_exit = jobs.dyno_exited
+        manager.observe(jobs)  # compile workers get their queue, and jobs come back
         endpoints = [
             *dyno_api.endpoints(manager, supervisor, rendezvous),
             *job_api.endpoints(jobs),

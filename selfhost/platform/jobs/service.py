@@ -49,7 +49,7 @@ from selfhost.hashing import digest_json, scan_tree, tree_digest
 from selfhost.platform.errors import Refused, invalid, not_found
 from selfhost.platform.jobs.queue import DYNO_QUEUE_DIR, QUEUE_FILE, Queue, QueueUrlError
 from selfhost.platform.paths import PlatformPaths
-from selfhost.platform.runtime.dynos import SIZES, Extras
+from selfhost.platform.runtime.dynos import SIZES, Dyno, DynoManager, Extras
 from selfhost.platform.slugs.slug import check_slug
 from selfhost.platform.store.db import Store, now
 from selfhost.stages.engine import Mount, Process, Sandbox
@@ -472,13 +472,14 @@ class JobService:
         self,
         store: Store,
         paths: PlatformPaths,
-        manager: Any,
+        manager: DynoManager,
         *,
         api_url: Callable[[], str],
         default_queue: str | None = None,
         queues: tuple[str, ...] = (),
         log: Callable[[str], None] = lambda _: None,
         lease_seconds: float = LEASE_SECONDS,
+        on_release: Callable[[str], None] | None = None,
     ):
         self.store = store
         self.paths = paths
@@ -500,7 +501,7 @@ class JobService:
         self.unsent: set[int] = set()  # queued jobs the queue could not take yet
         self.sandboxes: dict[int, Process] = {}  # running job sandboxes, by job id
         self.stopped_sandboxes: dict[int, str] = {}  # why the platform killed one
-        self.on_release: Callable[[str], None] | None = None  # the supervisor's poke
+        self.on_release = on_release  # after it releases an app (the supervisor's poke)
 
     # ------------------------------------------------------------------ queue
     def queue_url(self, app: str) -> str:
@@ -754,7 +755,7 @@ class JobService:
         else:
             self.on_finished(again)
 
-    def dyno_exited(self, dyno: Any) -> None:
+    def dyno_exited(self, dyno: Dyno) -> None:
         """Called when any dyno ends: its jobs go back to the queue at once."""
         for job in self.jobs.held_by(dyno.id):
             self.take_back(
@@ -800,7 +801,7 @@ class JobService:
         self.stopped.set()
 
     # ------------------------------------------------------------------ dynos
-    def dyno_environment(self, dyno: Any, config: dict[str, str]) -> Extras:
+    def dyno_environment(self, dyno: Dyno, config: dict[str, str]) -> Extras:
         """What a worker dyno needs besides what every dyno gets: its app's queue (and
         the port of a Redis queue on this machine's loopback)."""
         if dyno.type != "worker":

@@ -48,7 +48,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from selfhost.archive import Limits as ArchiveLimits
 from selfhost.errors import EngineError, SelfhostError
@@ -164,6 +164,19 @@ class Extras:
     env: dict[str, str] = field(default_factory=dict)
     mounts: list[tuple[Path, str]] = field(default_factory=list)  # writable binds
     host_ports: tuple[int, ...] = ()  # host loopback ports the dyno may reach
+
+
+class DynoObserver(Protocol):
+    """A part of the platform that takes part in every dyno's life (the job service:
+    compile workers get their queue, and their jobs back when they end)."""
+
+    def dyno_environment(self, dyno: Dyno, config: dict[str, str]) -> Extras:
+        """Extra environment, mounts and reachable ports for a dyno, given its config."""
+        ...
+
+    def dyno_exited(self, dyno: Dyno) -> None:
+        """Called once a dyno has ended."""
+        ...
 
 
 @dataclass(eq=False)
@@ -380,15 +393,15 @@ class DynoManager:
         self.stacks = StackStore(Path(settings.stacks), self._mirror)
         self.security = security.load(paths.security, settings.ids, log=log)
         self.networks = Networks(paths.net) if self.security.hardened else None
-        #: Extra environment, mounts and reachable ports for a dyno, given its config
-        #: vars: the compile workers' queue (set by the job service).
-        self.extras: Callable[[Dyno, dict[str, str]], Extras] | None = None
-        #: Called when a dyno has ended (the job service takes its jobs back).
-        self.on_exit: Callable[[Dyno], None] | None = None
+        self.observers: list[DynoObserver] = []
         self.dynos_dir = paths.dynos
         staging.clean_stale()  # left by a killed daemon, before what they bind
         release_stale_dynos(self.dynos_dir)
         store.revoke_tokens()  # their dynos are gone too
+
+    def observe(self, observer: DynoObserver) -> None:
+        """Have ``observer`` take part in every dyno started from now on."""
+        self.observers.append(observer)
 
     def _mirror(self) -> str:
         from selfhost.mirror import debian_mirror
@@ -628,7 +641,12 @@ class DynoManager:
         dyno.fs, dyno.stack, dyno.host_id = held.fs, stack, host_id
         env = {"PATH": PATH, "HOME": "/app", "LANG": "C.UTF-8", **config, **extra_env}
         env.pop("PORT", None)
-        extras = self.extras(dyno, config) if self.extras else Extras()
+        extras = Extras()
+        for observer in self.observers:
+            more = observer.dyno_environment(dyno, config)
+            extras.env.update(more.env)
+            extras.mounts += more.mounts
+            extras.host_ports += more.host_ports
         env.update(extras.env)
         held.token = self.store.issue_token(dyno.app_id, dyno.id)
         env.update(
@@ -749,9 +767,9 @@ class DynoManager:
             shutil.rmtree(self.dynos_dir / dyno.id, ignore_errors=True)
 
     def _exited(self, dyno: Dyno) -> None:
-        if self.on_exit:
+        for observer in self.observers:
             try:
-                self.on_exit(dyno)
+                observer.dyno_exited(dyno)
             except Exception as exc:  # the dyno is gone either way
                 self.log(f"dynos: after {dyno.name} exited: {exc!r}")
 
