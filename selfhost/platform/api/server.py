@@ -83,6 +83,7 @@ class PlatformServer:
             server_header=False,
         )
         self._uvicorn = uvicorn.Server(config)
+        self._serving = False
         self._done = threading.Event()
 
     @property
@@ -102,6 +103,7 @@ class PlatformServer:
             anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
             await self._uvicorn.serve(sockets=[self.socket])
 
+        self._serving = True
         try:
             anyio.run(serve)
         finally:
@@ -110,7 +112,8 @@ class PlatformServer:
     def shutdown(self) -> None:
         """Stop serving and wait until the server has stopped."""
         self._uvicorn.should_exit = True
-        self._done.wait()
+        if self._serving:
+            self._done.wait()
 
     def server_close(self) -> None:
         self.socket.close()

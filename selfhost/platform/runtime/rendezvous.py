@@ -88,6 +88,13 @@ class Rendezvous:
             )
             ready.set()
             self.loop.run_forever()
+            # stopped: end the connections still open, so none is left pending
+            pending = asyncio.all_tasks(self.loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self.loop.close()
 
         self.thread = threading.Thread(target=run, daemon=True, name="rendezvous")
         self.thread.start()
@@ -114,11 +121,13 @@ class Rendezvous:
             loop = asyncio.get_running_loop()
 
             def drain() -> None:  # the dyno's output blocks: a thread of its own
-                try:
-                    for chunk in dyno.output():
-                        loop.call_soon_threadsafe(chunks.put_nowait, chunk)
-                finally:
-                    loop.call_soon_threadsafe(chunks.put_nowait, None)
+                # (the loop may have been closed meanwhile: the server stopped)
+                with contextlib.suppress(RuntimeError):
+                    try:
+                        for chunk in dyno.output():
+                            loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+                    finally:
+                        loop.call_soon_threadsafe(chunks.put_nowait, None)
 
             threading.Thread(target=drain, daemon=True, name="rendezvous-out").start()
             while (chunk := await chunks.get()) is not None:
