@@ -258,7 +258,9 @@ def test_bootstrap_fans_out_into_cached_stage_jobs(plat):
 
 
 def test_duplicate_submissions_run_once(plat, tmp_path):
-    source = app_dir(tmp_path, "sleep 2")
+    # long enough that the first is still queued or running when the second arrives,
+    # however slowly the second `invoke` starts on a busy machine
+    source = app_dir(tmp_path, "sleep 10")
     args = ("--kind", "app-compile", "--source", str(source), "--target", "dup-target")
     first = submit(plat, "jobs-redis", *args)
     second = submit(plat, "jobs-redis", *args)
