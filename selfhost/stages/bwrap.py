@@ -29,11 +29,14 @@ Resource limits are a cgroup per sandbox, created and joined from outside
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shlex
 import shutil
 import signal
+import struct
 import subprocess
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -266,17 +269,30 @@ class BwrapEngine:
         if cgroup:
             argv = cgroup.wrap(argv)
         fd = output_fd(output)
+        master = terminal = None
+        if sandbox.tty is not None:
+            master, terminal = _pseudo_terminal(*sandbox.tty)
         try:
             proc = subprocess.Popen(
                 argv,
-                stdin=subprocess.PIPE if sandbox.stdin else subprocess.DEVNULL,
-                stdout=fd if fd is not None else subprocess.PIPE,
+                stdin=terminal
+                if terminal is not None
+                else subprocess.PIPE
+                if sandbox.stdin
+                else subprocess.DEVNULL,
+                stdout=terminal
+                if terminal is not None
+                else fd
+                if fd is not None
+                else subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 pass_fds=fds,
                 start_new_session=True,  # our own process group, killed as one
                 umask=UMASK,  # bwrap hands it on to the command
             )
         except OSError as exc:
+            if master is not None:
+                os.close(master)
             if cgroup:
                 cgroup.remove()
             if staged:
@@ -286,11 +302,19 @@ class BwrapEngine:
             os.close(args_fd)
             if seccomp_fd is not None:
                 os.close(seccomp_fd)
+            if terminal is not None:
+                os.close(terminal)  # the sandbox holds it now
         pump = None
-        if fd is None:
+        if master is not None:
+            pump = threading.Thread(target=_copy_terminal, args=(master, output), daemon=True)
+            pump.start()
+        elif fd is None:
             pump = threading.Thread(target=_copy, args=(proc.stdout, output), daemon=True)
             pump.start()
-        return BwrapProcess(proc, pump, cgroup, staged)
+        process = BwrapProcess(proc, pump, cgroup, staged)
+        if master is not None:
+            process.stdin = os.fdopen(os.dup(master), "wb", buffering=0)
+        return process
 
     def run(self, sandbox: Sandbox, output: Output, *, timeout: float | None = None) -> RunResult:
         """Run to completion; on timeout or Ctrl-C the whole sandbox is killed."""
@@ -367,6 +391,31 @@ def _args_memfd(args: Sequence[str]) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _pseudo_terminal(columns: int, lines: int) -> tuple[int, int]:
+    """A new pseudo-terminal of that size: ``(master, the terminal)``."""
+    master, terminal = os.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
+    os.set_inheritable(master, False)
+    return master, terminal
+
+
+def _copy_terminal(master: int, dst: Output) -> None:
+    """What the sandbox writes to its terminal, until every process in it has closed
+    it (Linux then answers EIO); the master is closed afterwards."""
+    try:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            dst.write(chunk)
+            dst.flush()
+    finally:
+        os.close(master)
 
 
 def _copy(src: IO[bytes] | None, dst: Output) -> None:

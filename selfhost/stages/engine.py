@@ -78,6 +78,11 @@ class Sandbox:
     #: A pipe the caller writes (``Process.stdin``: an attached one-off dyno's
     #: terminal, bwrap only); else the command's stdin is /dev/null.
     stdin: bool = False
+    #: ``(columns, lines)``: the command's stdin, stdout and stderr are a pseudo-terminal
+    #: of its own, of that size (``heroku run bash`` from a terminal; bwrap only);
+    #: ``Process.stdin`` writes to its master side. To make it the command's controlling
+    #: terminal (Ctrl-C as SIGINT), start the command with ``setsid --ctty --wait``.
+    tty: tuple[int, int] | None = None
 
     def inner_argv(self) -> list[str]:
         """The command Docker executes inside the sandbox (see module docstring)."""

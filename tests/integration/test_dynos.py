@@ -359,6 +359,62 @@ def test_the_heroku_cli_runs_one_off_dynos(plat, tmp_path):
 
 
 @needs_cli
+def test_heroku_run_from_a_terminal_gets_one(plat, tmp_path):
+    """`heroku run bash` typed at a terminal: the dyno runs in a pseudo-terminal of the
+    client's size, Ctrl-C interrupts the command (not the session), `exit 3` is -x's
+    exit code. The CLI runs in a pseudo-terminal of the test's, as a person's would."""
+    import fcntl
+    import select
+    import struct
+    import termios
+
+    heroku = heroku_of(plat, tmp_path)
+    master, terminal = os.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+    cli = subprocess.Popen(
+        [*(HEROKU_CLI or []), "run", "-x", "-a", "dynos", "--", "bash"],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        env={**heroku.env, "TERM": "xterm"},  # type: ignore[attr-defined]
+        start_new_session=True,
+    )
+    os.close(terminal)
+    seen = b""
+
+    def until(marker: bytes, timeout: float = 60) -> bool:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while marker not in seen and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:
+                    break
+        return marker in seen
+
+    try:
+        assert until(b"# ") or until(b"$ "), seen  # the shell's prompt: it is interactive
+        os.write(master, b"echo $((6*7)); stty size; test -t 0 && echo is-a-tty\r")
+        assert until(b"is-a-tty\r\n"), seen
+        assert b"\r\n42\r\n" in seen and b"33 101" in seen, seen
+        started = time.monotonic()
+        os.write(master, b"sleep 60\r")
+        time.sleep(1)
+        os.write(master, b"\x03")  # Ctrl-C, as a terminal sends it in raw mode
+        os.write(master, b"echo still-$((1+1))\r")
+        assert until(b"still-2\r\n", 30), seen
+        assert time.monotonic() - started < 30, "Ctrl-C interrupted the sleep"
+        os.write(master, b"exit 3\r")
+        assert cli.wait(60) == 3, seen
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+        os.close(master)
+
+
+@needs_cli
 def test_the_heroku_cli_manages_apps_releases_and_the_formation(plat, tmp_path):
     """apps:create, ps, ps:scale, ps:restart, ps:stop, releases:info, rollback,
     logs --tail and apps:destroy, each checked against the platform's state."""

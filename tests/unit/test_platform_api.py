@@ -392,3 +392,15 @@ def test_app_destroy_forgets_everything_and_never_reuses_its_sandbox_number(clie
     assert store.app_number("reborn") == 3, "a destroyed app's host id is never given again"
     again = requests.delete(f"{server.url}/apps/doomed", headers=auth)
     assert again.status_code == 404 and again.json()["id"] == "not_found"
+
+
+def test_a_dyno_gets_a_terminal_when_its_client_has_one():
+    from selfhost.platform.runtime.dynos import terminal_of
+
+    attached = {"attach": True}
+    assert terminal_of(attached, {"COLUMNS": "120", "LINES": "40"}) == (120, 40)
+    assert terminal_of(attached, {}) is None, "piped input: no terminal"
+    assert terminal_of({"attach": False}, {"COLUMNS": "120", "LINES": "40"}) is None
+    assert terminal_of({**attached, "tty": False}, {"COLUMNS": "1", "LINES": "1"}) is None
+    assert terminal_of({**attached, "tty": True}, {}) == (80, 24)
+    assert terminal_of(attached, {"COLUMNS": "0", "LINES": "x"}) is None

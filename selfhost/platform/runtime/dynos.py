@@ -166,6 +166,24 @@ class Extras:
     host_ports: tuple[int, ...] = ()  # host loopback ports the dyno may reach
 
 
+def terminal_of(body: dict[str, Any], env: dict[str, str]) -> tuple[int, int] | None:
+    """The size of the attached client's terminal, if it has one: ``{"tty": true}`` with
+    ``COLUMNS`` and ``LINES`` in ``env``, or both of them alone, which is how Heroku's CLI
+    says so (it sends them only when its output is a terminal). ``{"tty": false}``: a
+    pipe whatever the env says."""
+    if not body.get("attach") or body.get("tty") is False:
+        return None
+    columns, lines = env.get("COLUMNS", ""), env.get("LINES", "")
+    if (
+        columns.isdigit()
+        and lines.isdigit()
+        and 0 < int(columns) < 10000
+        and 0 < int(lines) < 10000
+    ):
+        return int(columns), int(lines)
+    return (80, 24) if body.get("tty") is True else None
+
+
 class DynoObserver(Protocol):
     """A part of the platform that takes part in every dyno's life (the job service:
     compile workers get their queue, and their jobs back when they end)."""
@@ -208,6 +226,9 @@ class Dyno:
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
     attach_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    #: ``(columns, lines)`` of the attached client's terminal: the dyno runs in a
+    #: pseudo-terminal of that size (bwrap), else its stdin is a pipe
+    tty: tuple[int, int] | None = None
     process: Process | None = None
     fs: DynoFs | None = None  # its writable storage (the job service mounts parts of it)
     stack: Stack | None = None
@@ -259,11 +280,14 @@ class Dyno:
                 pipe.flush()
 
     def close_input(self) -> None:
-        """End of input: the command reads EOF."""
+        """End of input: the command reads EOF (in a terminal: Ctrl-D, which its line
+        discipline reads as end of file; closing it would hang the session up)."""
+        if self.tty is not None:
+            self.write_input(b"\x04")
         with self._cond:
             self._input_closed = True
             pipe = self.process.stdin if self.process is not None else None
-        if pipe is not None:
+        if pipe is not None and self.tty is None:
             with contextlib.suppress(OSError, ValueError):
                 pipe.close()
 
@@ -506,9 +530,13 @@ class DynoManager:
             raise invalid(f"size must be one of {', '.join(SIZES)}")
         env = body.get("env") or {}
         if not isinstance(env, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+            isinstance(k, str)
+            and (isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)))
+            for k, v in env.items()
         ):
             raise invalid("env must be an object of string values")
+        # Heroku's CLI sends its terminal's COLUMNS and LINES as numbers
+        env = {k: str(v) for k, v in env.items()}
         ttl = body.get("time_to_live")
         if ttl is not None and (
             not isinstance(ttl, int | float) or isinstance(ttl, bool) or not 0 < ttl <= MAX_TTL
@@ -526,6 +554,7 @@ class DynoManager:
             app,
             kind,
             command,
+            tty=terminal_of(body, env) if engine == "bwrap" else None,
             size=size,
             env=env,
             ttl=ttl,
@@ -547,6 +576,7 @@ class DynoManager:
         engine: str | None = None,
         name: str | None = None,
         parent: str | None = None,
+        tty: tuple[int, int] | None = None,
     ) -> Dyno:
         """Start a dyno of the app's current release; return at once."""
         release = self.store.current_release(app)
@@ -571,6 +601,7 @@ class DynoManager:
             attach=attach,
             ttl=ttl,
             parent=parent,
+            tty=tty if attach else None,
         )
         config = self.store.config(app)
         with self.lock:
@@ -697,7 +728,15 @@ class DynoManager:
                 env["SELFHOST_WAIT_NETWORK"] = "1"
         sandbox = Sandbox(
             stack=stack,
-            argv=("/bin/sh", "-c", PROFILE, "dyno", dyno.command),
+            argv=(
+                # a terminal: the command's controlling one (Ctrl-C is its SIGINT)
+                *(("/usr/bin/setsid", "--ctty", "--wait") if dyno.tty else ()),
+                "/bin/sh",
+                "-c",
+                PROFILE,
+                "dyno",
+                dyno.command,
+            ),
             env=tuple(env.items()),
             mounts=tuple(mounts),
             workdir="/app",
@@ -710,6 +749,7 @@ class DynoManager:
             uid=RUN_AS.get(dyno.type, 0),
             host_id=host_id,
             stdin=dyno.attach and engine.name == "bwrap",  # its attached client types
+            tty=dyno.tty if engine.name == "bwrap" else None,
         )
         process = engine.start(sandbox, output)
         if self.networks is not None and netns is None:  # Docker: attach to the container

@@ -40,6 +40,7 @@ class Attachable(Protocol):
     """What rendezvous needs of a dyno."""
 
     attach_token: str
+    tty: tuple[int, int] | None  # a terminal: what the client sends passes as it is
 
     def output(self) -> Iterator[bytes]: ...
 
@@ -177,6 +178,9 @@ async def _feed(
     try:
         while chunk := first or await reader.read(65536):
             first = b""
+            if dyno.tty is not None:  # a terminal reads Ctrl-D itself, and goes on
+                await asyncio.to_thread(dyno.write_input, chunk)
+                continue
             last = chunk.endswith(EOT)
             if last:
                 chunk = chunk[: -len(EOT)]
