@@ -16,6 +16,7 @@ class EchoDyno:
 
     def __init__(self, token: str):
         self.attach_token = token
+        self.tty = None  # its input is a pipe: EOT ends it
         self.inbox: queue.Queue[bytes | None] = queue.Queue()
 
     def output(self) -> Iterator[bytes]:
