@@ -5,7 +5,8 @@ method      path                                         what
 ==========  ===========================================  ==================================
 POST        /apps/{app}/dynos                            one-off dyno ``{command, attach,
                                                          env, size, type: "run",
-                                                         time_to_live}``; ``engine`` too
+                                                         time_to_live}``; ``engine`` and
+                                                         ``tty`` too
 GET         /apps/{app}/dynos                            list, one per name (live first, then
                                                          finished); ``?all=true``: every one
 GET         /apps/{app}/dynos/{id or name}               info, with ``exit_code``
