@@ -184,6 +184,10 @@ def terminal_of(body: dict[str, Any], env: dict[str, str]) -> tuple[int, int] | 
     return (80, 24) if body.get("tty") is True else None
 
 
+#: How long after its end an attached dyno's client may still connect and read it all.
+ATTACH_AFTER_END_SECONDS = 60.0
+
+
 class DynoObserver(Protocol):
     """A part of the platform that takes part in every dyno's life (the job service:
     compile workers get their queue, and their jobs back when they end)."""
@@ -898,10 +902,18 @@ class DynoManager:
             return self.dynos.get(dyno_id)
 
     def attachable(self, secret: str) -> Dyno | None:
-        """The live attached dyno whose secret this is (rendezvous)."""
+        """The attached dyno whose secret this is (rendezvous): a live one, or one that
+        ended less than :data:`ATTACH_AFTER_END_SECONDS` ago, whose client was slower
+        than its command (``heroku run -- echo hi`` on a busy machine): it gets the whole
+        output, kept since the start, and the connection closes."""
+        now_ = time.monotonic()
         with self.lock:
             for dyno in self.dynos.values():
-                if dyno.attach and dyno.live and dyno.attach_token == secret:
+                if not dyno.attach or dyno.attach_token != secret:
+                    continue
+                if dyno.live or (
+                    dyno.ended is not None and now_ - dyno.ended < ATTACH_AFTER_END_SECONDS
+                ):
                     return dyno
         return None
 
