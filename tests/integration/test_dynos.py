@@ -537,7 +537,11 @@ def test_heroku3_drives_the_platform(plat, tmp_path, monkeypatch):
     assert wait_for(lambda: before.isdisjoint({d["id"] for d in live(client, "h3-app", "worker")}))
     first = app.releases()[0]
     assert app.rollback(first.id).version == 5 and client.config("h3-app") == {}
-    worker = next(d for d in app.dynos() if d.name == "worker.1" and d.state == "up")
+    # (the rollback replaces the workers: wait for the new worker.1)
+    worker = wait_for(
+        lambda: next((d for d in app.dynos() if d.name == "worker.1" and d.state == "up"), None)
+    )
+    assert worker is not None, client.dynos("h3-app")
     worker.kill()
     assert "worker.1" in plat("logs", "--app", "h3-app").stdout
     app.delete()
