@@ -403,4 +403,72 @@ def test_a_dyno_gets_a_terminal_when_its_client_has_one():
     assert terminal_of({"attach": False}, {"COLUMNS": "120", "LINES": "40"}) is None
     assert terminal_of({**attached, "tty": False}, {"COLUMNS": "1", "LINES": "1"}) is None
     assert terminal_of({**attached, "tty": True}, {}) == (80, 24)
+    assert terminal_of({**attached, "force_no_tty": True}, {"COLUMNS": "9", "LINES": "9"}) is None
     assert terminal_of(attached, {"COLUMNS": "0", "LINES": "x"}) is None
+
+
+def test_request_models_name_the_wrong_field(client, server):
+    """A body of the wrong shape is a 422 that says which field, what was expected and
+    what came; fields the platform does not know are ignored, as Heroku ignores them."""
+    auth = {"Authorization": f"Bearer {server.token}", "Accept": V3}
+    client.create_app("shapes")
+
+    def refused(method: str, path: str, body: object) -> str:
+        r = requests.request(method, f"{server.url}{path}", json=body, headers=auth)
+        assert r.status_code == 422 and r.json()["id"] == "invalid_params", r.text
+        return r.json()["message"]
+
+    assert (
+        refused("POST", "/apps", {"name": 5}) == "name must be a string or null, not the number 5."
+    )
+    assert "updates[0].type is required" in refused(
+        "PATCH", "/apps/shapes/formation", {"updates": [{"quantity": 1}]}
+    )
+    assert "updates must be a list" in refused("PATCH", "/apps/shapes/formation", {"updates": 3})
+    assert "quantity must be" in refused("PATCH", "/apps/shapes/formation/web", {"quantity": [1]})
+    message = refused("POST", "/apps/shapes/releases", {"release": True})
+    assert message.startswith("release must be a string or a whole number or null"), message
+    assert "not true" in message
+    made = requests.post(
+        f"{server.url}/apps", json={"name": "lenient", "region": "eu", "extra": 1}, headers=auth
+    )
+    assert made.status_code == 201 and made.json()["name"] == "lenient"
+
+
+def test_responses_follow_herokus_schema(client, server, tmp_path):
+    """Every answer of a release flow follows the schema's shapes: UUID ids, ISO 8601
+    UTC times, nested {id, name} references (selfhost.platform.api.models)."""
+    from selfhost.platform.api import models
+
+    app = client.create_app("schema-app")
+    path, checksum, size = make_slug(tmp_path)
+    client.release_slug(
+        "schema-app", path, checksum=checksum, size=size, process_types={"web": "x"}
+    )
+    client.update_config("schema-app", {"K": "v"})
+    auth = {"Authorization": f"Bearer {server.token}", "Accept": V3}
+
+    def get(path: str) -> object:
+        r = requests.get(f"{server.url}{path}", headers=auth)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    assert models.conforms(models.App, app) == []
+    assert models.conforms(models.App, get("/apps/schema-app")) == []
+    assert models.conforms(models.Account, get("/account")) == []
+    releases = get("/apps/schema-app/releases")
+    assert isinstance(releases, list) and len(releases) == 2
+    for release in releases:
+        assert models.conforms(models.Release, release) == [], release
+    slug_id = releases[0]["slug"]["id"]
+    assert models.conforms(models.Slug, get(f"/apps/schema-app/slugs/{slug_id}")) == []
+    for entry in get("/apps/schema-app/formation"):  # type: ignore[union-attr]
+        assert models.conforms(models.Formation, entry) == [], entry
+    # the checker itself finds what is wrong
+    broken = {**app, "id": "app-1", "created_at": "yesterday"}
+    del broken["owner"]
+    assert sorted(models.conforms(models.App, broken)) == [
+        "created_at: not an ISO 8601 UTC time",
+        "id: not a UUID",
+        "owner: missing",
+    ]

@@ -7,6 +7,8 @@ Starlette and uvicorn.
 - routes per resource, each module with its route table: :mod:`.apps` (account, apps,
   releases, config vars, formation), :mod:`.slugs` (slugs and their blob URLs),
   :mod:`.dynos` (dynos and logs), :mod:`.jobs` (compile jobs and stages);
+- :mod:`.models`: request models (a wrong field is a 422 naming it) and response
+  models after Heroku's schema;
 - :mod:`.auth`: who is calling (the master token, app-scoped dyno tokens);
 - :mod:`.errors`: the one place where a refusal becomes an HTTP status;
 - :mod:`.streams`: streamed response bodies (dyno output, logs, files);

@@ -30,9 +30,17 @@ the platform's token.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from selfhost.platform.api.errors import ApiError
+from selfhost.platform.api.models import (
+    AppCreate,
+    AppUpdate,
+    FormationBatch,
+    FormationOne,
+    ReleaseCreate,
+    given,
+    parse,
+)
 from selfhost.platform.api.web import DYNO, RATE_LIMIT, URL, Call, Endpoint, Reply
 
 
@@ -71,12 +79,8 @@ def endpoints(
         return call.page(call.ctx.store.apps(), ("name", "id"))
 
     def apps_create(call: Call) -> Reply:
-        body = call.json()
-        name = body.get("name")
-        if name is not None and not isinstance(name, str):
-            raise ApiError(422, "invalid_params", "name must be a string.")
-        stack = body.get("stack") or call.ctx.default_stack
-        return 201, call.ctx.store.create_app(name, stack)
+        body = parse(AppCreate, call.json())
+        return 201, call.ctx.store.create_app(body.name, body.stack or call.ctx.default_stack)
 
     def apps_info(call: Call, app: str) -> Reply:
         return 200, call.ctx.store.app(app)
@@ -84,22 +88,18 @@ def endpoints(
     def apps_update(call: Call, app: str) -> Reply:
         """Heroku's app update: what this platform can change (nothing yet) is checked,
         what it cannot is refused with the reason."""
-        body = call.json()
+        body = parse(AppUpdate, call.json())
         found = call.ctx.store.app(app)
-        unknown = sorted(set(body) - {"name", "maintenance", "build_stack"})
-        if unknown:
-            raise ApiError(422, "invalid_params", f"Unknown app fields: {', '.join(unknown)}.")
-        if body.get("name") not in (None, found["name"]):
+        if body.name not in (None, found["name"]):
             raise ApiError(
                 422,
                 "invalid_params",
                 "Renaming an app is not supported: its dynos, logs and workers know it by "
                 "name. Create an app with the new name and release the slug there.",
             )
-        if body.get("maintenance") not in (None, False):
+        if body.maintenance:
             raise ApiError(422, "invalid_params", "Maintenance mode is not supported.")
-        stack = body.get("build_stack")
-        if stack not in (None, found["stack"]["name"], found["stack"]["id"]):
+        if body.build_stack not in (None, found["stack"]["name"], found["stack"]["id"]):
             raise ApiError(
                 422, "invalid_params", f"An app's stack is fixed ({found['stack']['name']})."
             )
@@ -121,15 +121,14 @@ def endpoints(
         return call.page(call.ctx.store.releases(app), ("version", "id"))
 
     def releases_create(call: Call, app: str) -> Reply:
-        body = call.json()
+        body = parse(ReleaseCreate, call.json())
         store = call.ctx.store
-        if "release" in body:  # Heroku's rollback: {"release": id or version}
-            release = store.rollback(app, str(body["release"]))
+        if body.release is not None:  # Heroku's rollback: {"release": id or version}
+            release = store.rollback(app, str(body.release))
+        elif body.slug is None:
+            raise ApiError(422, "invalid_params", "slug (a slug id) is required.")
         else:
-            slug = body.get("slug")
-            if not isinstance(slug, str):
-                raise ApiError(422, "invalid_params", "slug (a slug id) is required.")
-            release = store.create_release(app, slug, body.get("description"))
+            release = store.create_release(app, body.slug, body.description)
         changed(app)
         return 201, release
 
@@ -149,7 +148,8 @@ def endpoints(
         return 200, call.ctx.store.formation(app)
 
     def formation_update(call: Call, app: str) -> Reply:
-        result = call.ctx.store.update_formation(app, call.json().get("updates"))
+        body = parse(FormationBatch, call.json())
+        result = call.ctx.store.update_formation(app, [given(u) for u in body.updates])
         changed(app)
         return 200, result
 
@@ -161,10 +161,8 @@ def endpoints(
 
     def formation_one(call: Call, app: str, type: str) -> Reply:
         """PATCH one process type: ``{quantity, size}`` (Heroku's CLI for ps:scale)."""
-        body = call.json()
-        update: dict[str, Any] = {"type": type}
-        update.update({k: body[k] for k in ("quantity", "size") if k in body})
-        result = call.ctx.store.update_formation(app, [update])
+        body = parse(FormationOne, call.json())
+        result = call.ctx.store.update_formation(app, [{"type": type, **given(body)}])
         changed(app)
         return 200, result[0]
 

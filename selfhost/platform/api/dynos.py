@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from selfhost.platform.api.errors import ApiError
+from selfhost.platform.api.models import DynoCreate, LogSessionCreate, given, parse
 from selfhost.platform.api.streams import Stream
 from selfhost.platform.api.web import DYNO, URL, Call, Endpoint, Reply
 from selfhost.platform.errors import Refused, invalid
@@ -110,7 +111,7 @@ def endpoints(
         return str(manager.store.app(app)["name"])
 
     def dynos_create(call: Call, app: str) -> Reply:
-        dyno = manager.run(name_of(app), call.json())
+        dyno = manager.run(name_of(app), given(parse(DynoCreate, call.json())))
         return 201, as_json(call, dyno)
 
     def dynos_list(call: Call, app: str) -> Reply:
@@ -183,14 +184,14 @@ def endpoints(
         return 200, Stream(found.output())
 
     def log_sessions_create(call: Call, app: str) -> Reply:
-        body = call.json()
+        body = parse(LogSessionCreate, call.json())
         app = name_of(app)
-        lines = body.get("lines", 100)
-        if not isinstance(lines, int) or isinstance(lines, bool) or not 0 <= lines <= 1500:
+        lines = body.lines
+        if not 0 <= lines <= 1500:
             raise invalid("lines must be a whole number from 0 to 1500")
         token = secrets.token_urlsafe(16)
         sessions[token] = (app, time.monotonic() + LOG_SESSION_SECONDS)
-        tail = "1" if body.get("tail") else "0"
+        tail = "1" if body.tail else "0"
         return 201, {
             "id": token[:12],
             "created_at": now(),

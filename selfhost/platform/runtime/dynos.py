@@ -169,9 +169,10 @@ class Extras:
 def terminal_of(body: dict[str, Any], env: dict[str, str]) -> tuple[int, int] | None:
     """The size of the attached client's terminal, if it has one: ``{"tty": true}`` with
     ``COLUMNS`` and ``LINES`` in ``env``, or both of them alone, which is how Heroku's CLI
-    says so (it sends them only when its output is a terminal). ``{"tty": false}``: a
-    pipe whatever the env says."""
-    if not body.get("attach") or body.get("tty") is False:
+    says so (it sends them only when its output is a terminal). ``{"tty": false}`` or
+    Heroku's ``{"force_no_tty": true}`` (``heroku run --no-tty``): a pipe whatever the
+    env says."""
+    if not body.get("attach") or body.get("tty") is False or body.get("force_no_tty"):
         return None
     columns, lines = env.get("COLUMNS", ""), env.get("LINES", "")
     if (
