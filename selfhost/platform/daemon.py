@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     from selfhost.platform.api.server import PlatformServer, listen
     from selfhost.platform.api.web import Endpoint
     from selfhost.platform.jobs.service import JobService
+    from selfhost.platform.router.table import RoutePublisher
     from selfhost.platform.runtime.dynos import DynoManager, Supervisor
     from selfhost.platform.runtime.rendezvous import Rendezvous
     from selfhost.platform.slugs.slug import UNPACK_LIMITS
@@ -232,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     rendezvous = None
     if settings:
         manager = DynoManager(store, paths, settings, api_port=lambda: int(bound), log=log)
-        supervisor = Supervisor(manager)
+        routes = RoutePublisher(manager, paths.routes, api_url)  # the router's table
+        manager.observe(routes)
+        supervisor = Supervisor(manager, after_pass=routes.safely)
         # heroku run: attached dynos are reached over TLS (the platform's own authority)
         authority = Authority.ensure(paths.tls, sorted({args.host, "127.0.0.1", "localhost"}))
         rendezvous = Rendezvous(authority, manager.attachable, host=args.host, log=log)

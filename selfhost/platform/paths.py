@@ -6,6 +6,8 @@ The tree (docs/state.md has the full picture)::
       platform.db (+ -wal, -shm)   apps, releases, config vars, tokens, jobs (0600)
       token                        the master API token (0600)
       daemon.json daemon.pid daemon.log daemon.lock port settings.json
+      routes.json                  the routing table the daemon writes for the router
+      router.json router.log       the router process (pid, URL) and its log
       blobs/sha256/<sha>           slug blobs, content-addressed; blobs/tmp/ uploads
       slugs/<sha>-<host id>/app    a slug unpacked once per host id
       dynos/<dyno id>/             a running dyno's tmpfs (/app overlay, /tmp, /build)
@@ -77,6 +79,18 @@ class PlatformPaths:
     @property
     def tls(self) -> Path:
         return self.root / "tls"
+
+    @property
+    def routes(self) -> Path:
+        return self.root / "routes.json"
+
+    @property
+    def router_json(self) -> Path:
+        return self.root / "router.json"
+
+    @property
+    def router_log(self) -> Path:
+        return self.root / "router.log"
 
     @property
     def net(self) -> Path:

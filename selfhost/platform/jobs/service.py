@@ -755,6 +755,9 @@ class JobService:
         else:
             self.on_finished(again)
 
+    def dyno_changed(self, dyno: Dyno) -> None:
+        """Nothing to do while a dyno comes up or starts stopping."""
+
     def dyno_exited(self, dyno: Dyno) -> None:
         """Called when any dyno ends: its jobs go back to the queue at once."""
         for job in self.jobs.held_by(dyno.id):

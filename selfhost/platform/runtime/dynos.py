@@ -197,6 +197,10 @@ class DynoObserver(Protocol):
         """Extra environment, mounts and reachable ports for a dyno, given its config."""
         ...
 
+    def dyno_changed(self, dyno: Dyno) -> None:
+        """Called when a dyno is up, and when it starts stopping (the router's table)."""
+        ...
+
     def dyno_exited(self, dyno: Dyno) -> None:
         """Called once a dyno has ended."""
         ...
@@ -230,6 +234,7 @@ class Dyno:
     updated_at: str = field(default_factory=now)
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
+    up_since: float = 0.0  # when it came up (wall clock)
     attach_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     #: ``(columns, lines)`` of the attached client's terminal: the dyno runs in a
     #: pseudo-terminal of that size (bwrap), else its stdin is a pipe
@@ -640,8 +645,10 @@ class DynoManager:
                 self._stop_process(dyno, grace=0)
             else:
                 dyno.set_state("up")
+                dyno.up_since = time.time()
                 log.write("heroku", dyno.name, "State changed from starting to up")
-            self._wait(dyno, output)
+                self._changed(dyno)
+            self._wait(dyno, output, held)
         except Exception as exc:  # a bug while it ran: it still ends, with the reason
             self.log(f"dynos: {dyno.name} of {dyno.app}: {exc!r}")
             if dyno.process is not None:
@@ -768,9 +775,9 @@ class DynoManager:
             (held.fs.ctl / "network").touch()
         return process
 
-    def _wait(self, dyno: Dyno, output: DynoOutput) -> None:
+    def _wait(self, dyno: Dyno, output: DynoOutput, held: Held) -> None:
         """Wait for the command (its time to live, then a graceful stop) and record how
-        it ended."""
+        it ended. Its network goes first: once a dyno is reported down, its port is free."""
         log = self.app_log(dyno.app)
         assert dyno.process is not None
         code = dyno.process.wait(dyno.ttl)
@@ -782,6 +789,7 @@ class DynoManager:
         facts = dyno.process.close()
         dyno.stats = facts
         output.close()
+        self._release_network(held)
         if facts.get("oom_killed"):
             dyno.reason = (
                 f"memory quota exceeded: the {dyno.size} size allows "
@@ -802,14 +810,26 @@ class DynoManager:
         if held.token:
             with contextlib.suppress(Exception):
                 self.store.revoke_tokens(dyno.id)
-        if held.namespace is not None and self.networks is not None:
-            with contextlib.suppress(Exception):
-                self.networks.release(held.namespace)
+        with contextlib.suppress(Exception):
+            self._release_network(held)
         if held.fs is not None:
             with contextlib.suppress(Exception):
                 held.fs.remove()
         else:
             shutil.rmtree(self.dynos_dir / dyno.id, ignore_errors=True)
+
+    def _release_network(self, held: Held) -> None:
+        """Stop the dyno's pasta and wait until it is gone (it held the dyno's port)."""
+        namespace, held.namespace = held.namespace, None
+        if namespace is not None and self.networks is not None:
+            self.networks.release(namespace)
+
+    def _changed(self, dyno: Dyno) -> None:
+        for observer in self.observers:
+            try:
+                observer.dyno_changed(dyno)
+            except Exception as exc:
+                self.log(f"dynos: after {dyno.name} changed: {exc!r}")
 
     def _exited(self, dyno: Dyno) -> None:
         for observer in self.observers:
@@ -839,6 +859,7 @@ class DynoManager:
             return
         dyno.stopping = True
         dyno.reason = reason
+        self._changed(dyno)  # out of the router's rotation before its SIGTERM
         self.app_log(dyno.app).write("heroku", dyno.name, f"Stopping ({reason}): SIGTERM")
         thread = threading.Thread(target=self._stop_process, args=(dyno, grace), daemon=True)
         thread.start()
@@ -947,9 +968,15 @@ class Held:
 class Supervisor:
     """Keeps every app's formation running from its current release."""
 
-    def __init__(self, manager: DynoManager, interval: float = 0.5):
+    def __init__(
+        self,
+        manager: DynoManager,
+        interval: float = 0.5,
+        after_pass: Callable[[], None] | None = None,
+    ):
         self.manager = manager
         self.interval = interval
+        self.after_pass = after_pass  # the routing table, after every pass
         self.wake = threading.Event()
         self.stopped = threading.Event()
         self.crashes: dict[tuple[str, str], int] = {}  # (app, dyno name) -> restarts so far
@@ -964,6 +991,8 @@ class Supervisor:
                 self.reconcile()
             except Exception as exc:  # keep supervising whatever one app does
                 self.manager.log(f"supervisor: {exc!r}")
+            if self.after_pass is not None:
+                self.after_pass()
             self.wake.wait(self.interval)
             self.wake.clear()
 

@@ -36,6 +36,7 @@ import ctypes
 import errno
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -300,9 +301,9 @@ class Networks:
         filler.start()
 
     def release(self, namespace: Namespace) -> None:
-        """The dyno ended: stop its pasta and let the namespace go."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(namespace.pasta, signal.SIGTERM)
+        """The dyno ended: stop its pasta, wait until it has exited (it holds the dyno's
+        host port until then), and let the namespace go."""
+        stop_process(namespace.pasta)
         (self.state / f"{namespace.pasta}.pasta").unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             os.close(namespace.fd)
@@ -342,6 +343,24 @@ class Networks:
                 if Path(f"/proc/{pid}/exe").resolve().name.startswith(("pasta", "passt")):
                     os.kill(pid, signal.SIGKILL)
             path.unlink(missing_ok=True)
+
+
+def stop_process(pid: int, grace: float = 2.0) -> None:
+    """SIGTERM to a process that is not our child (pasta daemonizes), and wait until it
+    has exited; SIGKILL after ``grace`` seconds."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # already gone
+        return
+    try:
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, sig)
+            ready, _, _ = select.select([pidfd], [], [], wait)
+            if ready:  # a pidfd is readable once its process has exited
+                return
+    finally:
+        os.close(pidfd)
 
 
 def port_in_use(address: str, port: int) -> bool:

@@ -1,0 +1,572 @@
+"""The router: ``http://APP.localhost:PORT/`` reaches the app's web dynos.
+
+An aiohttp server and client in one process, apart from the daemon (docs/platform.md,
+"The router"). Per request:
+
+1. the ``Host`` header names the app (``APP.localhost``, or ``APP.`` any ``--domain``);
+2. a backend is chosen among the app's routable web dynos: the one with the fewest
+   outstanding requests (ties: the one used longest ago);
+3. the request goes to its host port with Heroku's ``X-Forwarded-*``,
+   ``X-Request-Id`` and ``X-Request-Start`` headers; the response streams back;
+4. one ``heroku[router]`` line goes to the app's log, in Heroku's format.
+
+**Health.** A backend is routable while its process lives, a socket listens on its
+``$PORT`` in its namespace and none of its processes is stopped; a probe reads that
+from /proc every ``probe_interval`` (:mod:`selfhost.platform.runtime.probe`). A failed
+connection or a connection closed without a response takes a backend out at once; a
+backend out for more than ``restart_after`` seconds while the daemon still lists it
+(frozen, say) is restarted through the Platform API, and the supervisor replaces it.
+
+**Retries.** A request whose connection failed before anything was sent is re-sent to
+another backend, whatever its method; one that reached a backend is re-sent only if
+its method is idempotent (GET, HEAD, OPTIONS, PUT, DELETE, TRACE), also when its backend
+froze while it waited. Request bodies are read whole first (so they can be re-sent).
+
+**Errors**, as Heroku's router names them: H10 (app crashed: web dynos wanted, none
+routable), H12 (no response within ``request_timeout``), H13 (connection closed without
+a response), H14 (no web dynos: ``web=0``), H20 (a started dyno did not bind its port in
+time), H99 (the router's own failure). Each is a 503 with an HTML page and an
+``at=error code=...`` log line.
+
+**Per-request dynos.** For an app with ``SELFHOST_AUTOSTART=1``, a request at ``web=0``
+scales web to 1 through the Platform API and waits until the dyno has bound its port;
+after ``SELFHOST_IDLE_SECONDS`` without requests the router scales it back to 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from selfhost.platform.paths import PlatformPaths
+from selfhost.platform.router.table import AppRoute, Backend, Table, read_table
+from selfhost.platform.runtime import probe
+from selfhost.platform.runtime.dynos import AppLog
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+ERRORS = {
+    "H10": "App crashed",
+    "H12": "Request timeout",
+    "H13": "Connection closed without response",
+    "H14": "No web processes running",
+    "H20": "App boot timeout",
+    "H99": "Platform error",
+}
+MAX_BODY = 64 * 1024 * 1024
+API_ACCEPT = "application/vnd.heroku+json; version=3"
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    request_timeout: float = 30.0  # until the response's headers (H12)
+    connect_timeout: float = 5.0
+    probe_interval: float = 0.1
+    restart_after: float = 1.0  # out of rotation this long: ask the daemon to restart it
+    wait_for_dyno: float = 5.0  # web>0 but none routable: wait this long (then H10)
+    boot_timeout: float = 60.0  # an autostarted dyno binds its port within (else H20)
+    domain: str = "localhost"
+    failover: bool = True  # False: a weakened router for the tests (no probe, no retry)
+
+
+@dataclass(eq=False)
+class Live:
+    """A backend as the router sees it now."""
+
+    backend: Backend
+    outstanding: int = 0
+    routable: bool = False
+    checked: bool = False  # probed at least once
+    out_since: float | None = None  # when it left the rotation
+    restart_asked: bool = False
+    last_used: float = 0.0
+    down: asyncio.Event = field(default_factory=asyncio.Event)  # set when it leaves
+
+    def leave(self) -> None:
+        if self.routable or not self.checked:
+            self.out_since = time.monotonic()
+        self.routable = False
+        self.checked = True
+        self.down.set()
+
+    def join(self) -> None:
+        self.routable, self.checked, self.out_since = True, True, None
+        self.down = asyncio.Event()
+
+
+class Attempt(Exception):
+    """One backend failed a request: whether anything reached it, and the error code."""
+
+    def __init__(self, code: str, sent: bool):
+        super().__init__(code)
+        self.code = code
+        self.sent = sent
+
+
+class Router:
+    def __init__(
+        self,
+        paths: PlatformPaths,
+        settings: RouterSettings = RouterSettings(),
+        log: Callable[[str], None] = print,
+    ):
+        self.paths = paths
+        self.settings = settings
+        self.log = log
+        self.table = Table.empty()
+        self.table_stamp: tuple[int, int, int] | None = None
+        self.live: dict[str, Live] = {}  # backend dyno id -> its state
+        self.logs: dict[str, AppLog] = {}
+        self.last_request: dict[str, float] = {}  # app -> when it was last asked for
+        self.autostarted: set[str] = set()
+        self.changed = asyncio.Event()  # the table or a backend's state changed
+        self.session: aiohttp.ClientSession | None = None
+        self.port = 0
+        self.tasks: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------------ table
+    def reload(self) -> bool:
+        """Read the routing table if its file changed; True if it did."""
+        try:
+            st = os.stat(self.paths.routes)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if stamp == self.table_stamp:
+            return False
+        try:
+            table = read_table(self.paths.routes)
+        except (OSError, ValueError) as exc:
+            self.log(f"router: keeping the last routing table: {exc}")
+            return False
+        self.table_stamp = stamp
+        self.table = table
+        ids = {b.id for app in table.apps.values() for b in app.backends}
+        for app in table.apps.values():
+            for b in app.backends:
+                if b.id not in self.live:
+                    self.live[b.id] = Live(b)
+                    self._probe(self.live[b.id])
+        for gone in set(self.live) - ids:
+            self.live.pop(gone).leave()
+        self.changed.set()
+        return True
+
+    def _probe(self, live: Live) -> None:
+        b = live.backend
+        ok = probe.alive(b.pid) and probe.listening(b.pid, b.port) and not probe.frozen(b.pid)
+        if ok and not live.routable:
+            live.join()
+            self.changed.set()
+        elif not ok and (live.routable or not live.checked):
+            live.leave()
+            self.changed.set()
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                self.reload()
+                for live in list(self.live.values()):
+                    if not self.settings.failover:
+                        continue
+                    self._probe(live)
+                    if (
+                        live.out_since is not None
+                        and not live.restart_asked
+                        and live.backend.since < time.time() - self.settings.restart_after
+                        and time.monotonic() - live.out_since > self.settings.restart_after
+                        and probe.alive(live.backend.pid)
+                    ):
+                        live.restart_asked = True
+                        asyncio.get_running_loop().create_task(self._restart(live.backend))
+                await self._stop_idle()
+            except Exception as exc:  # keep watching whatever one pass does
+                self.log(f"router: {exc!r}")
+            self.changed.set()
+            self.changed = asyncio.Event()
+            await asyncio.sleep(self.settings.probe_interval)
+
+    # ------------------------------------------------------------------ API
+    async def _api(self, method: str, path: str, body: dict[str, Any] | None = None) -> int:
+        """A call to the Platform API (the daemon may be down: then it fails)."""
+        assert self.session is not None
+        url = self.table.api
+        if not url:
+            return 0
+        token = self.paths.token.read_text().strip()
+        headers = {"Authorization": f"Bearer {token}", "Accept": API_ACCEPT}
+        try:
+            async with self.session.request(
+                method,
+                url + path,
+                json=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=10),
+            ) as resp:
+                await resp.read()
+                return resp.status
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            self.log(f"router: {method} {path}: {exc!r}")
+            return 0
+
+    async def _restart(self, b: Backend) -> None:
+        self.app_log(b.app).write(
+            "heroku", "router", f'at=warning desc="{b.dyno} unresponsive: restarting it"'
+        )
+        status = await self._api("DELETE", f"/apps/{b.app}/dynos/{b.dyno}")
+        self.log(f"router: restart {b.app} {b.dyno}: {status}")
+
+    async def _scale_web(self, app: str, quantity: int) -> int:
+        return await self._api("PATCH", f"/apps/{app}/formation/web", {"quantity": quantity})
+
+    async def _stop_idle(self) -> None:
+        now = time.monotonic()
+        for app in list(self.autostarted):
+            route = self.table.apps.get(app)
+            if route is None or route.web == 0:
+                self.autostarted.discard(app)
+                continue
+            busy = any(self.live[b.id].outstanding for b in route.backends if b.id in self.live)
+            if not busy and now - self.last_request.get(app, now) > route.idle:
+                self.autostarted.discard(app)
+                self.app_log(app).write(
+                    "heroku", "router", f'at=info desc="idle for {route.idle:g}s: web=0"'
+                )
+                await self._scale_web(app, 0)
+
+    # ------------------------------------------------------------------ choice
+    def choose(self, route: AppRoute, tried: set[str]) -> Live | None:
+        candidates = [
+            self.live[b.id]
+            for b in route.backends
+            if b.id in self.live and self.live[b.id].routable and b.id not in tried
+        ]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda live: (live.outstanding, live.last_used))
+
+    async def wait_for_backend(
+        self, app: str, tried: set[str], deadline: float
+    ) -> tuple[AppRoute | None, Live | None]:
+        while True:
+            route = self.table.apps.get(app)
+            if route is None:
+                return None, None
+            chosen = self.choose(route, tried)
+            if chosen is not None or time.monotonic() >= deadline:
+                return route, chosen
+            changed = self.changed
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(changed.wait(), max(0.0, deadline - time.monotonic()))
+
+    # ------------------------------------------------------------------ requests
+    def app_of(self, host: str) -> str | None:
+        name = host.rsplit(":", 1)[0].lower().rstrip(".") if host else ""
+        suffix = "." + self.settings.domain
+        if name.endswith(suffix):
+            return name[: -len(suffix)] or None
+        return None
+
+    def app_log(self, app: str) -> AppLog:
+        log = self.logs.get(app)
+        if log is None:
+            log = self.logs[app] = AppLog(self.paths.logs / f"{app}.log")
+        return log
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
+        request_id = request.headers.get("X-Request-Id") or secrets.token_hex(16)
+        app = self.app_of(request.host)
+        route = self.table.apps.get(app) if app else None
+        if app is None or route is None:
+            return web.Response(
+                status=404,
+                text=NO_SUCH_APP,
+                content_type="text/html",
+                headers={"X-Request-Id": request_id},
+            )
+        self.last_request[app] = time.monotonic()
+        info: dict[str, Any] = {"dyno": "", "connect": 0, "service": 0, "bytes": 0}
+        try:
+            response = await self._route(request, app, request_id, started, info)
+        except Attempt as failed:
+            response = self.error_page(failed.code, request_id)
+            info["code"] = failed.code
+        except (ConnectionResetError, asyncio.CancelledError):
+            info["code"], info["status"] = "H27", 499  # the client went away
+            self._log_request(app, request, request_id, info)
+            raise
+        info.setdefault("status", response.status)
+        self._log_request(app, request, request_id, info)
+        return response
+
+    async def _route(
+        self,
+        request: web.Request,
+        app: str,
+        request_id: str,
+        started: float,
+        info: dict[str, Any],
+    ) -> web.StreamResponse:
+        s = self.settings
+        body = await request.read()
+        deadline = started + s.request_timeout
+        tried: set[str] = set()
+        idempotent = request.method in IDEMPOTENT
+        last = "H10"
+        while True:
+            route = self.table.apps[app]
+            live = self.choose(route, tried)
+            if live is None:
+                live, code = await self._await_backend(app, route, tried, deadline)
+                if live is None:
+                    raise Attempt(last if tried else code, sent=False)
+            tried.add(live.backend.id)
+            info["dyno"] = live.backend.dyno
+            try:
+                return await self._forward(request, body, live, request_id, deadline, info)
+            except Attempt as failed:
+                if failed.code == "H12" or (failed.sent and not idempotent) or not s.failover:
+                    raise
+                # nothing reached a dyno: the app is down (H10); else it hung up (H13)
+                last = failed.code if failed.sent else "H10"
+
+    async def _await_backend(
+        self, app: str, route: AppRoute, tried: set[str], deadline: float
+    ) -> tuple[Live | None, str]:
+        """No routable backend now: wait for one (a starting dyno, an autostart) or say
+        why there is none."""
+        s = self.settings
+        now = time.monotonic()
+        if route.web == 0 and not route.autostart:
+            return None, "H14"
+        if route.web == 0:  # per-request dynos: scale up and hold the request
+            if await self._scale_web(app, 1) != 200:
+                return None, "H14"
+            self.autostarted.add(app)
+            self.app_log(app).write("heroku", "router", 'at=info desc="autostart: web=1"')
+            _, live = await self.wait_for_backend(app, tried, min(deadline, now + s.boot_timeout))
+            return live, "H20"
+        _, live = await self.wait_for_backend(app, tried, min(deadline, now + s.wait_for_dyno))
+        return live, "H10"
+
+    async def _forward(
+        self,
+        request: web.Request,
+        body: bytes,
+        live: Live,
+        request_id: str,
+        deadline: float,
+        info: dict[str, Any],
+    ) -> web.StreamResponse:
+        assert self.session is not None
+        s = self.settings
+        b = live.backend
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+        peer = request.remote or ""
+        forwarded = request.headers.get("X-Forwarded-For")
+        headers = [
+            (k, v)
+            for k, v in headers
+            if k.lower()
+            not in ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-port", "x-request-id")
+        ]
+        headers += [
+            ("X-Forwarded-For", f"{forwarded}, {peer}" if forwarded else peer),
+            ("X-Forwarded-Proto", "http"),
+            ("X-Forwarded-Port", str(self.port)),
+            ("X-Request-Id", request_id),
+            ("X-Request-Start", str(int(time.time() * 1000))),
+            ("Via", "1.1 selfhost-router"),
+        ]
+        live.outstanding += 1
+        live.last_used = time.monotonic()
+        t0 = time.monotonic()
+        down = live.down
+        try:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Attempt("H12", sent=True)
+            call = asyncio.ensure_future(
+                self.session.request(
+                    request.method,
+                    f"http://127.0.0.1:{b.port}{request.rel_url}",
+                    headers=headers,
+                    data=body or None,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(sock_connect=s.connect_timeout),
+                )
+            )
+            left = asyncio.ensure_future(down.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    {call, left}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                left.cancel()
+            if call not in done:
+                call.cancel()
+                with contextlib.suppress(BaseException):
+                    await call
+                if left in done:  # its backend froze or died while we waited
+                    raise Attempt("H13", sent=True)
+                info["service"] = int((time.monotonic() - t0) * 1000)
+                raise Attempt("H12", sent=True)
+            try:
+                upstream = call.result()
+            except aiohttp.ClientConnectorError:
+                if s.failover:
+                    live.leave()
+                raise Attempt("H13", sent=False) from None
+            except (aiohttp.ClientError, OSError):
+                if s.failover:
+                    live.leave()
+                raise Attempt("H13", sent=True) from None
+            info["connect"] = 0
+            return await self._relay(request, upstream, info, t0)
+        finally:
+            live.outstanding -= 1
+
+    async def _relay(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        info: dict[str, Any],
+        t0: float,
+    ) -> web.StreamResponse:
+        try:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            for k, v in upstream.headers.items():
+                if k.lower() not in HOP_BY_HOP and k.lower() != "content-length":
+                    response.headers.add(k, v)
+            length = upstream.headers.get("Content-Length")
+            if length is not None and length.isdigit():
+                response.content_length = int(length)
+            elif request.version >= aiohttp.HttpVersion11:
+                response.enable_chunked_encoding()
+            await response.prepare(request)
+            sent = 0
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+                sent += len(chunk)
+            await response.write_eof()
+            info["bytes"] = sent
+            info["service"] = int((time.monotonic() - t0) * 1000)
+            return response
+        finally:
+            upstream.release()
+
+    def error_page(self, code: str, request_id: str) -> web.Response:
+        return web.Response(
+            status=503,
+            text=ERROR_PAGE.format(code=code, desc=ERRORS.get(code, "")),
+            content_type="text/html",
+            headers={"X-Request-Id": request_id, "Cache-Control": "no-cache, no-store"},
+        )
+
+    def _log_request(
+        self, app: str, request: web.Request, request_id: str, info: dict[str, Any]
+    ) -> None:
+        code = info.get("code")
+        head = f'at=error code={code} desc="{ERRORS.get(code, "")}" ' if code else "at=info "
+        path = request.rel_url.raw_path_qs.replace('"', "%22")
+        line = (
+            f'{head}method={request.method} path="{path}" host={request.host} '
+            f'request_id={request_id} fwd="{request.remote}" dyno={info["dyno"]} '
+            f"connect={info['connect']}ms service={info['service']}ms "
+            f"status={info['status']} bytes={info['bytes']} protocol=http"
+        )
+        with contextlib.suppress(OSError):
+            self.app_log(app).write("heroku", "router", line)
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict[str, Any]:
+        """What ``GET /router`` (on the router's own host) answers: each backend's state."""
+        apps: dict[str, Any] = {}
+        for name, route in self.table.apps.items():
+            apps[name] = {
+                "web": route.web,
+                "autostart": route.autostart,
+                "dynos": [
+                    {
+                        "dyno": b.dyno,
+                        "id": b.id,
+                        "port": b.port,
+                        "routable": self.live[b.id].routable if b.id in self.live else False,
+                        "outstanding": self.live[b.id].outstanding if b.id in self.live else 0,
+                    }
+                    for b in route.backends
+                ],
+            }
+        return {"serial": self.table.serial, "port": self.port, "apps": apps}
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        host = request.host.rsplit(":", 1)[0]
+        if host in ("127.0.0.1", "localhost", self.settings.domain) and request.path == "/router":
+            return web.json_response(self.state())
+        return await self.handle(request)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self, host: str, port: int) -> web.AppRunner:
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+        )
+        self.reload()
+        self.tasks.append(asyncio.get_running_loop().create_task(self._watch()))
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_route("*", "/{tail:.*}", self.dispatch)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return runner
+
+    async def close(self, runner: web.AppRunner) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await runner.cleanup()
+        if self.session is not None:
+            await self.session.close()
+
+
+NO_SUCH_APP = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>No such app</title></head>
+<body><h1>There's nothing here, yet.</h1>
+<p>No app of this platform has this name. Check the URL: http://APP.localhost:PORT/</p>
+</body></html>
+"""
+
+ERROR_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Application Error</title></head>
+<body><h1>Application error</h1>
+<p>An error occurred in the application and your page could not be served
+({code}: {desc}). If you are the application owner, check your logs for details:
+<code>heroku logs --tail</code></p>
+</body></html>
+"""

@@ -1,0 +1,203 @@
+"""The router against real web processes on this host (no dynos: the integration tests
+have those): Host-based routing, balancing, failover, Heroku's error codes, its log."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from selfhost.platform.paths import PlatformPaths
+from selfhost.platform.router import service
+from selfhost.platform.runtime import probe
+from selfhost.stages.manifest import write_json_atomic
+
+BACKEND = Path(__file__).with_name("web_backend.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Site:
+    paths: PlatformPaths
+    backends: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+    info: service.RouterInfo | None = None
+    serial: int = 0
+
+    def backend(self, name: str) -> None:
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, str(BACKEND), str(port), name])
+        deadline = time.monotonic() + 10
+        while not probe.listening(proc.pid, port):
+            assert time.monotonic() < deadline, f"{name} did not listen"
+            time.sleep(0.02)
+        self.backends[name], self.ports[name] = proc, port
+
+    def publish(self, web: int | None = None) -> None:
+        """The routing table, as the daemon writes it: app hello has the backends, app
+        empty is scaled to 0."""
+        self.serial += 1
+        backends = [
+            {"dyno": n, "id": f"id-{n}", "port": self.ports[n], "pid": p.pid, "since": 0}
+            for n, p in self.backends.items()
+            if p.poll() is None
+        ]
+        quantity = len(self.backends) if web is None else web
+        write_json_atomic(
+            self.paths.routes,
+            {
+                "serial": self.serial,
+                "api": "",
+                "apps": {
+                    "hello": {
+                        "id": "app-id",
+                        "web": quantity,
+                        "autostart": False,
+                        "idle": 300,
+                        "backends": backends,
+                    },
+                    "empty": {"id": "e", "web": 0, "autostart": False, "idle": 1, "backends": []},
+                },
+            },
+        )
+
+    def start(self, *options: str) -> service.RouterInfo:
+        self.info, _ = service.start(self.paths, port=0, options=options)
+        return self.info
+
+    def get(self, path: str = "/", app: str = "hello", timeout: float = 10) -> tuple[int, str]:
+        assert self.info is not None
+        request = urllib.request.Request(
+            self.info.url + path, headers={"Host": f"{app}.localhost:{self.info.port}"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def log(self, app: str = "hello") -> str:
+        path = self.paths.logs / f"{app}.log"
+        return path.read_text() if path.exists() else ""
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    paths = PlatformPaths(tmp_path / "platform")
+    paths.root.mkdir()
+    paths.ensure_token()
+    s = Site(paths)
+    try:
+        yield s
+    finally:
+        service.stop(paths)
+        for proc in s.backends.values():
+            with_kill(proc)
+
+
+def with_kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.kill()
+    proc.wait()
+
+
+def test_routes_by_host_and_balances_and_logs(site: Site) -> None:
+    for n in ("web.1", "web.2", "web.3"):
+        site.backend(n)
+    site.publish()
+    site.start()
+    answers = [site.get() for _ in range(30)]
+    assert {status for status, _ in answers} == {200}
+    counts = {n: sum(body == n for _, body in answers) for n in ("web.1", "web.2", "web.3")}
+    assert all(c >= 5 for c in counts.values()), counts  # one at a time: they take turns
+    status, body = site.get(app="nosuch")
+    assert status == 404 and "nothing here" in body
+    log = site.log()
+    assert 'heroku[router]: at=info method=GET path="/" host=hello.localhost:' in log
+    assert "dyno=web.2" in log and "status=200 bytes=5 protocol=http" in log
+
+
+def steady_stream(site: Site, seconds: float, during) -> tuple[int, list[str]]:
+    """GETs from 4 clients for ``seconds``; ``during`` runs after a third of it."""
+    failures: list[str] = []
+    done = 0
+    deadline = time.monotonic() + seconds
+
+    def client() -> int:
+        n = 0
+        while time.monotonic() < deadline:
+            status, body = site.get("/", timeout=30)
+            if status != 200:
+                code = re.search(r"\(H\d\d", body)
+                failures.append(f"{status} {code.group(0)[1:] if code else body[:80]}")
+            n += 1
+        return n
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(client) for _ in range(4)]
+        time.sleep(seconds / 3)
+        during()
+        done = sum(f.result() for f in futures)
+    return done, failures
+
+
+def kill_one_freeze_another(site: Site) -> None:
+    site.backends["web.1"].kill()  # kill -9
+    os.kill(site.backends["web.2"].pid, signal.SIGSTOP)
+
+
+def test_kill_9_and_sigstop_during_traffic_fail_no_request(site: Site) -> None:
+    for n in ("web.1", "web.2", "web.3"):
+        site.backend(n)
+    site.publish()
+    site.start("--request-timeout", "3")
+    done, failures = steady_stream(site, 4.5, lambda: kill_one_freeze_another(site))
+    assert done > 100 and failures == [], (done, failures[:5])
+    state = service.state(site.info)  # type: ignore[arg-type]
+    routable = {d["dyno"]: d["routable"] for d in state["apps"]["hello"]["dynos"]}
+    assert routable == {"web.1": False, "web.2": False, "web.3": True}
+
+
+def test_without_failover_the_same_traffic_fails(site: Site) -> None:
+    """The weakened router (no probe, no retry): the same events fail requests."""
+    for n in ("web.1", "web.2", "web.3"):
+        site.backend(n)
+    site.publish()
+    site.start("--request-timeout", "3", "--no-failover")
+    done, failures = steady_stream(site, 4.5, lambda: kill_one_freeze_another(site))
+    assert failures, done
+    assert any("H12" in f for f in failures) and any("H13" in f for f in failures), failures[:5]
+
+
+def test_h12_h14_h10(site: Site) -> None:
+    site.backend("web.1")
+    site.publish()
+    site.start("--request-timeout", "1")
+    status, body = site.get("/slow?s=3")
+    assert status == 503 and "H12" in body
+    assert 'at=error code=H12 desc="Request timeout" method=GET path="/slow?s=3"' in site.log()
+    status, body = site.get(app="empty")
+    assert status == 503 and "H14" in body
+    assert 'code=H14 desc="No web processes running"' in site.log("empty")
+    site.backends["web.1"].kill()
+    site.backends["web.1"].wait()
+    status, body = site.get()
+    assert status == 503 and "H10" in body, body
