@@ -22,6 +22,7 @@ ns.add_task(platform.config)
 ns.add_task(platform.run)
 ns.add_task(platform.scale)
 ns.add_task(platform.logs)
+ns.add_task(platform.open_, "open")
 
 ps = Collection("ps")
 ps.add_task(platform.ps_list, "list", default=True)
@@ -53,6 +54,11 @@ daemon.add_task(platform.platform_up, "up")
 daemon.add_task(platform.platform_down, "down")
 daemon.add_task(platform.platform_status, "status")
 ns.add_collection(daemon)
+
+router = Collection("router")
+router.add_task(platform.router_up, "up")
+router.add_task(platform.router_down, "down")
+ns.add_collection(router)
 ns.configure({"selfhost": DEFAULTS})
 
 # `invoke scale --app a web=1 worker=3`: Invoke would read web=1 as a task name.

@@ -42,6 +42,9 @@ DEFAULTS: dict[str, Any] = {
     "api_url": None,
     "api_token": None,
     "dyno_grace_seconds": 30,
+    "dyno_boot_timeout": 60,
+    "router_port": 5080,
+    "router_timeout": 30,
     "queue_url": None,
     "queues": None,
     "slug_max_unpacked_bytes": 2_000_000_000,
@@ -76,6 +79,9 @@ class Settings:
     api_url: str | None = None
     api_token: str | None = None
     dyno_grace_seconds: float = 30
+    dyno_boot_timeout: float = 60  # a web dyno binds $PORT within this, or crashes (R10)
+    router_port: int = 5080  # http://APP.localhost:5080/ (0: a free port, in router.json)
+    router_timeout: float = 30  # seconds until a response's headers (H12 after)
     queue_url: str | None = None
     queues: tuple[str, ...] = ()
     slug_max_unpacked_bytes: int = 2_000_000_000
@@ -146,6 +152,9 @@ class Settings:
                 api_url=raw["api_url"] or None,
                 api_token=raw["api_token"] or None,
                 dyno_grace_seconds=float(raw["dyno_grace_seconds"]),
+                dyno_boot_timeout=float(raw["dyno_boot_timeout"]),
+                router_port=int(raw["router_port"]),
+                router_timeout=float(raw["router_timeout"]),
                 queue_url=raw["queue_url"] or None,
                 queues=_words(raw["queues"]),
                 slug_max_unpacked_bytes=int(raw["slug_max_unpacked_bytes"]),
@@ -196,8 +205,12 @@ def validate(settings: Settings) -> Settings:
             f"suite is {settings.suite!r}; expected one of {', '.join(SUITES)}",
             hint="set selfhost.suite in invoke.yaml",
         )
-    if not 0 <= settings.platform_port <= 65535:
-        raise UsageError(f"selfhost.platform_port is {settings.platform_port}; expected 0-65535")
+    for key in ("platform_port", "router_port"):
+        if not 0 <= getattr(settings, key) <= 65535:
+            raise UsageError(f"selfhost.{key} is {getattr(settings, key)}; expected 0-65535")
+    for key in ("dyno_boot_timeout", "router_timeout"):
+        if not getattr(settings, key) > 0:
+            raise UsageError(f"selfhost.{key} must be positive (seconds)")
     for url in filter(None, (settings.queue_url, *settings.queues)):
         from selfhost.platform.jobs.queue import QueueUrlError, check_url
 

@@ -1,5 +1,6 @@
 /* A small web app in C, run by the tcc of its slug (`tcc -run`): it answers every
-   request on $PORT with the dyno's name and the first line of the request. */
+   request on $PORT with the dyno's name and the first line of the request; for
+   `GET /sleep/N` it first sleeps N seconds (to see the router's H12 timeout). */
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +33,8 @@ int main(void) {
         got = read(client, request, sizeof request - 1);
         request[got > 0 ? got : 0] = 0;
         request[strcspn(request, "\r\n")] = 0;
+        if (strncmp(request, "GET /sleep/", 11) == 0)
+            sleep(atoi(request + 11));
         snprintf(body, sizeof body, "Hello from tcc %d on %s: %s\n", __TINYC__, dyno, request);
         snprintf(head, sizeof head,
                  "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"

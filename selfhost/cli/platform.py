@@ -11,7 +11,7 @@ from invoke import Context
 from selfhost.cli.base import argv_after_dashdash, make_engine, make_ui, settings, task
 from selfhost.compilers import find_recipe
 from selfhost.config import SUITES, Settings
-from selfhost.errors import SelfhostError, UsageError
+from selfhost.errors import PlatformError, SelfhostError, UsageError
 
 if TYPE_CHECKING:
     from selfhost.platform.client import PlatformClient
@@ -111,13 +111,27 @@ def start_daemon(s: Settings) -> tuple[Any, bool]:
     from selfhost.platform.runtime.dynos import DynoSettings
 
     dynos = DynoSettings.from_settings(s)
-    return daemon.start(
+    started = daemon.start(
         PlatformPaths(s.platform),
         port=s.platform_port,
         stack=s.suite,
         max_blob_bytes=s.slug_max_bytes,
         dynos=dynos,
         queue=s.queue_url,
+    )
+    start_router(s)  # the platform's data plane comes with it
+    return started
+
+
+def start_router(s: Settings) -> tuple[Any, bool]:
+    """The platform's router, started if needed (a process of its own)."""
+    from selfhost.platform.paths import PlatformPaths
+    from selfhost.platform.router import service
+
+    return service.start(
+        PlatformPaths(s.platform),
+        port=s.router_port,
+        options=("--request-timeout", f"{s.router_timeout:g}"),
     )
 
 
@@ -364,9 +378,10 @@ def platform_up(c: Context) -> None:
 
 @task
 def platform_down(c: Context) -> None:
-    """Stop the local platform daemon."""
+    """Stop the local platform daemon and its router."""
     from selfhost.platform import daemon
     from selfhost.platform.paths import PlatformPaths
+    from selfhost.platform.router import service
 
     s = settings(c)
     ui = make_ui(s)
@@ -374,6 +389,53 @@ def platform_down(c: Context) -> None:
     ui.info(
         f"stopped platform daemon pid {info.pid}" if info else "the platform daemon was not running"
     )
+    router = service.stop(PlatformPaths(s.platform))
+    if router:
+        ui.info(f"stopped the router pid {router.pid}")
+
+
+@task
+def router_up(c: Context) -> None:
+    """Start the router for web dynos alone (platform.up starts it too); it serves
+    http://APP.localhost:PORT/ from the routing table the daemon writes."""
+    from selfhost.platform.paths import PlatformPaths
+
+    s = settings(c)
+    ui = make_ui(s)
+    info, started = start_router(s)
+    ui.info(
+        f"{'started' if started else 'already running:'} router pid {info.pid}: "
+        f"http://APP.localhost:{info.port}/ (log: {PlatformPaths(s.platform).router_log})"
+    )
+
+
+@task
+def router_down(c: Context) -> None:
+    """Stop the router (web dynos keep running; the daemon keeps the routing table)."""
+    from selfhost.platform.paths import PlatformPaths
+    from selfhost.platform.router import service
+
+    s = settings(c)
+    ui = make_ui(s)
+    info = service.stop(PlatformPaths(s.platform))
+    ui.info(f"stopped the router pid {info.pid}" if info else "the router was not running")
+
+
+@task(help={"app": "the app whose URL to print"})
+def open_(c: Context, app: str) -> None:
+    """Print the app's URL on the router (http://APP.localhost:PORT/)."""
+    from selfhost.platform.paths import PlatformPaths
+    from selfhost.platform.router import service
+
+    s = settings(c)
+    ui = make_ui(s)
+    client_for(s, ui, None)[0].app(app)  # 404 for an unknown app
+    info = service.running(PlatformPaths(s.platform))
+    if info is None:
+        raise PlatformError(
+            "the router is not running", hint="start it with `invoke router.up` (or platform.up)"
+        )
+    print(info.app_url(app))
 
 
 @task(help={"json": "print the status as JSON"})
@@ -536,6 +598,10 @@ def ps_list(c: Context, app: str, json: bool = False, api: str | None = None) ->
             if job
             else None
         )
+    routing = routing_state(s, app) if api is None else {}
+    for d in dynos:
+        if d["type"] == "web":
+            d["routing"] = routing.get(d["id"], "no router" if not routing else "not routed")
     if json:
         ui.emit_json(dynos)
         return
@@ -551,13 +617,14 @@ def ps_list(c: Context, app: str, json: bool = False, api: str | None = None) ->
 
     ui.table(
         f"dynos of {app}",
-        ["dyno", "type", "state", "port", "since", "command", "job", "restarts", "exit"],
+        ["dyno", "type", "state", "port", "routing", "since", "command", "job", "restarts", "exit"],
         [
             (
                 d["name"],
                 d["type"],
                 d["state"],
                 d.get("port") or "",
+                d.get("routing", ""),
                 d["updated_at"][11:19],
                 short(d["command"], 28),
                 job_of(d),
@@ -567,6 +634,22 @@ def ps_list(c: Context, app: str, json: bool = False, api: str | None = None) ->
             for d in dynos
         ],
     )
+
+
+def routing_state(s: Settings, app: str) -> dict[str, str]:
+    """Each web dyno's state on the local router, by dyno id: ``routable (N in
+    flight)``, or ``out`` (it has not bound $PORT, or it is frozen or dead)."""
+    from selfhost.platform.paths import PlatformPaths
+    from selfhost.platform.router import service
+
+    info = service.running(PlatformPaths(s.platform))
+    state = service.state(info) if info else None
+    if not state or app not in state["apps"]:
+        return {}
+    return {
+        d["id"]: f"routable ({d['outstanding']} in flight)" if d["routable"] else "out"
+        for d in state["apps"][app]["dynos"]
+    }
 
 
 @task(

@@ -139,6 +139,8 @@ def invoke_env(workspace: Path, stacks: Path, **extra: str) -> dict[str, str]:
         {
             "INVOKE_SELFHOST_WORKSPACE": str(workspace),
             "INVOKE_SELFHOST_STACKS_DIR": str(stacks),
+            # each test platform's router on a free port (they may overlap in time)
+            "INVOKE_SELFHOST_ROUTER_PORT": "0",
             **extra,
         }
     )

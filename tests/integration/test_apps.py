@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import socket
 import tarfile
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -103,7 +108,12 @@ def web_dynos_answer(
 @pytest.fixture
 def local_platform(tcc_run, stacks, tmp_path):
     ws, _ = tcc_run
-    env = {"INVOKE_SELFHOST_PLATFORM_DIR": str(tmp_path / "platform")}
+    env = {
+        "INVOKE_SELFHOST_PLATFORM_DIR": str(tmp_path / "platform"),
+        # the router's H12 and a frozen dyno's replacement, in seconds rather than 30
+        "INVOKE_SELFHOST_ROUTER_TIMEOUT": "3",
+        "INVOKE_SELFHOST_DYNO_GRACE_SECONDS": "2",
+    }
 
     def cli(*args: str, timeout: float = 900) -> Run:
         return invoke(list(args), ws, stacks, timeout=timeout, **env)
@@ -163,3 +173,98 @@ def test_release_a_slug_file_built_elsewhere(local_platform, tcc_slug):
     missing = cli("release", "--app", "prebuilt", "--slug", "/nonexistent.tgz")
     assert missing.code != 0 and "Traceback" not in missing.output
     assert "/nonexistent.tgz" in missing.stderr, missing.output
+
+
+def router_get(port: int, app: str, path: str = "/", timeout: float = 30) -> tuple[int, str]:
+    """GET through the router, the way a browser asks for http://APP.localhost:PORT/."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", headers={"Host": f"{app}.localhost:{port}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def routed(root: Path, app: str) -> dict[str, dict[str, Any]]:
+    """The router's view of the app's web dynos, by name."""
+    info = json.loads((root / "router.json").read_text())
+    with urllib.request.urlopen(info["url"] + "/router", timeout=5) as resp:
+        state = json.loads(resp.read())
+    return {d["dyno"]: d for d in state["apps"].get(app, {}).get("dynos", [])}
+
+
+def server_process(pid: int) -> int:
+    """The web server's process in a dyno (tcc -run server.c): the deepest one."""
+    from selfhost.stages.cgroups import descendants
+
+    below = descendants(pid)
+    return below[-1] if below else pid
+
+
+def test_the_router_keeps_serving_through_kill_9_and_sigstop(local_platform):
+    """web=3 behind the router: kill -9 one dyno's server and SIGSTOP another's during a
+    steady stream of GETs; no request fails, and both are replaced."""
+    cli = local_platform
+    released = cli("release", "--app", "tcc-web", "--app-dir", str(REPO / "examples/tcc-web"))
+    assert released.code == 0, released.output
+    assert cli("scale", "--app", "tcc-web", "web=3").code == 0
+    opened = cli("open", "--app", "tcc-web")
+    assert opened.code == 0, opened.output
+    url = opened.stdout.strip()
+    assert url.startswith("http://tcc-web.localhost:") and url.endswith("/"), url
+    port = int(url.rsplit(":", 1)[1].rstrip("/"))
+
+    def all_routable() -> dict[str, dict[str, Any]]:
+        state = routed(cli.root, "tcc-web")
+        return state if len(state) == 3 and all(d["routable"] for d in state.values()) else {}
+
+    before = wait_for(all_routable, 180, "3 routable web dynos")
+    ps = cli("ps", "--app", "tcc-web", "--json")
+    assert {d["routing"] for d in ps.json if d["type"] == "web"} == {"routable (0 in flight)"}
+
+    failures: list[str] = []
+    served: dict[str, int] = {}
+    deadline = time.monotonic() + 8
+
+    def client() -> None:
+        while time.monotonic() < deadline:
+            status, body = router_get(port, "tcc-web")
+            if status != 200:
+                failures.append(f"{status} {body[:200]}")
+            else:
+                name = body.split(" on ")[1].split(":")[0]
+                served[name] = served.get(name, 0) + 1
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    os.kill(server_process(before["web.1"]["pid"]), signal.SIGKILL)
+    frozen = server_process(before["web.2"]["pid"])
+    os.kill(frozen, signal.SIGSTOP)
+    for t in threads:
+        t.join()
+    assert failures == [], failures[:5]
+    assert sum(served.values()) > 50 and set(served) == {"web.1", "web.2", "web.3"}, served
+
+    def replaced() -> dict[str, dict[str, Any]]:
+        state = all_routable()
+        renewed = state and all(state[n]["id"] != before[n]["id"] for n in ("web.1", "web.2"))
+        return state if renewed else {}
+
+    wait_for(replaced, 60, "web.1 and web.2 replaced and routable")
+    log = cli("logs", "--app", "tcc-web", "--num", "2000").stdout
+    assert 'heroku[router]: at=info method=GET path="/" host=tcc-web.localhost:' in log
+    assert "web.2 unresponsive: restarting it" in log, log[-3000:]
+
+    status, body = router_get(port, "tcc-web", "/sleep/10")
+    assert status == 503 and "H12" in body, body
+    assert cli("scale", "--app", "tcc-web", "web=0").code == 0
+    wait_for(lambda: not routed(cli.root, "tcc-web"), 60, "no web dyno routed")
+    status, body = router_get(port, "tcc-web")
+    assert status == 503 and "H14" in body, body
+    log = cli("logs", "--app", "tcc-web", "--num", "2000").stdout
+    assert 'at=error code=H12 desc="Request timeout" method=GET path="/sleep/10"' in log
+    assert 'at=error code=H14 desc="No web processes running"' in log

@@ -513,6 +513,7 @@ class Router:
                         "dyno": b.dyno,
                         "id": b.id,
                         "port": b.port,
+                        "pid": b.pid,
                         "routable": self.live[b.id].routable if b.id in self.live else False,
                         "outstanding": self.live[b.id].outstanding if b.id in self.live else 0,
                     }

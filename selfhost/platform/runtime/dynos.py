@@ -54,6 +54,7 @@ from selfhost.archive import Limits as ArchiveLimits
 from selfhost.errors import EngineError, SelfhostError
 from selfhost.platform.errors import Refused, invalid, not_found
 from selfhost.platform.paths import PlatformPaths
+from selfhost.platform.runtime import probe
 from selfhost.platform.runtime.network import Namespace, Networks, Policy
 from selfhost.platform.slugs.slug import unpack
 from selfhost.platform.store.db import Store, now
@@ -114,6 +115,7 @@ class DynoSettings:
     engine: str = "bwrap"
     docker_url: str | None = None
     grace_seconds: float = 30.0
+    boot_timeout: float = 60.0  # a web dyno binds $PORT within this, or crashes (R10)
     sandbox_uid_base: int = 1_700_000_000
     sandbox_uid_count: int = 65536
     disk_bytes: int = 1 << 30
@@ -133,6 +135,7 @@ class DynoSettings:
             engine=s.engine,
             docker_url=s.docker_url,
             grace_seconds=s.dyno_grace_seconds,
+            boot_timeout=s.dyno_boot_timeout,
             sandbox_uid_base=s.sandbox_uid_base,
             sandbox_uid_count=s.sandbox_uid_count,
             disk_bytes=s.dyno_disk_bytes,
@@ -648,6 +651,10 @@ class DynoManager:
                 dyno.up_since = time.time()
                 log.write("heroku", dyno.name, "State changed from starting to up")
                 self._changed(dyno)
+                if dyno.type == "web":
+                    threading.Thread(
+                        target=self._watch_boot, args=(dyno,), daemon=True, name="boot"
+                    ).start()
             self._wait(dyno, output, held)
         except Exception as exc:  # a bug while it ran: it still ends, with the reason
             self.log(f"dynos: {dyno.name} of {dyno.app}: {exc!r}")
@@ -817,6 +824,30 @@ class DynoManager:
                 held.fs.remove()
         else:
             shutil.rmtree(self.dynos_dir / dyno.id, ignore_errors=True)
+
+    def _watch_boot(self, dyno: Dyno) -> None:
+        """A web dyno binds ``$PORT`` within the boot timeout, or it crashes (R10)."""
+        process, port = dyno.process, dyno.port
+        if process is None or port is None:
+            return
+        timeout = self.settings.boot_timeout
+        deadline = dyno.started + timeout
+        try:
+            pid = process.namespace_pid()
+        except Exception:
+            return  # it is ending already
+        while dyno.ended is None and not dyno.stopping:
+            if probe.listening(pid, port):
+                return
+            if time.monotonic() > deadline:
+                reason = f"Web process failed to bind to $PORT within {timeout:g} seconds of launch"
+                log = self.app_log(dyno.app)
+                log.write("heroku", dyno.name, f"Error R10 (Boot timeout) -> {reason}")
+                log.write("heroku", dyno.name, "Stopping process with SIGKILL")
+                dyno.reason = f"R10: {reason}"
+                process.kill()
+                return
+            time.sleep(0.05)
 
     def _release_network(self, held: Held) -> None:
         """Stop the dyno's pasta and wait until it is gone (it held the dyno's port)."""
