@@ -140,6 +140,7 @@ class Router:
         self.logs: dict[str, AppLog] = {}
         self.last_request: dict[str, float] = {}  # app -> when it was last asked for
         self.autostarted: set[str] = set()
+        self.waiting = 0  # requests waiting for a routable dyno
         self.changed = asyncio.Event()  # the table or a backend's state changed
         self.session: aiohttp.ClientSession | None = None
         self.port = 0
@@ -205,7 +206,8 @@ class Router:
                 self.log(f"router: {exc!r}")
             self.changed.set()
             self.changed = asyncio.Event()
-            await asyncio.sleep(self.settings.probe_interval)
+            # a request waits for a dyno (a cold start): look every 2 ms, not every 100
+            await asyncio.sleep(0.002 if self.waiting else self.settings.probe_interval)
 
     # ------------------------------------------------------------------ API
     async def _api(self, method: str, path: str, body: dict[str, Any] | None = None) -> int:
@@ -267,6 +269,15 @@ class Router:
         return min(candidates, key=lambda live: (live.outstanding, live.last_used))
 
     async def wait_for_backend(
+        self, app: str, tried: set[str], deadline: float
+    ) -> tuple[AppRoute | None, Live | None]:
+        self.waiting += 1
+        try:
+            return await self._wait_for_backend(app, tried, deadline)
+        finally:
+            self.waiting -= 1
+
+    async def _wait_for_backend(
         self, app: str, tried: set[str], deadline: float
     ) -> tuple[AppRoute | None, Live | None]:
         while True:
@@ -364,8 +375,10 @@ class Router:
         if route.web == 0:  # per-request dynos: scale up and hold the request
             if await self._scale_web(app, 1) != 200:
                 return None, "H14"
-            self.autostarted.add(app)
-            self.app_log(app).write("heroku", "router", 'at=info desc="autostart: web=1"')
+            if app not in self.autostarted:
+                self.autostarted.add(app)
+                self.app_log(app).write("heroku", "router", 'at=info desc="autostart: web=1"')
+        if app in self.autostarted:  # it is booting: wait as long as a boot may take
             _, live = await self.wait_for_backend(app, tried, min(deadline, now + s.boot_timeout))
             return live, "H20"
         _, live = await self.wait_for_backend(app, tried, min(deadline, now + s.wait_for_dyno))
