@@ -1,0 +1,242 @@
+"""Benchmark: the router against the same web dyno reached directly, in one run.
+
+A platform in a temporary directory runs ``examples/tcc-web`` (a C server run by the
+bootstrapped tcc) as app ``bench``; ``wrk`` drives it. It prints:
+
+- **throughput and latency**: requests/s, p50 and p99 for a small response at 1, 8 and
+  64 connections, straight to the dyno's port and through the router, and router ÷
+  direct (goals: at least half the direct throughput; p99 at most 2 ms more at 8);
+- **failover**: web=3, 8 clients sending GETs, one dyno killed (``kill -9``): the
+  failed requests (goal: 0) and how long the dead dyno stayed in the rotation;
+- **cold start**: with ``SELFHOST_AUTOSTART=1`` at ``web=0``, a request's latency
+  against a warm request's, and minus the app's own time from start to listening
+  (goal: at most 50 ms).
+
+    apt-get install wrk   (./setup --dev installs it)
+    .venv/bin/python bench/router.py [--seconds 5] [--cold 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from common import REPO, invoke_env
+
+UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def cli(platform: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **invoke_env(),
+        "INVOKE_SELFHOST_PLATFORM_DIR": str(platform),
+        "INVOKE_SELFHOST_ROUTER_PORT": "0",
+        "INVOKE_SELFHOST_DYNO_GRACE_SECONDS": "2",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"invoke {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
+    return proc
+
+
+def routed(platform: Path) -> list[dict[str, Any]]:
+    info = json.loads((platform / "router.json").read_text())
+    with urllib.request.urlopen(info["url"] + "/router", timeout=5) as resp:
+        state = json.loads(resp.read())
+    return [d for d in state["apps"].get("bench", {}).get("dynos", []) if d["routable"]]
+
+
+def wait_for(check, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def wrk(url: str, connections: int, seconds: float, host: str | None) -> dict[str, float]:
+    argv = ["wrk", "-t", str(min(2, connections)), "-c", str(connections)]
+    argv += ["-d", f"{seconds:g}s", "--latency", "--timeout", "10s"]
+    if host:
+        argv += ["-H", f"Host: {host}"]
+    out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
+
+    def latency(percent: str) -> float:
+        match = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        assert match, out
+        return float(match.group(1)) * UNITS[match.group(2)]
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    assert rps, out
+    return {
+        "rps": float(rps.group(1)),
+        "p50": latency("50"),
+        "p99": latency("99"),
+        "errors": float(errors.group(1)) if errors else 0.0,
+    }
+
+
+def get(port: int, timeout: float = 30) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/", headers={"Host": f"bench.localhost:{port}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            resp.read()
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+def server_process(pid: int) -> int:
+    from selfhost.stages.cgroups import descendants
+
+    below = descendants(pid)
+    return below[-1] if below else pid
+
+
+def throughput(platform: Path, router_port: int, seconds: float) -> None:
+    cli(platform, "scale", "--app", "bench", "web=1")
+    dyno = wait_for(lambda: routed(platform), 120, "a routable web dyno")[0]
+    direct = f"http://127.0.0.1:{dyno['port']}/"
+    via = f"http://127.0.0.1:{router_port}/"
+    host = f"bench.localhost:{router_port}"
+    wrk(direct, 8, 1, None)  # warm both
+    wrk(via, 8, 1, host)
+    print("connections  path     requests/s     p50       p99     errors")
+    for connections in (1, 8, 64):
+        a = wrk(direct, connections, seconds, None)
+        b = wrk(via, connections, seconds, host)
+        for name, r in (("direct", a), ("router", b)):
+            print(
+                f"{connections:>11}  {name}  {r['rps']:>10.0f}  {r['p50'] * 1000:7.2f} ms "
+                f"{r['p99'] * 1000:7.2f} ms  {r['errors']:>5.0f}"
+            )
+        print(
+            f"{'':>11}  router/direct: throughput {b['rps'] / a['rps']:.2f} (goal >= 0.5), "
+            f"p99 +{(b['p99'] - a['p99']) * 1000:.2f} ms"
+            + (" (goal <= 2 ms)" if connections == 8 else "")
+        )
+
+
+def failover(platform: Path, router_port: int) -> None:
+    cli(platform, "scale", "--app", "bench", "web=3")
+    dynos = wait_for(lambda: len(routed(platform)) == 3 and routed(platform), 120, "web=3")
+    failures: list[float] = []
+    served = [0]
+    stop = time.monotonic() + 6
+
+    def client() -> None:
+        while time.monotonic() < stop:
+            if get(router_port) != 200:
+                failures.append(time.monotonic())
+            else:
+                served[0] += 1
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    victim = dynos[0]
+    killed = time.monotonic()
+    os.kill(server_process(victim["pid"]), signal.SIGKILL)
+    wait_for(lambda: victim["id"] not in {d["id"] for d in routed(platform)}, 10, "it left")
+    left = time.monotonic() - killed
+    for t in threads:
+        t.join()
+    last = f"{(max(failures) - killed) * 1000:.0f} ms after the kill" if failures else "none"
+    print(
+        f"failover: {served[0]} requests served, {len(failures)} failed (goal 0; last: {last}); "
+        f"the dead dyno left the rotation {left * 1000:.0f} ms after kill -9 "
+        "(as seen by polling the router's state)"
+    )
+
+
+def stamp(line: str) -> float:
+    return datetime.fromisoformat(line.split(" ", 1)[0].replace("Z", "+00:00")).timestamp()
+
+
+def cold_start(platform: Path, router_port: int, rounds: int) -> None:
+    cli(platform, "config", "--app", "bench", "SELFHOST_AUTOSTART=1")
+    warm = []
+    for _ in range(20):
+        t = time.perf_counter()
+        get(router_port)
+        warm.append(time.perf_counter() - t)
+    cold, own = [], []
+    log = platform / "logs" / "bench.log"
+    for _ in range(rounds):
+        cli(platform, "scale", "--app", "bench", "web=0")
+        wait_for(lambda: not routed(platform) and not list_dynos(platform), 60, "web=0")
+        mark = log.stat().st_size
+        t = time.perf_counter()
+        status = get(router_port, timeout=90)
+        cold.append(time.perf_counter() - t)
+        assert status == 200, status
+        text = log.read_text()[mark:]
+        starting = [ln for ln in text.splitlines() if "Starting process with command" in ln]
+        listening = [ln for ln in text.splitlines() if "tcc-web: listening on" in ln]
+        own.append(stamp(listening[0]) - stamp(starting[0]))
+    median = statistics.median
+    overhead = [c - o for c, o in zip(cold, own, strict=True)]
+    print(
+        f"cold start (autostart, web=0): {median(cold) * 1000:.0f} ms median; warm request "
+        f"{median(warm) * 1000:.2f} ms (cold/warm {median(cold) / median(warm):.0f}x); the "
+        f"app's own start to listening {median(own) * 1000:.0f} ms; cold minus that "
+        f"{median(overhead) * 1000:.0f} ms (goal <= 50 ms)"
+    )
+
+
+def list_dynos(platform: Path) -> list[Any]:
+    out = cli(platform, "ps", "--app", "bench", "--json").stdout
+    return [d for d in json.loads(out) if d["type"] == "web" and d["state"] in ("up", "starting")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--cold", type=int, default=5)
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is missing: apt-get install wrk (./setup --dev installs it)")
+    with tempfile.TemporaryDirectory() as tmp:
+        platform = Path(tmp) / "platform"
+        try:
+            cli(platform, "release", "--app", "bench", "--app-dir", str(REPO / "examples/tcc-web"))
+            router_port = json.loads((platform / "router.json").read_text())["port"]
+            throughput(platform, router_port, args.seconds)
+            failover(platform, router_port)
+            cold_start(platform, router_port, args.cold)
+        finally:
+            cli(platform, "platform.down")
+
+
+if __name__ == "__main__":
+    main()
