@@ -93,9 +93,15 @@ class Site:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
 
-    def log(self, app: str = "hello") -> str:
+    def log(self, app: str = "hello", *, holding: str = "") -> str:
+        """The app's log, once it holds ``holding`` (the router writes every 100 ms)."""
         path = self.paths.logs / f"{app}.log"
-        return path.read_text() if path.exists() else ""
+        deadline = time.monotonic() + 5
+        while True:
+            text = path.read_text() if path.exists() else ""
+            if holding in text or time.monotonic() > deadline:
+                return text
+            time.sleep(0.02)
 
 
 @pytest.fixture
@@ -130,7 +136,7 @@ def test_routes_by_host_and_balances_and_logs(site: Site) -> None:
     assert all(c >= 5 for c in counts.values()), counts  # one at a time: they take turns
     status, body = site.get(app="nosuch")
     assert status == 404 and "nothing here" in body
-    log = site.log()
+    log = site.log(holding="dyno=web.2")
     assert 'heroku[router]: at=info method=GET path="/" host=hello.localhost:' in log
     assert "dyno=web.2" in log and "status=200 bytes=5 protocol=http" in log
 
@@ -193,10 +199,12 @@ def test_h12_h14_h10(site: Site) -> None:
     site.start("--request-timeout", "1")
     status, body = site.get("/slow?s=3")
     assert status == 503 and "H12" in body
-    assert 'at=error code=H12 desc="Request timeout" method=GET path="/slow?s=3"' in site.log()
+    h12 = 'at=error code=H12 desc="Request timeout" method=GET path="/slow?s=3"'
+    assert h12 in site.log(holding=h12)
     status, body = site.get(app="empty")
     assert status == 503 and "H14" in body
-    assert 'code=H14 desc="No web processes running"' in site.log("empty")
+    h14 = 'code=H14 desc="No web processes running"'
+    assert h14 in site.log("empty", holding=h14)
     site.backends["web.1"].kill()
     site.backends["web.1"].wait()
     status, body = site.get()

@@ -101,18 +101,17 @@ class Live:
     out_since: float | None = None  # when it left the rotation
     restart_asked: bool = False
     last_used: float = 0.0
-    down: asyncio.Event = field(default_factory=asyncio.Event)  # set when it leaves
+    #: idempotent requests waiting for its answer: re-sent elsewhere if it dies or freezes
+    waiting: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def leave(self) -> None:
         if self.routable or not self.checked:
             self.out_since = time.monotonic()
         self.routable = False
         self.checked = True
-        self.down.set()
 
     def join(self) -> None:
         self.routable, self.checked, self.out_since = True, True, None
-        self.down = asyncio.Event()
 
 
 class Attempt(Exception):
@@ -141,6 +140,8 @@ class Router:
         self.last_request: dict[str, float] = {}  # app -> when it was last asked for
         self.autostarted: set[str] = set()
         self.waiting = 0  # requests waiting for a routable dyno
+        self.evicted: set[asyncio.Task[Any]] = set()  # cancelled: their backend died
+        self.pending: dict[str, list[str]] = {}  # router log lines, by app, to write
         self.changed = asyncio.Event()  # the table or a backend's state changed
         self.session: aiohttp.ClientSession | None = None
         self.port = 0
@@ -183,6 +184,11 @@ class Router:
         elif not ok and (live.routable or not live.checked):
             live.leave()
             self.changed.set()
+        if not ok:  # dead, unbound or frozen: what waits for it goes elsewhere
+            for task in list(live.waiting):
+                self.evicted.add(task)
+                task.cancel()
+            live.waiting.clear()
 
     async def _watch(self) -> None:
         while True:
@@ -202,6 +208,7 @@ class Router:
                         live.restart_asked = True
                         asyncio.get_running_loop().create_task(self._restart(live.backend))
                 await self._stop_idle()
+                self.flush_logs()
             except Exception as exc:  # keep watching whatever one pass does
                 self.log(f"router: {exc!r}")
             self.changed.set()
@@ -414,40 +421,34 @@ class Router:
             ("Via", "1.1 selfhost-router"),
         ]
         live.outstanding += 1
-        live.last_used = time.monotonic()
-        t0 = time.monotonic()
-        down = live.down
+        live.last_used = t0 = time.monotonic()
+        task = asyncio.current_task()
+        assert task is not None
+        if request.method in IDEMPOTENT and s.failover:
+            live.waiting.add(task)
         try:
-            remaining = deadline - time.monotonic()
+            remaining = deadline - t0
             if remaining <= 0:
                 raise Attempt("H12", sent=True)
-            call = asyncio.ensure_future(
-                self.session.request(
-                    request.method,
-                    f"http://127.0.0.1:{b.port}{request.rel_url}",
-                    headers=headers,
-                    data=body or None,
-                    allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(sock_connect=s.connect_timeout),
-                )
-            )
-            left = asyncio.ensure_future(down.wait())
             try:
-                done, _ = await asyncio.wait(
-                    {call, left}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                left.cancel()
-            if call not in done:
-                call.cancel()
-                with contextlib.suppress(BaseException):
-                    await call
-                if left in done:  # its backend froze or died while we waited
-                    raise Attempt("H13", sent=True)
+                async with asyncio.timeout(remaining):
+                    upstream = await self.session.request(
+                        request.method,
+                        f"http://127.0.0.1:{b.port}{request.rel_url}",
+                        headers=headers,
+                        data=body or None,
+                        allow_redirects=False,
+                        timeout=aiohttp.ClientTimeout(sock_connect=s.connect_timeout),
+                    )
+            except TimeoutError:
                 info["service"] = int((time.monotonic() - t0) * 1000)
-                raise Attempt("H12", sent=True)
-            try:
-                upstream = call.result()
+                raise Attempt("H12", sent=True) from None
+            except asyncio.CancelledError:
+                if task not in self.evicted:
+                    raise  # the client went away
+                self.evicted.discard(task)
+                task.uncancel()
+                raise Attempt("H13", sent=True) from None  # it froze or died meanwhile
             except aiohttp.ClientConnectorError:
                 if s.failover:
                     live.leave()
@@ -456,6 +457,8 @@ class Router:
                 if s.failover:
                     live.leave()
                 raise Attempt("H13", sent=True) from None
+            finally:
+                live.waiting.discard(task)
             info["connect"] = 0
             return await self._relay(request, upstream, info, t0)
         finally:
@@ -510,8 +513,14 @@ class Router:
             f"connect={info['connect']}ms service={info['service']}ms "
             f"status={info['status']} bytes={info['bytes']} protocol=http"
         )
-        with contextlib.suppress(OSError):
-            self.app_log(app).write("heroku", "router", line)
+        self.pending.setdefault(app, []).append(AppLog.lines("heroku", "router", line))
+
+    def flush_logs(self) -> None:
+        """Write the router's log lines (batched: one append per app per pass)."""
+        pending, self.pending = self.pending, {}
+        for app, lines in pending.items():
+            with contextlib.suppress(OSError):
+                self.app_log(app).append("".join(lines))
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
@@ -565,6 +574,7 @@ class Router:
         for task in self.tasks:
             task.cancel()
         await runner.cleanup()
+        self.flush_logs()
         if self.session is not None:
             await self.session.close()
 

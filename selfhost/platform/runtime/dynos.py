@@ -371,12 +371,19 @@ class AppLog:
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, source: str, dyno: str, text: str) -> None:
+        self.append(self.lines(source, dyno, text))
+
+    @staticmethod
+    def lines(source: str, dyno: str, text: str) -> str:
+        """``text`` as log lines, stamped now (the router stamps and writes later)."""
         ns = time.time_ns()
         stamp = (
             time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns / 1e9))
             + f".{ns % 10**9 // 1000:06d}Z"
         )
-        lines = "".join(f"{stamp} {source}[{dyno}]: {line}\n" for line in text.splitlines())
+        return "".join(f"{stamp} {source}[{dyno}]: {line}\n" for line in text.splitlines())
+
+    def append(self, lines: str) -> None:
         with self.lock, open(self.path, "a", encoding="utf-8") as f:
             f.write(lines)
 
