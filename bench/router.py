@@ -199,7 +199,8 @@ def cold_start(platform: Path, router_port: int, rounds: int) -> None:
         t = time.perf_counter()
         status = get(router_port, timeout=90)
         cold.append(time.perf_counter() - t)
-        assert status == 200, status
+        if status != 200:
+            raise SystemExit(f"the cold request got {status}:\n{log.read_text()[mark:]}")
         text = log.read_text()[mark:]
         starting = [ln for ln in text.splitlines() if "Starting process with command" in ln]
         listening = [ln for ln in text.splitlines() if "tcc-web: listening on" in ln]
