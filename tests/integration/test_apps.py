@@ -269,3 +269,20 @@ def test_the_router_keeps_serving_through_kill_9_and_sigstop(local_platform):
     log = cli("logs", "--app", "tcc-web", "--num", "1500").stdout
     assert 'at=error code=H12 desc="Request timeout" method=GET path="/sleep/10"' in log
     assert 'at=error code=H14 desc="No web processes running"' in log
+
+    # per-request dynos: at web=0 with autostart, a request starts one and is held
+    assert (
+        cli("config", "--app", "tcc-web", "SELFHOST_AUTOSTART=1", "SELFHOST_IDLE_SECONDS=2").code
+        == 0
+    )
+    started = time.monotonic()
+    status, body = router_get(port, "tcc-web")
+    cold = time.monotonic() - started
+    assert status == 200 and "Hello from tcc" in body, (status, body)
+    assert cold < 20, cold
+    wait_for(lambda: not routed(cli.root, "tcc-web"), 30, "the idle dyno stopped")
+    whole = (cli.root / "logs" / "tcc-web.log").read_text()
+    assert 'at=info desc="autostart: web=1"' in whole
+    assert 'at=info desc="idle for 2s: web=0"' in whole
+    formation = cli("ps", "--app", "tcc-web", "--json").json
+    assert not [d for d in formation if d["type"] == "web" and d["state"] == "up"], formation
