@@ -361,10 +361,9 @@ class BwrapProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
 
     def namespace_pid(self) -> int:
-        """The sandboxed command (the first process below bwrap's own)."""
-        for pid in descendants(self.proc.pid):
-            if command_name(pid) != "bwrap":
-                return pid
+        """A process in the sandbox's network namespace for as long as the sandbox runs:
+        bwrap itself (the cgroup shell and nsenter exec it, under the same pid; until
+        they have, the pid is still in the host's namespace: compare namespaces)."""
         return self.proc.pid
 
     def close(self) -> dict[str, Any]:

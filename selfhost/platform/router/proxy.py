@@ -177,7 +177,7 @@ class Router:
 
     def _probe(self, live: Live) -> None:
         b = live.backend
-        ok = probe.alive(b.pid) and probe.listening(b.pid, b.port) and not probe.frozen(b.pid)
+        ok = probe.alive(b.pid) and probe.bound(b.pid, b.port, b.netns) and not probe.frozen(b.pid)
         if ok and not live.routable:
             live.join()
             self.changed.set()

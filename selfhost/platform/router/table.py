@@ -10,11 +10,13 @@ The file (written atomically; ``serial`` grows with every write)::
     {"serial": 7, "api": "http://127.0.0.1:5000",
      "apps": {"hello": {"id": "...", "web": 3, "autostart": false, "idle": 300,
                         "backends": [{"dyno": "web.1", "id": "...", "port": 20000,
-                                      "pid": 4242, "since": 1764670000.5}, ...]}}}
+                                      "pid": 4242, "netns": 4026532999,
+                                      "since": 1764670000.5}, ...]}}}
 
 ``web`` is the formation's quantity (0: the router answers H14); a backend is a web
-dyno that is up and not stopping; ``pid`` is a process in its network namespace,
-through which the router sees whether it has bound ``$PORT`` and whether it is frozen.
+dyno that is up and not stopping; ``pid`` is a process in its network namespace (the
+namespace's inode is ``netns``), through which the router sees whether it has bound
+``$PORT`` and whether it is frozen.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ class Backend:
     dyno: str  # its name: web.1
     id: str
     port: int  # its host loopback port
-    pid: int  # a process in its network namespace
+    pid: int  # a process in its network namespace (once it has entered it)
+    netns: int  # that namespace's inode (0: the host's)
     since: float  # when it came up (wall clock)
 
 
@@ -89,6 +92,7 @@ def read_table(path: Path) -> Table:
                     id=str(b["id"]),
                     port=int(b["port"]),
                     pid=int(b["pid"]),
+                    netns=int(b.get("netns", 0)),
                     since=float(b["since"]),
                 )
                 for b in app["backends"]
@@ -152,6 +156,7 @@ class RoutePublisher:
                         "id": d.id,
                         "port": d.port,
                         "pid": pid,
+                        "netns": d.netns,
                         "since": d.up_since,
                     }
                 )

@@ -38,6 +38,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -238,6 +239,7 @@ class Dyno:
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
     up_since: float = 0.0  # when it came up (wall clock)
+    netns: int = 0  # the inode of its network namespace (0: the host's)
     attach_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     #: ``(columns, lines)`` of the attached client's terminal: the dyno runs in a
     #: pseudo-terminal of that size (bwrap), else its stdin is a pipe
@@ -749,6 +751,7 @@ class DynoManager:
             if engine.name == "bwrap":
                 held.namespace = self.networks.take(policy)
                 netns = held.namespace.fd
+                dyno.netns = os.fstat(netns).st_ino
                 (held.fs.ctl / "network").touch()
             else:
                 env["SELFHOST_WAIT_NETWORK"] = "1"
@@ -781,6 +784,7 @@ class DynoManager:
         if self.networks is not None and netns is None:  # Docker: attach to the container
             try:
                 held.namespace = self.networks.attach(process.namespace_pid(), policy)
+                dyno.netns = os.fstat(held.namespace.fd).st_ino
             except Exception:
                 process.kill()
                 process.wait()
@@ -844,7 +848,7 @@ class DynoManager:
         except Exception:
             return  # it is ending already
         while dyno.ended is None and not dyno.stopping:
-            if probe.listening(pid, port):
+            if probe.bound(pid, port, dyno.netns):
                 return
             if time.monotonic() > deadline:
                 reason = f"Web process failed to bind to $PORT within {timeout:g} seconds of launch"

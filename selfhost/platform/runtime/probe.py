@@ -35,6 +35,22 @@ def listening(pid: int, port: int) -> bool:
     return False
 
 
+def in_namespace(pid: int, netns: int) -> bool:
+    """Whether ``pid`` is in the network namespace with inode ``netns`` (0: any; a
+    dyno that shares the host's network has no namespace of its own)."""
+    if not netns:
+        return True
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino == netns
+    except OSError:
+        return False
+
+
+def bound(pid: int, port: int, netns: int = 0) -> bool:
+    """Whether the dyno whose namespace ``pid`` is in listens on ``port``."""
+    return in_namespace(pid, netns) and listening(pid, port)
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` exists and is not a zombie."""
     state = _state(pid)
