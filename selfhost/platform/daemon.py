@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     store = Store(paths)
     endpoints: list[Endpoint] = []
     supervisor = None
+    routes = None
     manager = None
     jobs = None
     rendezvous = None
@@ -254,6 +255,15 @@ def main(argv: list[str] | None = None) -> int:
             *dyno_api.endpoints(manager, supervisor, rendezvous),
             *job_api.endpoints(jobs),
         ]
+
+    def changed(app: str) -> None:
+        """A release, rollback, scale or config change: the router learns of it before
+        the API answers (autostart, web=0), the supervisor acts on it at once."""
+        if routes is not None:
+            routes.safely()
+        if supervisor is not None:
+            supervisor.poke(app)
+
     server = PlatformServer(
         sock,
         paths,
@@ -261,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         max_blob_bytes=args.max_blob_bytes,
         store=store,
         endpoints=endpoints,
-        on_change=supervisor.poke if supervisor else None,
+        on_change=changed if supervisor else None,
         retire=(lambda app: manager.retire(app, "app destroyed")) if manager else None,
         log=log,
         unpack_limits=limits,

@@ -142,7 +142,9 @@ def endpoints(
         return 200, call.ctx.store.config(app)
 
     def config_update(call: Call, app: str) -> Reply:
-        return 200, call.ctx.store.update_config(app, call.json())
+        config = call.ctx.store.update_config(app, call.json())
+        changed(app)  # a new release: its dynos are replaced, the router's table rewritten
+        return 200, config
 
     def formation_list(call: Call, app: str) -> Reply:
         return 200, call.ctx.store.formation(app)

@@ -314,6 +314,7 @@ class Router:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
+        self.reload()  # a stat: a change the API just made is seen by the next request
         request_id = request.headers.get("X-Request-Id") or secrets.token_hex(16)
         app = self.app_of(request.host)
         route = self.table.apps.get(app) if app else None
