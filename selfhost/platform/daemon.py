@@ -251,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
             on_release=supervisor.poke,
         )
         manager.observe(jobs)  # compile workers get their queue, and jobs come back
+        adopted = manager.adopt()  # the dynos a killed daemon left running
+        if adopted:
+            log(f"adopted {adopted} dyno(s) left running by the previous daemon")
         endpoints = [
             *dyno_api.endpoints(manager, supervisor, rendezvous),
             *job_api.endpoints(jobs),

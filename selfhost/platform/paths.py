@@ -12,6 +12,8 @@ The tree (docs/state.md has the full picture)::
       slugs/<sha>-<host id>/app    a slug unpacked once per host id
       dynos/<dyno id>/             a running dyno's tmpfs (/app overlay, /tmp, /build)
       net/<pid>.pasta              pid files of the dynos' pasta processes
+      kept/<dyno id>/              a dyno that outlives the daemon: record.json,
+                                   output (what it writes), status (its exit status)
       logs/<app>.log               each app's log; jobs/ the compile jobs' logs
       queues/ sources/ stages/     the job queues, fetched apps, uploaded stage trees
       security/                    the seccomp filter
@@ -91,6 +93,10 @@ class PlatformPaths:
     @property
     def router_log(self) -> Path:
         return self.root / "router.log"
+
+    @property
+    def kept(self) -> Path:
+        return self.root / "kept"
 
     @property
     def net(self) -> Path:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import select
 import shlex
 import shutil
 import signal
@@ -268,6 +269,8 @@ class BwrapEngine:
         argv = [*argv[: at + 1], "--args", str(args_fd), *argv[command:]]
         if cgroup:
             argv = cgroup.wrap(argv)
+        if sandbox.keeper:
+            argv = keeper_argv(sandbox.keeper, argv)
         fd = output_fd(output)
         master = terminal = None
         if sandbox.tty is not None:
@@ -311,7 +314,7 @@ class BwrapEngine:
         elif fd is None:
             pump = threading.Thread(target=_copy, args=(proc.stdout, output), daemon=True)
             pump.start()
-        process = BwrapProcess(proc, pump, cgroup, staged)
+        process = BwrapProcess(proc, pump, cgroup, staged, keeper=sandbox.keeper)
         if master is not None:
             process.stdin = os.fdopen(os.dup(master), "wb", buffering=0)
         return process
@@ -319,6 +322,11 @@ class BwrapEngine:
     def run(self, sandbox: Sandbox, output: Output, *, timeout: float | None = None) -> RunResult:
         """Run to completion; on timeout or Ctrl-C the whole sandbox is killed."""
         return run_sandbox(self, sandbox, output, timeout=timeout)
+
+    def adopt(self, record: dict[str, Any]) -> AdoptedProcess | None:
+        """Take over a sandbox started with a keeper by another process (a daemon that
+        was killed), from :meth:`BwrapProcess.record`; None if it has ended."""
+        return AdoptedProcess.from_record(record)
 
 
 class BwrapProcess:
@@ -330,6 +338,7 @@ class BwrapProcess:
         pump: threading.Thread | None,
         cgroup: Cgroup | None,
         staged: Staging | None = None,
+        keeper: str | None = None,
     ):
         self.proc = proc
         self.pid = proc.pid
@@ -337,6 +346,27 @@ class BwrapProcess:
         self.pump = pump
         self.cgroup = cgroup
         self.staged = staged
+        self.keeper = keeper
+
+    def record(self) -> dict[str, Any]:
+        """What another process needs to take this sandbox over (:meth:`BwrapEngine.adopt`)."""
+        return {
+            "pid": self.pid,
+            "keeper": self.keeper,
+            "cgroup": None
+            if self.cgroup is None
+            else {
+                "name": self.cgroup.name,
+                "dirs": {k: str(v) for k, v in self.cgroup.dirs.items()},
+                "v": self.cgroup.v,
+            },
+            "staged": None
+            if self.staged is None
+            else {
+                "directory": str(self.staged.directory),
+                "paths": {str(k): str(v) for k, v in self.staged.paths.items()},
+            },
+        }
 
     def wait(self, timeout: float | None = None) -> int | None:
         try:
@@ -364,7 +394,7 @@ class BwrapProcess:
         """A process in the sandbox's network namespace for as long as the sandbox runs:
         bwrap itself (the cgroup shell and nsenter exec it, under the same pid; until
         they have, the pid is still in the host's namespace: compare namespaces)."""
-        return self.proc.pid
+        return _below_keeper(self.proc.pid) if self.keeper else self.proc.pid
 
     def close(self) -> dict[str, Any]:
         if self.stdin is not None:
@@ -427,3 +457,113 @@ def _copy(src: IO[bytes] | None, dst: Output) -> None:
 def _exit_code(code: int) -> int:
     """Popen reports death by signal N as -N; shells and Docker report 128+N."""
     return 128 - code if code < 0 else code
+
+
+# --------------------------------------------------------------------------- keepers
+
+#: The keeper: the parent of a sandbox that must outlive its starter. It waits for it
+#: and writes its exit status (128+N for a signal) to a file, atomically.
+_KEEPER = '"$@"; code=$?; echo $code > "$0.tmp" && mv -f "$0.tmp" "$0"; exit $code'
+
+
+def keeper_argv(status_file: str, argv: list[str]) -> list[str]:
+    return ["/bin/sh", "-c", _KEEPER, status_file, *argv]
+
+
+def keeper_alive(record: dict[str, Any]) -> bool:
+    """Whether the keeper of a recorded sandbox still runs (and is that keeper)."""
+    process = AdoptedProcess.from_record(record)
+    if process is None:
+        return False
+    try:
+        return not select.select([process.pidfd], [], [], 0)[0]  # readable: it exited
+    finally:
+        os.close(process.pidfd)
+
+
+def _below_keeper(pid: int) -> int:
+    """The keeper's child (bwrap, once exec'd), or the keeper while it has none."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            children = f.read().split()
+    except OSError:
+        return pid
+    return int(children[0]) if children else pid
+
+
+class AdoptedProcess:
+    """A sandbox started with a keeper by a process that is gone, taken over."""
+
+    def __init__(
+        self, pid: int, pidfd: int, status: Path, cgroup: Cgroup | None, staged: Staging | None
+    ):
+        self.pid = pid
+        self.pidfd = pidfd
+        self.status = status
+        self.cgroup = cgroup
+        self.staged = staged
+        self.stdin: IO[bytes] | None = None
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> AdoptedProcess | None:
+        pid, keeper = int(record["pid"]), record.get("keeper")
+        if not keeper:
+            return None
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            return None
+        try:  # the pid is the keeper of this sandbox, not a process that took the number
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            cmdline = []
+        if cmdline[3:4] != [keeper.encode()]:
+            os.close(pidfd)
+            return None
+        cg = record.get("cgroup")
+        cgroup = (
+            Cgroup(cg["name"], {k: Path(v) for k, v in cg["dirs"].items()}, int(cg["v"]))
+            if cg
+            else None
+        )
+        st = record.get("staged")
+        staged = (
+            Staging(Path(st["directory"]), {Path(k): Path(v) for k, v in st["paths"].items()})
+            if st
+            else None
+        )
+        return cls(pid, pidfd, Path(keeper), cgroup, staged)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        ready, _, _ = select.select([self.pidfd], [], [], timeout)
+        if not ready:
+            return None
+        try:
+            return int(self.status.read_text().strip())
+        except (OSError, ValueError):
+            return 137  # the keeper itself was killed: so was its sandbox
+
+    def terminate(self) -> None:
+        for pid in descendants(self.pid):
+            if command_name(pid) != "bwrap":
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+
+    def namespace_pid(self) -> int:
+        return _below_keeper(self.pid)
+
+    def close(self) -> dict[str, Any]:
+        with contextlib.suppress(OSError):
+            os.close(self.pidfd)
+        if self.staged is not None:
+            self.staged.remove()
+            self.staged = None
+        if self.cgroup is None:
+            return {}
+        facts = self.cgroup.facts()
+        self.cgroup.remove()
+        return facts

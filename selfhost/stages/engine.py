@@ -83,6 +83,10 @@ class Sandbox:
     #: ``Process.stdin`` writes to its master side. To make it the command's controlling
     #: terminal (Ctrl-C as SIGINT), start the command with ``setsid --ctty --wait``.
     tty: tuple[int, int] | None = None
+    #: bwrap: a file the sandbox's exit status is written to. The sandbox then outlives
+    #: the process that started it (a dyno, when the daemon is killed): a keeper shell
+    #: is its parent, and ``BwrapEngine.adopt`` takes it over again.
+    keeper: str | None = None
 
     def inner_argv(self) -> list[str]:
         """The command Docker executes inside the sandbox (see module docstring)."""

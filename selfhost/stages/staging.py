@@ -75,12 +75,15 @@ def _prepare() -> None:
         _ready = True
 
 
-def clean_stale() -> None:
-    """Unmount and remove the staging of processes that died (a daemon killed -9)."""
+def clean_stale(keep: frozenset[str] = frozenset()) -> None:
+    """Unmount and remove the staging of processes that died (a daemon killed -9),
+    except the directories in ``keep`` (those of the dynos a new daemon adopts)."""
     if not ROOT.is_dir():
         return
     for entry in ROOT.iterdir():
         pid = entry.name.partition("-")[0]
+        if str(entry) in keep:
+            continue
         if pid.isdigit() and not _alive(int(pid)):
             _remove(entry)
 

@@ -260,6 +260,26 @@ def test_the_router_keeps_serving_through_kill_9_and_sigstop(local_platform):
     whole = (cli.root / "logs" / "tcc-web.log").read_text()
     assert "web.2 unresponsive: restarting it" in whole, whole[-3000:]
 
+    # the data plane survives the control plane: kill -9 of the daemon fails no request,
+    # and the restarted daemon adopts the same dynos
+    serving = wait_for(all_routable, 60, "3 routable web dynos")
+    failures.clear()
+    served.clear()
+    deadline = time.monotonic() + 6
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    os.kill(json.loads((cli.root / "daemon.json").read_text())["pid"], signal.SIGKILL)
+    for t in threads:
+        t.join()
+    assert failures == [] and sum(served.values()) > 50, (failures[:5], served)
+    assert cli("platform.up").code == 0
+    ps = cli("ps", "--app", "tcc-web", "--json").json
+    assert {d["id"] for d in ps if d["type"] == "web" and d["state"] == "up"} == {
+        d["id"] for d in serving.values()
+    }, ps
+
     status, body = router_get(port, "tcc-web", "/sleep/10")
     assert status == 503 and "H12" in body, body
     assert cli("scale", "--app", "tcc-web", "web=0").code == 0

@@ -768,9 +768,22 @@ def test_a_slug_that_escapes_app_is_refused(plat, tmp_path):
         client.release("evil", slug["id"])
 
 
-def test_kill_9_of_the_daemon_leaves_no_dyno_or_mount_behind(plat):
-    run = plat("run", "--app", "dynos", "--detached", "--", "sleep", "120")
-    assert run.code == 0
+def test_kill_9_of_the_daemon_leaves_its_dynos_running_and_the_next_adopts_them(plat):
+    """The data plane survives the control plane: dynos outlive a killed daemon, the
+    next one adopts them (and their output), and what ended meanwhile is cleaned."""
+    client = client_of(plat)
+    run = plat(
+        "run",
+        "--app",
+        "dynos",
+        "--detached",
+        "--",
+        "sh",
+        "-c",
+        "while true; do echo tick; sleep 0.3; done",
+    )
+    short = plat("run", "--app", "dynos", "--detached", "--", "sleep", "2")
+    assert run.code == 0 and short.code == 0
     root = Path(plat.env["INVOKE_SELFHOST_PLATFORM_DIR"])
     dynos_dir = str(root / "dynos")
 
@@ -779,35 +792,55 @@ def test_kill_9_of_the_daemon_leaves_no_dyno_or_mount_behind(plat):
             line for line in Path("/proc/self/mounts").read_text().splitlines() if dynos_dir in line
         ]
 
+    def up() -> dict[str, dict]:
+        return {d["name"]: d for d in client.dynos("dynos") if d["state"] == "up"}
+
+    before = wait_for(lambda: len(up()) == 2 and up())
     assert wait_for(mounts), "the dyno's /app is an overlay mount"
     pid = json.loads((root / "daemon.json").read_text())["pid"]
     os.kill(pid, signal.SIGKILL)
-
-    def sleeping() -> list[str]:
-        found = []
-        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-            try:
-                argv = cmdline.read_bytes().split(b"\x00")
-                if argv[0].endswith(b"sleep") and argv[1:2] == [b"120"]:
-                    status = (cmdline.parent / "status").read_text()
-                    ppid = next(x for x in status.splitlines() if x.startswith("PPid:"))
-                    found.append(f"{cmdline.parent.name} ({ppid})")
-            except OSError:  # the process ended while we looked
-                continue
-        return found
-
-    assert wait_for(lambda: not sleeping(), timeout=10), f"survived the daemon: {sleeping()}"
+    time.sleep(3)  # the short dyno ends while no daemon watches
+    assert ticking(), "the dyno outlives the daemon"
     left = pastas(root)
-    assert left, "the killed daemon's network helpers outlive it (pasta daemonizes)"
     assert plat("platform.up").code == 0
-    assert not mounts() and not list(Path(dynos_dir).glob("*")), "cleaned at restart"
-    assert not set(left) & set(pastas(root)), "the restarted daemon killed them"
+    client = client_of(plat)
+    adopted = wait_for(lambda: [d for d in up().values() if d["command"].startswith("sh -c")])
+    long_run = next(d for d in before.values() if d["command"].startswith("sh -c"))
+    assert adopted[0]["id"] == long_run["id"], (adopted, long_run)
+    assert len(up()) == 1, up()
+    log = (root / "logs" / "dynos.log").read_text()
+    short_run = next(d for d in before.values() if d["command"].startswith("sleep"))
+    assert f"heroku[{short_run['name']}]: Process exited with status 0 while the platform" in log
+    assert f"heroku[{long_run['name']}]: Adopted by the restarted platform daemon" in log
+    seen = log.count(f"app[{long_run['name']}]: tick")
+    assert wait_for(lambda: (root / "logs" / "dynos.log").read_text().count("tick") > seen + 2), (
+        "its output reaches the log again"
+    )
+    assert len(set(left) & set(pastas(root))) == 1, "the adopted dyno's pasta is kept"
+    # the adopted dyno is the platform's like any other: stopped, it leaves nothing
+    assert plat("ps.stop", "--app", "dynos", long_run["name"]).code == 0
+    assert wait_for(lambda: not up() and not ticking(), timeout=40)
+    assert wait_for(lambda: not mounts()), mounts()
+    assert not list(Path(dynos_dir).glob("*")) and not list((root / "kept").glob("*"))
     again = plat("run", "--app", "dynos", "--", "true")
     assert again.code == 0
     # platform.down stops every pasta of the platform, its pool's too
     assert plat("platform.down").code == 0
     assert wait_for(lambda: not pastas(root), timeout=10), f"left running: {pastas(root)}"
     assert plat("platform.up").code == 0
+
+
+def ticking() -> list[str]:
+    """The processes of the test's ticking dyno (its shell loop), by pid."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\x00")
+        except OSError:  # the process ended while we looked
+            continue
+        if b"while true; do echo tick; sleep 0.3; done" in argv and b"bwrap" not in argv[0]:
+            found.append(cmdline.parent.name)
+    return found
 
 
 def pastas(root: Path) -> list[int]:

@@ -61,6 +61,7 @@ from selfhost.platform.slugs.slug import unpack
 from selfhost.platform.store.db import Store, now
 from selfhost.stages import security, staging
 from selfhost.stages.engine import Engine, Limits, Mount, Process, Sandbox, make_engine
+from selfhost.stages.manifest import write_json_atomic
 from selfhost.stages.security import SandboxIds, hand_over, hand_over_new
 from selfhost.stages.stack import Stack, StackSpec, StackStore
 
@@ -390,6 +391,112 @@ class AppLog:
             f.write(lines)
 
 
+#: the Dyno fields a kept dyno's record carries (what a restarted daemon rebuilds)
+KEPT_FIELDS = (
+    "id",
+    "app",
+    "app_id",
+    "name",
+    "type",
+    "command",
+    "size",
+    "release_id",
+    "release_version",
+    "slug_sha",
+    "engine",
+    "ttl",
+    "parent",
+    "port",
+    "listen",
+    "restarts",
+    "created_at",
+    "updated_at",
+    "up_since",
+    "netns",
+    "host_id",
+)
+
+
+def read_kept(directory: Path) -> list[dict[str, Any]]:
+    """The records of the dynos a killed daemon left (``kept/<id>/record.json``), each
+    with ``id`` and ``alive`` (its keeper still runs it); unreadable ones are dropped."""
+    from selfhost.stages.bwrap import keeper_alive
+
+    records = []
+    for path in sorted(directory.glob("*/record.json")):
+        try:
+            record = json.loads(path.read_text())
+            record["id"] = record["dyno"]["id"]
+            record["alive"] = keeper_alive(record["process"])
+        except (OSError, ValueError, KeyError, TypeError):
+            shutil.rmtree(path.parent, ignore_errors=True)
+            continue
+        records.append(record)
+    for stray in directory.glob("*") if directory.is_dir() else []:
+        if not (stray / "record.json").exists():  # killed before it was up
+            shutil.rmtree(stray, ignore_errors=True)
+    return records
+
+
+class KeptOutput:
+    """The output of a dyno that outlives the daemon: the sandbox writes a file itself
+    (``fileno``), which a thread follows into the dyno's output (its attach buffer and
+    the app's log); a restarted daemon follows it on from the offset last recorded."""
+
+    POLL = 0.05
+
+    def __init__(self, path: Path, sink: DynoOutput, offset: int = 0):
+        self.path = path
+        self.sink = sink
+        self.offset = offset
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self.done = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def write(self, data: bytes) -> int:
+        return os.write(self.fd, data)
+
+    def flush(self) -> None:
+        pass
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._follow, daemon=True, name="kept-output")
+        self.thread.start()
+
+    def _follow(self) -> None:
+        saved, last = self.offset, time.monotonic()
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            while True:
+                data = f.read(65536)
+                if data:
+                    self.sink.write(data)
+                    self.offset += len(data)
+                    continue
+                if self.done.is_set():
+                    break
+                if self.offset != saved and time.monotonic() - last > 1.0:
+                    with contextlib.suppress(OSError):
+                        tmp = self.path.with_name("offset.tmp")
+                        tmp.write_text(str(self.offset))
+                        tmp.replace(self.path.with_name("offset"))
+                    saved, last = self.offset, time.monotonic()
+                self.done.wait(self.POLL)
+
+    def drain(self) -> None:
+        """The sandbox has ended: follow the file to its end, then stop."""
+        if self.done.is_set():
+            return
+        self.done.set()
+        if self.thread is not None:
+            self.thread.join()
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
 class DynoOutput:
     """Where a dyno's stdout and stderr go: the attach buffer and the app's log."""
 
@@ -438,12 +545,22 @@ class DynoManager:
         self.logs: dict[str, AppLog] = {}
         self.stacks = StackStore(Path(settings.stacks), self._mirror)
         self.security = security.load(paths.security, settings.ids, log=log)
-        self.networks = Networks(paths.net) if self.security.hardened else None
+        # the dynos a killed daemon left running: adopted (adopt()); the rest is cleaned
+        self.orphans = read_kept(paths.kept)
+        alive = [r for r in self.orphans if r.get("alive")]
+        self.networks = (
+            Networks(paths.net, keep=frozenset(int(r["pasta"]) for r in alive if r["pasta"]))
+            if self.security.hardened
+            else None
+        )
         self.observers: list[DynoObserver] = []
         self.dynos_dir = paths.dynos
-        staging.clean_stale()  # left by a killed daemon, before what they bind
-        release_stale_dynos(self.dynos_dir)
-        store.revoke_tokens()  # their dynos are gone too
+        # left by a killed daemon, before what they bind
+        staging.clean_stale(
+            frozenset(r["process"]["staged"]["directory"] for r in alive if r["process"]["staged"])
+        )
+        release_stale_dynos(self.dynos_dir, frozenset(r["id"] for r in alive))
+        store.revoke_tokens(keep=tuple(r["id"] for r in alive))  # their dynos are gone
 
     def observe(self, observer: DynoObserver) -> None:
         """Have ``observer`` take part in every dyno started from now on."""
@@ -641,17 +758,18 @@ class DynoManager:
         held = Held()
         log.write("heroku", dyno.name, f"Starting process with command `{dyno.command}`")
         try:
-            try:
-                process = self._start_sandbox(dyno, config, extra_env, output, held)
-            except Exception as exc:  # anything: a bad slug, a missing stack, a bug
-                message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-                dyno.exit_code, dyno.reason = 127, f"failed to start: {message}"
-                dyno.set_state("crashed" if dyno.type != "run" else "down")
-                log.write("heroku", dyno.name, f"Error starting dyno: {message}")
-                dyno.append(f"selfhost: the dyno could not start: {message}\n".encode())
-                if not isinstance(exc, SelfhostError | Refused | OSError):
-                    self.log(f"dynos: {dyno.name} of {dyno.app}: {exc!r}")
-                return
+            process = self._start_sandbox(dyno, config, extra_env, output, held)
+        except Exception as exc:  # anything: a bad slug, a missing stack, a bug
+            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            dyno.exit_code, dyno.reason = 127, f"failed to start: {message}"
+            dyno.set_state("crashed" if dyno.type != "run" else "down")
+            log.write("heroku", dyno.name, f"Error starting dyno: {message}")
+            dyno.append(f"selfhost: the dyno could not start: {message}\n".encode())
+            if not isinstance(exc, SelfhostError | Refused | OSError):
+                self.log(f"dynos: {dyno.name} of {dyno.app}: {exc!r}")
+            self._end(dyno, output, held)
+            return
+        try:
             dyno.running(process)
             if dyno.stopping:  # stopped (ps.stop, scale, ttl) while it was starting
                 self._stop_process(dyno, grace=0)
@@ -659,27 +777,47 @@ class DynoManager:
                 dyno.set_state("up")
                 dyno.up_since = time.time()
                 log.write("heroku", dyno.name, "State changed from starting to up")
+                self._keep(dyno, held)
                 self._changed(dyno)
                 if dyno.type == "web":
                     threading.Thread(
                         target=self._watch_boot, args=(dyno,), daemon=True, name="boot"
                     ).start()
+        except Exception as exc:  # a bug: it still ends, with the reason
+            self._failed(dyno, exc)
+            self._end(dyno, output, held)
+            return
+        self._run_to_end(dyno, output, held)
+
+    def _failed(self, dyno: Dyno, exc: Exception) -> None:
+        """A bug while it started or ran: it ends, with the reason."""
+        self.log(f"dynos: {dyno.name} of {dyno.app}: {exc!r}")
+        if dyno.process is not None:
+            with contextlib.suppress(Exception):
+                dyno.process.kill()
+        dyno.reason = dyno.reason or f"platform error: {type(exc).__name__}: {exc}"
+        dyno.exit_code = dyno.exit_code if dyno.exit_code is not None else 137
+        dyno.set_state("crashed")
+
+    def _run_to_end(self, dyno: Dyno, output: DynoOutput, held: Held) -> None:
+        try:
             self._wait(dyno, output, held)
         except Exception as exc:  # a bug while it ran: it still ends, with the reason
-            self.log(f"dynos: {dyno.name} of {dyno.app}: {exc!r}")
-            if dyno.process is not None:
-                with contextlib.suppress(Exception):
-                    dyno.process.kill()
-            dyno.reason = dyno.reason or f"platform error: {type(exc).__name__}: {exc}"
-            dyno.exit_code = dyno.exit_code if dyno.exit_code is not None else 137
-            dyno.set_state("crashed")
-        finally:
-            with contextlib.suppress(Exception):
-                output.close()
-            self._release(dyno, held)
-            dyno.finish()
-            self._exited(dyno)
-            self._forget_old(dyno.app)
+            self._failed(dyno, exc)
+        self._end(dyno, output, held)
+
+    def _end(self, dyno: Dyno, output: DynoOutput, held: Held) -> None:
+        """Whatever happened: its output is flushed, what it held released, and the
+        platform's other parts are told."""
+        with contextlib.suppress(Exception):
+            if held.kept is not None:
+                held.kept.drain()
+        with contextlib.suppress(Exception):
+            output.close()
+        self._release(dyno, held)
+        dyno.finish()
+        self._exited(dyno)
+        self._forget_old(dyno.app)
 
     def _start_sandbox(
         self,
@@ -779,8 +917,13 @@ class DynoManager:
             host_id=host_id,
             stdin=dyno.attach and engine.name == "bwrap",  # its attached client types
             tty=dyno.tty if engine.name == "bwrap" else None,
+            keeper=str(self._kept_dir(dyno) / "status") if self._keeps(dyno, engine) else None,
         )
-        process = engine.start(sandbox, output)
+        if sandbox.keeper:  # it outlives this daemon: its output goes to a file
+            held.kept = KeptOutput(Path(sandbox.keeper).with_name("output"), output)
+        process = engine.start(sandbox, held.kept or output)
+        if held.kept is not None:
+            held.kept.start()
         if self.networks is not None and netns is None:  # Docker: attach to the container
             try:
                 held.namespace = self.networks.attach(process.namespace_pid(), policy)
@@ -806,6 +949,8 @@ class DynoManager:
             code = dyno.process.wait()
         facts = dyno.process.close()
         dyno.stats = facts
+        if held.kept is not None:
+            held.kept.drain()
         output.close()
         self._release_network(held)
         if facts.get("oom_killed"):
@@ -830,6 +975,8 @@ class DynoManager:
                 self.store.revoke_tokens(dyno.id)
         with contextlib.suppress(Exception):
             self._release_network(held)
+        if held.kept is not None:
+            shutil.rmtree(self.paths.kept / dyno.id, ignore_errors=True)
         if held.fs is not None:
             with contextlib.suppress(Exception):
                 held.fs.remove()
@@ -859,6 +1006,98 @@ class DynoManager:
                 process.kill()
                 return
             time.sleep(0.05)
+
+    # ------------------------------------------------------------------ kept dynos
+    def _keeps(self, dyno: Dyno, engine: Engine) -> bool:
+        """Whether a dyno outlives the daemon: the formation's and detached one-offs on
+        bwrap (an attached one's client talks to this daemon; Docker's are not yet)."""
+        return engine.name == "bwrap" and not dyno.attach and dyno.tty is None
+
+    def _kept_dir(self, dyno: Dyno) -> Path:
+        directory = self.paths.kept / dyno.id
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return directory
+
+    def _keep(self, dyno: Dyno, held: Held) -> None:
+        """Record what a restarted daemon needs to adopt this dyno (it is up)."""
+        if held.kept is None or dyno.process is None:
+            return
+        record_of = getattr(dyno.process, "record", None)
+        if record_of is None:
+            return
+        record = {
+            "dyno": {name: getattr(dyno, name) for name in KEPT_FIELDS},
+            "process": record_of(),
+            "fs": None
+            if held.fs is None
+            else {"root": str(held.fs.root), "tmpfs": held.fs.tmpfs, "overlay": held.fs.overlay},
+            "pasta": held.namespace.pasta if held.namespace else None,
+            "token": held.token,
+        }
+        write_json_atomic(self.paths.kept / dyno.id / "record.json", record)
+
+    def adopt(self) -> int:
+        """Take over the dynos a killed daemon left running (call once, after every
+        observer is registered); clean what the others left. How many were adopted."""
+        adopted = 0
+        orphans, self.orphans = self.orphans, []
+        for record in orphans:
+            try:
+                adopted += self._adopt(record)
+            except Exception as exc:  # one bad record stops none of the others
+                self.log(f"dynos: cannot adopt {record.get('id')}: {exc!r}")
+                shutil.rmtree(self.paths.kept / str(record.get("id")), ignore_errors=True)
+        return adopted
+
+    def _adopt(self, record: dict[str, Any]) -> int:
+        fields = record["dyno"]
+        directory = self.paths.kept / fields["id"]
+        log = self.app_log(fields["app"])
+        engine = self.engine("bwrap")
+        process = engine.adopt(record["process"]) if record.get("alive") else None  # type: ignore[attr-defined]
+        if process is None:  # it ended while no daemon watched: its exit is all we know
+            status = (
+                (directory / "status").read_text().strip()
+                if (directory / "status").exists()
+                else "unknown"
+            )
+            log.write(
+                "heroku",
+                fields["name"],
+                f"Process exited with status {status} while the platform daemon was down",
+            )
+            cgroup = record["process"].get("cgroup") or {}
+            for path in cgroup.get("dirs", {}).values():
+                with contextlib.suppress(OSError):
+                    Path(path).rmdir()
+            shutil.rmtree(directory, ignore_errors=True)
+            return 0
+        dyno = Dyno(**fields)
+        dyno.process = process
+        dyno.state = "up"
+        held = Held(token=record.get("token"))
+        if record.get("fs"):
+            fs = record["fs"]
+            held.fs = DynoFs(Path(fs["root"]), bool(fs["tmpfs"]), bool(fs["overlay"]))
+            dyno.fs = held.fs
+        if record.get("pasta") and self.networks is not None:
+            fd = os.open(f"/proc/{process.namespace_pid()}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            held.namespace = Namespace(fd, int(record["pasta"]), Policy())
+        output = DynoOutput(dyno, log)
+        offset = int((directory / "offset").read_text()) if (directory / "offset").exists() else 0
+        log.write("heroku", dyno.name, "Adopted by the restarted platform daemon (still up)")
+        held.kept = KeptOutput(directory / "output", output, offset=offset)
+        held.kept.start()
+        with self.lock:
+            self.dynos[dyno.id] = dyno
+            if dyno.index:
+                key = (dyno.app, dyno.type)
+                self.counters[key] = max(self.counters.get(key, 0), dyno.index)
+        self._changed(dyno)
+        threading.Thread(
+            target=self._run_to_end, args=(dyno, output, held), daemon=True, name="adopted"
+        ).start()
+        return 1
 
     def _release_network(self, held: Held) -> None:
         """Stop the dyno's pasta and wait until it is gone (it held the dyno's port)."""
@@ -1005,6 +1244,7 @@ class Held:
     fs: DynoFs | None = None
     namespace: Namespace | None = None
     token: str | None = None
+    kept: KeptOutput | None = None  # a dyno that outlives the daemon: its output file
 
 
 class Supervisor:
@@ -1209,14 +1449,21 @@ class DynoFs:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def release_stale_dynos(dynos_dir: Path) -> None:
-    """Unmount and delete what a killed daemon left in ``dynos/``."""
+def release_stale_dynos(dynos_dir: Path, keep: frozenset[str] = frozenset()) -> None:
+    """Unmount and delete what a killed daemon left in ``dynos/``, but for the dynos
+    in ``keep`` (by id: those the new daemon adopts)."""
     prefix = str(dynos_dir) + "/"
+    kept = tuple(f"{prefix}{ident}" for ident in keep)
     with contextlib.suppress(OSError), open("/proc/self/mounts") as f:
         targets = [line.split()[1].replace("\\040", " ") for line in f]
-    for target in sorted((t for t in targets if t.startswith(prefix)), reverse=True):
+    stale = (t for t in targets if t.startswith(prefix) and not t.startswith(kept))
+    for target in sorted(stale, reverse=True):
         _syscalls().umount2(target.encode(), MNT_DETACH)
-    shutil.rmtree(dynos_dir, ignore_errors=True)
+    if not dynos_dir.is_dir():
+        return
+    for entry in dynos_dir.iterdir():
+        if entry.name not in keep:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _free_port(address: str = "127.0.0.1") -> int:

@@ -155,7 +155,7 @@ def host_addresses() -> list[str]:
 class Networks:
     """Creates, pools and removes the network namespaces of one platform's dynos."""
 
-    def __init__(self, state: Path):
+    def __init__(self, state: Path, keep: frozenset[int] = frozenset()):
         self.state = state  # <platform>/net: pid files of the pasta processes
         self.lock = threading.Lock()
         self.pool: dict[Policy, list[Namespace]] = {}
@@ -164,7 +164,7 @@ class Networks:
         self.closed = False  # shut down: what the pool still makes is let go at once
         self.fillers: list[threading.Thread] = []
         state.mkdir(parents=True, exist_ok=True)
-        self.clean_stale()
+        self.clean_stale(keep)
 
     def check(self) -> None:
         for tool, package in ((PASTA, "passt"), (NFT, "nftables")):
@@ -333,13 +333,15 @@ class Networks:
         for namespace in dropped:
             self.release(namespace)
 
-    def clean_stale(self) -> None:
+    def clean_stale(self, keep: frozenset[int] = frozenset()) -> None:
         """Kill the pasta processes a killed daemon left behind, by their pid files:
         ``<pid>.pasta``, and ``tmp-*`` (killed between pasta's start and the rename:
-        the pid is in the file)."""
+        the pid is in the file); except those of the dynos it adopts (``keep``)."""
         for path in [*self.state.glob("*.pasta"), *self.state.glob("tmp-*")]:
             with contextlib.suppress(ValueError, OSError):
                 pid = int(path.stem if path.suffix == ".pasta" else path.read_text())
+                if pid in keep:
+                    continue
                 if Path(f"/proc/{pid}/exe").resolve().name.startswith(("pasta", "passt")):
                     os.kill(pid, signal.SIGKILL)
             path.unlink(missing_ok=True)

@@ -378,11 +378,13 @@ class Store:
             )
         return token
 
-    def revoke_tokens(self, dyno_id: str | None = None) -> None:
-        """Revoke the tokens of a dyno (or of every dyno, at daemon start)."""
+    def revoke_tokens(self, dyno_id: str | None = None, keep: tuple[str, ...] = ()) -> None:
+        """Revoke the tokens of a dyno (or of every dyno but those in ``keep``, at
+        daemon start: the dynos it adopts keep theirs)."""
         with self.tx() as db:
             if dyno_id is None:
-                db.execute("DELETE FROM tokens")
+                marks = ",".join("?" * len(keep))
+                db.execute(f"DELETE FROM tokens WHERE dyno_id NOT IN ({marks})", keep)
             else:
                 db.execute("DELETE FROM tokens WHERE dyno_id = ?", (dyno_id,))
 
