@@ -9,7 +9,7 @@ import json
 import pytest
 
 from tests.integration.conftest import REPO, Run, early_build, invoke
-from tests.integration.test_apps import web_dynos_answer
+from tests.integration.test_apps import routed, router_get, wait_for, web_dynos_answer
 
 
 @pytest.mark.slow
@@ -51,6 +51,17 @@ def test_gauche_bootstrap_release_and_two_web_dynos(tmp_path_factory):
         assert released.json["process_types"] == {"web": "gosh index.scm"}
         pages = web_dynos_answer(cli, root, "gauche-web", 2, "Hello from Gauche 0.9.15")
         assert all("GET / HTTP/1.1" in page for page in pages)
+        # and through the router, at the app's own URL: both dynos take turns
+        url = cli("open", "--app", "gauche-web").stdout.strip()
+        port = int(url.rsplit(":", 1)[1].rstrip("/"))
+        wait_for(
+            lambda: sum(d["routable"] for d in routed(root, "gauche-web").values()) == 2,
+            60,
+            "two routable dynos",
+        )
+        answers = [router_get(port, "gauche-web") for _ in range(10)]
+        assert {status for status, _ in answers} == {200}, answers
+        assert all(any(name in body for _, body in answers) for name in ("web.1", "web.2"))
         # the run stack: trixie without stage0's gauche package, so the gosh is ours
         probe = cli(
             "run",
