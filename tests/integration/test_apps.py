@@ -280,6 +280,14 @@ def test_the_router_keeps_serving_through_kill_9_and_sigstop(local_platform):
         d["id"] for d in serving.values()
     }, ps
 
+    # the router alone: down (the dynos stay), and up again
+    assert cli("router.down").code == 0
+    closed = cli("open", "--app", "tcc-web")
+    assert closed.code != 0 and "the router is not running" in closed.output, closed.output
+    assert cli("router.up").code == 0
+    port = int(cli("open", "--app", "tcc-web").stdout.strip().rsplit(":", 1)[1].rstrip("/"))
+    wait_for(all_routable, 30, "3 routable web dynos behind the new router")
+
     status, body = router_get(port, "tcc-web", "/sleep/10")
     assert status == 503 and "H12" in body, body
     assert cli("scale", "--app", "tcc-web", "web=0").code == 0

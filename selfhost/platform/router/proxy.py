@@ -46,6 +46,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from selfhost.platform.paths import PlatformPaths
 from selfhost.platform.router.table import AppRoute, Backend, Table, read_table
@@ -71,10 +72,12 @@ ERRORS = {
     "H12": "Request timeout",
     "H13": "Connection closed without response",
     "H14": "No web processes running",
+    "H18": "Server Request Interrupted",
     "H20": "App boot timeout",
     "H99": "Platform error",
 }
 MAX_BODY = 64 * 1024 * 1024
+SMALL = 1024 * 1024  # responses up to this size are read whole, then sent at once
 API_ACCEPT = "application/vnd.heroku+json; version=3"
 
 
@@ -472,22 +475,45 @@ class Router:
         info: dict[str, Any],
         t0: float,
     ) -> web.StreamResponse:
+        """The dyno's response to the client: a small one (its length known, at most
+        :data:`SMALL`) read whole and sent at once; any other streamed as it comes."""
         try:
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            for k, v in upstream.headers.items():
-                if k.lower() not in HOP_BY_HOP and k.lower() != "content-length":
-                    response.headers.add(k, v)
+            headers = CIMultiDict(
+                (k, v)
+                for k, v in upstream.headers.items()
+                if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"
+            )
             length = upstream.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) <= SMALL:
+                try:
+                    body = await upstream.read()
+                except (aiohttp.ClientError, OSError):
+                    raise Attempt("H13", sent=True) from None  # it hung up mid-answer
+                info["bytes"] = len(body)
+                info["service"] = int((time.monotonic() - t0) * 1000)
+                return web.Response(
+                    status=upstream.status, reason=upstream.reason, headers=headers, body=body
+                )
+            response = web.StreamResponse(
+                status=upstream.status, reason=upstream.reason, headers=headers
+            )
             if length is not None and length.isdigit():
                 response.content_length = int(length)
             elif request.version >= aiohttp.HttpVersion11:
                 response.enable_chunked_encoding()
             await response.prepare(request)
             sent = 0
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-                sent += len(chunk)
-            await response.write_eof()
+            try:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                    sent += len(chunk)
+            except (aiohttp.ClientError, OSError):
+                # the dyno hung up after its answer began: the client's is cut short
+                info["code"] = "H18"
+                if request.transport is not None:
+                    request.transport.close()
+            else:
+                await response.write_eof()
             info["bytes"] = sent
             info["service"] = int((time.monotonic() - t0) * 1000)
             return response
