@@ -113,6 +113,7 @@ def local_platform(tcc_run, stacks, tmp_path):
         # the router's H12 and a frozen dyno's replacement, in seconds rather than 30
         "INVOKE_SELFHOST_ROUTER_TIMEOUT": "3",
         "INVOKE_SELFHOST_DYNO_GRACE_SECONDS": "2",
+        "INVOKE_SELFHOST_DYNO_BOOT_TIMEOUT": "3",  # R10 in 3 s rather than 60
     }
 
     def cli(*args: str, timeout: float = 900) -> Run:
@@ -314,3 +315,25 @@ def test_the_router_keeps_serving_through_kill_9_and_sigstop(local_platform):
     assert 'at=info desc="idle for 2s: web=0"' in whole
     formation = cli("ps", "--app", "tcc-web", "--json").json
     assert not [d for d in formation if d["type"] == "web" and d["state"] == "up"], formation
+
+
+def test_a_web_dyno_that_does_not_bind_crashes_with_r10(local_platform, tmp_path):
+    cli = local_platform
+    app_dir = tmp_path / "nobind"
+    app_dir.mkdir()
+    (app_dir / "Procfile").write_text("web: echo not listening; sleep 1000\n")
+    released = cli("release", "--app", "nobind", "--app-dir", str(app_dir))
+    assert released.code == 0, released.output
+    url = cli("open", "--app", "nobind").stdout.strip()
+    port = int(url.rsplit(":", 1)[1].rstrip("/"))
+    status, body = router_get(port, "nobind")  # the dyno is up, but not routable
+    assert status == 503 and "H10" in body, body
+
+    def crashed() -> str:
+        log = (cli.root / "logs" / "nobind.log").read_text()
+        return log if "Error R10 (Boot timeout)" in log else ""
+
+    log = wait_for(crashed, 60, "R10")
+    assert "Web process failed to bind to $PORT within 3 seconds of launch" in log
+    assert "Stopping process with SIGKILL" in log
+    assert 'heroku[router]: at=error code=H10 desc="App crashed"' in log
