@@ -103,6 +103,7 @@ class Live:
     checked: bool = False  # probed at least once
     out_since: float | None = None  # when it left the rotation
     restart_asked: bool = False
+    ever: bool = False  # it has been routable (a booting dyno is R10's, not ours)
     last_used: float = 0.0
     #: idempotent requests waiting for its answer: re-sent elsewhere if it dies or freezes
     waiting: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -114,7 +115,7 @@ class Live:
         self.checked = True
 
     def join(self) -> None:
-        self.routable, self.checked, self.out_since = True, True, None
+        self.routable, self.checked, self.out_since, self.ever = True, True, None, True
 
 
 class Attempt(Exception):
@@ -202,9 +203,9 @@ class Router:
                         continue
                     self._probe(live)
                     if (
-                        live.out_since is not None
+                        live.ever
+                        and live.out_since is not None
                         and not live.restart_asked
-                        and live.backend.since < time.time() - self.settings.restart_after
                         and time.monotonic() - live.out_since > self.settings.restart_after
                         and probe.alive(live.backend.pid)
                     ):
