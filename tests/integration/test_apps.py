@@ -332,7 +332,7 @@ def test_a_web_dyno_that_does_not_bind_crashes_with_r10(local_platform, tmp_path
 
     def crashed() -> str:
         log = (cli.root / "logs" / "nobind.log").read_text()
-        return log if "Error R10 (Boot timeout)" in log else ""
+        return log if "Error R10 (Boot timeout)" in log and "code=H10" in log else ""
 
     log = wait_for(crashed, 60, "R10")
     assert "Web process failed to bind to $PORT within 3 seconds of launch" in log
