@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import ctypes
 import json
 import os
 import secrets
@@ -438,6 +439,13 @@ def read_kept(directory: Path) -> list[dict[str, Any]]:
     return records
 
 
+def _punch_hole(fd: int, length: int) -> None:
+    """Free the blocks of ``[0, length)`` of a file, its size and offsets unchanged
+    (``fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)``); best effort."""
+    if length > 0:
+        _syscalls().fallocate(fd, 0x02 | 0x01, ctypes.c_long(0), ctypes.c_long(length))
+
+
 class KeptOutput:
     """The output of a dyno that outlives the daemon: the sandbox writes a file itself
     (``fileno``), which a thread follows into the dyno's output (its attach buffer and
@@ -483,6 +491,8 @@ class KeptOutput:
                         tmp = self.path.with_name("offset.tmp")
                         tmp.write_text(str(self.offset))
                         tmp.replace(self.path.with_name("offset"))
+                        # what was read takes no disk: a chatty dyno cannot fill the host's
+                        _punch_hole(self.fd, self.offset - self.offset % 4096)
                     saved, last = self.offset, time.monotonic()
                 self.done.wait(self.POLL)
 
