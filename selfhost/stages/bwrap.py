@@ -378,13 +378,7 @@ class BwrapProcess:
         return _exit_code(code)
 
     def terminate(self) -> None:
-        """SIGTERM to the processes inside the sandbox, not to bwrap: bwrap would die at
-        once and take the sandbox down with SIGKILL (--die-with-parent), leaving the
-        command no time to shut down."""
-        for pid in descendants(self.proc.pid):
-            if command_name(pid) != "bwrap":
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
+        _terminate_below(self.proc.pid)
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -400,14 +394,29 @@ class BwrapProcess:
         if self.stdin is not None:
             with contextlib.suppress(OSError):
                 self.stdin.close()
-        if self.staged is not None:
-            self.staged.remove()
-            self.staged = None
-        if self.cgroup is None:
-            return {}
-        facts = self.cgroup.facts()
-        self.cgroup.remove()
-        return facts
+        return _release(self)
+
+
+def _terminate_below(pid: int) -> None:
+    """SIGTERM to the processes inside a sandbox, not to bwrap: bwrap would die at once
+    and take the sandbox down with SIGKILL (--die-with-parent), leaving the command no
+    time to shut down."""
+    for child in descendants(pid):
+        if command_name(child) != "bwrap":
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+
+def _release(process: BwrapProcess | AdoptedProcess) -> dict[str, Any]:
+    """Unstage a sandbox's sources and remove its cgroup; what the cgroup recorded."""
+    if process.staged is not None:
+        process.staged.remove()
+        process.staged = None
+    if process.cgroup is None:
+        return {}
+    facts = process.cgroup.facts()
+    process.cgroup.remove()
+    return facts
 
 
 def _args_memfd(args: Sequence[str]) -> int:
@@ -544,10 +553,7 @@ class AdoptedProcess:
             return 137  # the keeper itself was killed: so was its sandbox
 
     def terminate(self) -> None:
-        for pid in descendants(self.pid):
-            if command_name(pid) != "bwrap":
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
+        _terminate_below(self.pid)
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -559,11 +565,4 @@ class AdoptedProcess:
     def close(self) -> dict[str, Any]:
         with contextlib.suppress(OSError):
             os.close(self.pidfd)
-        if self.staged is not None:
-            self.staged.remove()
-            self.staged = None
-        if self.cgroup is None:
-            return {}
-        facts = self.cgroup.facts()
-        self.cgroup.remove()
-        return facts
+        return _release(self)

@@ -67,6 +67,8 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+#: request headers not passed on: hop-by-hop, and those the router sets itself
+REPLACED = HOP_BY_HOP | {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-port", "x-request-id"}
 ERRORS = {
     "H10": "App crashed",
     "H12": "Request timeout",
@@ -408,15 +410,9 @@ class Router:
         assert self.session is not None
         s = self.settings
         b = live.backend
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
         peer = request.remote or ""
         forwarded = request.headers.get("X-Forwarded-For")
-        headers = [
-            (k, v)
-            for k, v in headers
-            if k.lower()
-            not in ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-port", "x-request-id")
-        ]
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in REPLACED]
         headers += [
             ("X-Forwarded-For", f"{forwarded}, {peer}" if forwarded else peer),
             ("X-Forwarded-Proto", "http"),

@@ -38,8 +38,13 @@ class RouterInfo:
         return f"http://{app}.{domain}:{self.port}/"
 
 
-def _alive(pid: int) -> bool:
-    return probe.alive(pid)  # a zombie (its starter has not reaped it yet) is not
+def _recorded(paths: PlatformPaths) -> RouterInfo | None:
+    """What ``router.json`` says, if it says it whole."""
+    try:
+        data = json.loads(paths.router_json.read_text())
+        return RouterInfo(int(data["pid"]), str(data["url"]), int(data["port"]))
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def state(info: RouterInfo, timeout: float = 2.0) -> dict | None:
@@ -52,12 +57,9 @@ def state(info: RouterInfo, timeout: float = 2.0) -> dict | None:
 
 
 def running(paths: PlatformPaths) -> RouterInfo | None:
-    try:
-        data = json.loads(paths.router_json.read_text())
-        info = RouterInfo(int(data["pid"]), str(data["url"]), int(data["port"]))
-    except (OSError, ValueError, KeyError):
-        return None
-    if not _alive(info.pid) or state(info) is None:
+    info = _recorded(paths)
+    # a zombie (its starter has not reaped it yet) is not alive
+    if info is None or not probe.alive(info.pid) or state(info) is None:
         return None
     return info
 
@@ -119,17 +121,15 @@ def start(
 
 def stop(paths: PlatformPaths) -> RouterInfo | None:
     """Stop the router (SIGTERM, then SIGKILL); return what ran."""
-    try:
-        data = json.loads(paths.router_json.read_text())
-        info = RouterInfo(int(data["pid"]), str(data["url"]), int(data["port"]))
-    except (OSError, ValueError, KeyError):
+    info = _recorded(paths)
+    if info is None:
         return None
-    if _alive(info.pid):
+    if probe.alive(info.pid):
         os.kill(info.pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT
-        while time.monotonic() < deadline and _alive(info.pid):
+        while time.monotonic() < deadline and probe.alive(info.pid):
             time.sleep(0.05)
-        if _alive(info.pid):
+        if probe.alive(info.pid):
             os.kill(info.pid, signal.SIGKILL)
     paths.router_json.unlink(missing_ok=True)
     return info
