@@ -201,7 +201,12 @@ def cold_start(platform: Path, router_port: int, rounds: int) -> None:
         cold.append(time.perf_counter() - t)
         if status != 200:
             raise SystemExit(f"the cold request got {status}:\n{log.read_text()[mark:]}")
-        text = log.read_text()[mark:]
+        # the daemon follows the dyno's output into the log a moment after it was written
+        text = wait_for(
+            lambda at=mark: "tcc-web: listening on" in (t := log.read_text()[at:]) and t,
+            10,
+            "the dyno's 'listening' line in the log",
+        )
         starting = [ln for ln in text.splitlines() if "Starting process with command" in ln]
         listening = [ln for ln in text.splitlines() if "tcc-web: listening on" in ln]
         own.append(stamp(listening[0]) - stamp(starting[0]))

@@ -38,8 +38,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
+import random
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,7 @@ from multidict import CIMultiDict
 
 from selfhost.platform.paths import PlatformPaths
 from selfhost.platform.router.table import AppRoute, Backend, Table, read_table
+from selfhost.platform.router.upstream import Broken, Pool, Refused, Response
 from selfhost.platform.runtime import probe
 from selfhost.platform.runtime.dynos import AppLog
 
@@ -68,7 +70,15 @@ HOP_BY_HOP = frozenset(
     }
 )
 #: request headers not passed on: hop-by-hop, and those the router sets itself
-REPLACED = HOP_BY_HOP | {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-port", "x-request-id"}
+REPLACED = HOP_BY_HOP | {
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-request-id",
+    "content-length",  # set again: the body was read whole (and may have come chunked)
+    "expect",  # the body is sent with the head: no 100-continue
+}
+REPLACED_B = frozenset(name.encode() for name in REPLACED)
 ERRORS = {
     "H10": "App crashed",
     "H12": "Request timeout",
@@ -141,6 +151,7 @@ class Router:
         self.log = log
         self.table = Table.empty()
         self.table_stamp: tuple[int, int, int] | None = None
+        self.routes = str(paths.routes)  # stat'ed at every request
         self.live: dict[str, Live] = {}  # backend dyno id -> its state
         self.logs: dict[str, AppLog] = {}
         self.last_request: dict[str, float] = {}  # app -> when it was last asked for
@@ -149,7 +160,8 @@ class Router:
         self.evicted: set[asyncio.Task[Any]] = set()  # cancelled: their backend died
         self.pending: dict[str, list[str]] = {}  # router log lines, by app, to write
         self.changed = asyncio.Event()  # the table or a backend's state changed
-        self.session: aiohttp.ClientSession | None = None
+        self.session: aiohttp.ClientSession | None = None  # the Platform API's client
+        self.pool = Pool()
         self.port = 0
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -157,7 +169,7 @@ class Router:
     def reload(self) -> bool:
         """Read the routing table if its file changed; True if it did."""
         try:
-            st = os.stat(self.paths.routes)
+            st = os.stat(self.routes)
             stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
             stamp = None
@@ -318,10 +330,12 @@ class Router:
             log = self.logs[app] = AppLog(self.paths.logs / f"{app}.log")
         return log
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
         self.reload()  # a stat: a change the API just made is seen by the next request
-        request_id = request.headers.get("X-Request-Id") or secrets.token_hex(16)
+        request_id = request.headers.get("X-Request-Id") or str(
+            uuid.UUID(int=random.getrandbits(128), version=4)
+        )
         app = self.app_of(request.host)
         route = self.table.apps.get(app) if app else None
         if app is None or route is None:
@@ -348,7 +362,7 @@ class Router:
 
     async def _route(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         app: str,
         request_id: str,
         started: float,
@@ -398,22 +412,14 @@ class Router:
         _, live = await self.wait_for_backend(app, tried, min(deadline, now + s.wait_for_dyno))
         return live, "H10"
 
-    async def _forward(
-        self,
-        request: web.Request,
-        body: bytes,
-        live: Live,
-        request_id: str,
-        deadline: float,
-        info: dict[str, Any],
-    ) -> web.StreamResponse:
-        assert self.session is not None
-        s = self.settings
-        b = live.backend
+    def _head(self, request: web.BaseRequest, request_id: str, body: bytes) -> bytes:
+        """The request line and headers the dyno gets: the client's, less hop-by-hop
+        ones, plus Heroku's ``X-Forwarded-*``, ``X-Request-*`` and ``Via``."""
         peer = request.remote or ""
         forwarded = request.headers.get("X-Forwarded-For")
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in REPLACED]
-        headers += [
+        lines = [f"{request.method} {request.raw_path} HTTP/1.1".encode("latin-1")]
+        lines += [k + b": " + v for k, v in request.raw_headers if k.lower() not in REPLACED_B]
+        extra = [
             ("X-Forwarded-For", f"{forwarded}, {peer}" if forwarded else peer),
             ("X-Forwarded-Proto", "http"),
             ("X-Forwarded-Port", str(self.port)),
@@ -421,6 +427,23 @@ class Router:
             ("X-Request-Start", str(int(time.time() * 1000))),
             ("Via", "1.1 selfhost-router"),
         ]
+        if body or request.method in ("POST", "PUT", "PATCH"):
+            extra.append(("Content-Length", str(len(body))))
+        lines += [f"{k}: {v}".encode("utf-8", "replace") for k, v in extra]
+        return b"\r\n".join(lines) + b"\r\n\r\n"
+
+    async def _forward(
+        self,
+        request: web.BaseRequest,
+        body: bytes,
+        live: Live,
+        request_id: str,
+        deadline: float,
+        info: dict[str, Any],
+    ) -> web.StreamResponse:
+        s = self.settings
+        b = live.backend
+        head = self._head(request, request_id, body)
         live.outstanding += 1
         live.last_used = t0 = time.monotonic()
         task = asyncio.current_task()
@@ -433,13 +456,12 @@ class Router:
                 raise Attempt("H12", sent=True)
             try:
                 async with asyncio.timeout(remaining):
-                    upstream = await self.session.request(
-                        request.method,
-                        f"http://127.0.0.1:{b.port}{request.rel_url}",
-                        headers=headers,
-                        data=body or None,
-                        allow_redirects=False,
-                        timeout=aiohttp.ClientTimeout(sock_connect=s.connect_timeout),
+                    upstream = await self.pool.send(
+                        b.port,
+                        head,
+                        body,
+                        method=request.method,
+                        connect_timeout=s.connect_timeout,
                     )
             except TimeoutError:
                 info["service"] = int((time.monotonic() - t0) * 1000)
@@ -450,13 +472,15 @@ class Router:
                 self.evicted.discard(task)
                 task.uncancel()
                 raise Attempt("H13", sent=True) from None  # it froze or died meanwhile
-            except aiohttp.ClientConnectorError:
+            except Refused:
                 if s.failover:
                     live.leave()
+                    self.pool.forget(b.port)
                 raise Attempt("H13", sent=False) from None
-            except (aiohttp.ClientError, OSError):
+            except Broken:
                 if s.failover:
                     live.leave()
+                    self.pool.forget(b.port)
                 raise Attempt("H13", sent=True) from None
             finally:
                 live.waiting.discard(task)
@@ -467,24 +491,27 @@ class Router:
 
     async def _relay(
         self,
-        request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        request: web.BaseRequest,
+        upstream: Response,
         info: dict[str, Any],
         t0: float,
     ) -> web.StreamResponse:
         """The dyno's response to the client: a small one (its length known, at most
         :data:`SMALL`) read whole and sent at once; any other streamed as it comes."""
+        head = request.method == "HEAD"
         try:
+            # aiohttp sets Content-Length itself, but for HEAD it keeps the dyno's
             headers = CIMultiDict(
                 (k, v)
-                for k, v in upstream.headers.items()
-                if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"
+                for k, v in upstream.headers
+                if k.lower() not in HOP_BY_HOP and (head or k.lower() != "content-length")
             )
-            length = upstream.headers.get("Content-Length")
-            if length is not None and length.isdigit() and int(length) <= SMALL:
+            length = upstream.header("Content-Length")
+            known = length is not None and length.isdigit()
+            if head or (known and int(length or 0) <= SMALL):
                 try:
                     body = await upstream.read()
-                except (aiohttp.ClientError, OSError):
+                except Broken:
                     raise Attempt("H13", sent=True) from None  # it hung up mid-answer
                 info["bytes"] = len(body)
                 info["service"] = int((time.monotonic() - t0) * 1000)
@@ -494,17 +521,17 @@ class Router:
             response = web.StreamResponse(
                 status=upstream.status, reason=upstream.reason, headers=headers
             )
-            if length is not None and length.isdigit():
-                response.content_length = int(length)
+            if known:
+                response.content_length = int(length or 0)
             elif request.version >= aiohttp.HttpVersion11:
                 response.enable_chunked_encoding()
             await response.prepare(request)
             sent = 0
             try:
-                async for chunk in upstream.content.iter_any():
+                async for chunk in upstream.chunks():
                     await response.write(chunk)
                     sent += len(chunk)
-            except (aiohttp.ClientError, OSError):
+            except Broken:
                 # the dyno hung up after its answer began: the client's is cut short
                 info["code"] = "H18"
                 if request.transport is not None:
@@ -526,7 +553,7 @@ class Router:
         )
 
     def _log_request(
-        self, app: str, request: web.Request, request_id: str, info: dict[str, Any]
+        self, app: str, request: web.BaseRequest, request_id: str, info: dict[str, Any]
     ) -> None:
         code = info.get("code")
         head = f'at=error code={code} desc="{ERRORS.get(code, "")}" ' if code else "at=info "
@@ -568,37 +595,43 @@ class Router:
             }
         return {"serial": self.table.serial, "port": self.port, "apps": apps}
 
-    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+    async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         host = request.host.rsplit(":", 1)[0]
         if host in ("127.0.0.1", "localhost", self.settings.domain) and request.path == "/router":
             return web.json_response(self.state())
         return await self.handle(request)
 
     # ------------------------------------------------------------------ lifecycle
-    async def start(self, host: str, port: int) -> web.AppRunner:
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-        )
+    async def start(self, host: str, port: int) -> web.ServerRunner:
+        self.session = aiohttp.ClientSession()
         self.reload()
-        self.tasks.append(asyncio.get_running_loop().create_task(self._watch()))
-        app = web.Application(client_max_size=MAX_BODY)
-        app.router.add_route("*", "/{tail:.*}", self.dispatch)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        loop = asyncio.get_running_loop()
+        self.tasks.append(loop.create_task(self._watch()))
+
+        def make_request(
+            message: Any, payload: Any, protocol: Any, writer: Any, task: Any
+        ) -> web.BaseRequest:
+            return web.BaseRequest(
+                message, payload, protocol, writer, task, loop, client_max_size=MAX_BODY
+            )
+
+        # aiohttp's low-level server: one handler for every path, no application router
+        handler = web.Server(self.dispatch, request_factory=make_request, access_log=None)
+        runner = web.ServerRunner(handler, handle_signals=False, shutdown_timeout=2.0)
         await runner.setup()
         site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
         await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        listening = site._server
+        assert listening is not None
+        self.port = listening.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         return runner
 
-    async def close(self, runner: web.AppRunner) -> None:
+    async def close(self, runner: web.ServerRunner) -> None:
         for task in self.tasks:
             task.cancel()
         await runner.cleanup()
         self.flush_logs()
+        self.pool.close()
         if self.session is not None:
             await self.session.close()
 

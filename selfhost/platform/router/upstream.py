@@ -1,0 +1,303 @@
+"""The router's side towards the dynos: HTTP/1.1 over asyncio protocols, its responses
+parsed by httptools (llhttp), with idle keep-alive connections kept per port.
+
+Why not aiohttp's client: it spent about 0.5 ms of CPU per proxied request (its
+connector, happy eyeballs, request and response objects) where the router's whole
+server side spends 0.05 ms; ``bench/router.py`` measures what this module gives.
+
+What the router needs to know about a failure is all this module reports:
+
+- :class:`Refused`: the connection could not be made: nothing reached the dyno;
+- :class:`Broken`: the connection broke before a whole response head came (the dyno may
+  have seen the request);
+- a response whose body broke off ends its :meth:`Response.chunks` with :class:`Broken`.
+
+A request on a reused keep-alive connection that the dyno had closed meanwhile (it got
+no byte of an answer) is sent once more on a fresh connection, whatever its method, as
+Go's HTTP transport does: the dyno closed the connection before it read the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import AsyncIterator
+
+import httptools
+
+IDLE_SECONDS = 4.0  # below the usual server keep-alive (5 s): reuse, do not race a close
+IDLE_PER_PORT = 32
+HIGH_WATER = 256 * 1024  # buffered body bytes before reading from the dyno pauses
+
+
+class Refused(Exception):
+    """No connection: the request reached nothing."""
+
+
+class Broken(Exception):
+    """The connection broke before the response was whole."""
+
+
+class Connection(asyncio.Protocol):
+    """One connection to a dyno, carrying one exchange at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = asyncio.get_running_loop().create_future()
+        self.head: asyncio.Future[None] | None = None
+        self.ready: asyncio.Future[None] | None = None  # body bytes, or the end, arrived
+        self.head_only = False  # a HEAD request: no body follows the head
+        self.received = False  # a byte of the answer came
+        self.complete = False
+        self.keep = False  # the dyno keeps the connection open after this answer
+        self.until_close = False  # the body has no length: it ends with the connection
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: collections.deque[bytes] = collections.deque()
+        self.buffered = 0
+        self.paused = False
+        self.idle_since = 0.0
+
+    # ------------------------------------------------------------ the transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._fail()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if self.complete:
+            return
+        if self.until_close and self.status and exc is None:
+            self._finish(keep=False)  # a body without a length ends here
+        else:
+            self._fail()
+
+    def pause_writing(self) -> None:  # the request is written whole: nothing to pause
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # ------------------------------------------------------------ the parser's calls
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # informational: the real answer follows
+            return
+        self.status = status
+        names = {k.lower() for k, _ in self.headers}
+        self.until_close = (
+            b"content-length" not in names
+            and b"transfer-encoding" not in names
+            and status not in (204, 304)
+        )
+        if self.head is not None and not self.head.done():
+            self.head.set_result(None)
+        if self.head_only:
+            self._finish(keep=False)
+
+    def on_body(self, body: bytes) -> None:
+        if self.complete or 100 <= self.parser.get_status_code() < 200:
+            return
+        self.body.append(body)
+        self.buffered += len(body)
+        if self.buffered > HIGH_WATER and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self.status and not self.complete:
+            self._finish(keep=self.parser.should_keep_alive())
+
+    # ------------------------------------------------------------ state
+    def _finish(self, keep: bool) -> None:
+        self.complete = True
+        self.keep = keep
+        self._wake()
+
+    def _fail(self) -> None:
+        if self.head is not None and not self.head.done():
+            self.head.set_exception(Broken("the connection closed before a response"))
+            self.head.exception()  # retrieved: the caller may be gone already
+        self._wake()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _wake(self) -> None:
+        if self.ready is not None and not self.ready.done():
+            self.ready.set_result(None)
+
+    def abort(self) -> None:
+        self.complete = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    @property
+    def usable(self) -> bool:
+        return (
+            not self.closed.done()
+            and self.transport is not None
+            and not self.transport.is_closing()
+            and time.monotonic() - self.idle_since < IDLE_SECONDS
+        )
+
+
+class Response:
+    """A dyno's response: its head now, its body as it comes."""
+
+    def __init__(self, pool: Pool, port: int, conn: Connection):
+        self.pool, self.port, self.conn = pool, port, conn
+        self.status = conn.status
+        self.reason = conn.reason.decode("latin-1")
+        self.headers = [
+            (k.decode("latin-1"), v.decode("utf-8", "replace")) for k, v in conn.headers
+        ]
+        self.released = False
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives; :class:`Broken` if the dyno hung up before its end."""
+        conn = self.conn
+        loop = asyncio.get_running_loop()
+        while True:
+            while conn.body:
+                chunk = conn.body.popleft()
+                conn.buffered -= len(chunk)
+                if conn.paused and conn.buffered <= HIGH_WATER // 2 and conn.transport:
+                    conn.paused = False
+                    conn.transport.resume_reading()
+                yield chunk
+            if conn.complete:
+                return
+            if conn.closed.done():
+                raise Broken("the connection closed mid-answer")
+            conn.ready = loop.create_future()
+            try:
+                await conn.ready
+            finally:
+                conn.ready = None
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.chunks()])
+
+    def release(self) -> None:
+        """Done with it: the connection goes back to the pool if it can be reused."""
+        if self.released:
+            return
+        self.released = True
+        conn = self.conn
+        if conn.complete and conn.keep and not conn.body:
+            self.pool.put(self.port, conn)
+        else:
+            conn.abort()
+
+
+class Pool:
+    """Connections to the dynos' host ports, idle ones kept for reuse."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.idle: dict[int, list[Connection]] = {}
+
+    def put(self, port: int, conn: Connection) -> None:
+        idle = self.idle.setdefault(port, [])
+        if len(idle) >= IDLE_PER_PORT:
+            conn.abort()
+            return
+        conn.complete = False
+        conn.idle_since = time.monotonic()
+        conn.parser = httptools.HttpResponseParser(conn)
+        idle.append(conn)
+
+    def _reuse(self, port: int) -> Connection | None:
+        idle = self.idle.get(port)
+        while idle:
+            conn = idle.pop()
+            if conn.usable:
+                return conn
+            conn.abort()
+        return None
+
+    def forget(self, port: int) -> None:
+        """The dyno on ``port`` is gone: drop its idle connections."""
+        for conn in self.idle.pop(port, []):
+            conn.abort()
+
+    async def _connect(self, port: int, timeout: float) -> Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                transport, conn = await loop.create_connection(Connection, self.host, port)
+        except (OSError, TimeoutError) as exc:
+            raise Refused(f"connecting to port {port}: {exc}") from None
+        conn.transport = transport  # uvloop may call connection_made a step later
+        return conn
+
+    async def send(
+        self, port: int, head: bytes, body: bytes, *, method: str, connect_timeout: float
+    ) -> Response:
+        """Send a request (its head already serialized) and wait for the response head."""
+        conn = self._reuse(port)
+        reused = conn is not None
+        while True:
+            if conn is None:
+                conn = await self._connect(port, connect_timeout)
+            try:
+                return await self._exchange(port, conn, head, body, method)
+            except Broken:
+                if reused and not conn.received:  # it had closed the idle connection
+                    conn, reused = None, False
+                    continue
+                raise
+            except BaseException:  # cancelled or timed out: the exchange is abandoned
+                conn.abort()
+                raise
+
+    async def _exchange(
+        self, port: int, conn: Connection, head: bytes, body: bytes, method: str
+    ) -> Response:
+        assert conn.transport is not None
+        loop = asyncio.get_running_loop()
+        conn.head = loop.create_future()
+        conn.head_only = method == "HEAD"
+        conn.received = False
+        conn.keep = conn.until_close = False
+        conn.status = 0
+        conn.body.clear()
+        conn.buffered = 0
+        if body:
+            conn.transport.writelines((head, body))
+        else:
+            conn.transport.write(head)
+        await conn.head
+        return Response(self, port, conn)
+
+    def close(self) -> None:
+        for port in list(self.idle):
+            self.forget(port)

@@ -1,0 +1,194 @@
+"""The router's HTTP client towards the dynos (selfhost.platform.router.upstream)
+against real sockets: servers written byte by byte so that each case is exact."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from selfhost.platform.router.upstream import Broken, Pool, Refused
+
+Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def run(serve: Serve, client: Callable[[int, list[int]], Awaitable[None]]) -> list[int]:
+    """Serve on a free port; run ``client(port, accepted)``; return ``accepted`` (one
+    entry per connection the server accepted)."""
+    accepted: list[int] = []
+
+    async def main() -> None:
+        async def on_connect(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            accepted.append(1)
+            try:
+                await serve(r, w)
+            finally:
+                w.close()
+
+        server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            await client(port, accepted)
+        finally:
+            server.close()
+
+    asyncio.run(main())
+    return accepted
+
+
+async def read_request(r: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await r.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return head, await r.readexactly(length)
+
+
+def request(method: str = "GET", path: str = "/") -> bytes:
+    return f"{method} {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+
+
+def test_keep_alive_connections_are_reused() -> None:
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await read_request(r)
+            except asyncio.IncompleteReadError:
+                return
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await w.drain()
+
+    async def client(port: int, accepted: list[int]) -> None:
+        pool = Pool()
+        for _ in range(5):
+            response = await pool.send(port, request(), b"", method="GET", connect_timeout=2)
+            assert (response.status, await response.read()) == (200, b"ok")
+            response.release()
+        pool.close()
+
+    assert len(run(serve, client)) == 1
+
+
+def test_a_dyno_that_closes_its_idle_connection_gets_the_request_on_a_fresh_one() -> None:
+    """Even a POST: the dyno hung up on the reused connection without a byte of answer
+    (its keep-alive ran out as the request came), so it did not act on it."""
+    bodies: list[bytes] = []
+
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        _, body = await read_request(r)
+        bodies.append(body)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await w.drain()
+        await r.read(1)  # the next request comes: hang up on it unanswered
+
+    async def client(port: int, accepted: list[int]) -> None:
+        pool = Pool()
+        for body in (b"one", b"two"):
+            head = f"POST / HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            response = await pool.send(port, head, body, method="POST", connect_timeout=2)
+            assert await response.read() == b"ok"
+            response.release()
+        pool.close()
+
+    assert len(run(serve, client)) == 2
+    assert bodies == [b"one", b"two"]
+
+
+def test_chunked_close_delimited_and_head_responses() -> None:
+    answers = {
+        b"/chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        b"/until-close": b"HTTP/1.0 200 OK\r\n\r\nall of it",
+        b"/head": b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n",
+        b"/continue": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 1\r\n\r\nx",
+    }
+
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        head, _ = await read_request(r)
+        path = head.split(b" ")[1]
+        w.write(answers[path])
+        await w.drain()
+
+    async def client(port: int, accepted: list[int]) -> None:
+        pool = Pool()
+        got = {}
+        for path, method in (
+            ("/chunked", "GET"),
+            ("/until-close", "GET"),
+            ("/head", "HEAD"),
+            ("/continue", "GET"),
+        ):
+            response = await pool.send(
+                port, request(method, path), b"", method=method, connect_timeout=2
+            )
+            got[path] = (response.status, await response.read(), response.header("content-length"))
+            response.release()
+        pool.close()
+        assert got == {
+            "/chunked": (200, b"abcde", None),
+            "/until-close": (200, b"all of it", None),
+            "/head": (200, b"", "1000"),
+            "/continue": (201, b"x", "1"),
+        }
+
+    run(serve, client)
+
+
+def test_failures_say_whether_the_request_reached_the_dyno() -> None:
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        head, _ = await read_request(r)
+        if b"/mid-body" in head:
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
+            await w.drain()
+        # /no-answer: hang up without a byte
+
+    async def client(port: int, accepted: list[int]) -> None:
+        pool = Pool()
+        with pytest.raises(Broken):
+            await pool.send(
+                port, request("GET", "/no-answer"), b"", method="GET", connect_timeout=2
+            )
+        response = await pool.send(
+            port, request("GET", "/mid-body"), b"", method="GET", connect_timeout=2
+        )
+        with pytest.raises(Broken):
+            await response.read()
+        response.release()
+        server_gone = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        free = server_gone.sockets[0].getsockname()[1]
+        server_gone.close()
+        await server_gone.wait_closed()
+        with pytest.raises(Refused):
+            await pool.send(free, request(), b"", method="GET", connect_timeout=2)
+        pool.close()
+
+    run(serve, client)
+
+
+def test_a_large_body_streams_with_backpressure() -> None:
+    size = 8 * 1024 * 1024
+
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_request(r)
+        w.write(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
+        block = b"x" * 65536
+        for _ in range(size // len(block)):
+            w.write(block)
+            await w.drain()
+
+    async def client(port: int, accepted: list[int]) -> None:
+        pool = Pool()
+        response = await pool.send(port, request(), b"", method="GET", connect_timeout=2)
+        total, most = 0, 0
+        async for chunk in response.chunks():
+            total += len(chunk)
+            most = max(most, response.conn.buffered)
+            await asyncio.sleep(0)  # a slow reader
+        response.release()
+        pool.close()
+        assert total == size
+        assert most <= 2 * 1024 * 1024  # reading paused: not the whole body in memory
+
+    run(serve, client)
