@@ -43,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "api_token": None,
     "dyno_grace_seconds": 30,
     "dyno_boot_timeout": 60,
+    "dyno_max_children": 32,
     "router_port": 5080,
     "router_timeout": 30,
     "queue_url": None,
@@ -80,6 +81,7 @@ class Settings:
     api_token: str | None = None
     dyno_grace_seconds: float = 30
     dyno_boot_timeout: float = 60  # a web dyno binds $PORT within this, or crashes (R10)
+    dyno_max_children: int = 32  # live child dynos per app (forked by its dynos)
     router_port: int = 5080  # http://APP.localhost:5080/ (0: a free port, in router.json)
     router_timeout: float = 30  # seconds until a response's headers (H12 after)
     queue_url: str | None = None
@@ -153,6 +155,7 @@ class Settings:
                 api_token=raw["api_token"] or None,
                 dyno_grace_seconds=float(raw["dyno_grace_seconds"]),
                 dyno_boot_timeout=float(raw["dyno_boot_timeout"]),
+                dyno_max_children=int(raw["dyno_max_children"]),
                 router_port=int(raw["router_port"]),
                 router_timeout=float(raw["router_timeout"]),
                 queue_url=raw["queue_url"] or None,
@@ -227,6 +230,7 @@ def validate(settings: Settings) -> Settings:
         "slug_max_files",
         "dyno_disk_bytes",
         "sandbox_uid_count",
+        "dyno_max_children",
     ):
         if getattr(settings, key) <= 0:
             raise UsageError(f"selfhost.{key} must be positive")

@@ -570,10 +570,20 @@ def _finished(client: PlatformClient, app: str, dyno_id: str) -> dict[str, Any]:
         time.sleep(0.05)
 
 
-@task(help={"app": "the app", "json": "print the dynos as JSON", "api": API_HELP})
-def ps_list(c: Context, app: str, json: bool = False, api: str | None = None) -> None:
+@task(
+    help={
+        "app": "the app",
+        "json": "print the dynos as JSON",
+        "api": API_HELP,
+        "tree": "the process tree: PID, PPID, STATE and CMD, each child under its parent",
+    }
+)
+def ps_list(
+    c: Context, app: str, json: bool = False, api: str | None = None, tree: bool = False
+) -> None:
     """List an app's dynos: name, type, state, since, command, and the job each worker
-    runs (with its parent job)."""
+    runs (with its parent job); with --tree, as a process tree (dynos fork children
+    with bin/fork)."""
     from selfhost.cli.jobs import describe
 
     s = settings(c)
@@ -615,6 +625,26 @@ def ps_list(c: Context, app: str, json: bool = False, api: str | None = None) ->
             return describe(job)
         return f"job {d['parent']}" if d.get("parent") else "-"
 
+    if tree:
+        ui.table(
+            f"process tree of {app}",
+            ["PID", "PPID", "STATE", "DYNO", "CMD"],
+            [
+                (
+                    d.get("pid", 0),
+                    d.get("ppid", 0),
+                    d["state"]
+                    if d.get("exit_code") is None
+                    else f"{d['state']} ({d['exit_code']})",
+                    d["name"],
+                    "  " * depth
+                    + short(d["command"], 60 - 2 * depth)
+                    + (f"  [{job_of(d)}]" if job_of(d) != "-" else ""),
+                )
+                for d, depth in process_tree(dynos)
+            ],
+        )
+        return
     ui.table(
         f"dynos of {app}",
         ["dyno", "type", "state", "port", "routing", "since", "command", "job", "restarts", "exit"],
@@ -634,6 +664,25 @@ def ps_list(c: Context, app: str, json: bool = False, api: str | None = None) ->
             for d in dynos
         ],
     )
+
+
+def process_tree(dynos: list[dict[str, Any]]) -> list[tuple[dict[str, Any], int]]:
+    """The dynos in tree order with their depth: each after its parent, siblings by PID;
+    a dyno whose parent is not listed (it ended) is a root."""
+    by_id = {d["id"]: d for d in dynos}
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for d in dynos:
+        parent = d.get("parent_dyno")
+        children.setdefault(parent if parent in by_id else None, []).append(d)
+    out: list[tuple[dict[str, Any], int]] = []
+
+    def walk(parent: str | None, depth: int) -> None:
+        for d in sorted(children.get(parent, []), key=lambda d: d.get("pid", 0)):
+            out.append((d, depth))
+            walk(d["id"], depth + 1)
+
+    walk(None, 0)
+    return out
 
 
 def routing_state(s: Settings, app: str) -> dict[str, str]:

@@ -111,7 +111,10 @@ def endpoints(
         return str(manager.store.app(app)["name"])
 
     def dynos_create(call: Call, app: str) -> Reply:
-        dyno = manager.run(name_of(app), given(parse(DynoCreate, call.json())))
+        # a dyno's token: the new dyno is its child (the process tree)
+        dyno = manager.run(
+            name_of(app), given(parse(DynoCreate, call.json())), by=call.principal.dyno_id
+        )
         return 201, as_json(call, dyno)
 
     def dynos_list(call: Call, app: str) -> Reply:

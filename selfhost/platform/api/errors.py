@@ -18,6 +18,7 @@ STATUS = {
     "not_acceptable": 406,
     "conflict": 409,
     "payload_too_large": 413,
+    "quota_exceeded": 429,
     "invalid_params": 422,
     "invalid_slug": 422,
     "invalid_stage": 422,

@@ -119,6 +119,7 @@ class DynoSettings:
     docker_url: str | None = None
     grace_seconds: float = 30.0
     boot_timeout: float = 60.0  # a web dyno binds $PORT within this, or crashes (R10)
+    max_children: int = 32  # live child dynos per app (see DynoManager.run)
     sandbox_uid_base: int = 1_700_000_000
     sandbox_uid_count: int = 65536
     disk_bytes: int = 1 << 30
@@ -139,6 +140,7 @@ class DynoSettings:
             docker_url=s.docker_url,
             grace_seconds=s.dyno_grace_seconds,
             boot_timeout=s.dyno_boot_timeout,
+            max_children=s.dyno_max_children,
             sandbox_uid_base=s.sandbox_uid_base,
             sandbox_uid_count=s.sandbox_uid_count,
             disk_bytes=s.dyno_disk_bytes,
@@ -230,6 +232,11 @@ class Dyno:
     attach: bool = False
     ttl: float | None = None
     parent: str | None = None  # the job that started it (compile workers)
+    #: the process tree: the app's short number for it, and its parent's (0: started by
+    #: the platform or a person), whose dyno id is ``parent_dyno`` (docs/platform.md)
+    pid: int = 0
+    ppid: int = 0
+    parent_dyno: str | None = None
     port: int | None = None
     listen: str | None = None  # the address a distccd dyno listens on
     state: str = "starting"
@@ -339,7 +346,7 @@ class Dyno:
         opens it has no input to give: the command reads EOF)."""
         http = (
             f"{base_url}/dynos/{self.id}/attach?token={self.attach_token}"
-            if self.attach and base_url
+            if (self.attach or self.parent_dyno) and base_url
             else None
         )
         return {
@@ -360,6 +367,9 @@ class Dyno:
             "restarts": self.restarts,
             "engine": self.engine,
             "parent": self.parent,
+            "pid": self.pid,
+            "ppid": self.ppid,
+            "parent_dyno": self.parent_dyno,
             "port": self.port,
             "listen": self.listen,
             "stats": self.stats,
@@ -407,6 +417,9 @@ KEPT_FIELDS = (
     "engine",
     "ttl",
     "parent",
+    "pid",
+    "ppid",
+    "parent_dyno",
     "port",
     "listen",
     "restarts",
@@ -667,8 +680,10 @@ class DynoManager:
             return f"{kind}.{n}"
 
     # ------------------------------------------------------------------ API-level
-    def run(self, app: str, body: dict[str, Any]) -> Dyno:
-        """``POST /apps/{app}/dynos``: a one-off dyno of the current release."""
+    def run(self, app: str, body: dict[str, Any], by: str | None = None) -> Dyno:
+        """``POST /apps/{app}/dynos``: a one-off dyno of the current release. Asked for
+        by a dyno (``by``, the id behind its token), it is that dyno's child: see
+        :meth:`_parent_for`."""
         command = body.get("command")
         if not isinstance(command, str) or not command.strip():
             raise invalid("command must be a non-empty string (the command line to run)")
@@ -699,6 +714,9 @@ class DynoManager:
         engine = body.get("engine") or self.settings.engine
         if engine not in ("bwrap", "docker"):
             raise invalid("engine must be bwrap or docker")
+        parent = self._parent_for(by) if by else None
+        if parent is not None:
+            ttl = self._child_ttl(parent, ttl)
         return self.start(
             app,
             kind,
@@ -710,7 +728,54 @@ class DynoManager:
             attach=bool(body.get("attach")),
             engine=engine,
             parent=body.get("parent"),
+            parent_dyno=parent,
         )
+
+    # ------------------------------------------------------------------ the process tree
+    def _parent_for(self, by: str) -> Dyno | None:
+        """The dyno that asks for a one-off is its parent (a fork); one that is ending
+        may not fork (its children would outlive it)."""
+        parent = self.by_id(by)
+        if parent is None:
+            return None  # a token of a dyno this daemon does not run (it ended)
+        if not parent.live or parent.stopping:
+            raise Refused(
+                "conflict",
+                f"{parent.name} (pid {parent.pid}) is stopping: it may not start children",
+            )
+        return parent
+
+    def _child_ttl(self, parent: Dyno, ttl: float | None) -> float | None:
+        """A child lives no longer than its parent may: its time to live is at most what
+        is left of the parent's."""
+        if parent.ttl is None:
+            return ttl
+        left = parent.ttl - (time.monotonic() - parent.started)
+        if left < 1:
+            raise Refused(
+                "conflict",
+                f"{parent.name} (pid {parent.pid}) has under a second to live: "
+                "it may not start children",
+            )
+        return left if ttl is None else min(ttl, left)
+
+    def max_children(self, app: str) -> int:
+        """Live children an app may have: ``selfhost.dyno_max_children``, or less if the
+        app's ``SELFHOST_MAX_CHILDREN`` config var says so."""
+        limit = self.settings.max_children
+        own = self.store.config(app).get("SELFHOST_MAX_CHILDREN", "")
+        if own.strip().isdigit():
+            limit = min(limit, int(own))
+        return limit
+
+    def children(self, dyno: Dyno) -> list[Dyno]:
+        with self.lock:
+            return [d for d in self.dynos.values() if d.parent_dyno == dyno.id and d.live]
+
+    def _stop_children(self, dyno: Dyno, why: str) -> None:
+        """The process group: a parent's end (or stop) stops its children, and theirs."""
+        for child in self.children(dyno):
+            self.stop(child, f"its parent {dyno.name} (pid {dyno.pid}) {why}")
 
     def start(
         self,
@@ -726,6 +791,7 @@ class DynoManager:
         name: str | None = None,
         parent: str | None = None,
         tty: tuple[int, int] | None = None,
+        parent_dyno: Dyno | None = None,
     ) -> Dyno:
         """Start a dyno of the app's current release; return at once."""
         release = self.store.current_release(app)
@@ -751,9 +817,26 @@ class DynoManager:
             ttl=ttl,
             parent=parent,
             tty=tty if attach else None,
+            pid=self.store.next_pid(release["app"]["id"]),
         )
         config = self.store.config(app)
+        limit = self.max_children(app) if parent_dyno is not None else 0
         with self.lock:
+            if parent_dyno is not None:
+                # checked and counted at once: concurrent forks cannot pass the quota
+                if not parent_dyno.live or parent_dyno.stopping:
+                    raise Refused("conflict", f"{parent_dyno.name} is stopping: no children")
+                live = sum(
+                    1 for d in self.dynos.values() if d.app == dyno.app and d.parent_dyno and d.live
+                )
+                if live >= limit:
+                    raise Refused(
+                        "quota_exceeded",
+                        f"{dyno.app} has {live} live child dynos, the most it may have "
+                        f"({limit}: selfhost.dyno_max_children, or the app's "
+                        "SELFHOST_MAX_CHILDREN config var if lower); wait for one to end",
+                    )
+                dyno.parent_dyno, dyno.ppid = parent_dyno.id, parent_dyno.pid
             self.dynos[dyno.id] = dyno
         threading.Thread(
             target=self._lifecycle, args=(dyno, config, env), daemon=True, name=f"dyno-{dyno.name}"
@@ -826,6 +909,8 @@ class DynoManager:
             output.close()
         self._release(dyno, held)
         dyno.finish()
+        with contextlib.suppress(Exception):
+            self._stop_children(dyno, "ended")
         self._exited(dyno)
         self._forget_old(dyno.app)
 
@@ -1057,7 +1142,19 @@ class DynoManager:
             except Exception as exc:  # one bad record stops none of the others
                 self.log(f"dynos: cannot adopt {record.get('id')}: {exc!r}")
                 shutil.rmtree(self.paths.kept / str(record.get("id")), ignore_errors=True)
+        with self.lock:
+            orphaned = [
+                d
+                for d in self.dynos.values()
+                if d.parent_dyno and d.live and not self._alive(d.parent_dyno)
+            ]
+        for child in orphaned:  # its parent ended while no daemon watched
+            self.stop(child, f"its parent (pid {child.ppid}) ended")
         return adopted
+
+    def _alive(self, dyno_id: str) -> bool:
+        found = self.dynos.get(dyno_id)
+        return found is not None and found.live
 
     def _adopt(self, record: dict[str, Any]) -> int:
         fields = record["dyno"]
@@ -1150,6 +1247,7 @@ class DynoManager:
             return
         dyno.stopping = True
         dyno.reason = reason
+        self._stop_children(dyno, "is stopping")
         self._changed(dyno)  # out of the router's rotation before its SIGTERM
         self.app_log(dyno.app).write("heroku", dyno.name, f"Stopping ({reason}): SIGTERM")
         thread = threading.Thread(target=self._stop_process, args=(dyno, grace), daemon=True)

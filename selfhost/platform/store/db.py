@@ -18,7 +18,9 @@ Directory (``<workspace>/platform`` unless ``selfhost.platform_dir`` is set)::
 Schema (version 1)::
 
     meta(key PRIMARY KEY, value)                      schema_version, account_id,
-                                                      app_number_max (of destroyed apps)
+                                                      app_number_max (of destroyed apps),
+                                                      pid_max:<app id> (the app's last
+                                                      dyno PID, see next_pid)
     apps(id PK, name UNIQUE, stack, created_at, updated_at)
     slugs(id PK, app_id → apps, checksum, size, blob_sha256, upload_token,
           process_types JSON, commit_sha, commit_description,
@@ -367,6 +369,16 @@ class Store:
             ).fetchone()[0]
             db.execute("INSERT INTO app_numbers VALUES (?, ?)", (app_id, number))
             return int(number)
+
+    def next_pid(self, app_id: str) -> int:
+        """The app's next dyno PID (1, 2, ...): short, never reused, kept across daemon
+        restarts (``meta.pid_max:<app id>``), as ``ps`` shows it."""
+        key = f"pid_max:{app_id}"
+        with self.tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            pid = int(row[0]) + 1 if row else 1
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(pid)))
+            return pid
 
     def issue_token(self, app_id: str, dyno_id: str) -> str:
         """A new token scoped to one app, for one dyno (revoked when the dyno ends)."""

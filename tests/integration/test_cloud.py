@@ -1,0 +1,161 @@
+"""Cloud processes on real parts: examples/montecarlo compiled by a compile worker (an
+app-compile job, the slug's tcc), its parent dyno forking child dynos with bin/fork and
+reading their results through pipes; the process tree, the process group, the quota."""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from selfhost.platform.client import PlatformClient
+from tests.integration.conftest import REPO, Run, invoke
+from tests.integration.test_workers import client_of, wait_for
+
+pytestmark = pytest.mark.slow
+GRACE = 3
+
+
+@pytest.fixture(scope="module")
+def cloud(
+    tcc_slug, stacks, tmp_path_factory
+) -> Iterator[tuple[Callable[..., Run], PlatformClient]]:
+    """The tcc slug as 'mc-builders' with one compile worker; montecarlo compiled by it
+    and released as 'montecarlo'."""
+    ws, _ = tcc_slug
+    env = {
+        "INVOKE_SELFHOST_PLATFORM_DIR": str(tmp_path_factory.mktemp("cloud") / "platform"),
+        "INVOKE_SELFHOST_DYNO_GRACE_SECONDS": str(GRACE),
+        "INVOKE_SELFHOST_ROUTER_PORT": "0",
+        "INVOKE_SELFHOST_DYNO_MAX_CHILDREN": "12",
+    }
+
+    def cli(*args: str, timeout: float = 900) -> Run:
+        return invoke(list(args), ws, stacks, timeout=timeout, **env)
+
+    cli.env = env  # type: ignore[attr-defined]
+    try:
+        assert cli("release", "--app", "mc-builders").code == 0
+        assert cli("scale", "--app", "mc-builders", "worker=1").code == 0
+        source = str(REPO / "examples" / "montecarlo")
+        job = cli(
+            "jobs.submit",
+            "--app",
+            "mc-builders",
+            "--kind",
+            "app-compile",
+            "--source",
+            source,
+            "--target",
+            "montecarlo",
+            "--wait",
+        )
+        assert job.code == 0, job.output
+        yield cli, client_of(cli)
+    finally:
+        cli("platform.down")
+
+
+class Parent:
+    """A parent dyno started through the API, its output read as it comes."""
+
+    def __init__(self, client: PlatformClient, command: str):
+        self.client = client
+        self.info = client.create_dyno("montecarlo", {"command": command, "attach": True})
+        self.output = b""
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        for chunk in self.client.stream(self.info["attach_http_url"]):
+            self.output += chunk
+
+    def children(self) -> list[dict[str, Any]]:
+        me = self.client.dyno("montecarlo", self.info["id"])
+        return [
+            d
+            for d in self.client.dynos("montecarlo")
+            if d["ppid"] == me["pid"] and d["state"] in ("starting", "up")
+        ]
+
+    def finished(self, timeout: float = 300) -> str:
+        self.thread.join(timeout)
+        return self.output.decode(errors="replace")
+
+
+def report(text: str) -> dict[str, float]:
+    return {k: float(v) for k, v in re.findall(r"^(\w+)\s+([\d.]+)", text, re.M)}
+
+
+def test_ten_children_in_the_tree_and_the_estimate(cloud):
+    cli, client = cloud
+    trials = 400_000_000
+    parent = Parent(client, f"montecarlo --trials {trials} --workers 10 --stdout /tmp/result.txt")
+    kids = wait_for(lambda: len(parent.children()) == 10 and parent.children(), 120, "10 kids")
+    me = client.dyno("montecarlo", parent.info["id"])
+    assert me["pid"] > 0 and {k["ppid"] for k in kids} == {me["pid"]}
+    assert len({k["pid"] for k in kids}) == 10
+    assert all(k["parent_dyno"] == me["id"] for k in kids)
+    tree = cli("ps", "--app", "montecarlo", "--tree")
+    assert tree.code == 0, tree.output
+    assert "PPID" in tree.stdout and "  montecarlo --child" in tree.stdout, tree.stdout
+    text = parent.finished()
+    got = report(text)
+    assert got.get("trials") == trials and got.get("workers") == 10, text
+    sigma = 4 * math.sqrt((math.pi / 4) * (1 - math.pi / 4) / trials)
+    assert got["error"] < 6 * sigma, text
+    assert abs(got["result"] - 4 * got["points"] / trials) < 1e-9
+    assert client.dyno("montecarlo", parent.info["id"])["exit_code"] == 0
+
+
+def test_stopping_the_parent_stops_its_children(cloud):
+    _, client = cloud
+    parent = Parent(client, "montecarlo --trials 100000000000 --workers 4")
+    kids = wait_for(lambda: len(parent.children()) == 4 and parent.children(), 120, "4 kids")
+    stopped = time.monotonic()
+    client.stop_dyno("montecarlo", parent.info["id"])
+
+    def gone() -> bool:
+        states = {client.dyno("montecarlo", k["id"])["state"] for k in kids}
+        return not states & {"starting", "up"}
+
+    wait_for(gone, GRACE + 15, "the children to end")
+    assert time.monotonic() - stopped < GRACE + 15
+    for k in kids:
+        assert "its parent" in (client.dyno("montecarlo", k["id"])["reason"] or "")
+
+
+def test_the_quota_of_live_children_says_so(cloud):
+    cli, _ = cloud
+    assert cli("config", "--app", "montecarlo", "SELFHOST_MAX_CHILDREN=2").code == 0
+    try:
+        run = cli("run", "--app", "montecarlo", "--", "montecarlo --trials 1000000 --workers 3")
+        assert run.code != 0
+        assert "429" in run.output and "the most it may have (2" in run.output, run.output
+        assert "Traceback" not in run.output
+    finally:
+        cli("config", "--app", "montecarlo", "SELFHOST_MAX_CHILDREN=")
+
+
+def test_a_childs_token_cannot_touch_another_app(cloud):
+    cli, _ = cloud
+    probe = (
+        "import os, selfhost_fork as f; os.environ['SELFHOST_APP'] = 'mc-builders'; "
+        "f.fork(['true'])"
+    )
+    run = cli("run", "--app", "montecarlo", "--", f'fork run -- python3 -c "{probe}"')
+    assert run.code != 0
+    assert "403" in run.output and "own app" in run.output, run.output
+
+
+def test_fork_is_in_every_slug(cloud):
+    cli, _ = cloud
+    run = cli("run", "--app", "mc-builders", "--", "fork run -- echo from a child")
+    assert run.code == 0 and "from a child" in run.output, run.output
+    assert Path(REPO / "selfhost/platform/fork.py").is_file()
