@@ -168,6 +168,8 @@ def _options(args: list[str]) -> tuple[dict[str, Any], list[str]]:
     options: dict[str, Any] = {"env": {}}
     while args and args[0] != "--":
         flag = args.pop(0)
+        if not flag.startswith("-"):
+            raise ForkError(f"no command: put it after -- (fork run -- {flag} ...)\n{USAGE}")
         if flag not in ("--size", "--ttl", "--env") or not args:
             raise ForkError(f"unknown option or missing value: {flag}\n{USAGE}")
         value = args.pop(0)

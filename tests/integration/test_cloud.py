@@ -126,9 +126,27 @@ def test_stopping_the_parent_stops_its_children(cloud):
         return not states & {"starting", "up"}
 
     wait_for(gone, GRACE + 15, "the children to end")
-    assert time.monotonic() - stopped < GRACE + 15
+    assert time.monotonic() - stopped < GRACE  # they die of SIGTERM
     for k in kids:
         assert "its parent" in (client.dyno("montecarlo", k["id"])["reason"] or "")
+
+
+def test_a_child_that_ignores_sigterm_is_killed_after_the_grace(cloud):
+    _, client = cloud
+    stubborn = "fork run -- sh -c \"trap '' TERM; while :; do sleep 1; done\""
+    parent = Parent(client, stubborn)
+    kid = wait_for(lambda: parent.children(), 120, "the child")[0]
+    wait_for(lambda: client.dyno("montecarlo", kid["id"])["state"] == "up", 60, "the child up")
+    stopped = time.monotonic()
+    client.stop_dyno("montecarlo", parent.info["id"])
+    wait_for(
+        lambda: client.dyno("montecarlo", kid["id"])["state"] not in ("starting", "up"),
+        GRACE + 15,
+        "the child to end",
+    )
+    took = time.monotonic() - stopped
+    assert GRACE - 0.5 < took < GRACE + 5, took  # SIGKILL after the grace
+    assert client.dyno("montecarlo", kid["id"])["exit_code"] == 137
 
 
 def test_the_quota_of_live_children_says_so(cloud):

@@ -586,6 +586,8 @@ def stage(job: Job) -> dict[str, Any]:
 
 def app_compile(job: Job) -> dict[str, Any]:
     """Compile an app with the slug's compiler into a slug; release it to the target."""
+    from selfhost.errors import SlugError
+    from selfhost.platform.slugs.shipped import add_shipped
     from selfhost.platform.slugs.slug import SlugContents, pack, parse_procfile, read_slugignore
     from selfhost.platform.slugs.slug import unpack as unpack_slug
 
@@ -626,6 +628,10 @@ def app_compile(job: Job) -> dict[str, Any]:
     job.progress("pack the slug")
     contents = SlugContents()
     contents.add_tree(app_dir, ignore=[*read_slugignore(app_dir), ".slugignore"])
+    try:
+        add_shipped(contents)  # bin/fork, as in every slug
+    except SlugError as exc:
+        raise JobFailed(exc.message) from None
     slug_path = work / "slug.tgz"
     info = pack(contents, slug_path, mtime=0, process_types=process_types)
     job.progress(f"upload the slug ({info.size} bytes); the platform releases it")

@@ -20,15 +20,22 @@ _LISTEN = "0A"
 
 
 def listening(pid: int, port: int) -> bool:
-    """Whether a socket listens on TCP ``port`` in the network namespace of ``pid``."""
+    """Whether a socket listens on TCP ``port`` in the network namespace of ``pid``.
+
+    The kernel lists listening sockets first (its listening hash, then the established
+    one), so the read stops at the first socket in another state: a busy server's
+    thousands of TIME_WAIT lines are neither generated nor parsed (they made this a 2 ms
+    call, every 100 ms, in the router)."""
     want = f":{port:04X}"
     for table in ("tcp", "tcp6"):
         try:
-            with open(f"/proc/{pid}/net/{table}", encoding="ascii") as f:
+            with open(f"/proc/{pid}/net/{table}", encoding="ascii", buffering=4096) as f:
                 next(f, None)  # the header
                 for line in f:
                     fields = line.split(None, 4)
-                    if len(fields) > 3 and fields[3] == _LISTEN and fields[1].endswith(want):
+                    if len(fields) < 4 or fields[3] != _LISTEN:
+                        break
+                    if fields[1].endswith(want):
                         return True
         except OSError:
             continue

@@ -12,10 +12,9 @@ Slug layout (under ``./app``)::
                               worker:..., its .slugignore and .profile.d), or the
                               platform's own compile-worker app (the default)
     .profile.d/000-selfhost.sh  PATH, LD_LIBRARY_PATH (the recipe's library_path) relative
-                              to /app, SELFHOST_COMPILER, SELFHOST_PREFIX, SELFHOST_CC,
-                              PYTHONPATH (for selfhost_fork)
-    vendor/selfhost/bin/fork  cloud processes: fork child dynos, read their output
-    vendor/selfhost/python/selfhost_fork.py    (selfhost/platform/fork.py, stdlib only)
+                              to /app, SELFHOST_COMPILER, SELFHOST_PREFIX, SELFHOST_CC
+    vendor/selfhost/, .profile.d/001-selfhost-fork.sh    bin/fork and selfhost_fork, as
+                              in every slug (selfhost/platform/slugs/shipped.py)
     vendor/<name>/...         the final stage's install tree, byte for byte
     selfhost.json             what was packed: recipe, stage, input hash, tree digest,
                               fixpoint, sources, the build stack and the run stack
@@ -43,6 +42,7 @@ from selfhost.compilers.recipe import Recipe
 from selfhost.config import Settings
 from selfhost.errors import SlugError
 from selfhost.platform.slugs.lint import Lint, lint_slug
+from selfhost.platform.slugs.shipped import add_shipped
 from selfhost.platform.slugs.slug import (
     SlugContents,
     SlugInfo,
@@ -82,21 +82,6 @@ exec python3 -m selfhost.stages.rebuild "$@"
 """
 
 
-FORK = """\
-#!/bin/sh
-# Fork child dynos of this release: fork run -- CMD [ARG...] (see fork --help)
-exec python3 /app/vendor/selfhost/python/selfhost_fork.py "$@"
-"""
-
-
-def add_fork_client(contents: SlugContents) -> None:
-    """``bin/fork`` and its Python module, in every slug (:mod:`selfhost.platform.fork`)."""
-    from selfhost.platform import fork
-
-    contents.add_file("vendor/selfhost/python/selfhost_fork.py", source=Path(fork.__file__))
-    contents.add_file("vendor/selfhost/bin/fork", data=FORK.encode(), executable=True)
-
-
 def add_worker_packages(contents: SlugContents) -> None:
     """Vendor the compile worker's packages at ``vendor/python``."""
     import importlib.util
@@ -123,8 +108,7 @@ def profile_script(recipe: Recipe) -> bytes:
         f"export SELFHOST_COMPILER={recipe.name}\n"
         f"export SELFHOST_PREFIX={prefix}\n"
         f"export SELFHOST_CC={recipe.compiler_command}\n"
-        f'export PATH="{prefix}/bin:/app/bin:/app/vendor/selfhost/bin:$PATH"\n'
-        'export PYTHONPATH="/app/vendor/selfhost/python${PYTHONPATH:+:$PYTHONPATH}"\n'
+        f'export PATH="{prefix}/bin:/app/bin:$PATH"\n'
         f'export LD_LIBRARY_PATH="{libs}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}"\n'
     ).encode()
 
@@ -181,14 +165,13 @@ def assemble(
     vendored = recipe.prefix.removeprefix("/app/")
     contents = SlugContents()
     contents.add_tree(app, ignore=[*read_slugignore(app), ".slugignore"])
-    for shipped in (vendored, "vendor/selfhost"):
-        if any(p == shipped or p.startswith(f"{shipped}/") for p in contents.entries):
-            raise SlugError(
-                f"the app has its own {shipped}: it would hide what selfhost ships there",
-                hint=f"remove {app / shipped}, or list it in .slugignore",
-            )
+    if any(p == vendored or p.startswith(f"{vendored}/") for p in contents.entries):
+        raise SlugError(
+            f"the app has its own {vendored}: it would hide the runtime",
+            hint=f"remove {app / vendored}, or list it in .slugignore",
+        )
     contents.add_file(PROFILE, data=profile_script(recipe))
-    add_fork_client(contents)
+    add_shipped(contents)
     contents.add_tree(final_tree, under=vendored)
     contents.add_file(
         "selfhost.json", data=(json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode()
