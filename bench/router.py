@@ -68,6 +68,12 @@ def routed(platform: Path) -> list[dict[str, Any]]:
     return [d for d in state["apps"].get("bench", {}).get("dynos", []) if d["routable"]]
 
 
+def routed_state(platform: Path) -> Any:
+    info = json.loads((platform / "router.json").read_text())
+    with urllib.request.urlopen(info["url"] + "/router", timeout=5) as resp:
+        return json.loads(resp.read())
+
+
 def wait_for(check, timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -200,7 +206,12 @@ def cold_start(platform: Path, router_port: int, rounds: int) -> None:
         status = get(router_port, timeout=90)
         cold.append(time.perf_counter() - t)
         if status != 200:
-            raise SystemExit(f"the cold request got {status}:\n{log.read_text()[mark:]}")
+            state = routed_state(platform)
+            table = (platform / "routes.json").read_text()
+            raise SystemExit(
+                f"the cold request got {status}:\n{log.read_text()[mark:]}\n"
+                f"router: {state}\nroutes.json: {table}"
+            )
         # the daemon follows the dyno's output into the log a moment after it was written
         text = wait_for(
             lambda at=mark: "tcc-web: listening on" in (t := log.read_text()[at:]) and t,

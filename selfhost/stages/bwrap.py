@@ -490,14 +490,23 @@ def keeper_alive(record: dict[str, Any]) -> bool:
         os.close(process.pidfd)
 
 
-def _below_keeper(pid: int) -> int:
-    """The keeper's child (bwrap, once exec'd), or the keeper while it has none."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
-            children = f.read().split()
-    except OSError:
-        return pid
-    return int(children[0]) if children else pid
+def _below_keeper(pid: int, wait: float = 5.0) -> int:
+    """The keeper's child (bwrap, once exec'd). The keeper forks it at once, but a
+    caller may ask first: returning the keeper then (in the host's namespace for good)
+    left a router probing the wrong process and a healthy dyno never routable. So wait
+    for the child, a bounded time; the keeper itself only if it never forks (it ended)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+                children = f.read().split()
+        except OSError:
+            return pid
+        if children:
+            return int(children[0])
+        if time.monotonic() > deadline:
+            return pid
+        time.sleep(0.002)
 
 
 class AdoptedProcess:

@@ -58,3 +58,30 @@ def test_a_new_follower_goes_on_from_the_recorded_offset(tmp_path: Path) -> None
     kept.start()
     kept.drain()
     assert "read before" not in log.read_text() and "app[web.1]: new line" in log.read_text()
+
+
+def test_the_keepers_child_is_waited_for_not_mistaken_for_the_keeper() -> None:
+    """A dyno published before its keeper forked bwrap got the keeper's pid (in the
+    host's namespace for good): the router never saw it bound."""
+    import subprocess
+    import sys
+
+    from selfhost.stages.bwrap import _below_keeper
+
+    keeper = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, time; time.sleep(0.3); subprocess.run(['sleep', '5'])",
+        ]
+    )
+    child = _below_keeper(keeper.pid)
+    try:
+        assert child != keeper.pid
+        with open(f"/proc/{child}/comm") as f:
+            assert f.read().strip() == "sleep"
+    finally:
+        if child != keeper.pid:
+            os.kill(child, 9)
+        keeper.kill()
+        keeper.wait()

@@ -4,6 +4,7 @@ have those): Host-based routing, balancing, failover, Heroku's error codes, its 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import re
 import signal
@@ -209,3 +210,30 @@ def test_h12_h14_h10(site: Site) -> None:
     site.backends["web.1"].wait()
     status, body = site.get()
     assert status == 503 and "H10" in body, body
+
+
+def test_a_table_rewritten_within_one_clock_tick_is_still_read(tmp_path: Path) -> None:
+    """Two writes of the same size in one tick into a reused inode have the same stat
+    stamp: a request's stat misses the second, the watcher's read does not."""
+    from selfhost.platform.router.proxy import Router
+
+    paths = PlatformPaths(tmp_path / "platform")
+    paths.root.mkdir()
+
+    def table(serial: int, port: int) -> str:
+        backend = {"dyno": "web.1", "id": "i", "port": port, "pid": 1, "since": 0}
+        app = {"id": "a", "web": 1, "autostart": False, "idle": 300, "backends": [backend]}
+        return json.dumps({"serial": serial, "api": "", "apps": {"hello": app}})
+
+    paths.routes.write_text(table(1, 20000))
+    router = Router(paths, log=lambda line: None)
+    assert router.reload()
+    st = os.stat(paths.routes)
+    with open(paths.routes, "r+") as f:  # same inode, same size, then the same mtime
+        f.write(table(2, 20001))
+    os.utime(paths.routes, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert not router.reload()  # the stamp cannot tell
+    assert router.reload(look=True)
+    assert router.table.serial == 2
+    assert router.table.apps["hello"].backends[0].port == 20001
+    assert not router.reload(look=True)  # nothing new
