@@ -177,3 +177,26 @@ def test_fork_is_in_every_slug(cloud):
     run = cli("run", "--app", "mc-builders", "--", "fork run -- echo from a child")
     assert run.code == 0 and "from a child" in run.output, run.output
     assert Path(REPO / "selfhost/platform/fork.py").is_file()
+
+
+def test_children_fork_too_and_live_no_longer_than_their_parent(cloud):
+    cli, client = cloud
+    run = cli("run", "--app", "montecarlo", "--", "fork run -- fork run -- echo three deep")
+    assert run.code == 0 and "three deep" in run.output, run.output
+    dynos = client.dynos("montecarlo")
+    deep = next(d for d in dynos if d["command"] == "echo three deep")
+    middle = next(d for d in dynos if d["id"] == deep["parent_dyno"])
+    top = next(d for d in dynos if d["id"] == middle["parent_dyno"])
+    assert (deep["ppid"], middle["ppid"], top["ppid"]) == (middle["pid"], top["pid"], 0)
+    # a child asks for 600 s; its parent has at most 30 left
+    parent = client.create_dyno(
+        "montecarlo",
+        {"command": "fork start --ttl 600 -- sleep 100; sleep 100", "time_to_live": 30},
+    )
+    kid = wait_for(
+        lambda: [d for d in client.dynos("montecarlo") if d["parent_dyno"] == parent["id"]],
+        60,
+        "the child",
+    )[0]
+    assert 0 < kid["time_to_live"] <= 30
+    client.stop_dyno("montecarlo", parent["id"])

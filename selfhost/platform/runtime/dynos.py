@@ -369,6 +369,7 @@ class Dyno:
             "parent": self.parent,
             "pid": self.pid,
             "ppid": self.ppid,
+            "time_to_live": self.ttl,
             "parent_dyno": self.parent_dyno,
             "port": self.port,
             "listen": self.listen,
