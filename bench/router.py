@@ -5,7 +5,9 @@ bootstrapped tcc) as app ``bench``; ``wrk`` drives it. It prints:
 
 - **throughput and latency**: requests/s, p50 and p99 for a small response at 1, 8 and
   64 connections, straight to the dyno's port and through the router, and router ÷
-  direct (goals: at least half the direct throughput; p99 at most 2 ms more at 8);
+  direct (goals: at least half the direct throughput; p99 at most 2 ms more at 8); with
+  Debian's ``haproxy`` installed, a bare HAProxy in front of the same dyno as well (the
+  reference a proxy in C gives here, without the router's features);
 - **failover**: web=3, 8 clients sending GETs, one dyno killed (``kill -9``): the
   failed requests (goal: 0) and how long the dead dyno stayed in the rotation;
 - **cold start**: with ``SELFHOST_AUTOSTART=1`` at ``web=0``, a request's latency
@@ -128,34 +130,90 @@ def server_process(pid: int) -> int:
     return below[-1] if below else pid
 
 
+HAPROXY = """\
+global
+    nbthread 1
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    option http-server-close
+frontend bench
+    bind 127.0.0.1:{listen}
+    default_backend dyno
+backend dyno
+    server web1 127.0.0.1:{port}
+"""
+
+
+def haproxy(work: Path, dyno_port: int) -> tuple[subprocess.Popen[bytes], int] | None:
+    """HAProxy (Debian's, if installed) in front of the same dyno: the reference a
+    proxy written in C gives on this machine. A bare config, none of the router's
+    features."""
+    if not shutil.which("haproxy"):
+        return None
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        listen = s.getsockname()[1]
+    config = work / "haproxy.cfg"
+    config.write_text(HAPROXY.format(listen=listen, port=dyno_port))
+    proc = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=subprocess.DEVNULL)
+    wait_for(lambda: get(listen, timeout=1) == 200, 10, "haproxy")
+    return proc, listen
+
+
 def throughput(platform: Path, router_port: int, seconds: float, rounds: int = 3) -> None:
     cli(platform, "scale", "--app", "bench", "web=1")
     dyno = wait_for(lambda: routed(platform), 120, "a routable web dyno")[0]
-    direct = f"http://127.0.0.1:{dyno['port']}/"
-    via = f"http://127.0.0.1:{router_port}/"
     host = f"bench.localhost:{router_port}"
-    wrk(direct, 8, 1, None)  # warm both
-    wrk(via, 8, 1, host)
-    print(f"connections  path     requests/s     p50       p99     errors   (median of {rounds})")
-    for connections in (1, 8, 64):
-        # direct and routed in turn, `rounds` times: this machine's steal time and
-        # neighbours move single runs by a third; medians of alternated runs do not
-        pairs = [
-            (wrk(direct, connections, seconds, None), wrk(via, connections, seconds, host))
-            for _ in range(rounds)
-        ]
-        a = {k: statistics.median(p[0][k] for p in pairs) for k in pairs[0][0]}
-        b = {k: statistics.median(p[1][k] for p in pairs) for k in pairs[0][1]}
-        for name, r in (("direct", a), ("router", b)):
-            print(
-                f"{connections:>11}  {name}  {r['rps']:>10.0f}  {r['p50'] * 1000:7.2f} ms "
-                f"{r['p99'] * 1000:7.2f} ms  {r['errors']:>5.0f}"
-            )
+    paths = {
+        "direct": (f"http://127.0.0.1:{dyno['port']}/", None),
+        "router": (f"http://127.0.0.1:{router_port}/", host),
+    }
+    reference = haproxy(platform.parent, dyno["port"])
+    if reference:
+        paths["haproxy"] = (f"http://127.0.0.1:{reference[1]}/", None)
+    try:
+        for url, header in paths.values():
+            wrk(url, 8, 1, header)  # warm each
         print(
-            f"{'':>11}  router/direct: throughput {b['rps'] / a['rps']:.2f} (goal >= 0.5), "
-            f"p99 +{(b['p99'] - a['p99']) * 1000:.2f} ms"
-            + (" (goal <= 2 ms)" if connections == 8 else "")
+            f"connections  path       requests/s     p50       p99     errors   (median of "
+            f"{rounds}{'; haproxy: the reference, not the router' if reference else ''})"
         )
+        for connections in (1, 8, 64):
+            # every path in turn, `rounds` times: this machine's steal time and
+            # neighbours move single runs by a third; medians of alternated runs do not
+            runs = [
+                {
+                    name: wrk(url, connections, seconds, header)
+                    for name, (url, header) in paths.items()
+                }
+                for _ in range(rounds)
+            ]
+            got = {
+                name: {k: statistics.median(r[name][k] for r in runs) for k in runs[0][name]}
+                for name in paths
+            }
+            for name, r in got.items():
+                print(
+                    f"{connections:>11}  {name:<8}  {r['rps']:>10.0f}  {r['p50'] * 1000:7.2f} ms "
+                    f"{r['p99'] * 1000:7.2f} ms  {r['errors']:>5.0f}"
+                )
+            a = got["direct"]
+            for name in [n for n in got if n != "direct"]:
+                b = got[name]
+                print(
+                    f"{'':>11}  {name}/direct: throughput {b['rps'] / a['rps']:.2f} "
+                    f"(goal >= 0.5), p99 +{(b['p99'] - a['p99']) * 1000:.2f} ms"
+                    + (" (goal <= 2 ms)" if connections == 8 else "")
+                )
+    finally:
+        if reference:
+            reference[0].terminate()
+            reference[0].wait()
 
 
 def failover(platform: Path, router_port: int) -> None:
