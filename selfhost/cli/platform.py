@@ -626,6 +626,12 @@ def ps_list(
         return f"job {d['parent']}" if d.get("parent") else "-"
 
     if tree:
+        try:  # compile jobs are in the tree too: a bootstrap above its stage jobs
+            jobs = client.jobs(app, ("queued", "running"))
+        except SelfhostError:
+            jobs = []
+        names = {d["id"]: d["name"] for d in dynos}
+        nodes = dynos + [job_node(j, names) for j in jobs]
         ui.table(
             f"process tree of {app}",
             ["PID", "PPID", "STATE", "DYNO", "CMD"],
@@ -639,9 +645,9 @@ def ps_list(
                     d["name"],
                     "  " * depth
                     + short(d["command"], 60 - 2 * depth)
-                    + (f"  [{job_of(d)}]" if job_of(d) != "-" else ""),
+                    + (f"  [{job_of(d)}]" if "job" in d and job_of(d) != "-" else ""),
                 )
-                for d, depth in process_tree(dynos)
+                for d, depth in process_tree(nodes)
             ],
         )
         return
@@ -666,9 +672,25 @@ def ps_list(
     )
 
 
+def job_node(job: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    """A compile job as a node of the process tree: ``job N`` under its parent job (a
+    bootstrap's stage jobs under the bootstrap), with the worker dyno that runs it."""
+    worker = (job.get("worker") or {}).get("dyno")
+    what = job["kind"] + (f" {job['params'].get('stage')}" if job["kind"] == "stage" else "")
+    return {
+        "id": f"job:{job['id']}",
+        "pid": f"job {job['id']}",
+        "ppid": f"job {job['parent']}" if job.get("parent") else "-",
+        "parent_dyno": f"job:{job['parent']}" if job.get("parent") else None,
+        "state": job["state"],
+        "name": names.get(worker, "-") if worker else "-",
+        "command": f"{what}: {job.get('progress') or ''}".rstrip(": "),
+    }
+
+
 def process_tree(dynos: list[dict[str, Any]]) -> list[tuple[dict[str, Any], int]]:
-    """The dynos in tree order with their depth: each after its parent, siblings by PID;
-    a dyno whose parent is not listed (it ended) is a root."""
+    """The dynos in tree order with their depth: each after its parent, siblings by PID
+    (jobs after dynos); a dyno whose parent is not listed (it ended) is a root."""
     by_id = {d["id"]: d for d in dynos}
     children: dict[str | None, list[dict[str, Any]]] = {}
     for d in dynos:
@@ -677,12 +699,20 @@ def process_tree(dynos: list[dict[str, Any]]) -> list[tuple[dict[str, Any], int]
     out: list[tuple[dict[str, Any], int]] = []
 
     def walk(parent: str | None, depth: int) -> None:
-        for d in sorted(children.get(parent, []), key=lambda d: d.get("pid", 0)):
+        for d in sorted(children.get(parent, []), key=_tree_order):
             out.append((d, depth))
             walk(d["id"], depth + 1)
 
     walk(None, 0)
     return out
+
+
+def _tree_order(node: dict[str, Any]) -> tuple[int, int, str]:
+    pid = node.get("pid", 0)
+    if isinstance(pid, int):
+        return (0, pid, "")
+    number = str(pid).rpartition(" ")[2]
+    return (1, int(number) if number.isdigit() else 0, str(pid))
 
 
 def routing_state(s: Settings, app: str) -> dict[str, str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from selfhost.cli.platform import process_tree
+from selfhost.cli.platform import job_node, process_tree
 from selfhost.platform import fork
 from selfhost.platform.paths import PlatformPaths
 from selfhost.platform.store.db import Store
@@ -50,3 +50,28 @@ def test_a_refusal_reaches_the_caller_with_its_message(monkeypatch):
     monkeypatch.setenv("SELFHOST_APP", "a")
     with pytest.raises(fork.ForkError, match="did not answer"):
         fork.fork(["true"])
+
+
+def test_a_bootstraps_stage_jobs_sit_under_it_in_the_tree():
+    dynos = [{"id": "w", "pid": 1, "parent_dyno": None, "name": "worker.1"}]
+    jobs = [
+        {"id": 10, "kind": "bootstrap", "params": {}, "state": "running", "parent": None},
+        {
+            "id": 11,
+            "kind": "stage",
+            "params": {"stage": 1},
+            "state": "running",
+            "parent": 10,
+            "worker": {"dyno": "w"},
+            "progress": "make",
+        },
+    ]
+    nodes = dynos + [job_node(j, {"w": "worker.1"}) for j in jobs]
+    order = [(d["pid"], depth) for d, depth in process_tree(nodes)]
+    assert order == [(1, 0), ("job 10", 0), ("job 11", 1)]
+    stage = job_node(jobs[1], {"w": "worker.1"})
+    assert (stage["ppid"], stage["name"], stage["command"]) == (
+        "job 10",
+        "worker.1",
+        "stage 1: make",
+    )
