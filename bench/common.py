@@ -39,3 +39,25 @@ def median_time(fn: Callable[[], object], rounds: int) -> float:
         fn()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def platform_invoke(platform: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``invoke ARGS`` against a benchmark's own platform directory (its router on a
+    free port, a 2 s grace); exit with its output if it fails."""
+    env = {
+        **invoke_env(),
+        "INVOKE_SELFHOST_PLATFORM_DIR": str(platform),
+        "INVOKE_SELFHOST_ROUTER_PORT": "0",
+        "INVOKE_SELFHOST_DYNO_GRACE_SECONDS": "2",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"invoke {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
+    return proc

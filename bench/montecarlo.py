@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from common import REPO, invoke_env
+from common import REPO, platform_invoke
 
 FORK_PROBE = (
     "import time, selfhost_fork as f\n"
@@ -35,23 +33,7 @@ FORK_PROBE = (
 
 
 def cli(platform: Path, *args: str) -> str:
-    env = {
-        **invoke_env(),
-        "INVOKE_SELFHOST_PLATFORM_DIR": str(platform),
-        "INVOKE_SELFHOST_ROUTER_PORT": "0",
-        "INVOKE_SELFHOST_DYNO_GRACE_SECONDS": "2",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "invoke", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"invoke {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
-    return proc.stdout
+    return platform_invoke(platform, *args).stdout
 
 
 def seconds(report: str) -> float:

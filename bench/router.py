@@ -28,7 +28,6 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -38,29 +37,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from common import REPO, invoke_env
+from common import REPO, platform_invoke
 
 UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 
 
-def cli(platform: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **invoke_env(),
-        "INVOKE_SELFHOST_PLATFORM_DIR": str(platform),
-        "INVOKE_SELFHOST_ROUTER_PORT": "0",
-        "INVOKE_SELFHOST_DYNO_GRACE_SECONDS": "2",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "invoke", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"invoke {' '.join(args)} failed:\n{proc.stdout}{proc.stderr}")
-    return proc
+cli = platform_invoke
 
 
 def routed(platform: Path) -> list[dict[str, Any]]:
