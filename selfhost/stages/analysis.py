@@ -18,9 +18,18 @@ Every differing file also gets the *strings-diff count*: the number of lines pri
                ``G2287``, numbered temporaries): a generator's counter moved
 ``build-id``   only the ``.note.gnu.build-id`` differs
 ``debug-info`` only debug sections differ (or exist on one side only)
-``ordering``   same sections sizes and symbols, laid out in a different order
+``ordering``   same sections sizes and symbols, laid out in a different order (or an
+               archive's members in another order)
 ``code``       code sections differ beyond the above
-``unknown``    none of the above fits
+``metadata``   only what an archive records about identical members: owners, modes
+``compression`` the same payload compressed differently
+``unknown``    none of the above fits: the first differing bytes are shown in context,
+               with the ELF section they belong to
+
+gzip, tar and zip files (and ``ar`` member headers) are opened by
+:mod:`selfhost.stages.containers`: their members are analysed as files, and dates,
+owners, modes and order in their headers are named (``timestamp`` for a gzip MTIME or a
+member's date).
 """
 
 from __future__ import annotations
@@ -65,6 +74,8 @@ class Cause(StrEnum):
     DEBUG_INFO = "debug-info"
     ORDERING = "ordering"
     CODE = "code"
+    METADATA = "metadata"
+    COMPRESSION = "compression"
     UNKNOWN = "unknown"
 
 
@@ -134,7 +145,9 @@ def analyse(left: bytes, right: bytes, name: str = "") -> FileAnalysis:
     elif left[:8] == AR_MAGIC and right[:8] == AR_MAGIC:
         result = analyse_archive(left, right)
     else:
-        result = analyse_other(left, right)
+        from selfhost.stages.containers import analyse_container
+
+        result = analyse_container(left, right) or analyse_other(left, right)
     if result.strings_diff_lines is None:
         result.strings_diff_lines = strings_diff_count(left, right)
     return result
@@ -228,6 +241,7 @@ class _Section:
     size: int
     flags: int
     nobits: bool
+    offset: int = 0  # in the file
 
 
 @dataclass
@@ -253,7 +267,12 @@ def _load_elf(data: bytes) -> _Elf:
         if name in sections:  # duplicate names (rare in linked files): keep them apart
             name = f"{name}#{sum(1 for n in sections if n.split('#')[0] == name)}"
         sections[name] = _Section(
-            name, b"" if nobits else section.data(), section["sh_size"], section["sh_flags"], nobits
+            name,
+            b"" if nobits else section.data(),
+            section["sh_size"],
+            section["sh_flags"],
+            nobits,
+            section["sh_offset"],
         )
         if isinstance(section, SymbolTableSection):
             table = symbols if section.name == ".symtab" else dynsym
@@ -419,7 +438,47 @@ def analyse_elf(left: bytes, right: bytes) -> FileAnalysis:
             )
         return result
     result.evidence = ["differing sections: " + ", ".join(sorted(significant))[:200]]
+    _show_first_difference(result, left, right, a, b, significant)
     return result
+
+
+def _first_difference(x: bytes, y: bytes) -> int | None:
+    if x == y:
+        return None
+    return next(
+        (i for i, (p, q) in enumerate(zip(x, y, strict=False)) if p != q), min(len(x), len(y))
+    )
+
+
+def _show_first_difference(
+    result: FileAnalysis, left: bytes, right: bytes, a: _Elf, b: _Elf, significant: set[str]
+) -> None:
+    """For a difference nothing explains: where its first byte is, in which section
+    (the first significant one that differs; a build-id that follows from it is not
+    the difference), with the bytes around it."""
+    offset, where = None, ""
+    for section in sorted(a.sections.values(), key=lambda sec: sec.offset):
+        other = b.sections.get(section.name)
+        if section.name not in significant or other is None or section.nobits:
+            continue
+        inside = _first_difference(section.data, other.data)
+        if inside is not None:
+            offset, where = section.offset + inside, f"{section.name} +0x{inside:x}"
+            break
+    if offset is None:
+        offset = _first_difference(left, right) or 0
+        where = "the ELF header or program headers" if offset < 64 else "no section"
+        for section in a.sections.values():
+            if not section.nobits and section.offset <= offset < section.offset + section.size:
+                where = f"{section.name} +0x{offset - section.offset:x}"
+                break
+    start = max(0, offset - 16)
+    result.first_difference = offset
+    result.excerpt = [
+        f"left  {start:08x}: {left[start : start + 48].hex(' ')}",
+        f"right {start:08x}: {right[start : start + 48].hex(' ')}",
+    ]
+    result.evidence.append(f"first difference at byte {offset} (0x{offset:x}), in {where}")
 
 
 def _size(size: int | None) -> str:
@@ -512,6 +571,8 @@ def analyse_archive(left: bytes, right: bytes) -> FileAnalysis:
         Cause.TIMESTAMP,
         Cause.BUILD_PATH,
         Cause.GENERATED_NAMES,
+        Cause.METADATA,
+        Cause.COMPRESSION,
         Cause.DEBUG_INFO,
         Cause.BUILD_ID,
         Cause.UNKNOWN,
@@ -526,6 +587,12 @@ def analyse_archive(left: bytes, right: bytes) -> FileAnalysis:
     evidence = [f"{len(members)} of {max(len(ma), len(mb))} members differ"]
     if header_only:
         evidence = ["every member is identical; only member order or headers differ"]
+        if cause is Cause.UNKNOWN:  # the headers, then: dates (ar without D), owners
+            from selfhost.stages.containers import ar_header_members, compare_members
+
+            headers = compare_members("archive", ar_header_members(left), ar_header_members(right))
+            cause = headers.cause
+            evidence += headers.evidence
     evidence += [f"{m['name']}: {m.get('cause', m['status'])}" for m in members[:MAX_EVIDENCE]]
     return FileAnalysis(
         kind="archive",

@@ -131,6 +131,26 @@ def test_stopping_the_parent_stops_its_children(cloud):
         assert "its parent" in (client.dyno("montecarlo", k["id"])["reason"] or "")
 
 
+def test_a_parent_that_exits_takes_its_children_with_it(cloud):
+    _, client = cloud
+    parent = client.create_dyno(
+        "montecarlo", {"command": "fork start -- sleep 100 && sleep 1 && exit 3"}
+    )
+    kid = wait_for(
+        lambda: [d for d in client.dynos("montecarlo") if d["parent_dyno"] == parent["id"]],
+        60,
+        "the child",
+    )[0]
+    wait_for(
+        lambda: client.dyno("montecarlo", kid["id"])["state"] not in ("starting", "up"),
+        GRACE + 15,
+        "the child to end",
+    )
+    assert client.dyno("montecarlo", parent["id"])["exit_code"] == 3
+    reason = client.dyno("montecarlo", kid["id"])["reason"]
+    assert f"its parent run.{parent['name'].split('.')[1]}" in reason and "ended" in reason
+
+
 def test_a_child_that_ignores_sigterm_is_killed_after_the_grace(cloud):
     _, client = cloud
     stubborn = "fork run -- sh -c \"trap '' TERM; while :; do sleep 1; done\""
