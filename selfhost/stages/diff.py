@@ -24,7 +24,7 @@ from typing import Any
 from selfhost.compilers.recipe import Exclusion, Recipe
 from selfhost.errors import UsageError
 from selfhost.hashing import SpecialFile, scan_tree
-from selfhost.stages.analysis import FileAnalysis, analyse
+from selfhost.stages.analysis import Cause, FileAnalysis, analyse
 from selfhost.stages.manifest import Manifest, glob_match
 from selfhost.workspace import Workspace
 
@@ -87,17 +87,22 @@ class Side:
     root: Path
     files: dict[str, tuple[str, int]]  # path -> (sha256 or "symlink:<target>", size)
     manifest_backed: bool = False
+    #: path -> permission bits, for files: the same bytes with another mode still differ
+    #: (a tree's digest covers modes; umask and install -m are classic causes)
+    modes: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_manifest(cls, label: str, entry: Path, manifest: Manifest, prefix: str) -> Side:
         """A stage's artifacts, relative to its prefix, straight from its manifest."""
         rel = prefix.strip("/")
         sizes = {e.path: e.size for e in manifest.files}
+        modes = {e.path: e.mode for e in manifest.files if e.kind == "file"}
         files = {
             path: (digest, sizes.get(f"{rel}/{path}", 0))
             for path, digest in manifest.artifacts.items()
         }
-        return cls(label, entry / "tree" / rel, files, manifest_backed=True)
+        own = {p: modes[f"{rel}/{p}"] for p in files if f"{rel}/{p}" in modes}
+        return cls(label, entry / "tree" / rel, files, manifest_backed=True, modes=own)
 
     @classmethod
     def from_directory(cls, label: str, root: Path) -> Side:
@@ -107,6 +112,7 @@ class Side:
             manifest = Manifest.load(manifest_path)
             return cls.from_manifest(label, root, manifest, manifest.prefix)
         files: dict[str, tuple[str, int]] = {}
+        modes: dict[str, int] = {}
         if not root.is_dir():
             raise UsageError(
                 f"{root} is not a directory",
@@ -122,9 +128,10 @@ class Side:
         for entry in entries:
             if entry.kind == "file":
                 files[entry.path] = (entry.sha256 or "", entry.size)
+                modes[entry.path] = entry.mode
             elif entry.kind == "symlink":
                 files[entry.path] = (f"symlink:{entry.target}", 0)
-        return cls(label, root, files)
+        return cls(label, root, files, modes=modes)
 
 
 @dataclass
@@ -233,7 +240,18 @@ def compare_sides(
     for path in sorted(set(left.files) | set(right.files)):
         a, b = left.files.get(path), right.files.get(path)
         res = FileResult(path, "identical", a[1] if a else None, b[1] if b else None)
+        mode_a, mode_b = left.modes.get(path), right.modes.get(path)
         if a is not None and b is not None and a[0] == b[0]:
+            if mode_a is not None and mode_b is not None and mode_a != mode_b:
+                res.status = "different"
+                res.analysis = FileAnalysis(
+                    kind="mode",
+                    cause=Cause.METADATA,
+                    evidence=[
+                        f"the same bytes with mode {mode_a:04o} / {mode_b:04o} "
+                        "(a umask, or install -m)"
+                    ],
+                )
             results.append(res)
             continue
         excluded = exclusion_for(path, exclusions)

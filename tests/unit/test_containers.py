@@ -117,3 +117,22 @@ def test_an_unexplained_elf_difference_shows_its_first_bytes_and_section(tmp_pat
     assert result.cause is Cause.UNKNOWN, result.evidence
     assert any("in .rodata" in e for e in result.evidence), result.evidence
     assert result.first_difference is not None and result.excerpt
+
+
+def test_the_same_bytes_with_another_mode_differ(tmp_path):
+    """A tree's digest covers modes: a file built under another umask is a difference."""
+    from selfhost.stages.diff import Side, compare_sides
+
+    for name, mode in (("left", 0o755), ("right", 0o775)):
+        (tmp_path / name).mkdir()
+        tool = tmp_path / name / "tool"
+        tool.write_bytes(b"#!/bin/sh\n")
+        tool.chmod(mode)
+    report = compare_sides(
+        Side.from_directory("left", tmp_path / "left"),
+        Side.from_directory("right", tmp_path / "right"),
+    )
+    assert not report.identical
+    [result] = report.differing
+    assert result.analysis is not None and result.analysis.cause is Cause.METADATA
+    assert "0755 / 0775" in result.analysis.evidence[0]
