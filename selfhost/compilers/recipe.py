@@ -136,6 +136,20 @@ class Steps:
     timeout: int = 7200  # seconds per step
 
 
+@dataclass(frozen=True)
+class Stage0:
+    """A compiler that can build stage1: the recipe's own (``[stage0]``) or one of its
+    declared alternatives (``[stage0.alternatives.NAME]``), for diverse double-compiling:
+    bootstraps from unrelated compilers that must reach the same stage2."""
+
+    name: str
+    builder: str
+    packages: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "builder": self.builder, "packages": list(self.packages)}
+
+
 @dataclass(frozen=True, kw_only=True)
 class Recipe:
     """Everything selfhost needs to bootstrap one compiler."""
@@ -161,7 +175,16 @@ class Recipe:
     exclude: tuple[Exclusion, ...] = ()
     description: str = ""
     slug_source: bool = True  # ship the source and bin/rebuild in the slug
+    #: other stage0 compilers it declares (for diverse double-compiling); not part of
+    #: any stage's inputs: the default stage0 builds the bootstrap's stage1
+    stage0_alternatives: tuple[Stage0, ...] = ()
     path: Path | None = field(default=None, compare=False)
+
+    @property
+    def stage0s(self) -> tuple[Stage0, ...]:
+        """Every stage0 it declares: its own first (named ``default``), then the others."""
+        own = Stage0("default", self.stage0_builder, self.stage0_packages)
+        return (own, *self.stage0_alternatives)
 
     @property
     def packages(self) -> tuple[str, ...]:
@@ -424,6 +447,14 @@ def parse_recipe(data: dict[str, Any], *, path: Path, text: str = "") -> Recipe:
         stage0, "stage0.builder", "builder", str, expected="the stage0 compiler, e.g. gcc"
     )
     stage0_packages = _string_list(r, stage0, "stage0.packages", "packages")
+    for key in stage0:
+        if key not in ("builder", "packages", "alternatives"):
+            raise r.fail(
+                f"stage0.{key}",
+                f"unknown field '{key}'",
+                hint="[stage0] has: builder, packages, and [stage0.alternatives.NAME] tables",
+            )
+    alternatives = _parse_stage0_alternatives(r, stage0)
     builder = r.get(
         data,
         "builder",
@@ -437,7 +468,11 @@ def parse_recipe(data: dict[str, Any], *, path: Path, text: str = "") -> Recipe:
         if key != "packages":
             raise r.fail(f"stack.{key}", f"unknown field '{key}'", hint="[stack] has: packages")
     stack_packages = _string_list(r, stack, "stack.packages", "packages")
-    for dotted, pkgs in (("stage0.packages", stage0_packages), ("stack.packages", stack_packages)):
+    named_packages = [("stage0.packages", stage0_packages), ("stack.packages", stack_packages)]
+    named_packages += [
+        (f"stage0.alternatives.{alt.name}.packages", list(alt.packages)) for alt in alternatives
+    ]
+    for dotted, pkgs in named_packages:
         for pkg in pkgs:
             if not re.match(r"^[a-z0-9][a-z0-9.+-]+$", pkg):
                 raise r.fail(dotted, f"'{pkg}' is not a Debian package name")
@@ -542,8 +577,41 @@ def parse_recipe(data: dict[str, Any], *, path: Path, text: str = "") -> Recipe:
         exclude=tuple(exclusions),
         description=str(data.get("description", "")),
         slug_source=slug_source,
+        stage0_alternatives=tuple(alternatives),
         path=path,
     )
+
+
+def _parse_stage0_alternatives(r: _Reader, stage0: dict[str, Any]) -> list[Stage0]:
+    """``[stage0.alternatives.NAME]`` tables: ``builder`` (required), ``packages``."""
+    table = r.get(
+        stage0,
+        "stage0.alternatives",
+        "alternatives",
+        dict,
+        {},
+        expected="[stage0.alternatives.NAME] tables",
+    )
+    out: list[Stage0] = []
+    for name, alt in table.items():
+        dotted = f"stage0.alternatives.{name}"
+        if not re.match(r"^[a-z0-9][a-z0-9-]*$", name) or name == "default":
+            raise r.fail(
+                dotted,
+                f"'{name}' is not a usable stage0 name",
+                hint="lower-case letters, digits and dashes ('default' is the recipe's own)",
+            )
+        if not isinstance(alt, dict):
+            raise r.fail(dotted, f"expected a table [{dotted}] with a builder")
+        for key in alt:
+            if key not in ("builder", "packages"):
+                raise r.fail(
+                    f"{dotted}.{key}", f"unknown field '{key}'", hint="it has: builder, packages"
+                )
+        builder = r.get(alt, f"{dotted}.builder", "builder", str, expected="a compiler, e.g. clang")
+        packages = tuple(_string_list(r, alt, f"{dotted}.packages", "packages"))
+        out.append(Stage0(name, builder, packages))
+    return out
 
 
 def _string_list(r: _Reader, table: dict[str, Any], dotted: str, key: str) -> list[str]:

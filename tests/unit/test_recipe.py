@@ -11,6 +11,8 @@ from selfhost.compilers import available, find_recipe
 from selfhost.compilers.recipe import FixpointPolicy, GitSource, load_recipe, locate
 from selfhost.errors import RecipeError, UsageError
 
+REPO = Path(__file__).resolve().parents[2]
+
 GOOD = textwrap.dedent("""\
     name = "toy"
     version = "1.0"
@@ -218,3 +220,59 @@ def test_debian_patches_need_the_packaging_pinned(tmp_path):
     )
     with pytest.raises(RecipeError, match="debian_sha256"):
         load_recipe(write(tmp_path, text))
+
+
+def test_alternative_stage0s_are_declared_but_change_no_stage(tmp_path):
+    """[stage0.alternatives.NAME] tables (for diverse double-compiling) list other
+    compilers; the recipe's digest, which every stage's input hash covers, ignores them."""
+    tcc = load_recipe(REPO / "selfhost/compilers/recipes/tcc.toml")
+    assert [(s.name, s.builder, s.packages) for s in tcc.stage0s] == [
+        ("default", "gcc", ()),
+        ("clang", "clang", ("clang",)),
+        ("tcc", "tcc", ("tcc",)),
+    ]
+    plain = write(tmp_path, GOOD)
+    declared = tmp_path / "declared.toml"
+    declared.write_text(
+        GOOD.replace("[stage0]", '[stage0.alternatives.clang]\nbuilder = "clang"\n\n[stage0]', 1)
+    )
+    assert load_recipe(declared).digest == load_recipe(plain).digest
+    assert [s.name for s in load_recipe(declared).stage0s] == ["default", "clang"]
+
+
+@pytest.mark.parametrize(
+    ("table", "field", "words"),
+    [
+        (
+            '[stage0.alternatives.clang]\npackages = ["clang"]',
+            "stage0.alternatives.clang.builder",
+            "missing",
+        ),
+        (
+            '[stage0.alternatives.Clang]\nbuilder = "clang"',
+            "stage0.alternatives.Clang",
+            "not a usable",
+        ),
+        (
+            '[stage0.alternatives.default]\nbuilder = "cc"',
+            "stage0.alternatives.default",
+            "not a usable",
+        ),
+        (
+            '[stage0.alternatives.x]\nbuilder = "cc"\ncolour = 1',
+            "stage0.alternatives.x.colour",
+            "unknown",
+        ),
+        (
+            '[stage0.alternatives.x]\nbuilder = "cc"\npackages = ["Bad_Name"]',
+            "stage0.alternatives.x.packages",
+            "Debian package",
+        ),
+    ],
+)
+def test_bad_alternative_stage0s_name_the_field(tmp_path, table, field, words):
+    path = write(tmp_path, GOOD.replace("[stage0]", table + "\n\n[stage0]", 1))
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert info.value.field == field, info.value.message
+    assert words in info.value.message
