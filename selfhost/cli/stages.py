@@ -9,7 +9,7 @@ from invoke import Context, Exit
 
 from selfhost.cli.base import make_engine, make_ui, settings, task
 from selfhost.compilers import find_recipe
-from selfhost.errors import UsageError
+from selfhost.errors import SelfhostError, UsageError
 
 if TYPE_CHECKING:
     from selfhost.stages.diff import DiffReport
@@ -66,6 +66,67 @@ def bootstrap(
     else:
         report(ui, outcome)
     require_fixpoint(outcome)
+
+
+@task(
+    iterable=["stage0"],
+    help={
+        "compiler": "recipe name (tcc) or a recipe .toml path; default selfhost.default_compiler",
+        "stage0": "a stage0 the recipe declares (default, or [stage0.alternatives.NAME]); "
+        "repeat it; default: every one it declares",
+        "engine": "sandbox engine: bwrap (default) or docker",
+        "json": "print the result as JSON on stdout (progress goes to stderr)",
+    },
+)
+def ddc(
+    c: Context,
+    compiler: str | None = None,
+    stage0: list[str] | None = None,
+    engine: str | None = None,
+    json: bool = False,
+) -> None:
+    """Diverse double-compiling: stage2 from several unrelated stage0s, byte-identical?"""
+    from selfhost.stages.ddc import choose_stage0s, run_ddc
+    from selfhost.stages.pipeline import Bootstrap
+
+    s = settings(c, engine=engine)
+    ui = make_ui(s, json=json)
+    recipe = find_recipe(compiler or s.default_compiler, s.recipe_dirs)
+    chosen = choose_stage0s(recipe, list(stage0 or []))
+    result = run_ddc(Bootstrap(s, make_engine(s, ui), ui), recipe, chosen)
+    if json:
+        ui.emit_json(result.to_json())
+    else:
+        ui.table(
+            f"diverse double-compiling of {recipe.name}",
+            ["stage0", "builder", "stage1 tree", "stage2 tree", "compiler sha256"],
+            [
+                (
+                    r.stage0.name,
+                    r.stage0.builder,
+                    r.stage1.manifest.tree_digest[:16],
+                    r.stage2.manifest.tree_digest[:16],
+                    ((r.tools.get("compiler") or {}).get("sha256") or "?")[:16],
+                )
+                for r in result.runs
+            ],
+        )
+        verdict = "identical" if result.identical else "DIFFERENT"
+        ui.info(
+            f"stage2 from {len(result.runs)} stage0s: {verdict} "
+            f"(ddc.json in {s.workspace / 'stages' / recipe.name})"
+        )
+    if not result.identical:
+        first, *others = result.runs
+        odd = next(
+            r for r in others if r.stage2.manifest.tree_digest != first.stage2.manifest.tree_digest
+        )
+        raise SelfhostError(
+            f"diverse double-compiling failed: the stage2 from {first.stage0.name} and "
+            f"the one from {odd.stage0.name} differ",
+            hint=f"see why: invoke diff-stages --left {first.stage2.entry} "
+            f"--right {odd.stage2.entry}",
+        )
 
 
 def parse_stages(value: str | None) -> int | None:
