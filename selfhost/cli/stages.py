@@ -129,6 +129,61 @@ def ddc(
         )
 
 
+@task(
+    help={
+        "left": "a selfhost workspace (its stage cache)",
+        "right": "another workspace, e.g. another machine's, or a CI runner's",
+        "json": "print the result as JSON on stdout",
+    },
+)
+def challenge(c: Context, left: str, right: str, json: bool = False) -> None:
+    """Did two builders get the same stages from the same input hashes? Explain any
+    difference."""
+    from selfhost.stages.challenge import challenge as run_challenge
+
+    s = settings(c)
+    ui = make_ui(s, json=json)
+    result = run_challenge(Path(left).expanduser().absolute(), Path(right).expanduser().absolute())
+    if json:
+        ui.emit_json(result.to_json())
+    else:
+        ui.table(
+            f"stages built from the same inputs in {left} and {right}",
+            ["input hash", "stage", "verdict", "left tree", "right tree", "why"],
+            [
+                (
+                    item.input_hash[:16],
+                    f"{item.compiler} stage{item.stage}",
+                    "identical" if item.identical else "DIFFERENT",
+                    item.left_digest[:12],
+                    item.right_digest[:12],
+                    ""
+                    if item.report is None
+                    else ", ".join(
+                        f"{f.path}: {f.analysis.cause.value if f.analysis else f.status}"
+                        for f in item.report.differing[:3]
+                    ),
+                )
+                for item in result.common
+            ],
+        )
+        ui.info(
+            f"{len(result.common)} stages in common: {len(result.different)} differ; "
+            f"{result.only_left} only in {left}, {result.only_right} only in {right}"
+        )
+    if not result.common:
+        raise UsageError(
+            "the two workspaces have built no stage from the same inputs",
+            hint="bootstrap the same recipe on the same stack in both (invoke bootstrap)",
+        )
+    if result.different:
+        raise SelfhostError(
+            f"{len(result.different)} stage(s) differ between builders from the same inputs",
+            hint="the table (or --json) says which files and why; "
+            "invoke diff-stages --left ENTRY --right ENTRY shows one in full",
+        )
+
+
 def parse_stages(value: str | None) -> int | None:
     """Validate --stages: a whole number from 1 to 10."""
     if value is None:
