@@ -490,7 +490,7 @@ def keeper_alive(record: dict[str, Any]) -> bool:
         os.close(process.pidfd)
 
 
-def _below_keeper(pid: int, wait: float = 5.0) -> int:
+def _below_keeper(pid: int, wait: float = 2.0) -> int:
     """The keeper's child (bwrap, once exec'd). The keeper forks it at once, but a
     caller may ask first: returning the keeper then (in the host's namespace for good)
     left a router probing the wrong process and a healthy dyno never routable. So wait
