@@ -78,8 +78,15 @@ def test_the_keepers_child_is_waited_for_not_mistaken_for_the_keeper() -> None:
     child = _below_keeper(keeper.pid)
     try:
         assert child != keeper.pid
-        with open(f"/proc/{child}/comm") as f:
-            assert f.read().strip() == "sleep"
+        # found as soon as it is forked: the same pid once it has exec'd sleep
+        deadline = time.monotonic() + 5
+        while True:
+            with open(f"/proc/{child}/comm") as f:
+                comm = f.read().strip()
+            if comm == "sleep" or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        assert comm == "sleep"
     finally:
         if child != keeper.pid:
             os.kill(child, 9)
