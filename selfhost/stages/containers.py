@@ -19,6 +19,7 @@ lists first:
 
 from __future__ import annotations
 
+import contextvars
 import gzip
 import io
 import struct
@@ -39,7 +40,13 @@ from selfhost.stages.analysis import (
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZIP_MAGIC = b"PK\x03\x04"
-MAX_PAYLOAD = 512 * 1024 * 1024  # a decompressed payload larger than this is not opened
+#: Build outputs are what hostile build steps wrote: a compression bomb must not take
+#: the host's memory. A decompressed payload or zip member larger than this is not
+#: opened (the pair is compared as data), nor is a container nested deeper than
+#: MAX_DEPTH (a gzip in a tar in a gzip ...).
+MAX_PAYLOAD = 256 * 1024 * 1024
+MAX_DEPTH = 4
+_depth = contextvars.ContextVar("container_depth", default=0)
 #: when several members differ, the archive's cause is the most telling one
 SEVERITY = [
     Cause.CODE,
@@ -165,8 +172,9 @@ def analyse_container(left: bytes, right: bytes) -> FileAnalysis | None:
     """The analysis of two gzip, tar or zip files (None if they are not the same kind,
     or one does not open: then they are plain data)."""
     kind = kind_of(left)
-    if kind is None or kind != kind_of(right):
+    if kind is None or kind != kind_of(right) or _depth.get() >= MAX_DEPTH:
         return None
+    token = _depth.set(_depth.get() + 1)
     try:
         if kind == "gzip":
             return analyse_gzip(left, right)
@@ -175,6 +183,8 @@ def analyse_container(left: bytes, right: bytes) -> FileAnalysis | None:
         return compare_members("zip", zip_members(left), zip_members(right))
     except (OSError, EOFError, ValueError, zlib.error, tarfile.TarError, zipfile.BadZipFile):
         return None
+    finally:
+        _depth.reset(token)
 
 
 @dataclass
@@ -272,6 +282,8 @@ def zip_members(data: bytes) -> list[Member]:
     out: list[Member] = []
     with zipfile.ZipFile(io.BytesIO(data)) as z:
         for info in z.infolist():
+            if info.file_size > MAX_PAYLOAD:
+                raise ValueError(f"{info.filename}: {info.file_size} bytes unpacked, too many")
             out.append(
                 Member(
                     info.filename,

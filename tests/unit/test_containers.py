@@ -136,3 +136,36 @@ def test_the_same_bytes_with_another_mode_differ(tmp_path):
     [result] = report.differing
     assert result.analysis is not None and result.analysis.cause is Cause.METADATA
     assert "0755 / 0775" in result.analysis.evidence[0]
+
+
+def test_a_compression_bomb_is_compared_as_data_not_opened(monkeypatch):
+    """Build outputs are hostile: what would unpack past the limit is not unpacked, and
+    nesting stops at MAX_DEPTH."""
+    import gzip as gz
+
+    from selfhost.stages import containers
+
+    monkeypatch.setattr(containers, "MAX_PAYLOAD", 1 << 20)
+    bomb = b"\0" * (4 << 20)  # 4 MiB of zeros: a few KiB compressed
+    left, right = gz.compress(bomb, mtime=1), gz.compress(bomb + b"x", mtime=1)
+    result = analyse(left, right)
+    assert result.kind == "data", result.kind  # not opened
+
+    # a zip whose member says it unpacks past the limit
+    def zipped(data: bytes) -> bytes:
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("big", data)
+        return out.getvalue()
+
+    assert analyse(zipped(bomb), zipped(bomb + b"x")).kind == "data"
+    # nesting: gzip in gzip in ... beyond MAX_DEPTH is data
+    a, b = b"one\n", b"two\n"
+    for _ in range(containers.MAX_DEPTH + 2):
+        a, b = gz.compress(a, mtime=0), gz.compress(b, mtime=0)
+    nested = analyse(a, b)
+    depth = 0
+    node = nested.to_json()
+    while node.get("members"):
+        node, depth = node["members"][0], depth + 1
+    assert depth == containers.MAX_DEPTH and node["kind"] == "data"
