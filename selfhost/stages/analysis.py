@@ -47,6 +47,7 @@ from typing import Any
 
 ELF_MAGIC = b"\x7fELF"
 AR_MAGIC = b"!<arch>\n"
+AR_FIELDS = ((16, 28), (28, 34), (34, 40))  # an ar header's date, uid and gid (decimal)
 DEBUG_PREFIXES = (".debug", ".zdebug", ".stab", ".gnu_debuglink", ".gnu_debugaltlink")
 BUILD_ID = ".note.gnu.build-id"
 #: Sections whose bytes encode symbol tables: compared as symbols, not as bytes.
@@ -77,6 +78,22 @@ class Cause(StrEnum):
     METADATA = "metadata"
     COMPRESSION = "compression"
     UNKNOWN = "unknown"
+
+
+#: When several members of an archive differ, the archive's cause is the most telling
+#: one: a code difference in one member explains it best.
+SEVERITY = [
+    Cause.CODE,
+    Cause.ORDERING,
+    Cause.TIMESTAMP,
+    Cause.BUILD_PATH,
+    Cause.GENERATED_NAMES,
+    Cause.METADATA,
+    Cause.COMPRESSION,
+    Cause.DEBUG_INFO,
+    Cause.BUILD_ID,
+    Cause.UNKNOWN,
+]
 
 
 @dataclass
@@ -507,11 +524,12 @@ def _section_strings(a: _Elf, b: _Elf, *, debug: bool) -> tuple[list[str], list[
 # ----------------------------------------------------------------------- archives
 
 
-def ar_members(data: bytes) -> list[tuple[str, bytes]]:
-    """The members of a System V / GNU ``ar`` archive, in order (symbol tables skipped)."""
+def ar_entries(data: bytes) -> list[tuple[str, bytes, tuple[int, int, int, int]]]:
+    """The members of a System V / GNU ``ar`` archive, in order (symbol tables skipped),
+    each with its header's date, uid, gid and mode."""
     if not data.startswith(AR_MAGIC):
         raise ValueError("not an ar archive")
-    members: list[tuple[str, bytes]] = []
+    members: list[tuple[str, bytes, tuple[int, int, int, int]]] = []
     long_names = b""
     pos = len(AR_MAGIC)
     while pos + 60 <= len(data):
@@ -534,8 +552,23 @@ def ar_members(data: bytes) -> list[tuple[str, bytes]]:
             name, body = body[:length].rstrip(b"\0").decode("utf-8", "replace"), body[length:]
         else:
             name = name.rstrip("/")
-        members.append((name, body))
+        date, uid, gid = (_number(header[a:b]) for a, b in AR_FIELDS)
+        mode = _number(header[40:48], 8)
+        members.append((name, body, (date, uid, gid, mode)))
     return members
+
+
+def _number(field: bytes, base: int = 10) -> int:
+    """A header field as a number; blank or garbled is 0 (it only informs a cause)."""
+    try:
+        return int(field.decode("ascii").strip() or "0", base)
+    except ValueError:
+        return 0
+
+
+def ar_members(data: bytes) -> list[tuple[str, bytes]]:
+    """The members of an ``ar`` archive, in order: names and contents."""
+    return [(name, body) for name, body, _ in ar_entries(data)]
 
 
 def analyse_archive(left: bytes, right: bytes) -> FileAnalysis:
@@ -564,22 +597,9 @@ def analyse_archive(left: bytes, right: bytes) -> FileAnalysis:
         causes[sub.cause] += 1
         for s in sub.sections:
             sections[s.name] += s.differing_bytes
-    # Severity order: a code difference in one member explains the archive best.
-    severity = [
-        Cause.CODE,
-        Cause.ORDERING,
-        Cause.TIMESTAMP,
-        Cause.BUILD_PATH,
-        Cause.GENERATED_NAMES,
-        Cause.METADATA,
-        Cause.COMPRESSION,
-        Cause.DEBUG_INFO,
-        Cause.BUILD_ID,
-        Cause.UNKNOWN,
-    ]
     header_only = not members
     if causes:
-        cause = min(causes, key=severity.index)
+        cause = min(causes, key=SEVERITY.index)
     elif [n for n, _ in ma] != [n for n, _ in mb]:
         cause = Cause.ORDERING
     else:
@@ -603,14 +623,20 @@ def analyse_archive(left: bytes, right: bytes) -> FileAnalysis:
     )
 
 
-def _key_members(members: list[tuple[str, bytes]]) -> dict[str, bytes]:
-    """Key members by name, numbering duplicates (``a.o``, ``a.o#2``)."""
+def numbered(names: list[str]) -> list[str]:
+    """Names as keys, duplicates numbered (``a.o``, ``a.o#2``): an archive may hold two
+    members of one name."""
     seen: Counter[str] = Counter()
-    out: dict[str, bytes] = {}
-    for name, body in members:
+    out = []
+    for name in names:
         seen[name] += 1
-        out[name if seen[name] == 1 else f"{name}#{seen[name]}"] = body
+        out.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
     return out
+
+
+def _key_members(members: list[tuple[str, bytes]]) -> dict[str, bytes]:
+    """Key members by name, numbering duplicates."""
+    return dict(zip(numbered([n for n, _ in members]), (b for _, b in members), strict=True))
 
 
 # ----------------------------------------------------------------------- other files

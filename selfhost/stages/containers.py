@@ -32,10 +32,13 @@ from typing import Any
 
 from selfhost.stages.analysis import (
     MAX_EVIDENCE,
+    SEVERITY,
     Cause,
     FileAnalysis,
     analyse,
+    ar_entries,
     differing_bytes,
+    numbered,
 )
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -47,19 +50,6 @@ ZIP_MAGIC = b"PK\x03\x04"
 MAX_PAYLOAD = 256 * 1024 * 1024
 MAX_DEPTH = 4
 _depth = contextvars.ContextVar("container_depth", default=0)
-#: when several members differ, the archive's cause is the most telling one
-SEVERITY = [
-    Cause.CODE,
-    Cause.ORDERING,
-    Cause.TIMESTAMP,
-    Cause.BUILD_PATH,
-    Cause.GENERATED_NAMES,
-    Cause.METADATA,
-    Cause.COMPRESSION,
-    Cause.DEBUG_INFO,
-    Cause.BUILD_ID,
-    Cause.UNKNOWN,
-]
 
 
 def is_tar(data: bytes) -> bool:
@@ -138,12 +128,7 @@ def compare_members(kind: str, left: list[Member], right: list[Member]) -> FileA
 
 
 def _keyed(members: list[Member]) -> dict[str, Member]:
-    seen: Counter[str] = Counter()
-    out: dict[str, Member] = {}
-    for m in members:
-        seen[m.name] += 1
-        out[m.name if seen[m.name] == 1 else f"{m.name}#{seen[m.name]}"] = m
-    return out
+    return dict(zip(numbered([m.name for m in members]), members, strict=True))
 
 
 def _first_swap(a: list[str], b: list[str]) -> str:
@@ -298,25 +283,7 @@ def zip_members(data: bytes) -> list[Member]:
 
 def ar_header_members(data: bytes) -> list[Member]:
     """An ``ar`` archive's members with the date, owner and mode of their headers."""
-    from selfhost.stages.analysis import AR_MAGIC, ar_members
-
-    if not data.startswith(AR_MAGIC):
-        raise ValueError("not an ar archive")
-    headers: list[tuple[int, int, int, int]] = []
-    pos = len(AR_MAGIC)
-    while pos + 60 <= len(data):
-        header = data[pos : pos + 60]
-        name = header[:16].decode("ascii", "replace").rstrip()
-        size = int(header[48:58].decode("ascii").strip() or 0)
-        if name not in ("/", "/SYM64/", "__.SYMDEF", "__.SYMDEF SORTED", "//"):
-            fields = [header[16:28], header[28:34], header[34:40], header[40:48]]
-            values = [
-                int(f.decode("ascii").strip() or "0", 8 if i == 3 else 10)
-                for i, f in enumerate(fields)
-            ]
-            headers.append((values[0], values[1], values[2], values[3]))
-        pos += 60 + size + (size & 1)
     return [
-        Member(name, body, mtime=h[0], owner=(h[1], h[2]), mode=h[3])
-        for (name, body), h in zip(ar_members(data), headers, strict=False)
+        Member(name, body, mtime=date, owner=(uid, gid), mode=mode)
+        for name, body, (date, uid, gid, mode) in ar_entries(data)
     ]

@@ -477,16 +477,11 @@ class Router:
                 self.evicted.discard(task)
                 task.uncancel()
                 raise Attempt("H13", sent=True) from None  # it froze or died meanwhile
-            except Refused:
+            except (Refused, Broken) as failed:  # refused: nothing reached the dyno
                 if s.failover:
                     live.leave()
                     self.pool.forget(b.port)
-                raise Attempt("H13", sent=False) from None
-            except Broken:
-                if s.failover:
-                    live.leave()
-                    self.pool.forget(b.port)
-                raise Attempt("H13", sent=True) from None
+                raise Attempt("H13", sent=isinstance(failed, Broken)) from None
             finally:
                 live.waiting.discard(task)
             info["connect"] = 0

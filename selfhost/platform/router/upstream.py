@@ -82,12 +82,6 @@ class Connection(asyncio.Protocol):
         else:
             self._fail()
 
-    def pause_writing(self) -> None:  # the request is written whole: nothing to pause
-        pass
-
-    def resume_writing(self) -> None:
-        pass
-
     # ------------------------------------------------------------ the parser's calls
     def on_message_begin(self) -> None:
         self.headers = []

@@ -734,17 +734,9 @@ class DynoManager:
 
     # ------------------------------------------------------------------ the process tree
     def _parent_for(self, by: str) -> Dyno | None:
-        """The dyno that asks for a one-off is its parent (a fork); one that is ending
-        may not fork (its children would outlive it)."""
-        parent = self.by_id(by)
-        if parent is None:
-            return None  # a token of a dyno this daemon does not run (it ended)
-        if not parent.live or parent.stopping:
-            raise Refused(
-                "conflict",
-                f"{parent.name} (pid {parent.pid}) is stopping: it may not start children",
-            )
-        return parent
+        """The dyno that asks for a one-off is its parent (a fork); :meth:`start` refuses
+        one that is ending (its children would outlive it)."""
+        return self.by_id(by)  # None: a token of a dyno this daemon does not run
 
     def _child_ttl(self, parent: Dyno, ttl: float | None) -> float | None:
         """A child lives no longer than its parent may: its time to live is at most what
@@ -826,7 +818,11 @@ class DynoManager:
             if parent_dyno is not None:
                 # checked and counted at once: concurrent forks cannot pass the quota
                 if not parent_dyno.live or parent_dyno.stopping:
-                    raise Refused("conflict", f"{parent_dyno.name} is stopping: no children")
+                    raise Refused(
+                        "conflict",
+                        f"{parent_dyno.name} (pid {parent_dyno.pid}) is stopping: "
+                        "it may not start children",
+                    )
                 live = sum(
                     1 for d in self.dynos.values() if d.app == dyno.app and d.parent_dyno and d.live
                 )
