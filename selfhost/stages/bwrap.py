@@ -377,8 +377,8 @@ class BwrapProcess:
             self.pump.join()
         return _exit_code(code)
 
-    def terminate(self) -> None:
-        _terminate_below(self.proc.pid)
+    def terminate(self) -> bool:
+        return _terminate_below(self.proc.pid)
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -397,14 +397,18 @@ class BwrapProcess:
         return _release(self)
 
 
-def _terminate_below(pid: int) -> None:
+def _terminate_below(pid: int) -> bool:
     """SIGTERM to the processes inside a sandbox, not to bwrap: bwrap would die at once
     and take the sandbox down with SIGKILL (--die-with-parent), leaving the command no
-    time to shut down."""
+    time to shut down. False when there was none yet (bwrap has not started the
+    command): the caller asks again."""
+    sent = False
     for child in descendants(pid):
         if command_name(child) != "bwrap":
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGTERM)
+                sent = True
+    return sent
 
 
 def _release(process: BwrapProcess | AdoptedProcess) -> dict[str, Any]:
@@ -561,8 +565,8 @@ class AdoptedProcess:
         except (OSError, ValueError):
             return 137  # the keeper itself was killed: so was its sandbox
 
-    def terminate(self) -> None:
-        _terminate_below(self.pid)
+    def terminate(self) -> bool:
+        return _terminate_below(self.pid)
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):

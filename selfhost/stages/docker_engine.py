@@ -241,12 +241,13 @@ class DockerProcess:
         self.container.reload()
         return int(self.container.attrs["State"]["Pid"])
 
-    def terminate(self) -> None:
+    def terminate(self) -> bool:
         """SIGTERM to the command (docker-init forwards it; a bare pid 1 would ignore it)."""
         import docker
 
         with contextlib.suppress(docker.errors.DockerException):
             self.container.kill(signal="SIGTERM")
+        return True
 
     def kill(self) -> None:
         import docker

@@ -131,8 +131,9 @@ class Process(Protocol):
     def wait(self, timeout: float | None = None) -> int | None:
         """The exit code (128+N for signal N), or None if still running after timeout."""
 
-    def terminate(self) -> None:
-        """Ask the command to stop (SIGTERM to the command, not to the sandbox)."""
+    def terminate(self) -> bool:
+        """Ask the command to stop (SIGTERM to the command, not to the sandbox); False
+        when the sandbox has not started the command yet (ask again)."""
 
     def kill(self) -> None:
         """Kill everything in the sandbox at once."""

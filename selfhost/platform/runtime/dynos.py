@@ -259,6 +259,7 @@ class Dyno:
     host_id: int = 0
     stats: dict[str, Any] = field(default_factory=dict)  # the sandbox's facts at exit
     stopping: bool = False
+    grace: float | None = None  # the stop's grace period (None: the platform's)
     _buffer: bytearray = field(default_factory=bytearray)
     _cond: threading.Condition = field(default_factory=threading.Condition)
     # stdin of an attached one-off (bwrap): what came before the command started
@@ -862,7 +863,7 @@ class DynoManager:
         try:
             dyno.running(process)
             if dyno.stopping:  # stopped (ps.stop, scale, ttl) while it was starting
-                self._stop_process(dyno, grace=0)
+                self._stop_process(dyno, dyno.grace)
             else:
                 dyno.set_state("up")
                 dyno.up_since = time.time()
@@ -1228,11 +1229,13 @@ class DynoManager:
         process = dyno.process
         if process is None:
             return  # still starting: the lifecycle stops it as soon as it runs
-        process.terminate()
+        delivered = process.terminate()
         deadline = time.monotonic() + (self.settings.grace_seconds if grace is None else grace)
         while time.monotonic() < deadline:
-            if dyno.ended is not None or process.wait(0.1) is not None:
+            if dyno.ended is not None or process.wait(0.05) is not None:
                 return
+            # a dyno stopped as it starts: the SIGTERM waits for its command to exist
+            delivered = delivered or process.terminate()
         self.app_log(dyno.app).write("heroku", dyno.name, "Stopping process with SIGKILL")
         process.kill()
 
@@ -1243,6 +1246,7 @@ class DynoManager:
         if not dyno.live or dyno.stopping:
             return
         dyno.stopping = True
+        dyno.grace = grace
         dyno.reason = reason
         self._stop_children(dyno, "is stopping")
         self._changed(dyno)  # out of the router's rotation before its SIGTERM
