@@ -130,6 +130,75 @@ def ddc(
 
 
 @task(
+    iterable=["vary"],
+    help={
+        "compiler": "recipe name (tcc) or a recipe .toml path; default selfhost.default_compiler",
+        "vary": "variations, comma-separated or repeated (default all): build-path, time, "
+        "locale, timezone, umask, jobs, user, hostname, file-ordering, engine",
+        "engine": "the reference's sandbox engine: bwrap (default) or docker",
+        "json": "print the result as JSON on stdout (progress goes to stderr)",
+    },
+)
+def verify(
+    c: Context,
+    compiler: str | None = None,
+    vary: list[str] | None = None,
+    engine: str | None = None,
+    json: bool = False,
+) -> None:
+    """Rebuild the final stage under variations of the environment: what changes what?"""
+    from selfhost.stages.pipeline import Bootstrap
+    from selfhost.stages.verify import choose, run_verify
+
+    s = settings(c, engine=engine)
+    ui = make_ui(s, json=json)
+    recipe = find_recipe(compiler or s.default_compiler, s.recipe_dirs)
+    names = choose(list(vary or []))
+    result = run_verify(
+        Bootstrap(s, make_engine(s, ui), ui), recipe, names, lambda n: make_engine(s, ui, n)
+    )
+    where = s.workspace / "stages" / recipe.name
+    if json:
+        ui.emit_json(result.to_json())
+    else:
+        ui.table(
+            f"{recipe.name} stage{result.stage} ({result.tree_digest[:16]}) rebuilt under "
+            "variations",
+            ["variation", "what changed", "result", "seconds", "artifacts that differ"],
+            [
+                (
+                    row.name,
+                    row.what,
+                    row.status,
+                    f"{row.seconds:.1f}",
+                    row.message
+                    or ", ".join(f"{p} ({result.cell(row, p)})" for p in list(row.files)[:4])
+                    + (f", +{len(row.files) - 4}" if len(row.files) > 4 else ""),
+                )
+                for row in [result.control, *result.rows]
+            ],
+        )
+        ui.info(
+            f"{result.reproducible_percent:.1f}% of {len(result.artifacts)} artifacts "
+            f"reproducible under every variation ({where / 'verify.html'}, verify.json)"
+        )
+    bad = result.undeclared
+    if bad:
+        first = next((r for r in bad if r.kept), None)
+        raise SelfhostError(
+            f"{recipe.name} is not reproducible under: {', '.join(r.name for r in bad)}",
+            hint=(
+                f"see why: invoke diff-stages --left {first.kept} --right "
+                f"{where / f'stage{result.stage}'}; "
+                if first
+                else ""
+            )
+            + "or declare the difference in the recipe ([[verify.allow]] with vary, path "
+            "and reason)",
+        )
+
+
+@task(
     help={
         "left": "a selfhost workspace (its stage cache)",
         "right": "another workspace, e.g. another machine's, or a CI runner's",

@@ -127,6 +127,16 @@ class Exclusion:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Allowance:
+    """A difference ``invoke verify`` may find under a variation, declared with why:
+    artifacts matching ``path`` may differ when ``vary`` changes."""
+
+    vary: str
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class Steps:
     """The shell commands of one stage; ``test`` may be empty."""
 
@@ -173,6 +183,8 @@ class Recipe:
     library_path: tuple[str, ...] = ()  # directories under the prefix for LD_LIBRARY_PATH
     artifacts: tuple[str, ...] = ("**",)
     exclude: tuple[Exclusion, ...] = ()
+    #: differences the recipe declares under ``invoke verify``'s variations
+    verify_allow: tuple[Allowance, ...] = ()
     description: str = ""
     slug_source: bool = True  # ship the source and bin/rebuild in the slug
     #: other stage0 compilers it declares (for diverse double-compiling); not part of
@@ -346,6 +358,7 @@ TOP_KEYS = {
     "env",
     "steps",
     "compare",
+    "verify",
     "slug",
     "suite",
     "compiler",
@@ -527,6 +540,8 @@ def parse_recipe(data: dict[str, Any], *, path: Path, text: str = "") -> Recipe:
             Exclusion(path=r.get(item, f"{dotted}.path", "path", str), reason=reason.strip())
         )
 
+    verify_allow = _parse_verify(r, data)
+
     compiler = r.get(
         data,
         "compiler",
@@ -575,11 +590,59 @@ def parse_recipe(data: dict[str, Any], *, path: Path, text: str = "") -> Recipe:
         env=tuple(env),
         artifacts=artifacts,
         exclude=tuple(exclusions),
+        verify_allow=tuple(verify_allow),
         description=str(data.get("description", "")),
         slug_source=slug_source,
         stage0_alternatives=tuple(alternatives),
         path=path,
     )
+
+
+#: ``invoke verify``'s variations, by name (selfhost.stages.verify defines them)
+VARIATION_NAMES = (
+    "build-path",
+    "time",
+    "locale",
+    "timezone",
+    "umask",
+    "jobs",
+    "user",
+    "hostname",
+    "file-ordering",
+    "engine",
+)
+
+
+def _parse_verify(r: _Reader, data: dict[str, Any]) -> list[Allowance]:
+    """``[[verify.allow]]``: ``vary`` (a variation), ``path`` (an artifact glob),
+    ``reason``."""
+    table = r.get(data, "verify", "verify", dict, {})
+    for key in table:
+        if key != "allow":
+            raise r.fail(f"verify.{key}", f"unknown field '{key}'", hint="[verify] has: allow")
+    out: list[Allowance] = []
+    for i, item in enumerate(r.get(table, "verify.allow", "allow", list, [])):
+        dotted = f"verify.allow[{i}]"
+        if not isinstance(item, dict):
+            raise r.fail(dotted, "expected a table with vary, path and reason")
+        for key in item:
+            if key not in ("vary", "path", "reason"):
+                raise r.fail(
+                    f"{dotted}.{key}", f"unknown field '{key}'", hint="it has: vary, path, reason"
+                )
+        vary = r.get(item, f"{dotted}.vary", "vary", str, expected="a variation name")
+        if vary not in VARIATION_NAMES:
+            raise r.fail(
+                f"{dotted}.vary",
+                f"'{vary}' is not a variation",
+                hint=f"one of: {', '.join(VARIATION_NAMES)}",
+            )
+        reason = r.get(item, f"{dotted}.reason", "reason", str, expected="why it may differ")
+        if not reason.strip():
+            raise r.fail(f"{dotted}.reason", "a declared difference needs a written reason")
+        path = r.get(item, f"{dotted}.path", "path", str, expected="an artifact glob")
+        out.append(Allowance(vary=vary, path=path, reason=reason.strip()))
+    return out
 
 
 def _parse_stage0_alternatives(r: _Reader, stage0: dict[str, Any]) -> list[Stage0]:

@@ -665,6 +665,9 @@ def analyse_other(left: bytes, right: bytes) -> FileAnalysis:
         ]
     only_l, only_r = differing_strings(left, right)
     hit = classify_strings(only_l, only_r)
+    if text and not hit and sorted(left.splitlines()) == sorted(right.splitlines()):
+        lines = len(left.splitlines())
+        hit = (Cause.ORDERING, [f"the same {lines} lines in another order (readdir, a hash)"])
     cause, evidence = hit if hit else (Cause.UNKNOWN, [f"first difference at byte {offset}"])
     return FileAnalysis(
         kind="text" if text else "data",

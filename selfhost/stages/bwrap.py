@@ -47,7 +47,7 @@ from typing import IO, Any
 from selfhost.errors import EngineError
 from selfhost.stages import staging
 from selfhost.stages.cgroups import Cgroup, command_name, descendants
-from selfhost.stages.engine import HOSTNAME, Output, RunResult, Sandbox, output_fd, run_sandbox
+from selfhost.stages.engine import Output, RunResult, Sandbox, output_fd, run_sandbox
 from selfhost.stages.security import Security
 from selfhost.stages.stack import Stack
 from selfhost.stages.staging import Staging
@@ -144,7 +144,7 @@ class BwrapEngine:
             argv += ["--uid", str(sandbox.uid), "--gid", str(sandbox.uid)]
         argv += [
             "--hostname",
-            HOSTNAME,
+            sandbox.hostname,
             "--die-with-parent",
             "--new-session",
             "--clearenv",  # nothing but the declared variables, as env -i in Docker

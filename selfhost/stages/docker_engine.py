@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from selfhost.errors import EngineError
-from selfhost.stages.engine import HOSTNAME, Output, RunResult, Sandbox, run_sandbox
+from selfhost.stages.engine import Output, RunResult, Sandbox, run_sandbox
 from selfhost.stages.security import Security
 from selfhost.stages.stack import Stack
 
@@ -115,7 +115,7 @@ class DockerEngine:
             "image": sandbox.stack.image,
             "command": sandbox.inner_argv(),
             "working_dir": sandbox.workdir,
-            "hostname": HOSTNAME,
+            "hostname": sandbox.hostname,
             "user": f"{self.user(sandbox)}:{self.user(sandbox)}",
             "read_only": True,
             "network_mode": self.network_mode(sandbox),
@@ -152,7 +152,7 @@ class DockerEngine:
             "--network",
             self.network_mode(sandbox),
             "--hostname",
-            HOSTNAME,
+            sandbox.hostname,
             "--user",
             f"{self.user(sandbox)}:{self.user(sandbox)}",
             "--init",

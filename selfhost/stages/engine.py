@@ -71,6 +71,7 @@ class Sandbox:
     scratch: tuple[str, ...] = ("/tmp",)  # fresh tmpfs directories
     owner: str = "selfhost"  # who started it (a workspace); labels containers
     label: str = ""  # a unique name for this run (cgroup, container), if any
+    hostname: str = HOSTNAME  # what uname -n says inside (invoke verify varies it)
     uid: int = 0  # the user (and group) the command runs as inside the sandbox (bwrap)
     #: The unprivileged host id the sandbox runs as (see selfhost.stages.security);
     #: files it writes on the host are owned by it.

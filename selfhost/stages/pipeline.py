@@ -264,8 +264,11 @@ class Bootstrap:
         key: str,
         *,
         tests: bool = True,
+        runner: SandboxRunner | None = None,
+        env: dict[str, str] | None = None,
     ) -> Manifest:
-        """Build one stage in ``work_dir`` (``build/``, ``tree/``, ``logs/``)."""
+        """Build one stage in ``work_dir`` (``build/``, ``tree/``, ``logs/``); ``runner``
+        and ``env`` replace the bootstrap's (``invoke verify``'s variations)."""
         recipe = spec.recipe
         work = Work(
             root=work_dir / "build", out=work_dir / "tree", log=work_dir / "logs" / "stage.log"
@@ -278,7 +281,7 @@ class Bootstrap:
                     f"stage{previous.stage} has nothing at {recipe.prefix}; it "
                     f"cannot build stage{spec.stage}"
                 )
-        runner = SandboxRunner(self.engine, stack, self.owner)
+        runner = runner or SandboxRunner(self.engine, stack, self.owner)
         try:
             outcome = build(
                 spec,
@@ -290,6 +293,7 @@ class Bootstrap:
                 tests=tests,
                 patches=source.patches,
                 step=self.ui.step,
+                env=env,
             )
         except StepFailed as exc:
             error = TestsFailed if exc.step == "test" else BuildError
@@ -322,7 +326,7 @@ class Bootstrap:
             prefix=recipe.prefix,
             stage=spec.stage,
             input_hash=key,
-            inputs=spec.record(runner.name, engine=self.engine.name),
+            inputs=spec.record(runner.name, engine=runner.engine.name),
             tree_digest=outcome.tree_digest,
             files=outcome.files,
             artifacts=select_artifacts(outcome.files, recipe.prefix, recipe.artifacts),

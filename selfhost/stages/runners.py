@@ -28,21 +28,33 @@ from typing import IO, TYPE_CHECKING
 from selfhost.stages.builder import BUILD, DESTDIR, StepResult, Work
 
 if TYPE_CHECKING:
-    from selfhost.stages.engine import Engine, Sandbox
+    from selfhost.stages.engine import Engine, Mount, Sandbox
     from selfhost.stages.stack import Stack
 
 
 class SandboxRunner:
-    """Steps in sandboxes of a stack, by an engine (bwrap or Docker)."""
+    """Steps in sandboxes of a stack, by an engine (bwrap or Docker).
+
+    The attributes after the builder are the environment's knobs, left at the layout
+    every bootstrap uses; ``invoke verify`` (:mod:`selfhost.stages.verify`) turns them
+    one at a time to show what a build depends on."""
 
     name = "sandbox"
     seals_out = True  # the test step sees DESTDIR read-only
 
     def __init__(self, engine: Engine, stack: Stack, owner: str):
+        from selfhost.stages.engine import HOSTNAME
+
         self.engine = engine
         self.stack = stack
         self.owner = owner
         self.builder: tuple[Path, str] | None = None
+        self.root = BUILD  # where the work directory is mounted
+        self.root_view: Path | None = None  # what is mounted there instead of work.root
+        self.mounts: tuple[Mount, ...] = ()  # more read-only mounts
+        self.uid = 0  # the user and group ids inside (bwrap)
+        self.hostname = HOSTNAME
+        self.umask = "022"
 
     def prepare(self, work: Work, builder_tree: Path | None, prefix: str) -> None:
         from selfhost.stages.security import hand_over
@@ -60,19 +72,23 @@ class SandboxRunner:
         from selfhost.stages.engine import Mount, Sandbox
 
         mounts = [
-            Mount(work.root, BUILD, writable=True),
-            Mount(work.out, DESTDIR, writable=out_writable),
+            Mount(self.root_view or work.root, self.root, writable=True),
+            Mount(work.out, self.root + DESTDIR[len(BUILD) :], writable=out_writable),
         ]
         if self.builder is not None:
             mounts.append(Mount(self.builder[0], self.builder[1]))
+        if cwd == BUILD or cwd.startswith(BUILD + "/"):
+            cwd = self.root + cwd[len(BUILD) :]
         return Sandbox(
             stack=self.stack,
-            argv=("/bin/sh", "-ec", script),
+            argv=("/bin/sh", "-ec", f"umask {self.umask}\n{script}"),
             env=tuple(env.items()),
-            mounts=tuple(mounts),
+            mounts=(*mounts, *self.mounts),
             workdir=cwd,
             owner=self.owner,
             host_id=self.engine.security.ids.build,
+            uid=self.uid,
+            hostname=self.hostname,
         )
 
     def run(

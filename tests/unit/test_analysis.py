@@ -108,6 +108,16 @@ def test_ordering(tmp_path):
     assert result.cause is Cause.ORDERING, result.evidence
 
 
+def test_a_text_file_listing_a_directory_in_another_order(tmp_path):
+    """``ls -f`` (readdir order) under disorderfs: the same lines, reordered."""
+    names = [f"file{i}.c\n".encode() for i in range(20)]
+    result = analyse(b"".join(names), b"".join(reversed(names)), "lib/order.txt")
+    assert result.cause is Cause.ORDERING, result.evidence
+    assert "the same 20 lines in another order" in result.evidence[0]
+    other = analyse(b"a\nb\n", b"a\nc\n", "x.txt")  # not a reordering
+    assert other.cause is Cause.UNKNOWN
+
+
 def test_archives_are_compared_member_by_member(tmp_path):
     d = tmp_path / "ar"
     d.mkdir()

@@ -276,3 +276,31 @@ def test_bad_alternative_stage0s_name_the_field(tmp_path, table, field, words):
         load_recipe(path)
     assert info.value.field == field, info.value.message
     assert words in info.value.message
+
+
+def test_verify_allowances_are_declared_with_a_reason_and_change_no_stage(tmp_path):
+    tcc = load_recipe(REPO / "selfhost/compilers/recipes/tcc.toml")
+    assert [(a.vary, a.path) for a in tcc.verify_allow] == [("build-path", "lib/tcc/bcheck.o")]
+    allowed = tmp_path / "allowed.toml"
+    allowed.write_text(
+        GOOD + '\n[[verify.allow]]\nvary = "time"\npath = "bin/*"\nreason = "a stamp"\n'
+    )
+    assert load_recipe(allowed).digest == load_recipe(write(tmp_path, GOOD)).digest
+    assert load_recipe(allowed).verify_allow[0].reason == "a stamp"
+
+
+@pytest.mark.parametrize(
+    ("table", "field", "words"),
+    [
+        ('vary = "moon"\npath = "x"\nreason = "r"', "verify.allow[0].vary", "not a variation"),
+        ('vary = "time"\npath = "x"\nreason = " "', "verify.allow[0].reason", "written reason"),
+        ('vary = "time"\nreason = "r"', "verify.allow[0].path", "missing"),
+        ('vary = "time"\npath = "x"\nreason = "r"\nwhy = 1', "verify.allow[0].why", "unknown"),
+    ],
+)
+def test_bad_verify_allowances_name_the_field(tmp_path, table, field, words):
+    path = write(tmp_path, GOOD + "\n[[verify.allow]]\n" + table + "\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert info.value.field == field, info.value.message
+    assert words in info.value.message
