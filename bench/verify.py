@@ -111,8 +111,10 @@ def main() -> None:
                     continue
                 t = time.perf_counter()
                 done = subprocess.run(
-                    [reprotest, f"--vary=-all,+{other}", "--no-diffoscope", "-s", str(src)]
-                    + [BUILD, "out/**/*", "--", "null"],
+                    [
+                        *(reprotest, f"--vary=-all,+{other}", "--no-diffoscope"),
+                        *("-s", str(src), BUILD, "out/**/*", "--", "null"),
+                    ],
                     cwd=tmp,
                     capture_output=True,
                     text=True,
