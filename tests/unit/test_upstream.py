@@ -4,6 +4,10 @@ against real sockets: servers written byte by byte so that each case is exact.""
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -192,3 +196,65 @@ def test_a_large_body_streams_with_backpressure() -> None:
         assert most <= 2 * 1024 * 1024  # reading paused: not the whole body in memory
 
     run(serve, client)
+
+
+SERVER = """
+import socket, sys
+s = socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen()
+print("ready", flush=True)
+while True:
+    c, _ = s.accept(); c.recv(65536)
+    c.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 6\\r\\nConnection: close\\r\\n\\r\\ninside"); c.close()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="entering a network namespace needs root")
+def test_a_dyno_is_reached_inside_its_network_namespace() -> None:
+    """The server listens only in a namespace of its own (as a dyno does behind pasta):
+    through the host port nothing answers; inside the namespace, named by pid and
+    checked by inode, it does. A wrong inode is not entered."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free on the host, and stays so
+    proc = subprocess.Popen(
+        [
+            *("unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$0" -c "$1" "$2"'),
+            *(sys.executable, SERVER, str(port)),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        inode = os.stat(f"/proc/{proc.pid}/ns/net").st_ino
+        assert inode != os.stat("/proc/self/ns/net").st_ino
+
+        async def main() -> tuple[bytes, str, str]:
+            pool = Pool()
+            try:
+                got = await pool.send(
+                    port, request(), b"", method="GET", connect_timeout=2, where=(proc.pid, inode)
+                )
+                body = await got.read()
+                outcomes = []
+                for where in ((0, 0), (proc.pid, inode + 1)):  # the host port; a wrong inode
+                    try:
+                        await pool.send(
+                            port, request(), b"", method="GET", connect_timeout=2, where=where
+                        )
+                        outcomes.append("answered")
+                    except Refused:
+                        outcomes.append("refused")
+                assert list(pool.namespaces.fds) == [inode]
+                pool.namespaces.keep_only(())
+                assert pool.namespaces.fds == {}
+                return body, *outcomes
+            finally:
+                pool.close()
+
+        body, host, wrong = asyncio.run(main())
+        assert body == b"inside" and host == "refused" and wrong == "refused"
+        assert os.stat("/proc/self/ns/net").st_ino != inode  # and we came back
+    finally:
+        proc.kill()
+        proc.wait()

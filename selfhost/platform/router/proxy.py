@@ -194,7 +194,11 @@ class Router:
                     self.live[b.id] = Live(b)
                     self._probe(self.live[b.id])
         for gone in set(self.live) - ids:
-            self.live.pop(gone).leave()
+            left = self.live.pop(gone)
+            left.leave()
+            self.pool.forget(left.backend.port)
+        # a namespace's descriptor keeps it alive: none for a dyno no longer routed to
+        self.pool.namespaces.keep_only(b.netns for app in table.apps.values() for b in app.backends)
         self.changed.set()
         return True
 
@@ -467,6 +471,7 @@ class Router:
                         body,
                         method=request.method,
                         connect_timeout=s.connect_timeout,
+                        where=(b.pid, b.netns),
                     )
             except TimeoutError:
                 info["service"] = int((time.monotonic() - t0) * 1000)

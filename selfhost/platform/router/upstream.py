@@ -15,14 +15,31 @@ What the router needs to know about a failure is all this module reports:
 A request on a reused keep-alive connection that the dyno had closed meanwhile (it got
 no byte of an answer) is sent once more on a fresh connection, whatever its method, as
 Go's HTTP transport does: the dyno closed the connection before it read the request.
+
+**Inside the dyno's network namespace.** A dyno's ``$PORT`` is forwarded from a host
+loopback port by pasta, which splices every connection in user space: a new
+connection through it costs more than the whole proxying. So where the router may
+(it runs as root, as the platform does), it makes its socket *in* the dyno's network
+namespace (``setns(2)`` to the namespace, ``socket(2)``, ``setns(2)`` back: a socket
+stays in the namespace it was made in) and connects to ``127.0.0.1:$PORT`` there, over
+that namespace's own loopback. The namespace is the one the routing table names: the
+file ``/proc/<pid>/ns/net`` is opened and used only if its inode is the table's
+``netns`` (a reused pid leads nowhere else); the descriptors are closed as soon as
+their dyno leaves the table. The socket is the router's: nothing of the tenant's runs,
+and the dyno's firewall (its output chain) lets replies on loopback through as it does
+pasta's. Anything else (not root, a namespace gone) connects to the host port.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import ctypes
+import os
+import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import httptools
 
@@ -212,12 +229,68 @@ class Response:
             conn.abort()
 
 
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class Namespaces:
+    """Open descriptors of the dynos' network namespaces, checked by inode."""
+
+    def __init__(self) -> None:
+        self.fds: dict[int, int] = {}  # namespace inode -> descriptor
+        self.own: int | None = None
+        if os.geteuid() == 0:
+            with contextlib.suppress(OSError):
+                self.own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+    def _fd(self, pid: int, inode: int) -> int | None:
+        fd = self.fds.get(inode)
+        if fd is not None:
+            return fd
+        try:
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        if os.fstat(fd).st_ino != inode:  # the pid is another process's now
+            os.close(fd)
+            return None
+        self.fds[inode] = fd
+        return fd
+
+    def socket(self, pid: int, inode: int) -> socket.socket | None:
+        """A TCP socket in the namespace ``inode`` (entered through ``pid``), or None."""
+        if self.own is None or not inode or not pid:
+            return None
+        fd = self._fd(pid, inode)
+        if fd is None or _libc.setns(fd, CLONE_NEWNET) != 0:
+            return None
+        try:
+            return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        finally:
+            if _libc.setns(self.own, CLONE_NEWNET) != 0:
+                os._exit(70)  # never serve on from inside a tenant's namespace
+
+    def keep_only(self, inodes: Iterable[int]) -> None:
+        """Close the descriptors of namespaces no longer routed to."""
+        wanted = set(inodes)
+        for inode in [i for i in self.fds if i not in wanted]:
+            os.close(self.fds.pop(inode))
+
+    def close(self) -> None:
+        self.keep_only(())
+        if self.own is not None:
+            os.close(self.own)
+            self.own = None
+
+
 class Pool:
-    """Connections to the dynos' host ports, idle ones kept for reuse."""
+    """Connections to the dynos, idle ones kept for reuse (per host port, which names
+    a dyno)."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.host = host
         self.idle: dict[int, list[Connection]] = {}
+        self.namespaces = Namespaces()
 
     def put(self, port: int, conn: Connection) -> None:
         idle = self.idle.setdefault(port, [])
@@ -243,25 +316,42 @@ class Pool:
         for conn in self.idle.pop(port, []):
             conn.abort()
 
-    async def _connect(self, port: int, timeout: float) -> Connection:
+    async def _connect(self, port: int, timeout: float, where: tuple[int, int]) -> Connection:
         loop = asyncio.get_running_loop()
+        sock = self.namespaces.socket(*where)
         try:
             async with asyncio.timeout(timeout):
-                transport, conn = await loop.create_connection(Connection, self.host, port)
+                if sock is None:
+                    transport, conn = await loop.create_connection(Connection, self.host, port)
+                else:
+                    sock.setblocking(False)
+                    await loop.sock_connect(sock, ("127.0.0.1", port))
+                    transport, conn = await loop.create_connection(Connection, sock=sock)
         except (OSError, TimeoutError) as exc:
+            if sock is not None:
+                sock.close()
             raise Refused(f"connecting to port {port}: {exc}") from None
         conn.transport = transport  # uvloop may call connection_made a step later
         return conn
 
     async def send(
-        self, port: int, head: bytes, body: bytes, *, method: str, connect_timeout: float
+        self,
+        port: int,
+        head: bytes,
+        body: bytes,
+        *,
+        method: str,
+        connect_timeout: float,
+        where: tuple[int, int] = (0, 0),
     ) -> Response:
-        """Send a request (its head already serialized) and wait for the response head."""
+        """Send a request (its head already serialized) and wait for the response head.
+        ``where``: (pid, namespace inode) of the dyno, to connect inside its network
+        namespace; (0, 0) or a namespace out of reach: through the host port."""
         conn = self._reuse(port)
         reused = conn is not None
         while True:
             if conn is None:
-                conn = await self._connect(port, connect_timeout)
+                conn = await self._connect(port, connect_timeout, where)
             try:
                 return await self._exchange(port, conn, head, body, method)
             except Broken:
@@ -295,3 +385,4 @@ class Pool:
     def close(self) -> None:
         for port in list(self.idle):
             self.forget(port)
+        self.namespaces.close()
