@@ -201,18 +201,45 @@ def verify(
 @task(
     help={
         "left": "a selfhost workspace (its stage cache)",
-        "right": "another workspace, e.g. another machine's, or a CI runner's",
+        "right": "another workspace (another machine's, a CI runner's), or a Platform API "
+        "URL: an app's stage store (with --app)",
+        "app": "with a URL: the app whose stage store is challenged",
         "json": "print the result as JSON on stdout",
     },
 )
-def challenge(c: Context, left: str, right: str, json: bool = False) -> None:
+def challenge(
+    c: Context, left: str, right: str, app: str | None = None, json: bool = False
+) -> None:
     """Did two builders get the same stages from the same input hashes? Explain any
     difference."""
     from selfhost.stages.challenge import challenge as run_challenge
+    from selfhost.stages.challenge import challenge_platform, is_url
 
     s = settings(c)
     ui = make_ui(s, json=json)
-    result = run_challenge(Path(left).expanduser().absolute(), Path(right).expanduser().absolute())
+    if is_url(left):
+        raise UsageError(
+            "--left must be a workspace (the API lists no stages: it is asked for the "
+            "left side's input hashes)",
+            hint=f"invoke challenge --left WORKSPACE --right {left} --app APP",
+        )
+    if is_url(right):
+        if not app:
+            raise UsageError(
+                "a platform side needs the app whose stage store to challenge",
+                hint=f"add --app APP (the stages of `invoke release --app APP`, or of its "
+                f"compile workers) to: invoke challenge --left {left} --right {right}",
+            )
+        from selfhost.cli.platform import client_for
+
+        client = client_for(s, ui, right)[0]
+        result = challenge_platform(Path(left).expanduser().absolute(), client, app)
+    else:
+        if app:
+            raise UsageError("--app is for a platform URL on --right", hint="drop --app")
+        result = run_challenge(
+            Path(left).expanduser().absolute(), Path(right).expanduser().absolute()
+        )
     if json:
         ui.emit_json(result.to_json())
     else:
@@ -242,7 +269,7 @@ def challenge(c: Context, left: str, right: str, json: bool = False) -> None:
         )
     if not result.common:
         raise UsageError(
-            "the two workspaces have built no stage from the same inputs",
+            "the two sides hold no stage built from the same inputs",
             hint="bootstrap the same recipe on the same stack in both (invoke bootstrap)",
         )
     if result.different:

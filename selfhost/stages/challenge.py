@@ -8,17 +8,27 @@ machines, two CI runners, a platform's compile workers whose stages were pulled 
 same tree digest. For each input hash both sides hold, the verdict is ``identical`` or
 ``different``, and a difference is explained as ``diff-stages`` explains one: file by
 file, with the likely cause.
+
+A side may also be a **platform**: an app's stage store behind a Platform API URL
+(the stages its compile workers built, or a release of a local bootstrap stored). The
+API answers for one input hash at a time, so the other side must be a workspace: each
+of its input hashes is asked for; a stage the platform recorded with another tree
+digest is downloaded (checked against that record) and explained.
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from selfhost.errors import UsageError
+from selfhost.errors import PlatformError, SelfhostError, UsageError
 from selfhost.stages.diff import DiffReport, Side, compare_sides
 from selfhost.stages.manifest import Manifest
+
+if TYPE_CHECKING:
+    from selfhost.platform.client import PlatformClient
 
 
 @dataclass
@@ -50,8 +60,8 @@ class Challenged:
 
 @dataclass
 class ChallengeResult:
-    left: Path
-    right: Path
+    left: Path | str
+    right: Path | str
     common: list[Challenged] = field(default_factory=list)
     only_left: int = 0
     only_right: int = 0
@@ -108,3 +118,44 @@ def challenge(left: Path, right: Path, *, explain: bool = True) -> ChallengeResu
             )
         result.common.append(item)
     return result
+
+
+def challenge_platform(
+    workspace: Path, client: PlatformClient, app: str, *, explain: bool = True
+) -> ChallengeResult:
+    """Compare every stage of ``workspace`` with the one ``app``'s stage store on the
+    platform holds for the same input hash (``only_left``: those it does not hold;
+    ``only_right`` cannot be known: the API lists no stages)."""
+    a = stage_entries(workspace)
+    client.request("GET", f"/apps/{app}")  # 404 with a hint: not a missing stage each
+    result = ChallengeResult(workspace, f"{client.base_url} (app {app})")
+    for key, (entry, manifest) in a.items():
+        try:
+            info = client.request("GET", f"/stages/{key}?app={app}")
+        except PlatformError as exc:
+            if getattr(exc, "status", None) == 404:
+                result.only_left += 1
+                continue
+            raise
+        item = Challenged(
+            key, manifest.compiler, manifest.stage, manifest.tree_digest, info["tree_digest"]
+        )
+        if not item.identical and explain:
+            with tempfile.TemporaryDirectory(prefix="selfhost-challenge-") as tmp:
+                tree = Path(tmp) / "tree"
+                try:
+                    client.download_stage(app, key, tree)
+                except SelfhostError as exc:
+                    raise SelfhostError(
+                        f"the platform's stage {key[:12]} could not be examined: {exc.message}"
+                    ) from None
+                item.report = compare_sides(
+                    Side.from_directory("left", entry / "tree" / manifest.prefix.strip("/")),
+                    Side.from_directory("right", tree / manifest.prefix.strip("/")),
+                )
+        result.common.append(item)
+    return result
+
+
+def is_url(side: str) -> bool:
+    return side.startswith(("http://", "https://"))
