@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from selfhost.stages.pipeline import BootstrapResult
     from selfhost.ui import UI
 
+COMPILER_HELP = "recipe name (tcc) or a recipe .toml path; default selfhost.default_compiler"
+JSON_HELP = "print the result as JSON on stdout (progress goes to stderr)"
+
 # The library modules are imported inside the tasks: `invoke --list`, `--help` and the
 # quick tasks (a cached bootstrap, a diff verdict) start faster without them.
 
@@ -27,7 +30,7 @@ if TYPE_CHECKING:
         "stages": "number of stages to build (default: the recipe's)",
         "engine": "sandbox engine: bwrap (default) or docker",
         "force": "rebuild every stage even if it is cached",
-        "json": "print the result as JSON on stdout (progress goes to stderr)",
+        "json": JSON_HELP,
         "verbose": "echo every sandbox command before it runs",
         "from_platform": "take stages the platform's compile workers built (same input "
         "hash) from its stage store instead of building them",
@@ -71,11 +74,11 @@ def bootstrap(
 @task(
     iterable=["stage0"],
     help={
-        "compiler": "recipe name (tcc) or a recipe .toml path; default selfhost.default_compiler",
+        "compiler": COMPILER_HELP,
         "stage0": "a stage0 the recipe declares (default, or [stage0.alternatives.NAME]); "
         "repeat it; default: every one it declares",
         "engine": "sandbox engine: bwrap (default) or docker",
-        "json": "print the result as JSON on stdout (progress goes to stderr)",
+        "json": JSON_HELP,
     },
 )
 def ddc(
@@ -132,11 +135,11 @@ def ddc(
 @task(
     iterable=["vary"],
     help={
-        "compiler": "recipe name (tcc) or a recipe .toml path; default selfhost.default_compiler",
+        "compiler": COMPILER_HELP,
         "vary": "variations, comma-separated or repeated (default all): build-path, time, "
         "locale, timezone, umask, jobs, user, hostname, file-ordering, engine",
         "engine": "the reference's sandbox engine: bwrap (default) or docker",
-        "json": "print the result as JSON on stdout (progress goes to stderr)",
+        "json": JSON_HELP,
     },
 )
 def verify(

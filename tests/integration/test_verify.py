@@ -9,22 +9,12 @@ import json
 
 import pytest
 
+from selfhost.compilers.recipe import VARIATION_NAMES
 from tests.integration.conftest import invoke, tcc_variant
 
 pytestmark = pytest.mark.slow
 
-EVERY = [
-    "build-path",
-    "time",
-    "locale",
-    "timezone",
-    "umask",
-    "jobs",
-    "user",
-    "hostname",
-    "file-ordering",
-    "engine",
-]
+EVERY = list(VARIATION_NAMES)  # build-path, time, locale, ... engine
 
 # one file per fact, under lib/ (the recipe's artifacts are bin/**, lib/**, include/**)
 LEAKS = (
