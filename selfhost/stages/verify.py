@@ -48,11 +48,11 @@ from typing import Any
 
 from selfhost.compilers.recipe import VARIATION_NAMES, Recipe
 from selfhost.errors import SelfhostError, UsageError
-from selfhost.stages.builder import BUILD
+from selfhost.stages.builder import BUILD, StageSpec
 from selfhost.stages.diff import Side, compare_sides
 from selfhost.stages.engine import HOSTNAME, Engine, Mount
 from selfhost.stages.manifest import glob_match, write_json_atomic
-from selfhost.stages.pipeline import Bootstrap, BootstrapResult
+from selfhost.stages.pipeline import Bootstrap, BootstrapResult, StageResult
 from selfhost.stages.runners import SandboxRunner
 
 FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime")
@@ -86,7 +86,6 @@ class Setup:
 
     what: str  # what changed, for the report
     env: dict[str, str] = field(default_factory=dict)  # set (or replaced)
-    unset: tuple[str, ...] = ()
     root: str = BUILD
     mounts: tuple[Mount, ...] = ()
     uid: int = 0
@@ -355,8 +354,8 @@ def run_verify(
 def _rebuild(
     bootstrap: Bootstrap,
     ctx: Context,
-    spec: Any,
-    previous: Any,
+    spec: StageSpec,
+    previous: StageResult | None,
     reference: Side,
     setup: Setup,
     row: Row,
@@ -369,11 +368,7 @@ def _rebuild(
     runner = SandboxRunner(engine, outcome.stack, bootstrap.owner)
     runner.root, runner.mounts, runner.uid = setup.root, setup.mounts, setup.uid
     runner.hostname, runner.umask = setup.hostname, setup.umask
-    env = {
-        k: _moved(v, setup.root)
-        for k, v in spec.environment(ctx.jobs).items()
-        if k not in setup.unset
-    }
+    env = {k: _moved(v, setup.root) for k, v in spec.environment(ctx.jobs).items()}
     env.update(setup.env)
     work_dir = bootstrap.cache.begin(f"{spec.key()}.verify-{row.name}")
     started = time.monotonic()
