@@ -81,7 +81,7 @@ class SandboxRunner:
             cwd = self.root + cwd[len(BUILD) :]
         return Sandbox(
             stack=self.stack,
-            argv=("/bin/sh", "-ec", f"umask {self.umask}\n{script}"),
+            argv=("/bin/sh", "-ec", f"umask {self.umask}; {script}"),
             env=tuple(env.items()),
             mounts=(*mounts, *self.mounts),
             workdir=cwd,
