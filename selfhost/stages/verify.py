@@ -62,7 +62,6 @@ LOCALE_AT = "/usr/lib/selfhost-verify/locale"
 OTHER_ROOT = "/var/tmp/selfhost-verify/build-path"
 OTHER_HOSTNAME = "verify-other-host"
 OTHER_UID = 1234
-BASE = Path("/run/selfhost-verify")  # disorderfs mounts (see _disorder)
 
 
 class Skipped(Exception):
@@ -447,37 +446,33 @@ def _disorder(root: Path, runner: SandboxRunner) -> Iterator[None]:
     disorderfs serves each request with the caller's ids (``--multi-user``: files the
     build makes are the build id's), so the build id must be able to reach the
     directory it serves: a workspace under a ``0700`` directory is out of its reach.
-    So the work directory is bound (by root) into a directory of the build id's own
-    under ``/run/selfhost-verify``, and disorderfs serves it from there."""
+    So disorderfs serves the work directory from where the sandboxes' staging
+    (:mod:`selfhost.stages.staging`) binds it for the build id."""
+    from selfhost.stages.staging import Staging
+
     security = runner.engine.security
-    host = security.host_id(security.ids.build)
-    BASE.mkdir(mode=0o711, exist_ok=True)
-    os.chmod(BASE, 0o711)
-    own = BASE / f"{os.getpid()}-{root.parent.name[-24:]}"
-    backing, view = own / "backing", own / "view"
-    for path in (own, backing, view):
-        path.mkdir(mode=0o700, exist_ok=True)
-        os.chown(path, host, host)
     root.mkdir(parents=True, exist_ok=True)
-    steps = [
-        ["mount", "--bind", str(root), str(backing)],
-        [
-            "disorderfs",
-            "--shuffle-dirents=yes",
-            "--multi-user=yes",
-            "-o",
-            "allow_other",
-            str(backing),
-            str(view),
-        ],
-    ]
+    view = root.parent / "disorder"
+    view.mkdir(exist_ok=True)
+    staging = Staging.create([root], security.host_id(security.ids.build))
     try:
-        for argv in steps:
-            run = subprocess.run(argv, capture_output=True, text=True)
-            if run.returncode != 0:
-                raise SelfhostError(
-                    f"file-ordering: {argv[0]} failed for {root}: {run.stderr.strip()[-300:]}"
-                )
+        run = subprocess.run(
+            [
+                "disorderfs",
+                "--shuffle-dirents=yes",
+                "--multi-user=yes",
+                "-o",
+                "allow_other",
+                str(staging[root]),
+                str(view),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if run.returncode != 0:
+            raise SelfhostError(
+                f"file-ordering: disorderfs failed for {root}: {run.stderr.strip()[-300:]}"
+            )
         runner.root_view = view
         yield
     finally:
@@ -487,8 +482,7 @@ def _disorder(root: Path, runner: SandboxRunner) -> Iterator[None]:
             if not os.path.ismount(view):
                 break
             time.sleep(0.1)
-        subprocess.run(["umount", "-l", str(backing)], capture_output=True)
-        shutil.rmtree(own, ignore_errors=True)
+        staging.remove()
 
 
 @contextlib.contextmanager
