@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "dyno_max_children": 32,
     "router_port": 5080,
     "router_timeout": 30,
+    "router_workers": 0,
     "queue_url": None,
     "queues": None,
     "slug_max_unpacked_bytes": 2_000_000_000,
@@ -84,6 +85,7 @@ class Settings:
     dyno_max_children: int = 32  # live child dynos per app (forked by its dynos)
     router_port: int = 5080  # http://APP.localhost:5080/ (0: a free port, in router.json)
     router_timeout: float = 30  # seconds until a response's headers (H12 after)
+    router_workers: int = 0  # the router's worker processes (0: one per core, at most 4)
     queue_url: str | None = None
     queues: tuple[str, ...] = ()
     slug_max_unpacked_bytes: int = 2_000_000_000
@@ -158,6 +160,7 @@ class Settings:
                 dyno_max_children=int(raw["dyno_max_children"]),
                 router_port=int(raw["router_port"]),
                 router_timeout=float(raw["router_timeout"]),
+                router_workers=int(raw["router_workers"]),
                 queue_url=raw["queue_url"] or None,
                 queues=_words(raw["queues"]),
                 slug_max_unpacked_bytes=int(raw["slug_max_unpacked_bytes"]),
@@ -211,6 +214,11 @@ def validate(settings: Settings) -> Settings:
     for key in ("platform_port", "router_port"):
         if not 0 <= getattr(settings, key) <= 65535:
             raise UsageError(f"selfhost.{key} is {getattr(settings, key)}; expected 0-65535")
+    if not 0 <= settings.router_workers <= 64:
+        raise UsageError(
+            f"selfhost.router_workers is {settings.router_workers}; expected 0-64",
+            hint="0 runs one worker per core (at most 4)",
+        )
     for key in ("dyno_boot_timeout", "router_timeout"):
         if not getattr(settings, key) > 0:
             raise UsageError(f"selfhost.{key} must be positive (seconds)")

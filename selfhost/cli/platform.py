@@ -131,7 +131,12 @@ def start_router(s: Settings) -> tuple[Any, bool]:
     return service.start(
         PlatformPaths(s.platform),
         port=s.router_port,
-        options=("--request-timeout", f"{s.router_timeout:g}"),
+        options=(
+            "--request-timeout",
+            f"{s.router_timeout:g}",
+            "--workers",
+            str(s.router_workers),
+        ),
     )
 
 

@@ -237,3 +237,102 @@ def test_a_table_rewritten_within_one_clock_tick_is_still_read(tmp_path: Path) -
     assert router.table.serial == 2
     assert router.table.apps["hello"].backends[0].port == 20001
     assert not router.reload(look=True)  # nothing new
+
+
+def test_workers_share_what_is_in_flight_across_processes() -> None:
+    """A request counted by one worker process is seen by every other (shared memory
+    mapped before the fork); a dead worker's count is dropped."""
+    from selfhost.platform.router.activity import Activity
+
+    activity = Activity(2)
+    begun, ended = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:  # worker 1
+        activity.as_worker(1).begin("hello")
+        os.write(begun[1], b"x")
+        os.read(ended[0], 1)
+        os._exit(0)
+    try:
+        os.read(begun[0], 1)
+        assert activity.in_flight("hello") == 1 and activity.in_flight("other") == 0
+        assert time.monotonic() - activity.last_request("hello") < 5
+        assert activity.last_request("other") == 0
+        mine = activity.begin("hello")  # worker 0, this process
+        assert activity.in_flight("hello") == 2
+        activity.end(mine)
+    finally:
+        os.write(ended[1], b"x")
+        os.waitpid(pid, 0)
+    assert activity.in_flight("hello") == 1  # it never ended its request: it died
+    activity.forget_worker(1)
+    assert activity.in_flight("hello") == 0
+
+
+def test_the_idle_stop_waits_for_another_workers_request(tmp_path: Path) -> None:
+    """An autostarted app is scaled to 0 when idle, but not while another worker still
+    serves a request for it (worker 0 alone saw none: it would have stopped it)."""
+    import asyncio
+
+    from selfhost.platform.router.activity import Activity
+    from selfhost.platform.router.proxy import Router
+
+    paths = PlatformPaths(tmp_path / "platform")
+    paths.root.mkdir()
+    app = {"id": "a", "web": 1, "autostart": True, "idle": 0.05, "backends": []}
+    write_json_atomic(paths.routes, {"serial": 1, "api": "", "apps": {"hello": app}})
+    activity = Activity(2)
+    slow = activity.as_worker(1).begin("hello")  # worker 1 serves a long request
+    router = Router(paths, log=lambda line: None, activity=activity.as_worker(0))
+    router.reload()
+    router.autostarted.add("hello")
+    scaled: list[int] = []
+
+    async def scale(app: str, quantity: int) -> int:
+        scaled.append(quantity)
+        return 200
+
+    router._scale_web = scale  # type: ignore[method-assign]
+    time.sleep(0.1)
+    asyncio.run(router._stop_idle())
+    assert scaled == [] and "hello" in router.autostarted  # busy elsewhere
+    activity.as_worker(1).end(slow)
+    activity.as_worker(0)
+    asyncio.run(router._stop_idle())
+    assert scaled == []  # it just ended: idle only after the app's idle time
+    time.sleep(0.1)
+    asyncio.run(router._stop_idle())
+    assert scaled == [0] and "hello" not in router.autostarted
+
+
+def worker_pids(site: Site, tries: int = 40) -> dict[int, int]:
+    """Worker index -> pid, from the state that workers answer (each connection
+    reaches one of them)."""
+    seen: dict[int, int] = {}
+    for _ in range(tries):
+        state = service.state(site.info)  # type: ignore[arg-type]
+        if state:
+            seen[state["worker"]] = state["pid"]
+    return seen
+
+
+def test_workers_serve_together_a_dead_one_comes_back_and_none_outlives_the_router(
+    site: Site,
+) -> None:
+    site.backend("web.1")
+    site.publish()
+    info = site.start("--workers", "2")
+    assert json.loads(site.paths.router_json.read_text())["workers"] == 2
+    pids = worker_pids(site)
+    assert set(pids) == {0, 1}, pids  # the kernel spread the connections over both
+    assert all(site.get()[0] == 200 for _ in range(10))
+    os.kill(pids[1], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while (again := worker_pids(site, 20)).get(1) in (None, pids[1]):
+        assert time.monotonic() < deadline, again
+    assert again[0] == pids[0] and service.running(site.paths) == info  # the same router
+    assert all(site.get()[0] == 200 for _ in range(10))
+    os.kill(info.pid, signal.SIGKILL)  # the parent, without a word to its workers
+    deadline = time.monotonic() + 5
+    while any(probe.alive(pid) for pid in again.values()):
+        assert time.monotonic() < deadline, "a worker outlived its router"
+        time.sleep(0.05)

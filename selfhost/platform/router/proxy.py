@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import os
 import random
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -50,6 +51,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from selfhost.platform.paths import PlatformPaths
+from selfhost.platform.router.activity import Activity
 from selfhost.platform.router.table import AppRoute, Backend, Table, read_table
 from selfhost.platform.router.upstream import Broken, Pool, Refused, Response
 from selfhost.platform.runtime import probe
@@ -145,16 +147,18 @@ class Router:
         paths: PlatformPaths,
         settings: RouterSettings = RouterSettings(),
         log: Callable[[str], None] = print,
+        activity: Activity | None = None,
     ):
         self.paths = paths
         self.settings = settings
         self.log = log
+        #: this worker's requests, and the other workers' (the idle stop reads them all)
+        self.activity = activity or Activity()
         self.table = Table.empty()
         self.table_stamp: tuple[int, int, int] | None = None
         self.routes = str(paths.routes)  # stat'ed at every request
         self.live: dict[str, Live] = {}  # backend dyno id -> its state
         self.logs: dict[str, AppLog] = {}
-        self.last_request: dict[str, float] = {}  # app -> when it was last asked for
         self.autostarted: set[str] = set()
         self.waiting = 0  # requests waiting for a routable dyno
         self.evicted: set[asyncio.Task[Any]] = set()  # cancelled: their backend died
@@ -226,7 +230,8 @@ class Router:
                         continue
                     self._probe(live)
                     if (
-                        live.ever
+                        self.activity.worker == 0  # one worker asks, not each of them
+                        and live.ever
                         and live.out_since is not None
                         and not live.restart_asked
                         and time.monotonic() - live.out_since > self.settings.restart_after
@@ -270,7 +275,8 @@ class Router:
         self.app_log(b.app).write(
             "heroku", "router", f'at=warning desc="{b.dyno} unresponsive: restarting it"'
         )
-        status = await self._api("DELETE", f"/apps/{b.app}/dynos/{b.dyno}")
+        # by id: the name may be its replacement's by the time the call arrives
+        status = await self._api("DELETE", f"/apps/{b.app}/dynos/{b.id}")
         self.log(f"router: restart {b.app} {b.dyno}: {status}")
 
     async def _scale_web(self, app: str, quantity: int) -> int:
@@ -283,8 +289,9 @@ class Router:
             if route is None or route.web == 0:
                 self.autostarted.discard(app)
                 continue
-            busy = any(self.live[b.id].outstanding for b in route.backends if b.id in self.live)
-            if not busy and now - self.last_request.get(app, now) > route.idle:
+            # any worker's request counts: another may be serving the app all along
+            last = self.activity.last_request(app) or now
+            if not self.activity.in_flight(app) and now - last > route.idle:
                 self.autostarted.discard(app)
                 self.app_log(app).write(
                     "heroku", "router", f'at=info desc="idle for {route.idle:g}s: web=0"'
@@ -354,8 +361,8 @@ class Router:
                 content_type="text/html",
                 headers={"X-Request-Id": request_id},
             )
-        self.last_request[app] = time.monotonic()
         info: dict[str, Any] = {"dyno": "", "connect": 0, "service": 0, "bytes": 0}
+        counted = self.activity.begin(app)
         try:
             response = await self._route(request, app, request_id, started, info)
         except Attempt as failed:
@@ -365,6 +372,8 @@ class Router:
             info["code"], info["status"] = "H27", 499  # the client went away
             self._log_request(app, request, request_id, info)
             raise
+        finally:
+            self.activity.end(counted)
         info.setdefault("status", response.status)
         self._log_request(app, request, request_id, info)
         return response
@@ -598,7 +607,14 @@ class Router:
                     for b in route.backends
                 ],
             }
-        return {"serial": self.table.serial, "port": self.port, "apps": apps}
+        return {
+            "serial": self.table.serial,
+            "port": self.port,
+            "worker": self.activity.worker,
+            "workers": self.activity.workers,
+            "pid": os.getpid(),
+            "apps": apps,
+        }
 
     async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         host = request.host.rsplit(":", 1)[0]
@@ -607,7 +623,10 @@ class Router:
         return await self.handle(request)
 
     # ------------------------------------------------------------------ lifecycle
-    async def start(self, host: str, port: int) -> web.ServerRunner:
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None
+    ) -> web.ServerRunner:
+        """Serve on ``sock`` (a listening socket: the workers') or on ``host:port``."""
         self.session = aiohttp.ClientSession()
         self.reload()
         loop = asyncio.get_running_loop()
@@ -624,7 +643,11 @@ class Router:
         handler = web.Server(self.dispatch, request_factory=make_request, access_log=None)
         runner = web.ServerRunner(handler, handle_signals=False, shutdown_timeout=2.0)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+        site: web.BaseSite
+        if sock is not None:
+            site = web.SockSite(runner, sock, backlog=1024)
+        else:
+            site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
         await site.start()
         listening = site._server
         assert listening is not None

@@ -7,13 +7,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import gc
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import traceback
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -21,6 +24,7 @@ from pathlib import Path
 
 from selfhost.errors import PlatformError
 from selfhost.platform.paths import PlatformPaths
+from selfhost.platform.router.activity import Activity
 from selfhost.platform.runtime import probe
 from selfhost.stages.manifest import write_json_atomic
 from selfhost.workspace import file_lock
@@ -136,10 +140,43 @@ def stop(paths: PlatformPaths) -> RouterInfo | None:
     return info
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m selfhost.platform.router.service --dir PLATFORM --port N``"""
-    from selfhost.platform.router.proxy import Router, RouterSettings
+def default_workers() -> int:
+    """One worker per core this process may run on, at most :data:`MAX_WORKERS`."""
+    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
 
+
+def listening_socket(host: str, port: int, *, shared: bool = True) -> socket.socket:
+    """A socket listening on ``host:port``; ``shared``: one of the workers' group
+    (``SO_REUSEPORT``: the kernel spreads new connections across the group)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if shared:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class _Stop(Exception):
+    """SIGTERM or SIGINT reached the router's parent."""
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m selfhost.platform.router.service --dir PLATFORM --port N``
+
+    The parent binds the port, forks the workers (each with its own listening socket
+    on that port), writes ``router.json`` and starts again a worker that dies. A worker
+    dies with the parent (``PR_SET_PDEATHSIG``): no orphan serves on beside a new
+    router."""
     parser = argparse.ArgumentParser(prog="selfhost.platform.router.service")
     parser.add_argument("--dir", required=True, type=Path)
     parser.add_argument("--host", default="127.0.0.1")
@@ -147,16 +184,119 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--request-timeout", type=float, default=30.0)
     parser.add_argument("--domain", default="localhost")
     parser.add_argument(
+        "--workers", type=int, default=0, help="worker processes (0: one per core, at most 4)"
+    )
+    parser.add_argument(
         "--no-failover",
         action="store_true",
         help="a weakened router for the tests: no health probe, no retry",
     )
     args = parser.parse_args(argv)
     paths = PlatformPaths(args.dir)
+    workers = args.workers or default_workers()
+    # the port is taken, or free and now ours: a plain bind tells (a group's would join
+    # whatever else listens there with SO_REUSEPORT)
+    with listening_socket(args.host, args.port, shared=False) as probe_socket:
+        port = probe_socket.getsockname()[1]
+    activity = Activity(workers)
+    parent = os.getpid()
+    children: dict[int, int] = {}  # pid -> worker index
+
+    def spawn(index: int, sock: socket.socket) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = _worker(args, paths, activity.as_worker(index), sock, parent)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                os._exit(code)
+        sock.close()  # the worker's now: a dead worker's queue must not wait for nobody
+        children[pid] = index
+
+    for index in range(workers):
+        # each socket made just before its worker's fork: no worker holds another's
+        # (a socket of the group that nobody accepts from would swallow connections)
+        spawn(index, listening_socket(args.host, port))
+    url = f"http://{args.host}:{port}"
+    write_json_atomic(
+        paths.router_json, {"pid": parent, "url": url, "port": port, "workers": workers}
+    )
+    _log(f"router {parent} serving http://APP.{args.domain}:{port}/ with {workers} workers")
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, _raise_stop)
+    try:
+        while True:
+            pid, status = os.wait()
+            index = children.pop(pid, -1)
+            if index < 0:
+                continue
+            _log(f"worker {index} (pid {pid}) ended ({_ended(status)}): starting it again")
+            activity.forget_worker(index)
+            time.sleep(0.5)  # a worker that dies at once is not restarted in a busy loop
+            spawn(index, listening_socket(args.host, port))
+    except _Stop:
+        _log("stopping")
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _stop_workers(children)
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(paths.router_json.read_text()).get("pid") == parent:
+                paths.router_json.unlink()
+    return 0
+
+
+def _log(line: str) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    print(f"{stamp} {line}", flush=True)
+
+
+def _ended(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"signal {os.WTERMSIG(status)}"
+    return f"exit {os.waitstatus_to_exitcode(status)}"
+
+
+def _stop_workers(children: dict[int, int]) -> None:
+    """SIGTERM to every worker (each finishes what it serves), SIGKILL after
+    :data:`STOP_TIMEOUT`; reap them all."""
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while children and time.monotonic() < deadline:
+        for pid in list(children):
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    continue
+            children.pop(pid)
+        time.sleep(0.02)
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+def _worker(
+    args: argparse.Namespace,
+    paths: PlatformPaths,
+    activity: Activity,
+    sock: socket.socket,
+    parent: int,
+) -> int:
+    from selfhost.platform.router.proxy import Router, RouterSettings
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0 or os.getppid() != parent:
+        return 0  # the parent is gone already
+    me = f"worker {activity.worker}"
 
     def log(line: str) -> None:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        print(f"{stamp} {line}", flush=True)
+        _log(f"{me}: {line}")
 
     async def serve() -> None:
         router = Router(
@@ -167,8 +307,9 @@ def main(argv: list[str] | None = None) -> int:
                 failover=not args.no_failover,
             ),
             log=log,
+            activity=activity,
         )
-        runner = await router.start(args.host, args.port)
+        runner = await router.start(sock=sock)
         # Fewer, smaller collections: what start-up made is frozen out of every one, and
         # the first generation fills 10x slower (each request makes a few dozen objects,
         # nearly none in cycles); a full collection was a latency spike under load.
@@ -178,20 +319,19 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
-        url = f"http://{args.host}:{router.port}"
-        write_json_atomic(paths.router_json, {"pid": os.getpid(), "url": url, "port": router.port})
-        log(f"router {os.getpid()} serving http://APP.{args.domain}:{router.port}/")
+        log(f"pid {os.getpid()} serving")
         await stopping.wait()
-        log("stopping")
         await router.close(runner)
-        with contextlib.suppress(OSError, ValueError):
-            if json.loads(paths.router_json.read_text()).get("pid") == os.getpid():
-                paths.router_json.unlink()
 
     import uvloop  # libuv's event loop: bench/router.py measures what it gives
 
     uvloop.run(serve())
     return 0
+
+
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+MAX_WORKERS = 4
 
 
 if __name__ == "__main__":

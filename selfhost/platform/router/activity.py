@@ -1,0 +1,79 @@
+"""What the router's workers know of each other's requests: per app, when one last came
+and how many are in flight.
+
+The router runs one worker process per core (``selfhost.router_workers``), each with
+its own listening socket on the same port (``SO_REUSEPORT``: the kernel spreads new
+connections). A worker decides alone where each of its requests goes; what it cannot
+decide alone is when an autostarted app has been idle long enough to scale web back to
+0: another worker may be serving it. So every worker records its requests here, and
+the idle check reads every worker's record.
+
+The record is anonymous shared memory, mapped by the router's parent before it forks
+its workers (a worker started again later inherits the same mapping). Each worker
+writes only its own row, so no lock is needed; readers take the latest time and the
+sum of the counts. An app is hashed to one of :data:`SLOTS` slots: two apps that share
+a slot only make each other's idle stop later, never earlier.
+"""
+
+from __future__ import annotations
+
+import mmap
+import time
+import zlib
+
+SLOTS = 4096
+
+
+class Activity:
+    """Shared per-app request records of ``workers`` workers; this process writes the
+    row of worker ``worker`` (:meth:`as_worker`)."""
+
+    def __init__(self, workers: int = 1) -> None:
+        if workers < 1:
+            raise ValueError("at least one worker")
+        self.workers = workers
+        self.worker = 0
+        # a row per worker: SLOTS doubles (last request), then SLOTS int64 (in flight)
+        self._mem = mmap.mmap(-1, workers * SLOTS * 16)  # MAP_SHARED | MAP_ANONYMOUS
+        view = memoryview(self._mem)
+        half = workers * SLOTS * 8
+        self._last = view[:half].cast("d")
+        self._busy = view[half:].cast("q")
+
+    def as_worker(self, worker: int) -> Activity:
+        """This process is worker ``worker`` (after the fork that made it)."""
+        if not 0 <= worker < self.workers:
+            raise ValueError(f"worker {worker} of {self.workers}")
+        self.worker = worker
+        return self
+
+    @staticmethod
+    def slot(app: str) -> int:
+        return zlib.crc32(app.encode()) % SLOTS
+
+    def begin(self, app: str) -> int:
+        """A request for ``app`` came to this worker; returns its slot for :meth:`end`."""
+        i = self.worker * SLOTS + self.slot(app)
+        self._last[i] = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process
+        self._busy[i] += 1
+        return i
+
+    def end(self, i: int) -> None:
+        """The request :meth:`begin` counted has ended (answered, failed or cut off)."""
+        self._last[i] = time.monotonic()
+        self._busy[i] -= 1
+
+    def last_request(self, app: str) -> float:
+        """When any worker last began or ended a request for ``app`` (0: never)."""
+        s = self.slot(app)
+        return max(self._last[w * SLOTS + s] for w in range(self.workers))
+
+    def in_flight(self, app: str) -> int:
+        """Requests for ``app`` in flight in all workers."""
+        s = self.slot(app)
+        return sum(self._busy[w * SLOTS + s] for w in range(self.workers))
+
+    def forget_worker(self, worker: int) -> None:
+        """A worker died: what it had in flight is not in flight any more."""
+        for s in range(SLOTS):
+            self._busy[worker * SLOTS + s] = 0
