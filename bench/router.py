@@ -5,7 +5,8 @@ bootstrapped tcc) as app ``bench``; ``wrk`` drives it. It prints:
 
 - **throughput and latency**: requests/s, p50 and p99 for a small response at 1, 8 and
   64 connections, straight to the dyno's port and through the router, and router ÷
-  direct (goals: at least half the direct throughput; p99 at most 2 ms more at 8); with
+  direct (goals: at least half the direct throughput; p99 at most 2 ms more at 8); the
+  same router with one worker process beside it (``router1w``: what the workers add); with
   Debian's ``haproxy`` installed, a bare HAProxy in front of the same dyno as well (the
   reference a proxy in C gives here, without the router's features);
 - **failover**: web=3, 8 clients sending GETs, one dyno killed (``kill -9``): the
@@ -147,14 +148,32 @@ def haproxy(work: Path, dyno_port: int) -> tuple[subprocess.Popen[bytes], int] |
     return proc, listen
 
 
+def one_worker_router(platform: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A second router on the same platform with one worker process: what the router's
+    workers add, in the same run."""
+    import sys
+
+    record = platform.parent / "router-1.json"
+    argv = [sys.executable, "-m", "selfhost.platform.router.service", "--dir", str(platform)]
+    argv += ["--workers", "1", "--record", str(record)]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL)
+    wait_for(record.exists, 20, "the one-worker router")
+    port = int(json.loads(record.read_text())["port"])
+    wait_for(lambda: get(port, timeout=1) == 200, 10, "the one-worker router's answer")
+    return proc, port
+
+
 def throughput(platform: Path, router_port: int, seconds: float, rounds: int = 3) -> None:
     cli(platform, "scale", "--app", "bench", "web=1")
     dyno = wait_for(lambda: routed(platform), 120, "a routable web dyno")[0]
     host = f"bench.localhost:{router_port}"
+    workers = json.loads((platform / "router.json").read_text())["workers"]
     paths = {
         "direct": (f"http://127.0.0.1:{dyno['port']}/", None),
         "router": (f"http://127.0.0.1:{router_port}/", host),
     }
+    single, single_port = one_worker_router(platform)
+    paths["router1w"] = (f"http://127.0.0.1:{single_port}/", f"bench.localhost:{single_port}")
     reference = haproxy(platform.parent, dyno["port"])
     if reference:
         paths["haproxy"] = (f"http://127.0.0.1:{reference[1]}/", None)
@@ -163,7 +182,8 @@ def throughput(platform: Path, router_port: int, seconds: float, rounds: int = 3
             wrk(url, 8, 1, header)  # warm each
         print(
             f"connections  path       requests/s     p50       p99     errors   (median of "
-            f"{rounds}{'; haproxy: the reference, not the router' if reference else ''})"
+            f"{rounds}; router: {workers} workers; router1w: the same with one"
+            f"{'; haproxy: the reference, not the router' if reference else ''})"
         )
         for connections in (1, 8, 64):
             # every path in turn, `rounds` times: this machine's steal time and
@@ -193,6 +213,8 @@ def throughput(platform: Path, router_port: int, seconds: float, rounds: int = 3
                     + (" (goal <= 2 ms)" if connections == 8 else "")
                 )
     finally:
+        single.terminate()
+        single.wait()
         if reference:
             reference[0].terminate()
             reference[0].wait()

@@ -187,12 +187,18 @@ def main(argv: list[str] | None = None) -> int:
         "--workers", type=int, default=0, help="worker processes (0: one per core, at most 4)"
     )
     parser.add_argument(
+        "--record",
+        type=Path,
+        help="where to write the router's pid, URL and port (default: router.json)",
+    )
+    parser.add_argument(
         "--no-failover",
         action="store_true",
         help="a weakened router for the tests: no health probe, no retry",
     )
     args = parser.parse_args(argv)
     paths = PlatformPaths(args.dir)
+    record = args.record or paths.router_json
     workers = args.workers or default_workers()
     # the port is taken, or free and now ours: a plain bind tells (a group's would join
     # whatever else listens there with SO_REUSEPORT)
@@ -221,9 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         # (a socket of the group that nobody accepts from would swallow connections)
         spawn(index, listening_socket(args.host, port))
     url = f"http://{args.host}:{port}"
-    write_json_atomic(
-        paths.router_json, {"pid": parent, "url": url, "port": port, "workers": workers}
-    )
+    write_json_atomic(record, {"pid": parent, "url": url, "port": port, "workers": workers})
     _log(f"router {parent} serving http://APP.{args.domain}:{port}/ with {workers} workers")
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
@@ -243,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _stop_workers(children)
         with contextlib.suppress(OSError, ValueError):
-            if json.loads(paths.router_json.read_text()).get("pid") == parent:
-                paths.router_json.unlink()
+            if json.loads(record.read_text()).get("pid") == parent:
+                record.unlink()
     return 0
 
 
