@@ -571,7 +571,7 @@ class Router:
     ) -> None:
         code = info.get("code")
         head = f'at=error code={code} desc="{ERRORS.get(code, "")}" ' if code else "at=info "
-        path = request.rel_url.raw_path_qs.replace('"', "%22")
+        path = request.raw_path.replace('"', "%22")  # the request target, as it came
         line = (
             f'{head}method={request.method} path="{path}" host={request.host} '
             f'request_id={request_id} fwd="{request.remote}" dyno={info["dyno"]} '
@@ -619,6 +619,7 @@ class Router:
     async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         host = request.host.rsplit(":", 1)[0]
         if host in ("127.0.0.1", "localhost", self.settings.domain) and request.path == "/router":
+            self.reload()  # this worker may not have looked since another changed it
             return web.json_response(self.state())
         return await self.handle(request)
 

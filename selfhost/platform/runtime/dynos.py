@@ -389,14 +389,18 @@ class AppLog:
     def write(self, source: str, dyno: str, text: str) -> None:
         self.append(self.lines(source, dyno, text))
 
-    @staticmethod
-    def lines(source: str, dyno: str, text: str) -> str:
+    _second: tuple[int, str] = (-1, "")  # the last second formatted (the router's lines)
+
+    @classmethod
+    def lines(cls, source: str, dyno: str, text: str) -> str:
         """``text`` as log lines, stamped now (the router stamps and writes later)."""
         ns = time.time_ns()
-        stamp = (
-            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns / 1e9))
-            + f".{ns % 10**9 // 1000:06d}Z"
-        )
+        second, formatted = cls._second
+        if ns // 10**9 != second:
+            second = ns // 10**9
+            formatted = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            cls._second = (second, formatted)
+        stamp = f"{formatted}.{ns % 10**9 // 1000:06d}Z"
         return "".join(f"{stamp} {source}[{dyno}]: {line}\n" for line in text.splitlines())
 
     def append(self, lines: str) -> None:
