@@ -244,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     except _Stop:
         _log("stopping")
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal: no half stop
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         _stop_workers(children)
         with contextlib.suppress(OSError, ValueError):
             if json.loads(record.read_text()).get("pid") == parent:
