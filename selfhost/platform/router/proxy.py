@@ -624,10 +624,8 @@ class Router:
         return await self.handle(request)
 
     # ------------------------------------------------------------------ lifecycle
-    async def start(
-        self, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None
-    ) -> web.ServerRunner:
-        """Serve on ``sock`` (a listening socket: the workers') or on ``host:port``."""
+    async def start(self, sock: socket.socket) -> web.ServerRunner:
+        """Serve on ``sock``, a listening socket of the router's workers."""
         self.session = aiohttp.ClientSession()
         self.reload()
         loop = asyncio.get_running_loop()
@@ -644,11 +642,7 @@ class Router:
         handler = web.Server(self.dispatch, request_factory=make_request, access_log=None)
         runner = web.ServerRunner(handler, handle_signals=False, shutdown_timeout=2.0)
         await runner.setup()
-        site: web.BaseSite
-        if sock is not None:
-            site = web.SockSite(runner, sock, backlog=1024)
-        else:
-            site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+        site = web.SockSite(runner, sock, backlog=1024)
         await site.start()
         listening = site._server
         assert listening is not None

@@ -26,6 +26,7 @@ from selfhost.errors import PlatformError
 from selfhost.platform.paths import PlatformPaths
 from selfhost.platform.router.activity import Activity
 from selfhost.platform.runtime import probe
+from selfhost.platform.runtime.network import stop_process
 from selfhost.stages.manifest import write_json_atomic
 from selfhost.workspace import file_lock
 
@@ -265,22 +266,13 @@ def _ended(status: int) -> str:
 
 
 def _stop_workers(children: dict[int, int]) -> None:
-    """SIGTERM to every worker (each finishes what it serves), SIGKILL after
-    :data:`STOP_TIMEOUT`; reap them all."""
+    """SIGTERM to every worker at once (each finishes what it serves), then each is
+    waited for, SIGKILLed after :data:`STOP_TIMEOUT`, and reaped."""
     for pid in children:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while children and time.monotonic() < deadline:
-        for pid in list(children):
-            with contextlib.suppress(ChildProcessError):
-                if os.waitpid(pid, os.WNOHANG)[0] == 0:
-                    continue
-            children.pop(pid)
-        time.sleep(0.02)
     for pid in children:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        stop_process(pid, grace=STOP_TIMEOUT)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
 
@@ -314,7 +306,7 @@ def _worker(
             log=log,
             activity=activity,
         )
-        runner = await router.start(sock=sock)
+        runner = await router.start(sock)
         # Fewer, smaller collections: what start-up made is frozen out of every one, and
         # the first generation fills 10x slower (each request makes a few dozen objects,
         # nearly none in cycles); a full collection was a latency spike under load.
