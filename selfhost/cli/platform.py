@@ -580,7 +580,8 @@ def _finished(client: PlatformClient, app: str, dyno_id: str) -> dict[str, Any]:
         "app": "the app",
         "json": "print the dynos as JSON",
         "api": API_HELP,
-        "tree": "the process tree: PID, PPID, STATE and CMD, each child under its parent",
+        "tree": "the process tree: PID, PPID, STATE and CMD, each child under its parent "
+        "(with --json: the dynos and jobs in tree order, each with its depth)",
     }
 )
 def ps_list(
@@ -617,8 +618,15 @@ def ps_list(
     for d in dynos:
         if d["type"] == "web":
             d["routing"] = routing.get(d["id"], "no router" if not routing else "not routed")
+    if tree:
+        try:  # compile jobs are in the tree too: a bootstrap above its stage jobs
+            jobs = client.jobs(app, ("queued", "running"))
+        except SelfhostError:  # an API without jobs (Heroku's)
+            jobs = []
+        names = {d["id"]: d["name"] for d in dynos}
+        ordered = process_tree(dynos + [job_node(j, names) for j in jobs])
     if json:
-        ui.emit_json(dynos)
+        ui.emit_json([{**d, "depth": depth} for d, depth in ordered] if tree else dynos)
         return
 
     def short(text: str, width: int = 32) -> str:
@@ -631,12 +639,6 @@ def ps_list(
         return f"job {d['parent']}" if d.get("parent") else "-"
 
     if tree:
-        try:  # compile jobs are in the tree too: a bootstrap above its stage jobs
-            jobs = client.jobs(app, ("queued", "running"))
-        except SelfhostError:
-            jobs = []
-        names = {d["id"]: d["name"] for d in dynos}
-        nodes = dynos + [job_node(j, names) for j in jobs]
         ui.table(
             f"process tree of {app}",
             ["PID", "PPID", "STATE", "DYNO", "CMD"],
@@ -652,7 +654,7 @@ def ps_list(
                     + short(d["command"], 60 - 2 * depth)
                     + (f"  [{job_of(d)}]" if "job" in d and job_of(d) != "-" else ""),
                 )
-                for d, depth in process_tree(nodes)
+                for d, depth in ordered
             ],
         )
         return
@@ -687,6 +689,7 @@ def job_node(job: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
         "pid": f"job {job['id']}",
         "ppid": f"job {job['parent']}" if job.get("parent") else "-",
         "parent_dyno": f"job:{job['parent']}" if job.get("parent") else None,
+        "type": "job",
         "state": job["state"],
         "name": names.get(worker, "-") if worker else "-",
         "command": f"{what}: {job.get('progress') or ''}".rstrip(": "),

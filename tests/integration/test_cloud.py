@@ -252,3 +252,56 @@ def test_children_fork_too_and_live_no_longer_than_their_parent(cloud):
     )[0]
     assert 0 < kid["time_to_live"] <= 30
     client.stop_dyno("montecarlo", parent["id"])
+
+
+def test_a_bootstraps_stage_jobs_are_in_the_same_tree_as_the_dynos(cloud):
+    """With no compile worker, a bootstrap's first stage job waits in the queue, so `ps`
+    must show it: under the bootstrap, beside a dyno and its forked child."""
+    cli, client = cloud
+    assert cli("scale", "--app", "mc-builders", "worker=0").code == 0
+    try:
+        wait_for(
+            lambda: (
+                not [
+                    d
+                    for d in client.dynos("mc-builders")
+                    if d["type"] == "worker" and d["state"] in ("starting", "up")
+                ]
+            ),
+            60,
+            "the worker to stop",
+        )
+        parent = client.create_dyno(
+            "mc-builders", {"command": "fork start -- sleep 100; sleep 100"}
+        )
+        wait_for(
+            lambda: [d for d in client.dynos("mc-builders") if d["parent_dyno"] == parent["id"]],
+            60,
+            "the child",
+        )
+        boot = cli(
+            "jobs.submit", "--app", "mc-builders", "--kind", "bootstrap", "--no-test", "--json"
+        )
+        assert boot.code == 0, boot.output
+        boot_id = boot.json["id"]
+        (stage_id,) = client.job("mc-builders", boot_id)["children"]
+        tree = cli("ps", "--app", "mc-builders", "--tree", "--json")
+        assert tree.code == 0, tree.output
+        rows = [(n["pid"], n["ppid"], n["state"], n["depth"], n["command"]) for n in tree.json]
+        stage = next(r for r in rows if r[0] == f"job {stage_id}")
+        assert stage[1:] == (f"job {boot_id}", "queued", 1, "stage 1"), rows
+        assert rows[rows.index(stage) - 1][:4] == (f"job {boot_id}", "-", "running", 0), rows
+        top = next(r for r in rows if r[4] == "fork start -- sleep 100; sleep 100")
+        kid = rows[rows.index(top) + 1]
+        assert (kid[1], kid[3], kid[4]) == (top[0], 1, "sleep 100"), rows
+        plain = cli("ps", "--app", "mc-builders", "--tree")
+        assert re.search(
+            rf"job {stage_id}[\s│]+job {boot_id}[\s│]+queued[\s│]+-[\s│]+  stage 1", plain.stdout
+        ), plain.stdout
+        cancelled = cli("jobs.cancel", "--app", "mc-builders", str(boot_id))
+        assert cancelled.code == 0, cancelled.output
+        assert client.job("mc-builders", boot_id)["state"] == "cancelled"
+        assert client.job("mc-builders", stage_id)["state"] == "cancelled"
+        client.stop_dyno("mc-builders", parent["id"])
+    finally:
+        cli("scale", "--app", "mc-builders", "worker=1")
