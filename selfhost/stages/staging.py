@@ -16,7 +16,6 @@ next time a sandbox is staged.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import itertools
 import os
 import shutil
@@ -25,14 +24,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from selfhost.errors import EngineError
+from selfhost.syscalls import MNT_DETACH, MS_BIND, MS_PRIVATE, MS_REC, check, libc
 
 ROOT = Path("/run/selfhost-sandboxes")
-MS_BIND = 0x1000
-MS_REC = 0x4000
-MS_PRIVATE = 1 << 18
-MNT_DETACH = 2
-
-_libc = ctypes.CDLL(None, use_errno=True)
 _counter = itertools.count(1)
 _lock = threading.Lock()
 _ready = False
@@ -41,18 +35,16 @@ _ready = False
 def _mount(
     source: str | None, target: Path, fstype: str | None, flags: int, data: str | None = None
 ) -> None:
-    if (
-        _libc.mount(
+    check(
+        libc.mount(
             None if source is None else source.encode(),
             str(target).encode(),
             None if fstype is None else fstype.encode(),
             flags,
             None if data is None else data.encode(),
-        )
-        != 0
-    ):
-        errno = ctypes.get_errno()
-        raise OSError(errno, os.strerror(errno), str(target))
+        ),
+        str(target),
+    )
 
 
 def _mounted(path: Path) -> bool:
@@ -101,7 +93,7 @@ def _alive(pid: int) -> bool:
 def _remove(directory: Path) -> None:
     for child in sorted(directory.iterdir(), reverse=True) if directory.is_dir() else []:
         with contextlib.suppress(OSError):
-            _libc.umount2(str(child).encode(), MNT_DETACH)
+            libc.umount2(str(child).encode(), MNT_DETACH)
     shutil.rmtree(directory, ignore_errors=True)
 
 

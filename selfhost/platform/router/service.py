@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import gc
 import json
 import os
@@ -28,6 +27,7 @@ from selfhost.platform.router.activity import Activity
 from selfhost.platform.runtime import probe
 from selfhost.platform.runtime.network import stop_process
 from selfhost.stages.manifest import write_json_atomic
+from selfhost.syscalls import PR_SET_PDEATHSIG, libc
 from selfhost.workspace import file_lock
 
 START_TIMEOUT = 20.0
@@ -288,7 +288,7 @@ def _worker(
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    if _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0 or os.getppid() != parent:
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0 or os.getppid() != parent:
         return 0  # the parent is gone already
     me = f"worker {activity.worker}"
 
@@ -326,8 +326,6 @@ def _worker(
     return 0
 
 
-PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
 MAX_WORKERS = 4
 
 

@@ -35,13 +35,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ctypes
 import os
 import socket
 import time
 from collections.abc import AsyncIterator, Iterable
 
 import httptools
+
+from selfhost.syscalls import CLONE_NEWNET, libc
 
 IDLE_SECONDS = 4.0  # below the usual server keep-alive (5 s): reuse, do not race a close
 IDLE_PER_PORT = 32
@@ -229,10 +230,6 @@ class Response:
             conn.abort()
 
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
 class Namespaces:
     """Open descriptors of the dynos' network namespaces, checked by inode."""
 
@@ -262,12 +259,12 @@ class Namespaces:
         if self.own is None or not inode or not pid:
             return None
         fd = self._fd(pid, inode)
-        if fd is None or _libc.setns(fd, CLONE_NEWNET) != 0:
+        if fd is None or libc.setns(fd, CLONE_NEWNET) != 0:
             return None
         try:
             return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         finally:
-            if _libc.setns(self.own, CLONE_NEWNET) != 0:
+            if libc.setns(self.own, CLONE_NEWNET) != 0:
                 os._exit(70)  # never serve on from inside a tenant's namespace
 
     def keep_only(self, inodes: Iterable[int]) -> None:

@@ -65,6 +65,14 @@ from selfhost.stages.engine import Engine, Limits, Mount, Process, Sandbox, make
 from selfhost.stages.manifest import write_json_atomic
 from selfhost.stages.security import SandboxIds, hand_over, hand_over_new
 from selfhost.stages.stack import Stack, StackSpec, StackStore
+from selfhost.syscalls import (
+    FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_PUNCH_HOLE,
+    MNT_DETACH,
+    MS_NODEV,
+    MS_NOSUID,
+    libc,
+)
 
 if TYPE_CHECKING:
     from selfhost.config import Settings
@@ -462,7 +470,12 @@ def _punch_hole(fd: int, length: int) -> None:
     """Free the blocks of ``[0, length)`` of a file, its size and offsets unchanged
     (``fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)``); best effort."""
     if length > 0:
-        _syscalls().fallocate(fd, 0x02 | 0x01, ctypes.c_long(0), ctypes.c_long(length))
+        libc.fallocate(
+            fd,
+            FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+            ctypes.c_long(0),
+            ctypes.c_long(length),
+        )
 
 
 class KeptOutput:
@@ -1463,28 +1476,7 @@ class Supervisor:
 # --------------------------------------------------------------------------- /app
 
 
-_libc: Any = None
-
-
-def _syscalls() -> Any:
-    global _libc
-    if _libc is None:
-        import ctypes
-        import ctypes.util
-
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    return _libc
-
-
-MNT_DETACH = 2
-MS_NOSUID = 0x2
-MS_NODEV = 0x4
-
-
 def _mount(source: str, target: Path, fstype: str, flags: int, options: str) -> bool:
-    import ctypes
-
-    libc = _syscalls()
     return (
         libc.mount(
             source.encode(),
@@ -1556,9 +1548,9 @@ class DynoFs:
     def remove(self) -> None:
         """Unmount and delete (everything the dyno wrote goes with the tmpfs)."""
         if self.overlay:
-            _syscalls().umount2(str(self.app).encode(), MNT_DETACH)
+            libc.umount2(str(self.app).encode(), MNT_DETACH)
         if self.tmpfs:
-            _syscalls().umount2(str(self.root).encode(), MNT_DETACH)
+            libc.umount2(str(self.root).encode(), MNT_DETACH)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -1571,7 +1563,7 @@ def release_stale_dynos(dynos_dir: Path, keep: frozenset[str] = frozenset()) -> 
         targets = [line.split()[1].replace("\\040", " ") for line in f]
     stale = (t for t in targets if t.startswith(prefix) and not t.startswith(kept))
     for target in sorted(stale, reverse=True):
-        _syscalls().umount2(target.encode(), MNT_DETACH)
+        libc.umount2(target.encode(), MNT_DETACH)
     if not dynos_dir.is_dir():
         return
     for entry in dynos_dir.iterdir():

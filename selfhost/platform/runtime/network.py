@@ -32,7 +32,6 @@ at daemon start if a killed daemon left them.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import json
 import os
@@ -46,11 +45,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from selfhost.errors import EngineError
+from selfhost.syscalls import CLONE_NEWNET, check, libc
 
 PASTA = "/usr/bin/pasta"
 NFT = "/usr/sbin/nft"
 NSENTER = "/usr/bin/nsenter"
-CLONE_NEWNET = 0x40000000
 POOL_SIZE = 2
 POOL_IDLE_SECONDS = 300.0  # an unused policy's prepared namespaces are dropped after this
 
@@ -100,9 +99,6 @@ class Namespace:
     created: float = field(default_factory=time.monotonic)
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
 def new_namespace() -> int:
     """A fresh network namespace, as an open descriptor (made on a throwaway thread:
     unshare moves only the calling thread, and the thread ends right after)."""
@@ -110,9 +106,7 @@ def new_namespace() -> int:
 
     def make() -> None:
         try:
-            if _libc.unshare(CLONE_NEWNET) != 0:
-                errno = ctypes.get_errno()
-                raise OSError(errno, os.strerror(errno))
+            check(libc.unshare(CLONE_NEWNET))
             result.append(
                 os.open(
                     f"/proc/self/task/{threading.get_native_id()}/ns/net",
