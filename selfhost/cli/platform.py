@@ -734,7 +734,9 @@ def routing_state(s: Settings, app: str) -> dict[str, str]:
     if not state or app not in state["apps"]:
         return {}
     return {
-        d["id"]: f"routable ({d['outstanding']} in flight)" if d["routable"] else "out"
+        d["id"]: f"routable ({d.get('in_flight', d['outstanding'])} in flight)"
+        if d["routable"]
+        else "out"
         for d in state["apps"][app]["dynos"]
     }
 

@@ -315,6 +315,29 @@ def worker_pids(site: Site, tries: int = 40) -> dict[int, int]:
     return seen
 
 
+def test_every_worker_reports_a_dynos_requests_in_flight_in_all_workers(site: Site) -> None:
+    """What ``invoke ps`` shows: a request held by one worker is in flight on its dyno
+    whichever worker answers ``GET /router``; only the holder counts it outstanding."""
+    import threading
+
+    site.backend("web.1")
+    site.publish()
+    site.start("--workers", "2")
+    held = threading.Thread(target=site.get, args=("/slow?s=4",), daemon=True)
+    held.start()
+    seen: dict[int, tuple[int, int]] = {}  # worker -> (in flight, outstanding)
+    deadline = time.monotonic() + 3
+    while len(seen) < 2 and time.monotonic() < deadline:
+        state = service.state(site.info)  # type: ignore[arg-type]
+        if state and state["apps"]["hello"]["dynos"]:
+            (dyno,) = state["apps"]["hello"]["dynos"]
+            if dyno["in_flight"]:
+                seen[state["worker"]] = (dyno["in_flight"], dyno["outstanding"])
+    held.join(10)
+    assert set(seen) == {0, 1}, seen
+    assert sorted(seen.values()) == [(1, 0), (1, 1)], seen
+
+
 def test_workers_serve_together_a_dead_one_comes_back_and_none_outlives_the_router(
     site: Site,
 ) -> None:

@@ -1,18 +1,20 @@
-"""What the router's workers know of each other's requests: per app, when one last came
-and how many are in flight.
+"""What the router's workers know of each other's requests: per app and per dyno, when
+one last came and how many are in flight.
 
 The router runs one worker process per core (``selfhost.router_workers``), each with
 its own listening socket on the same port (``SO_REUSEPORT``: the kernel spreads new
 connections). A worker decides alone where each of its requests goes; what it cannot
 decide alone is when an autostarted app has been idle long enough to scale web back to
 0: another worker may be serving it. So every worker records its requests here, and
-the idle check reads every worker's record.
+the idle check reads every worker's record. ``invoke ps`` shows each dyno's requests in
+flight in all workers from the same record (keyed :func:`dyno_key`).
 
 The record is anonymous shared memory, mapped by the router's parent before it forks
 its workers (a worker started again later inherits the same mapping). Each worker
 writes only its own row, so no lock is needed; readers take the latest time and the
-sum of the counts. An app is hashed to one of :data:`SLOTS` slots: two apps that share
-a slot only make each other's idle stop later, never earlier.
+sum of the counts. A key (an app's name, a dyno's :func:`dyno_key`) is hashed to one of
+:data:`SLOTS` slots: two keys that share a slot only make an idle stop later, never
+earlier, and a shown count higher.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ import time
 import zlib
 
 SLOTS = 4096
+
+
+def dyno_key(dyno_id: str) -> str:
+    """A dyno's key in the record (never an app's name: those have no colon)."""
+    return f"dyno:{dyno_id}"
 
 
 class Activity:
@@ -51,9 +58,10 @@ class Activity:
     def slot(app: str) -> int:
         return zlib.crc32(app.encode()) % SLOTS
 
-    def begin(self, app: str) -> int:
-        """A request for ``app`` came to this worker; returns its slot for :meth:`end`."""
-        i = self.worker * SLOTS + self.slot(app)
+    def begin(self, key: str) -> int:
+        """A request for ``key`` (an app, or a dyno) came to this worker; returns its
+        slot for :meth:`end`."""
+        i = self.worker * SLOTS + self.slot(key)
         self._last[i] = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process
         self._busy[i] += 1
         return i

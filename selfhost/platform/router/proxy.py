@@ -51,7 +51,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from selfhost.platform.paths import PlatformPaths
-from selfhost.platform.router.activity import Activity
+from selfhost.platform.router.activity import Activity, dyno_key
 from selfhost.platform.router.table import AppRoute, Backend, Table, read_table
 from selfhost.platform.router.upstream import Broken, Pool, Refused, Response
 from selfhost.platform.runtime import probe
@@ -463,6 +463,7 @@ class Router:
         b = live.backend
         head = self._head(request, request_id, body)
         live.outstanding += 1
+        counted = self.activity.begin(dyno_key(b.id))  # for ps: in flight in all workers
         live.last_used = t0 = time.monotonic()
         task = asyncio.current_task()
         assert task is not None
@@ -502,6 +503,7 @@ class Router:
             return await self._relay(request, upstream, info, t0)
         finally:
             live.outstanding -= 1
+            self.activity.end(counted)
 
     async def _relay(
         self,
@@ -602,7 +604,9 @@ class Router:
                         "port": b.port,
                         "pid": b.pid,
                         "routable": self.live[b.id].routable if b.id in self.live else False,
+                        # this worker's (it chooses by them), and all workers'
                         "outstanding": self.live[b.id].outstanding if b.id in self.live else 0,
+                        "in_flight": self.activity.in_flight(dyno_key(b.id)),
                     }
                     for b in route.backends
                 ],

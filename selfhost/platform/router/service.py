@@ -131,12 +131,7 @@ def stop(paths: PlatformPaths) -> RouterInfo | None:
     if info is None:
         return None
     if probe.alive(info.pid):
-        os.kill(info.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while time.monotonic() < deadline and probe.alive(info.pid):
-            time.sleep(0.05)
-        if probe.alive(info.pid):
-            os.kill(info.pid, signal.SIGKILL)
+        stop_process(info.pid, STOP_TIMEOUT)
     paths.router_json.unlink(missing_ok=True)
     return info
 
