@@ -304,6 +304,42 @@ def test_the_idle_stop_waits_for_another_workers_request(tmp_path: Path) -> None
     assert scaled == [0] and "hello" not in router.autostarted
 
 
+def test_the_choice_counts_every_workers_requests(tmp_path: Path) -> None:
+    """Least outstanding across the router: worker 0 has sent nothing to either dyno,
+    but worker 1 has two requests on web.1, so web.2 gets the next one."""
+    from selfhost.platform.router.activity import Activity, dyno_key
+    from selfhost.platform.router.proxy import Router
+
+    paths = PlatformPaths(tmp_path / "platform")
+    paths.root.mkdir()
+    backends = [
+        {"dyno": f"web.{n}", "id": f"id-{n}", "port": 1, "pid": os.getpid(), "since": 0}
+        for n in (1, 2)
+    ]
+    app = {"id": "a", "web": 2, "autostart": False, "idle": 60, "backends": backends}
+    write_json_atomic(paths.routes, {"serial": 1, "api": "", "apps": {"hello": app}})
+    activity = Activity(2)
+    router = Router(paths, log=lambda line: None, activity=activity.as_worker(0))
+    router.reload()
+    for live in router.live.values():
+        live.routable = True
+    router.live["id-1"].last_used = 0.0  # the one used longest ago: the tie-break's pick
+    router.live["id-2"].last_used = 1.0
+    route = router.table.apps["hello"]
+    chosen = router.choose(route, set())
+    assert chosen is not None and chosen.backend.dyno == "web.1"
+    held = [activity.as_worker(1).begin(dyno_key("id-1")) for _ in range(2)]
+    activity.as_worker(0)
+    chosen = router.choose(route, set())
+    assert chosen is not None and chosen.backend.dyno == "web.2"
+    assert router.state()["apps"]["hello"]["dynos"][0]["in_flight"] == 2
+    for i in held:
+        activity.as_worker(1).end(i)
+    activity.as_worker(0)
+    chosen = router.choose(route, set())
+    assert chosen is not None and chosen.backend.dyno == "web.1"
+
+
 def worker_pids(site: Site, tries: int = 40) -> dict[int, int]:
     """Worker index -> pid, from the state that workers answer (each connection
     reaches one of them)."""

@@ -60,8 +60,12 @@ class Activity:
 
     def begin(self, key: str) -> int:
         """A request for ``key`` (an app, or a dyno) came to this worker; returns its
-        slot for :meth:`end`."""
-        i = self.worker * SLOTS + self.slot(key)
+        place for :meth:`end`."""
+        return self.begin_slot(self.slot(key))
+
+    def begin_slot(self, slot: int) -> int:
+        """:meth:`begin` for a key's :meth:`slot`, computed once by the caller."""
+        i = self.worker * SLOTS + slot
         self._last[i] = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process
         self._busy[i] += 1
         return i
@@ -76,10 +80,13 @@ class Activity:
         s = self.slot(app)
         return max(self._last[w * SLOTS + s] for w in range(self.workers))
 
-    def in_flight(self, app: str) -> int:
-        """Requests for ``app`` in flight in all workers."""
-        s = self.slot(app)
-        return sum(self._busy[w * SLOTS + s] for w in range(self.workers))
+    def in_flight(self, key: str) -> int:
+        """Requests for ``key`` (an app, or a dyno) in flight in all workers."""
+        return self.in_flight_slot(self.slot(key))
+
+    def in_flight_slot(self, slot: int) -> int:
+        busy = self._busy
+        return sum(busy[w * SLOTS + slot] for w in range(self.workers))
 
     def forget_worker(self, worker: int) -> None:
         """A worker died: what it had in flight is not in flight any more."""

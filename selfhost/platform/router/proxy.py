@@ -5,7 +5,8 @@ An aiohttp server and client in one process, apart from the daemon (docs/platfor
 
 1. the ``Host`` header names the app (``APP.localhost``, or ``APP.`` any ``--domain``);
 2. a backend is chosen among the app's routable web dynos: the one with the fewest
-   outstanding requests (ties: the one used longest ago);
+   outstanding requests in all the router's workers (ties: the fewest in this worker,
+   then the one used longest ago);
 3. the request goes to its host port with Heroku's ``X-Forwarded-*``,
    ``X-Request-Id`` and ``X-Request-Start`` headers; the response streams back;
 4. one ``heroku[router]`` line goes to the app's log, in Heroku's format.
@@ -112,7 +113,8 @@ class Live:
     """A backend as the router sees it now."""
 
     backend: Backend
-    outstanding: int = 0
+    slot: int  # its record in the workers' shared activity (all workers' requests)
+    outstanding: int = 0  # this worker's requests to it
     routable: bool = False
     checked: bool = False  # probed at least once
     out_since: float | None = None  # when it left the rotation
@@ -195,7 +197,7 @@ class Router:
         for app in table.apps.values():
             for b in app.backends:
                 if b.id not in self.live:
-                    self.live[b.id] = Live(b)
+                    self.live[b.id] = Live(b, Activity.slot(dyno_key(b.id)))
                     self._probe(self.live[b.id])
         for gone in set(self.live) - ids:
             left = self.live.pop(gone)
@@ -307,7 +309,8 @@ class Router:
         ]
         if not candidates:
             return None
-        return min(candidates, key=lambda live: (live.outstanding, live.last_used))
+        busy = self.activity.in_flight_slot
+        return min(candidates, key=lambda live: (busy(live.slot), live.outstanding, live.last_used))
 
     async def wait_for_backend(
         self, app: str, tried: set[str], deadline: float
@@ -463,7 +466,7 @@ class Router:
         b = live.backend
         head = self._head(request, request_id, body)
         live.outstanding += 1
-        counted = self.activity.begin(dyno_key(b.id))  # for ps: in flight in all workers
+        counted = self.activity.begin_slot(live.slot)  # seen by every worker
         live.last_used = t0 = time.monotonic()
         task = asyncio.current_task()
         assert task is not None
@@ -604,7 +607,7 @@ class Router:
                         "port": b.port,
                         "pid": b.pid,
                         "routable": self.live[b.id].routable if b.id in self.live else False,
-                        # this worker's (it chooses by them), and all workers'
+                        # this worker's requests to it, and all workers'
                         "outstanding": self.live[b.id].outstanding if b.id in self.live else 0,
                         "in_flight": self.activity.in_flight(dyno_key(b.id)),
                     }
