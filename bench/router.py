@@ -8,7 +8,9 @@ bootstrapped tcc) as app ``bench``; ``wrk`` drives it. It prints:
   direct (goals: at least half the direct throughput; p99 at most 2 ms more at 8); the
   same router with one worker process beside it (``router1w``: what the workers add); with
   Debian's ``haproxy`` installed, a bare HAProxy in front of the same dyno as well (the
-  reference a proxy in C gives here, without the router's features);
+  reference a proxy in C gives here, without the router's features); and the CPU each path's
+  processes spend per request, user + system (the router's workers; for the direct path,
+  the app's own server);
 - **failover**: web=3, 8 clients sending GETs, one dyno killed (``kill -9``): the
   failed requests (goal: 0) and how long the dead dyno stayed in the rotation;
 - **cold start**: with ``SELFHOST_AUTOSTART=1`` at ``web=0``, a request's latency
@@ -34,6 +36,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -69,12 +72,30 @@ def wait_for(check, timeout: float, what: str) -> Any:
     raise SystemExit(f"timed out waiting for {what}")
 
 
-def wrk(url: str, connections: int, seconds: float, host: str | None) -> dict[str, float]:
+def cpu_seconds(pids: list[int]) -> tuple[float, float]:
+    """User and system CPU seconds the processes ``pids`` have used so far."""
+    hz = os.sysconf("SC_CLK_TCK")
+    user = system = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user, system = user + int(fields[11]), system + int(fields[12])
+    return user / hz, system / hz
+
+
+def wrk(
+    url: str, connections: int, seconds: float, host: str | None, cpu: Sequence[int] = ()
+) -> dict[str, float]:
+    """wrk's numbers, and the CPU per request (ms) of the processes ``cpu``."""
     argv = ["wrk", "-t", str(min(2, connections)), "-c", str(connections)]
     argv += ["-d", f"{seconds:g}s", "--latency", "--timeout", "10s"]
     if host:
         argv += ["-H", f"Host: {host}"]
+    before = cpu_seconds(list(cpu))
     out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
+    after = cpu_seconds(list(cpu))
 
     def latency(percent: str) -> float:
         match = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -83,8 +104,12 @@ def wrk(url: str, connections: int, seconds: float, host: str | None) -> dict[st
 
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    assert rps, out
+    total = re.search(r"^\s+(\d+) requests in", out, re.M)
+    assert rps and total, out
+    done = max(1, int(total.group(1)))
     return {
+        "user": (after[0] - before[0]) * 1000 / done,
+        "sys": (after[1] - before[1]) * 1000 / done,
         "rps": float(rps.group(1)),
         "p50": latency("50"),
         "p99": latency("99"),
@@ -167,21 +192,35 @@ def throughput(platform: Path, router_port: int, seconds: float, rounds: int = 3
     cli(platform, "scale", "--app", "bench", "web=1")
     dyno = wait_for(lambda: routed(platform), 120, "a routable web dyno")[0]
     host = f"bench.localhost:{router_port}"
-    workers = json.loads((platform / "router.json").read_text())["workers"]
-    paths = {
-        "direct": (f"http://127.0.0.1:{dyno['port']}/", None),
-        "router": (f"http://127.0.0.1:{router_port}/", host),
+    record = json.loads((platform / "router.json").read_text())
+    workers = record["workers"]
+    from selfhost.stages.cgroups import descendants
+
+    # name -> (url, Host header, the processes whose CPU per request is shown: the
+    # dyno's server for the direct path, the router's processes, HAProxy)
+    paths: dict[str, tuple[str, str | None, list[int]]] = {
+        "direct": (f"http://127.0.0.1:{dyno['port']}/", None, [server_process(dyno["pid"])]),
+        "router": (
+            f"http://127.0.0.1:{router_port}/",
+            host,
+            [record["pid"], *descendants(record["pid"])],
+        ),
     }
     single, single_port = one_worker_router(platform)
-    paths["router1w"] = (f"http://127.0.0.1:{single_port}/", f"bench.localhost:{single_port}")
+    paths["router1w"] = (
+        f"http://127.0.0.1:{single_port}/",
+        f"bench.localhost:{single_port}",
+        [single.pid, *descendants(single.pid)],
+    )
     reference = haproxy(platform.parent, dyno["port"])
     if reference:
-        paths["haproxy"] = (f"http://127.0.0.1:{reference[1]}/", None)
+        paths["haproxy"] = (f"http://127.0.0.1:{reference[1]}/", None, [reference[0].pid])
     try:
-        for url, header in paths.values():
+        for url, header, _ in paths.values():
             wrk(url, 8, 1, header)  # warm each
         print(
-            f"connections  path       requests/s     p50       p99     errors   (median of "
+            f"connections  path       requests/s     p50       p99     errors   CPU (user + sys; "
+            "direct: the app's server; else the proxy's processes)\n(median of "
             f"{rounds}; router: {workers} workers; router1w: the same with one"
             f"{'; haproxy: the reference, not the router' if reference else ''})"
         )
@@ -190,8 +229,8 @@ def throughput(platform: Path, router_port: int, seconds: float, rounds: int = 3
             # neighbours move single runs by a third; medians of alternated runs do not
             runs = [
                 {
-                    name: wrk(url, connections, seconds, header)
-                    for name, (url, header) in paths.items()
+                    name: wrk(url, connections, seconds, header, pids)
+                    for name, (url, header, pids) in paths.items()
                 }
                 for _ in range(rounds)
             ]
@@ -202,7 +241,8 @@ def throughput(platform: Path, router_port: int, seconds: float, rounds: int = 3
             for name, r in got.items():
                 print(
                     f"{connections:>11}  {name:<8}  {r['rps']:>10.0f}  {r['p50'] * 1000:7.2f} ms "
-                    f"{r['p99'] * 1000:7.2f} ms  {r['errors']:>5.0f}"
+                    f"{r['p99'] * 1000:7.2f} ms  {r['errors']:>5.0f}   CPU/request "
+                    f"{r['user']:.3f} + {r['sys']:.3f} ms"
                 )
             a = got["direct"]
             for name in [n for n in got if n != "direct"]:

@@ -317,13 +317,17 @@ class Pool:
         loop = asyncio.get_running_loop()
         sock = self.namespaces.socket(*where)
         try:
-            async with asyncio.timeout(timeout):
-                if sock is None:
+            if sock is None:
+                async with asyncio.timeout(timeout):
                     transport, conn = await loop.create_connection(Connection, self.host, port)
-                else:
-                    sock.setblocking(False)
-                    await loop.sock_connect(sock, ("127.0.0.1", port))
-                    transport, conn = await loop.create_connection(Connection, sock=sock)
+            else:
+                sock.setblocking(False)
+                try:  # on loopback the handshake completes (or is refused) in the call
+                    sock.connect(("127.0.0.1", port))
+                except BlockingIOError:  # rarely: wait for it (the loop's way is slower:
+                    async with asyncio.timeout(timeout):  # it resolves the address first)
+                        await loop.sock_connect(sock, ("127.0.0.1", port))
+                transport, conn = await loop.create_connection(Connection, sock=sock)
         except (OSError, TimeoutError) as exc:
             if sock is not None:
                 sock.close()
