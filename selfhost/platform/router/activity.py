@@ -3,11 +3,12 @@ one last came and how many are in flight.
 
 The router runs one worker process per core (``selfhost.router_workers``), each with
 its own listening socket on the same port (``SO_REUSEPORT``: the kernel spreads new
-connections). A worker decides alone where each of its requests goes; what it cannot
-decide alone is when an autostarted app has been idle long enough to scale web back to
-0: another worker may be serving it. So every worker records its requests here, and
-the idle check reads every worker's record. ``invoke ps`` shows each dyno's requests in
-flight in all workers from the same record (keyed :func:`dyno_key`).
+connections). A worker decides itself where each of its requests goes, but not from
+what it alone sees: the dyno with the fewest requests in flight is the one with the
+fewest in all workers, and an autostarted app has been idle long enough to scale web
+back to 0 only if no worker is serving it. So every worker records its requests here,
+per app and per dyno (:func:`dyno_key`), and reads every worker's record; ``invoke ps``
+shows the same counts.
 
 The record is anonymous shared memory, mapped by the router's parent before it forks
 its workers (a worker started again later inherits the same mapping). Each worker
