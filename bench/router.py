@@ -36,7 +36,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -72,7 +72,7 @@ def wait_for(check, timeout: float, what: str) -> Any:
     raise SystemExit(f"timed out waiting for {what}")
 
 
-def cpu_seconds(pids: list[int]) -> tuple[float, float]:
+def cpu_seconds(pids: Iterable[int]) -> tuple[float, float]:
     """User and system CPU seconds the processes ``pids`` have used so far."""
     hz = os.sysconf("SC_CLK_TCK")
     user = system = 0
@@ -93,9 +93,9 @@ def wrk(
     argv += ["-d", f"{seconds:g}s", "--latency", "--timeout", "10s"]
     if host:
         argv += ["-H", f"Host: {host}"]
-    before = cpu_seconds(list(cpu))
+    before = cpu_seconds(cpu)
     out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
-    after = cpu_seconds(list(cpu))
+    after = cpu_seconds(cpu)
 
     def latency(percent: str) -> float:
         match = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
