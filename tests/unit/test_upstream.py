@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from selfhost.platform.router.upstream import Broken, Pool, Refused
+from selfhost.platform.router.upstream import Broken, Pool, Refused, connect_loopback
 
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -258,3 +258,77 @@ def test_a_dyno_is_reached_inside_its_network_namespace() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+CONNECT_IN_A_FRESH_PROCESS = """
+import asyncio, os, socket, sys
+import uvloop
+from selfhost.platform.router.upstream import connect_loopback
+
+async def main():
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    for _ in range(20):
+        sock = socket.socket()
+        sock.setblocking(False)
+        await connect_loopback(sock, port, 2.0)
+        listener.accept()[0].close()
+        sock.close()
+    listener.close()
+    sock = socket.socket()
+    sock.setblocking(False)
+    try:
+        await connect_loopback(sock, port, 2.0)
+    except ConnectionRefusedError:
+        print("refused")
+    print("threads", len(os.listdir("/proc/self/task")))
+
+uvloop.run(main())
+"""
+
+
+def test_connecting_to_a_dyno_hands_nothing_to_another_thread() -> None:
+    """On loopback the connection is made in the router's own thread: uvloop's
+    ``sock_connect`` resolved the address in libuv's thread pool first, a hand-over to
+    another thread and back at every request (a quarter of the router's CPU). A fresh
+    process that connected 20 times, and was refused once, still has one thread."""
+    out = subprocess.run(
+        [sys.executable, "-c", CONNECT_IN_A_FRESH_PROCESS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["refused", "threads", "1"]
+
+
+def test_a_connection_still_under_way_is_waited_for_then_times_out() -> None:
+    """A dyno whose accept queue is full drops the SYN: the connection stays under way.
+    It is waited for (and made when the dyno accepts and the SYN is sent again), or it
+    times out."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)  # one connection fills the queue
+    port = listener.getsockname()[1]
+    filler = socket.create_connection(("127.0.0.1", port))
+
+    async def attempt(timeout: float, accept_after: float | None) -> str:
+        loop = asyncio.get_running_loop()
+        if accept_after is not None:
+            loop.call_later(accept_after, lambda: listener.accept()[0].close())
+        sock = socket.socket()
+        sock.setblocking(False)
+        try:
+            await connect_loopback(sock, port, timeout)
+            return "connected"
+        except TimeoutError:
+            return "timed out"
+        finally:
+            sock.close()
+
+    try:
+        assert asyncio.run(attempt(0.3, None)) == "timed out"
+        assert asyncio.run(attempt(5.0, 0.2)) == "connected"  # the SYN is re-sent at 1 s
+    finally:
+        filler.close()
+        listener.close()

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import os
 import socket
 import time
@@ -280,6 +281,42 @@ class Namespaces:
             self.own = None
 
 
+async def connect_loopback(sock: socket.socket, port: int, timeout: float) -> None:
+    """Connect the non-blocking ``sock`` to ``127.0.0.1:port``.
+
+    On loopback the call itself says ``EINPROGRESS``, but the handshake is done by the
+    time it returns (the dyno's kernel answers the SYN while the call holds the socket):
+    asking once more finds it connected, or refused. Only if it is still under way (a
+    full accept queue drops the SYN) does this wait for the socket to turn writable.
+    The loop's ``sock_connect`` is no shortcut: uvloop's resolves the address in a
+    thread first, a hand-over to another thread and back at every request."""
+    address = ("127.0.0.1", port)
+    err = sock.connect_ex(address)
+    if err == errno.EINPROGRESS:
+        err = sock.connect_ex(address)  # connected by now: EISCONN; or refused
+    if err in (0, errno.EISCONN):
+        return
+    if err not in (errno.EINPROGRESS, errno.EALREADY):
+        raise OSError(err, os.strerror(err))
+    loop = asyncio.get_running_loop()
+    writable = loop.create_future()
+    fd = sock.fileno()
+
+    def turned_writable() -> None:
+        if not writable.done():
+            writable.set_result(None)
+
+    loop.add_writer(fd, turned_writable)
+    try:
+        async with asyncio.timeout(timeout):
+            await writable
+    finally:
+        loop.remove_writer(fd)
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, os.strerror(err))
+
+
 class Pool:
     """Connections to the dynos, idle ones kept for reuse (per host port, which names
     a dyno)."""
@@ -322,11 +359,7 @@ class Pool:
                     transport, conn = await loop.create_connection(Connection, self.host, port)
             else:
                 sock.setblocking(False)
-                try:  # on loopback the handshake completes (or is refused) in the call
-                    sock.connect(("127.0.0.1", port))
-                except BlockingIOError:  # rarely: wait for it (the loop's way is slower:
-                    async with asyncio.timeout(timeout):  # it resolves the address first)
-                        await loop.sock_connect(sock, ("127.0.0.1", port))
+                await connect_loopback(sock, port, timeout)
                 transport, conn = await loop.create_connection(Connection, sock=sock)
         except (OSError, TimeoutError) as exc:
             if sock is not None:
