@@ -4,11 +4,14 @@ against real sockets: servers written byte by byte so that each case is exact.""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -331,4 +334,93 @@ def test_a_connection_still_under_way_is_waited_for_then_times_out() -> None:
         assert asyncio.run(attempt(5.0, 0.2)) == "connected"  # the SYN is re-sent at 1 s
     finally:
         filler.close()
+        listener.close()
+
+
+def own_namespace() -> tuple[int, int]:
+    """(pid, inode) of this process's own network namespace: the router's way in to a
+    dyno's namespace, used on one whose server runs here."""
+    return os.getpid(), os.stat("/proc/self/ns/net").st_ino
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="entering a network namespace needs root")
+def test_in_a_namespace_the_request_is_on_its_way_before_the_transport_is_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The request is written as soon as the connection is made, so the dyno works on it
+    while the router sets up its transport: the server has it before
+    ``create_connection`` is called."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    arrived = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            if conn.recv(65536):
+                arrived.set()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+
+    threading.Thread(target=serve, daemon=True).start()
+    seen: list[bool] = []
+
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        create_connection = loop.create_connection
+
+        async def watched(*args: Any, **kwargs: Any) -> Any:
+            seen.append(arrived.wait(2))  # blocks the loop: only bytes already sent count
+            return await create_connection(*args, **kwargs)
+
+        monkeypatch.setattr(loop, "create_connection", watched)
+        pool = Pool()
+        try:
+            got = await pool.send(
+                port, request(), b"", method="GET", connect_timeout=2, where=own_namespace()
+            )
+            return await got.read()
+        finally:
+            pool.close()
+
+    try:
+        assert asyncio.run(main()) == b"ok"
+        assert seen == [True]
+    finally:
+        listener.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="entering a network namespace needs root")
+def test_in_a_namespace_a_body_larger_than_the_socket_buffer_arrives_whole() -> None:
+    """The first write takes what the socket buffer holds; the rest follows through the
+    transport, in order."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    body = os.urandom(8 * 1024 * 1024)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn, conn.makefile("rb") as f:
+            length = 0
+            while (line := f.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            digest = hashlib.sha256(f.read(length)).hexdigest().encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 64\r\n\r\n" + digest)
+
+    threading.Thread(target=serve, daemon=True).start()
+    head = f"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+
+    async def main() -> bytes:
+        pool = Pool()
+        try:
+            got = await pool.send(
+                port, head, body, method="POST", connect_timeout=2, where=own_namespace()
+            )
+            return await got.read()
+        finally:
+            pool.close()
+
+    try:
+        assert asyncio.run(main()) == hashlib.sha256(body).hexdigest().encode()
+    finally:
         listener.close()

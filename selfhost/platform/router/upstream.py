@@ -28,6 +28,9 @@ file ``/proc/<pid>/ns/net`` is opened and used only if its inode is the table's
 their dyno leaves the table. The socket is the router's: nothing of the tenant's runs,
 and the dyno's firewall (its output chain) lets replies on loopback through as it does
 pasta's. Anything else (not root, a namespace gone) connects to the host port.
+There the request is written the moment the connection is made, before the transport
+around it exists: the dyno works on it meanwhile (:func:`connect_loopback`, then one
+``sendmsg``; what the socket buffer did not take follows through the transport).
 """
 
 from __future__ import annotations
@@ -59,26 +62,32 @@ class Broken(Exception):
 
 
 class Connection(asyncio.Protocol):
-    """One connection to a dyno, carrying one exchange at a time."""
+    """One connection to a dyno, carrying one exchange at a time; made ready for the
+    answer to a request in ``method``."""
 
-    def __init__(self) -> None:
+    def __init__(self, method: str) -> None:
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = asyncio.get_running_loop().create_future()
-        self.head: asyncio.Future[None] | None = None
         self.ready: asyncio.Future[None] | None = None  # body bytes, or the end, arrived
-        self.head_only = False  # a HEAD request: no body follows the head
-        self.received = False  # a byte of the answer came
         self.complete = False
-        self.keep = False  # the dyno keeps the connection open after this answer
-        self.until_close = False  # the body has no length: it ends with the connection
-        self.status = 0
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: collections.deque[bytes] = collections.deque()
-        self.buffered = 0
         self.paused = False
         self.idle_since = 0.0
+        self.begin(method)
+
+    def begin(self, method: str) -> None:
+        """Ready for the answer to a request in ``method``."""
+        self.head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.head_only = method == "HEAD"  # no body follows the head
+        self.received = False  # a byte of the answer came
+        self.keep = False  # the dyno keeps the connection open after this answer
+        self.until_close = False  # the body has no length: it ends with the connection
+        self.status = 0
+        self.body.clear()
+        self.buffered = 0
 
     # ------------------------------------------------------------ the transport
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -123,7 +132,7 @@ class Connection(asyncio.Protocol):
             and b"transfer-encoding" not in names
             and status not in (204, 304)
         )
-        if self.head is not None and not self.head.done():
+        if not self.head.done():
             self.head.set_result(None)
         if self.head_only:
             self._finish(keep=False)
@@ -149,7 +158,7 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def _fail(self) -> None:
-        if self.head is not None and not self.head.done():
+        if not self.head.done():
             self.head.set_exception(Broken("the connection closed before a response"))
             self.head.exception()  # retrieved: the caller may be gone already
         self._wake()
@@ -350,23 +359,42 @@ class Pool:
         for conn in self.idle.pop(port, []):
             conn.abort()
 
-    async def _connect(self, port: int, timeout: float, where: tuple[int, int]) -> Connection:
+    async def _connect(
+        self, port: int, timeout: float, where: tuple[int, int], method: str, request: list[bytes]
+    ) -> tuple[Connection, list[bytes]]:
+        """A new connection, ready for the answer to ``request``; and what of the request
+        is still to be written. In the dyno's namespace the request is written as soon as
+        the connection is made: the dyno works on it while the transport is set up."""
         loop = asyncio.get_running_loop()
         sock = self.namespaces.socket(*where)
+        sent = 0
         try:
             if sock is None:
                 async with asyncio.timeout(timeout):
-                    transport, conn = await loop.create_connection(Connection, self.host, port)
+                    transport, conn = await loop.create_connection(
+                        lambda: Connection(method), self.host, port
+                    )
             else:
                 sock.setblocking(False)
                 await connect_loopback(sock, port, timeout)
-                transport, conn = await loop.create_connection(Connection, sock=sock)
+                with contextlib.suppress(BlockingIOError):
+                    sent = sock.sendmsg(request)
+                transport, conn = await loop.create_connection(
+                    lambda: Connection(method), sock=sock
+                )
         except (OSError, TimeoutError) as exc:
             if sock is not None:
                 sock.close()
+            if sent:
+                raise Broken(f"port {port}: {exc}") from None
             raise Refused(f"connecting to port {port}: {exc}") from None
         conn.transport = transport  # uvloop may call connection_made a step later
-        return conn
+        unsent = []
+        for part in request:
+            if sent < len(part):
+                unsent.append(part[sent:] if sent else part)
+            sent = max(0, sent - len(part))
+        return conn, unsent
 
     async def send(
         self,
@@ -381,13 +409,17 @@ class Pool:
         """Send a request (its head already serialized) and wait for the response head.
         ``where``: (pid, namespace inode) of the dyno, to connect inside its network
         namespace; (0, 0) or a namespace out of reach: through the host port."""
+        request = [head, body] if body else [head]
         conn = self._reuse(port)
         reused = conn is not None
         while True:
             if conn is None:
-                conn = await self._connect(port, connect_timeout, where)
+                conn, unsent = await self._connect(port, connect_timeout, where, method, request)
+            else:
+                conn.begin(method)
+                unsent = request
             try:
-                return await self._exchange(port, conn, head, body, method)
+                return await self._exchange(port, conn, unsent)
             except Broken:
                 if reused and not conn.received:  # it had closed the idle connection
                     conn, reused = None, False
@@ -397,22 +429,10 @@ class Pool:
                 conn.abort()
                 raise
 
-    async def _exchange(
-        self, port: int, conn: Connection, head: bytes, body: bytes, method: str
-    ) -> Response:
+    async def _exchange(self, port: int, conn: Connection, unsent: list[bytes]) -> Response:
         assert conn.transport is not None
-        loop = asyncio.get_running_loop()
-        conn.head = loop.create_future()
-        conn.head_only = method == "HEAD"
-        conn.received = False
-        conn.keep = conn.until_close = False
-        conn.status = 0
-        conn.body.clear()
-        conn.buffered = 0
-        if body:
-            conn.transport.writelines((head, body))
-        else:
-            conn.transport.write(head)
+        if unsent:
+            conn.transport.writelines(unsent)
         await conn.head
         return Response(self, port, conn)
 
