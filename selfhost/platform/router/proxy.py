@@ -49,7 +49,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
 
 from selfhost.platform.paths import PlatformPaths
 from selfhost.platform.router.activity import Activity, dyno_key
@@ -519,13 +518,17 @@ class Router:
         :data:`SMALL`) read whole and sent at once; any other streamed as it comes."""
         head = request.method == "HEAD"
         try:
-            # aiohttp sets Content-Length itself, but for HEAD it keeps the dyno's
-            headers = CIMultiDict(
-                (k, v)
-                for k, v in upstream.headers
-                if k.lower() not in HOP_BY_HOP and (head or k.lower() != "content-length")
-            )
-            length = upstream.header("Content-Length")
+            headers: list[tuple[str, str]] = []
+            length: str | None = None
+            for k, v in upstream.headers:  # one pass: the headers of every response
+                name = k.lower()
+                if name == "content-length":
+                    length = v
+                    if not head:  # aiohttp sets it itself, but for HEAD keeps the dyno's
+                        continue
+                elif name in HOP_BY_HOP:
+                    continue
+                headers.append((k, v))
             known = length is not None and length.isdigit()
             if head or (known and int(length or 0) <= SMALL):
                 try:
