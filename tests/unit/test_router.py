@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import pytest
 
 from selfhost.platform.paths import PlatformPaths
 from selfhost.platform.router import service
+from selfhost.platform.router.proxy import new_request_id
 from selfhost.platform.runtime import probe
 from selfhost.stages.manifest import write_json_atomic
 
@@ -83,10 +85,17 @@ class Site:
         self.info, _ = service.start(self.paths, port=0, options=options)
         return self.info
 
-    def get(self, path: str = "/", app: str = "hello", timeout: float = 10) -> tuple[int, str]:
+    def get(
+        self,
+        path: str = "/",
+        app: str = "hello",
+        timeout: float = 10,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, str]:
         assert self.info is not None
         request = urllib.request.Request(
-            self.info.url + path, headers={"Host": f"{app}.localhost:{self.info.port}"}
+            self.info.url + path,
+            headers={"Host": f"{app}.localhost:{self.info.port}", **(headers or {})},
         )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as resp:
@@ -140,6 +149,32 @@ def test_routes_by_host_and_balances_and_logs(site: Site) -> None:
     log = site.log(holding="dyno=web.2")
     assert 'heroku[router]: at=info method=GET path="/" host=hello.localhost:' in log
     assert "dyno=web.2" in log and "status=200 bytes=5 protocol=http" in log
+
+
+def test_the_dyno_gets_herokus_request_headers(site: Site) -> None:
+    """X-Forwarded-For (the client's, then its address), -Proto and -Port, X-Request-Id
+    (a new UUID, or the client's own), X-Request-Start (ms since the epoch) and Via; the
+    client's other headers, less hop-by-hop ones."""
+    site.backend("web.1")
+    site.publish()
+    info = site.start()
+    sent = {"X-Forwarded-For": "203.0.113.9", "X-Custom": "yes", "Keep-Alive": "timeout=5"}
+    status, text = site.get("/headers", headers=sent)
+    assert status == 200, text
+    got = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+    assert got["X-Forwarded-For"] == "203.0.113.9, 127.0.0.1"
+    assert (got["X-Forwarded-Proto"], got["X-Forwarded-Port"]) == ("http", str(info.port))
+    assert uuid.UUID(got["X-Request-Id"]).version == 4
+    assert abs(int(got["X-Request-Start"]) - time.time() * 1000) < 60_000
+    assert (got["Via"], got["X-Custom"], got["Host"]) == (
+        "1.1 selfhost-router",
+        "yes",
+        f"hello.localhost:{info.port}",
+    )
+    assert "Keep-Alive" not in got and "Connection" not in got
+    assert text.endswith("\n\n")  # the head ended where it should: nothing after it
+    status, text = site.get("/headers", headers={"X-Request-Id": "from-the-client"})
+    assert "X-Request-Id: from-the-client\n" in text
 
 
 def steady_stream(site: Site, seconds: float, during) -> tuple[int, list[str]]:
@@ -395,3 +430,13 @@ def test_workers_serve_together_a_dead_one_comes_back_and_none_outlives_the_rout
     while any(probe.alive(pid) for pid in again.values()):
         assert time.monotonic() < deadline, "a worker outlived its router"
         time.sleep(0.05)
+
+
+def test_a_request_id_is_a_random_version_4_uuid() -> None:
+    """The router's own request ids (made without ``uuid.uuid4``, which is slower) are
+    what ``str(uuid.uuid4())`` gives: version 4, RFC 4122 variant, canonical form."""
+    ids = {new_request_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for rid in ids:
+        parsed = uuid.UUID(rid)
+        assert (str(parsed), parsed.version, parsed.variant) == (rid, 4, uuid.RFC_4122)

@@ -1,6 +1,7 @@
 """A small web app for the router's tests and benchmark, run as a process of its own:
 ``python tests/unit/web_backend.py PORT NAME``. ``/`` answers NAME; ``/slow?s=N`` after
-N seconds; ``POST /echo`` its body; ``/count`` how many requests it has served."""
+N seconds; ``POST /echo`` its body; ``/count`` how many requests it has served; ``/headers`` the
+request's headers as it got them."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         query = urllib.parse.parse_qs(url.query)
         if url.path == "/slow":
             time.sleep(float(query.get("s", ["1"])[0]))
+        if url.path == "/headers":
+            self._answer(str(self.headers).encode())
+            return
         if url.path == "/count":
             self._answer(str(Handler.served).encode())
             return

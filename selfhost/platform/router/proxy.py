@@ -42,7 +42,6 @@ import os
 import random
 import socket
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,6 +130,14 @@ class Live:
 
     def join(self) -> None:
         self.routable, self.checked, self.out_since, self.ever = True, True, None, True
+
+
+def new_request_id() -> str:
+    """A random (version 4) UUID, as ``str(uuid.uuid4())`` spells it, in a third of the
+    time (one per request)."""
+    n = random.getrandbits(128) & ~(0xF000 << 64 | 0xC000 << 48) | (0x4000 << 64 | 0x8000 << 48)
+    h = f"{n:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class Attempt(Exception):
@@ -301,15 +308,17 @@ class Router:
 
     # ------------------------------------------------------------------ choice
     def choose(self, route: AppRoute, tried: set[str]) -> Live | None:
-        candidates = [
-            self.live[b.id]
-            for b in route.backends
-            if b.id in self.live and self.live[b.id].routable and b.id not in tried
-        ]
-        if not candidates:
-            return None
         busy = self.activity.in_flight_slot
-        return min(candidates, key=lambda live: (busy(live.slot), live.outstanding, live.last_used))
+        best: Live | None = None
+        best_key: tuple[int, int, float] = (0, 0, 0.0)
+        for b in route.backends:
+            live = self.live.get(b.id)
+            if live is None or not live.routable or b.id in tried:
+                continue
+            key = (busy(live.slot), live.outstanding, live.last_used)
+            if best is None or key < best_key:
+                best, best_key = live, key
+        return best
 
     async def wait_for_backend(
         self, app: str, tried: set[str], deadline: float
@@ -351,9 +360,7 @@ class Router:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
         self.reload()  # a stat: a change the API just made is seen by the next request
-        request_id = request.headers.get("X-Request-Id") or str(
-            uuid.UUID(int=random.getrandbits(128), version=4)
-        )
+        request_id = request.headers.get("X-Request-Id") or new_request_id()
         app = self.app_of(request.host)
         route = self.table.apps.get(app) if app else None
         if app is None or route is None:
@@ -389,7 +396,7 @@ class Router:
         info: dict[str, Any],
     ) -> web.StreamResponse:
         s = self.settings
-        body = await request.read()
+        body = await request.read() if request.can_read_body else b""
         deadline = started + s.request_timeout
         tried: set[str] = set()
         idempotent = request.method in IDEMPOTENT
@@ -439,18 +446,16 @@ class Router:
         forwarded = request.headers.get("X-Forwarded-For")
         lines = [f"{request.method} {request.raw_path} HTTP/1.1".encode("latin-1")]
         lines += [k + b": " + v for k, v in request.raw_headers if k.lower() not in REPLACED_B]
-        extra = [
-            ("X-Forwarded-For", f"{forwarded}, {peer}" if forwarded else peer),
-            ("X-Forwarded-Proto", "http"),
-            ("X-Forwarded-Port", str(self.port)),
-            ("X-Request-Id", request_id),
-            ("X-Request-Start", str(int(time.time() * 1000))),
-            ("Via", "1.1 selfhost-router"),
-        ]
+        extra = (
+            f"X-Forwarded-For: {forwarded + ', ' + peer if forwarded else peer}\r\n"
+            f"X-Forwarded-Proto: http\r\nX-Forwarded-Port: {self.port}\r\n"
+            f"X-Request-Id: {request_id}\r\nX-Request-Start: {int(time.time() * 1000)}\r\n"
+            "Via: 1.1 selfhost-router\r\n"
+        )
         if body or request.method in ("POST", "PUT", "PATCH"):
-            extra.append(("Content-Length", str(len(body))))
-        lines += [f"{k}: {v}".encode("utf-8", "replace") for k, v in extra]
-        return b"\r\n".join(lines) + b"\r\n\r\n"
+            extra += f"Content-Length: {len(body)}\r\n"
+        lines.append(extra.encode("utf-8", "replace"))
+        return b"\r\n".join(lines) + b"\r\n"
 
     async def _forward(
         self,

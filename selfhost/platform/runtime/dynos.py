@@ -409,6 +409,8 @@ class AppLog:
             formatted = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             cls._second = (second, formatted)
         stamp = f"{formatted}.{ns % 10**9 // 1000:06d}Z"
+        if "\n" not in text:  # one line, as the router's are
+            return f"{stamp} {source}[{dyno}]: {text}\n"
         return "".join(f"{stamp} {source}[{dyno}]: {line}\n" for line in text.splitlines())
 
     def append(self, lines: str) -> None:
