@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import subprocess
@@ -9,6 +10,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from selfhost.platform.runtime.dynos import PORT_BLOCK
+from selfhost.platform.runtime.network import free_port_base
 
 REPO = Path(__file__).resolve().parents[1]
 #: The benchmarks' own workspace (stacks and sources stay warm between runs).
@@ -41,13 +45,25 @@ def median_time(fn: Callable[[], object], rounds: int) -> float:
     return statistics.median(times)
 
 
+@functools.cache
+def platform_port_base() -> int:
+    """The benchmarks' platforms' ``selfhost.dyno_port_base``: the first base from 30720
+    down whose first 8 app blocks are free (not 20000, which a developer's own platform
+    on this machine may hold)."""
+    base = free_port_base(8 * PORT_BLOCK, range(30 * 1024, 20 * 1024, -1024))
+    if base is None:
+        sys.exit("no free ports for the benchmark platform's dynos in 21504..30720")
+    return base
+
+
 def platform_invoke(platform: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run ``invoke ARGS`` against a benchmark's own platform directory (its router on a
-    free port, a 2 s grace); exit with its output if it fails."""
+    free port, its dynos on free ports, a 2 s grace); exit with its output if it fails."""
     env = {
         **invoke_env(),
         "INVOKE_SELFHOST_PLATFORM_DIR": str(platform),
         "INVOKE_SELFHOST_ROUTER_PORT": "0",
+        "INVOKE_SELFHOST_DYNO_PORT_BASE": str(platform_port_base()),
         "INVOKE_SELFHOST_DYNO_GRACE_SECONDS": "2",
     }
     proc = subprocess.run(

@@ -7,8 +7,10 @@ own with debootstrap.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -19,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from selfhost.platform.runtime.dynos import PORT_BLOCK
+from selfhost.platform.runtime.network import free_port_base
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -133,6 +138,18 @@ def heroku_cli() -> list[str] | None:
     return [str(node), str(run)] if run.is_file() and node.is_file() else None
 
 
+@functools.cache
+def platform_port_base() -> int:
+    """The tests' platforms' ``selfhost.dyno_port_base``: not the default (20000), which a
+    developer's own platform on this machine may hold (its web.1 is on 20000), but a base
+    below the kernel's ephemeral ports whose first 64 app blocks are free now."""
+    bases = list(range(21 * 1024, 32 * 1024 - 64 * PORT_BLOCK, 1024))
+    random.shuffle(bases)
+    base = free_port_base(64 * PORT_BLOCK, bases)
+    assert base is not None, "no free ports for the test platforms' dynos in 21504..30720"
+    return base
+
+
 def invoke_env(workspace: Path, stacks: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INVOKE_")}
     env.update(
@@ -141,6 +158,7 @@ def invoke_env(workspace: Path, stacks: Path, **extra: str) -> dict[str, str]:
             "INVOKE_SELFHOST_STACKS_DIR": str(stacks),
             # each test platform's router on a free port (they may overlap in time)
             "INVOKE_SELFHOST_ROUTER_PORT": "0",
+            "INVOKE_SELFHOST_DYNO_PORT_BASE": str(platform_port_base()),
             **extra,
         }
     )

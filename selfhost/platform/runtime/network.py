@@ -41,6 +41,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -367,3 +368,13 @@ def port_in_use(address: str, port: int) -> bool:
         except OSError as exc:
             return exc.errno == errno.EADDRINUSE
     return False
+
+
+def free_port_base(span: int, candidates: Iterable[int]) -> int | None:
+    """The first of ``candidates`` (values of ``selfhost.dyno_port_base``) whose ``span``
+    ports from it nothing on this host holds; None if none is. For a platform beside
+    another on one host (the tests' and the benchmarks', beside a developer's own)."""
+    for base in candidates:
+        if not any(port_in_use("127.0.0.1", p) for p in range(base, base + span)):
+            return base
+    return None
