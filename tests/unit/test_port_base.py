@@ -10,10 +10,12 @@ from selfhost.platform.runtime.network import free_port_base
 
 
 def test_a_base_with_a_port_held_in_its_span_is_passed_over() -> None:
+    with socket.socket() as gone:
+        gone.bind(("127.0.0.1", 0))
+        freed = gone.getsockname()[1]  # free again once closed (it never listened)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         held = probe.getsockname()[1]  # in use (bound) while the socket lives
-        first = held - 5
-        assert free_port_base(8, [first, held + 1]) == held + 1
-        assert free_port_base(8, [first]) is None
-        assert free_port_base(5, [first]) == first  # the span ends before the held port
+        assert free_port_base(1, [held, freed]) == freed
+        assert free_port_base(1, [held]) is None
+        assert free_port_base(4, [held - 3]) is None  # the span's last port is held
