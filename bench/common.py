@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from selfhost.platform.runtime.dynos import PORT_BLOCK
-from selfhost.platform.runtime.network import free_port_base
+from selfhost.platform.runtime.network import SPARE_PORT_BASES, free_port_base
 
 REPO = Path(__file__).resolve().parents[1]
 #: The benchmarks' own workspace (stacks and sources stay warm between runs).
@@ -47,10 +47,10 @@ def median_time(fn: Callable[[], object], rounds: int) -> float:
 
 @functools.cache
 def platform_port_base() -> int:
-    """The benchmarks' platforms' ``selfhost.dyno_port_base``: the first base from 30720
-    down whose first 8 app blocks are free (not 20000, which a developer's own platform
-    on this machine may hold)."""
-    base = free_port_base(8 * PORT_BLOCK, range(30 * 1024, 20 * 1024, -1024))
+    """The benchmarks' platforms' ``selfhost.dyno_port_base``: the highest spare base
+    whose first 8 app blocks are free (not 20000, which a developer's own platform on
+    this machine may hold)."""
+    base = free_port_base(8 * PORT_BLOCK, reversed(SPARE_PORT_BASES))
     if base is None:
         sys.exit("no free ports for the benchmark platform's dynos in 21504..30720")
     return base

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from selfhost.platform.runtime.dynos import PORT_BLOCK
-from selfhost.platform.runtime.network import free_port_base
+from selfhost.platform.runtime.network import SPARE_PORT_BASES, free_port_base
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -141,10 +141,9 @@ def heroku_cli() -> list[str] | None:
 @functools.cache
 def platform_port_base() -> int:
     """The tests' platforms' ``selfhost.dyno_port_base``: not the default (20000), which a
-    developer's own platform on this machine may hold (its web.1 is on 20000), but a base
-    below the kernel's ephemeral ports whose first 64 app blocks are free now."""
-    bases = list(range(21 * 1024, 32 * 1024 - 64 * PORT_BLOCK, 1024))
-    random.shuffle(bases)
+    developer's own platform on this machine may hold (its web.1 is on 20000), but a
+    spare base, taken at random, whose first 64 app blocks are free now."""
+    bases = random.sample(SPARE_PORT_BASES, len(SPARE_PORT_BASES))
     base = free_port_base(64 * PORT_BLOCK, bases)
     assert base is not None, "no free ports for the test platforms' dynos in 21504..30720"
     return base

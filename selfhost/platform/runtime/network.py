@@ -370,7 +370,12 @@ def port_in_use(address: str, port: int) -> bool:
     return False
 
 
-def free_port_base(span: int, candidates: Iterable[int]) -> int | None:
+#: Dyno port bases for a platform beside another on one host: not the default (20000),
+#: and below the kernel's ephemeral ports (32768 and up), with room for 2048 ports.
+SPARE_PORT_BASES = range(21 * 1024, 30 * 1024 + 1, 1024)  # 21504 .. 30720
+
+
+def free_port_base(span: int, candidates: Iterable[int] = SPARE_PORT_BASES) -> int | None:
     """The first of ``candidates`` (values of ``selfhost.dyno_port_base``) whose ``span``
     ports from it nothing on this host holds; None if none is. For a platform beside
     another on one host (the tests' and the benchmarks', beside a developer's own)."""
